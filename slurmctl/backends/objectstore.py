@@ -1,0 +1,89 @@
+"""The object store interface: bytes under keys, each object kept with its sha256.
+
+Implementations: `backends.local.objectstore.FolderObjectStore` (temp file + rename) and, with the
+`aws` extra, S3. Keys are `/`-separated and relative (`jobs/<job_id>/batches/batch-000001.jsonl`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from slurmctl.errors import SlurmctlError
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    sha256: str
+
+
+class ObjectNotFound(SlurmctlError, KeyError):
+    """No object under this key."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ObjectStore(ABC):
+    """Atomic puts (a reader sees the whole old object or the whole new one, never a part)."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> ObjectInfo | None:
+        """Store data under key. With if_absent, write nothing and return None if key exists."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path, *, if_absent: bool = False) -> ObjectInfo | None:
+        """Like put_bytes, streaming from a local file."""
+
+    @abstractmethod
+    def get_bytes(self, key: str, *, sha256: str | None = None) -> bytes:
+        """The object's bytes, verified against sha256 (or the stored one when not given).
+
+        Raises ObjectNotFound, or IntegrityError when the bytes do not match.
+        """
+
+    @abstractmethod
+    def get_file(self, key: str, dest: Path, *, sha256: str | None = None) -> ObjectInfo:
+        """Download to dest (atomically), verified as get_bytes."""
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and recorded sha256, or None if absent."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove key; absent keys are not an error."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[str]:
+        """Keys under prefix, sorted. For humans and `clean`: never to find committed outputs."""
+
+    @abstractmethod
+    def url(self, key: str) -> str:
+        """Where users find the object: an absolute path (embedded) or an s3:// URL."""
+
+    def put_json(self, key: str, obj: object, *, if_absent: bool = False) -> ObjectInfo | None:
+        import json
+
+        return self.put_bytes(key, json.dumps(obj, indent=1, sort_keys=True).encode(), if_absent=if_absent)
+
+    def get_json(self, key: str, *, sha256: str | None = None) -> object:
+        import json
+
+        return json.loads(self.get_bytes(key, sha256=sha256))

@@ -1,0 +1,241 @@
+"""The state store interface: the truth about jobs, tasks, leases, counters and rate buckets.
+
+Every transition is one conditional update or transaction, and the counters it moves change in
+that same transaction (DESIGN.md's commit protocol). Implementations: SQLite (`BEGIN IMMEDIATE`)
+and DynamoDB (one table, `TransactWriteItems`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from slurmctl.states import JobStatus, TaskStatus
+
+# Counter names. Phase-qualified task counters read `<phase>.tasks.<STATUS>`.
+ITEMS_TOTAL = "items.total"
+ITEMS_SUCCEEDED = "items.succeeded"
+ITEMS_FAILED_PERMANENT = "items.failed_permanent"
+ITEMS_FAILED_TRANSIENT = "items.failed_transient"
+ITEMS_QUARANTINED = "items.quarantined"
+ITEMS_PENDING = "items.pending"
+OUTPUT_ROWS = "rows"
+
+
+def task_counter(phase: str, status: TaskStatus | str) -> str:
+    return f"{phase}.tasks.{status}"
+
+
+@dataclass
+class JobRecord:
+    """Kept small (DynamoDB bills writes by item size): the definition lives in the object store."""
+
+    job_id: str
+    status: JobStatus
+    phase: str = "initial"
+    paused: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    task_count: int = 0
+    item_count: int = 0
+    workers: int = 1
+    executor: str = "local"
+    backend: str = "local"
+    submitted: bool = False
+    """True once every batch and task is written and the counters are set."""
+    error: str | None = None
+    run: int = 0
+    """How many runs (submit, resume, retry) the job has had."""
+
+
+JOB_FIELDS = frozenset(JobRecord.__dataclass_fields__)
+
+
+@dataclass
+class TaskRecord:
+    job_id: str
+    task_id: str
+    batch_id: str
+    phase: str
+    group: str
+    items: int
+    batch_key: str
+    batch_sha256: str
+    role: str = "worker"
+    status: TaskStatus = TaskStatus.PENDING
+    attempts: int = 0
+    worker_losses: int = 0
+    """Leases that expired or were released by a signal: the worker did not finish the task."""
+    lease_token: str | None = None
+    worker_id: str | None = None
+    lease_expires: float | None = None
+    checkpoint_key: str | None = None
+    checkpoint_sha256: str | None = None
+    output_key: str | None = None
+    output_sha256: str | None = None
+    output_rows: int = 0
+    errors_key: str | None = None
+    errors_sha256: str | None = None
+    succeeded: int = 0
+    failed_permanent: int = 0
+    failed_transient: int = 0
+    start_time: float | None = None
+    end_time: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TASK_FIELDS = tuple(TaskRecord.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class TaskCommit:
+    """What a successful attempt produced; recorded by the fenced commit."""
+
+    output_key: str
+    output_sha256: str
+    output_rows: int
+    errors_key: str
+    errors_sha256: str
+    succeeded: int
+    failed_permanent: int
+    failed_transient: int
+    end_time: float
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A rate-limit bucket: the shared schedule of DESIGN.md (GCRA)."""
+
+    job_id: str
+    name: str
+    rate: float
+    burst: int
+    tat: float = 0.0
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class SlotGrant:
+    times: tuple[float, ...] = field(default_factory=tuple)
+    tat: float = 0.0
+    """The bucket's TAT right after this grant; a release succeeds only if it is still this."""
+    paused: bool = False
+
+
+class StateStore(ABC):
+    # --- jobs -------------------------------------------------------------------------------
+    @abstractmethod
+    def create_job(self, job: JobRecord) -> bool:
+        """Insert the job record if absent; False if a job with this id exists."""
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    @abstractmethod
+    def list_jobs(self) -> list[JobRecord]: ...
+
+    @abstractmethod
+    def update_job(
+        self,
+        job_id: str,
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
+        counter_deltas: Mapping[str, int] | None = None,
+    ) -> bool:
+        """Apply changes if every field in expect has that value; move counters in the same
+        transaction. False (and nothing changed) when a condition fails."""
+
+    @abstractmethod
+    def delete_job(self, job_id: str) -> None:
+        """Remove the job, its tasks, counters, buckets and lease (for `clean --everything`)."""
+
+    @abstractmethod
+    def acquire_job_lease(self, job_id: str, holder: str, ttl_s: float, now: float) -> bool:
+        """The job-level lease that keeps two `resume` (or finalize) from acting at once."""
+
+    @abstractmethod
+    def release_job_lease(self, job_id: str, holder: str) -> None: ...
+
+    # --- tasks ------------------------------------------------------------------------------
+    @abstractmethod
+    def put_tasks(self, tasks: Sequence[TaskRecord]) -> int:
+        """Insert tasks that do not exist yet (idempotent); returns how many were new."""
+
+    @abstractmethod
+    def get_task(self, job_id: str, task_id: str) -> TaskRecord | None: ...
+
+    @abstractmethod
+    def claim_task(
+        self, job_id: str, task_id: str, worker_id: str, token: str, lease_s: float, now: float
+    ) -> TaskRecord | None:
+        """PENDING, or RUNNING with an expired lease, becomes RUNNING under token.
+
+        Returns the claimed record, or None if the task is not claimable (someone else holds it,
+        or it is finished).
+        """
+
+    @abstractmethod
+    def heartbeat(self, job_id: str, task_id: str, token: str, lease_s: float, now: float) -> bool:
+        """Extend the lease if token still holds it."""
+
+    @abstractmethod
+    def release_task(
+        self,
+        job_id: str,
+        task_id: str,
+        token: str,
+        *,
+        checkpoint_key: str | None = None,
+        checkpoint_sha256: str | None = None,
+    ) -> bool:
+        """RUNNING under token becomes PENDING again (a worker leaving on a signal)."""
+
+    @abstractmethod
+    def commit_task(self, job_id: str, task_id: str, token: str, commit: TaskCommit) -> bool:
+        """The fenced commit: RUNNING under token becomes SUCCESS, with outputs and counters."""
+
+    @abstractmethod
+    def fail_task(self, job_id: str, task_id: str, token: str, error: str, now: float) -> bool:
+        """RUNNING under token becomes FAILED (the task cannot run at all)."""
+
+    @abstractmethod
+    def unfinished_tasks(self, job_id: str, phase: str | None = None) -> Iterator[TaskRecord]:
+        """PENDING and RUNNING tasks, through an index of unfinished tasks (never a full scan)."""
+
+    @abstractmethod
+    def iter_tasks(
+        self, job_id: str, *, phase: str | None = None, status: TaskStatus | None = None
+    ) -> Iterator[TaskRecord]:
+        """All tasks of the job (paginated), in task id order."""
+
+    @abstractmethod
+    def counters(self, job_id: str) -> dict[str, int]:
+        """Every counter of the job, summed over shards."""
+
+    # --- rate limiting ----------------------------------------------------------------------
+    @abstractmethod
+    def put_bucket(self, bucket: Bucket) -> None:
+        """Create the bucket, or set its rate and burst if it exists (TAT kept)."""
+
+    @abstractmethod
+    def get_bucket(self, job_id: str, name: str) -> Bucket | None: ...
+
+    @abstractmethod
+    def list_buckets(self, job_id: str) -> list[Bucket]: ...
+
+    @abstractmethod
+    def reserve_slots(self, job_id: str, name: str, n: int, now: float) -> SlotGrant:
+        """Reserve n send slots on the shared schedule; a paused bucket grants none."""
+
+    @abstractmethod
+    def release_slots(self, job_id: str, name: str, grant_tat: float, new_tat: float) -> bool:
+        """Give back unused slots: set TAT to new_tat if it is still grant_tat."""
+
+    @abstractmethod
+    def set_buckets_paused(self, job_id: str, paused: bool) -> None: ...

@@ -1,0 +1,61 @@
+"""One exception tree with a common root.
+
+`UserError` and its children are the user's mistakes: the CLI prints their one-line message and
+exits with code 2, never a traceback. Everything else is ours or the infrastructure's.
+"""
+
+from __future__ import annotations
+
+
+class SlurmctlError(Exception):
+    """Root of every error slurmctl raises on purpose."""
+
+
+class UserError(SlurmctlError):
+    """A mistake the user can fix: printed as one line, exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """The job definition is malformed (names the file and field)."""
+
+
+class InputError(UserError):
+    """The input cannot be used (names the file and line)."""
+
+
+class HandlerImportError(UserError):
+    """The handler named by the job definition cannot be imported."""
+
+
+class JobNotFound(UserError):
+    """No job with this id under the state root."""
+
+
+class JobStateError(UserError):
+    """The operation does not apply to the job in its current state."""
+
+
+class BackendUnavailable(UserError):
+    """A store cannot be reached (names the endpoint)."""
+
+
+class IntegrityError(SlurmctlError):
+    """A stored object does not match the sha256 recorded when it was committed."""
+
+
+class LeaseLost(SlurmctlError):
+    """The task's lease is no longer ours: another worker holds it, or it expired and moved on."""
+
+
+class HandlerError(Exception):
+    """Base of the exceptions a handler raises to say how an item failed."""
+
+
+class TransientError(HandlerError):
+    """The item may succeed when tried again later (network blip, 5xx, throttling)."""
+
+
+class PermanentError(HandlerError):
+    """The item will never succeed as it is (bad item, resource gone)."""
