@@ -1,0 +1,76 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/slurm-up and scripts/slurm-down.
+# Sourced, not executed. See docs/slurm-dev.md.
+
+SLURM_DEV_ETC=${SLURM_DEV_ETC:-/etc/slurm}
+SLURM_DEV_CONF="$SLURM_DEV_ETC/slurm.conf"
+SLURM_DEV_SPOOL=/var/spool/slurmctl-dev
+SLURM_DEV_LOG=/var/log/slurmctl-dev
+SLURM_DEV_RUN=/run/slurmctl-dev
+SLURM_DEV_CTLD_PID="$SLURM_DEV_RUN/slurmctld.pid"
+SLURM_DEV_SLURMD_PID="$SLURM_DEV_RUN/slurmd.pid"
+SLURM_DEV_MUNGED_MARK="$SLURM_DEV_RUN/munged.started-by-slurm-up"
+SLURM_DEV_MARKER="# Managed by slurmctl scripts/slurm-up"
+MUNGE_SOCKET=/run/munge/munge.socket.2
+MUNGE_PIDFILE=/run/munge/munged.pid
+
+log() { printf 'slurm-dev: %s\n' "$*" >&2; }
+die() { printf 'slurm-dev: error: %s\n' "$*" >&2; exit 1; }
+
+require_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        printf '%s: must run as root (manages the slurmctld, slurmd and munged daemons); skipping\n' \
+            "$(basename "$0")" >&2
+        exit 3
+    fi
+}
+
+# pid_of_file PIDFILE NAME -> prints the pid if PIDFILE names a live process
+# whose command name is NAME; returns 1 otherwise.
+pid_of_file() {
+    local file=$1 name=$2 pid comm
+    [ -r "$file" ] || return 1
+    pid=$(tr -dc '0-9' <"$file" 2>/dev/null || true)
+    [ -n "$pid" ] || return 1
+    comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
+    [ "$comm" = "$name" ] || return 1
+    printf '%s\n' "$pid"
+}
+
+# stop_pidfile PIDFILE NAME [TIMEOUT]: SIGTERM the process named in PIDFILE
+# (only if it really is NAME), wait, then SIGKILL. Never fails.
+stop_pidfile() {
+    local file=$1 name=$2 timeout=${3:-20} pid i
+    pid=$(pid_of_file "$file" "$name") || { rm -f "$file"; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < timeout * 5; i++)); do
+        [ -d "/proc/$pid" ] || break
+        sleep 0.2
+    done
+    if [ -d "/proc/$pid" ]; then
+        log "$name (pid $pid) ignored SIGTERM for ${timeout}s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 0.5
+    fi
+    rm -f "$file"
+}
+
+munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+
+ctld_ping_ok() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
+
+# stop_slurm_daemons: graceful `scontrol shutdown`, then pidfiles.
+stop_slurm_daemons() {
+    local i
+    if command -v scontrol >/dev/null 2>&1 && [ -r "$SLURM_DEV_CONF" ] &&
+        pid_of_file "$SLURM_DEV_CTLD_PID" slurmctld >/dev/null; then
+        timeout 10 scontrol shutdown >/dev/null 2>&1 || true
+        for ((i = 0; i < 50; i++)); do
+            pid_of_file "$SLURM_DEV_CTLD_PID" slurmctld >/dev/null ||
+                { pid_of_file "$SLURM_DEV_SLURMD_PID" slurmd >/dev/null || break; }
+            sleep 0.2
+        done
+    fi
+    stop_pidfile "$SLURM_DEV_SLURMD_PID" slurmd 20
+    stop_pidfile "$SLURM_DEV_CTLD_PID" slurmctld 20
+}

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from slurmctl.backends import Backend
+from slurmctl.backends.objectstore import ObjectNotFound
+from slurmctl.errors import IntegrityError
+
+
+def test_put_get_head_roundtrip(backend: Backend) -> None:
+    info = backend.objects.put_bytes("jobs/j1/a.json", b"hello")
+    assert info is not None
+    assert info.sha256 == hashlib.sha256(b"hello").hexdigest()
+    assert info.size == 5
+    assert backend.objects.get_bytes("jobs/j1/a.json") == b"hello"
+    head = backend.objects.head("jobs/j1/a.json")
+    assert head == info
+    assert backend.objects.head("jobs/j1/missing") is None
+
+
+def test_put_replaces_and_if_absent_does_not(backend: Backend) -> None:
+    backend.objects.put_bytes("k/x", b"one")
+    backend.objects.put_bytes("k/x", b"two")
+    assert backend.objects.get_bytes("k/x") == b"two"
+    assert backend.objects.put_bytes("k/x", b"three", if_absent=True) is None
+    assert backend.objects.get_bytes("k/x") == b"two"
+    assert backend.objects.put_bytes("k/y", b"new", if_absent=True) is not None
+
+
+def test_get_verifies_expected_sha(backend: Backend) -> None:
+    info = backend.objects.put_bytes("k/z", b"data")
+    assert info is not None
+    assert backend.objects.get_bytes("k/z", sha256=info.sha256) == b"data"
+    with pytest.raises(IntegrityError, match="does not match"):
+        backend.objects.get_bytes("k/z", sha256="0" * 64)
+
+
+def test_missing_object_raises(backend: Backend, tmp_path: Path) -> None:
+    with pytest.raises(ObjectNotFound):
+        backend.objects.get_bytes("nope/x")
+    with pytest.raises(ObjectNotFound):
+        backend.objects.get_file("nope/x", tmp_path / "dest")
+
+
+def test_files_roundtrip_and_list(backend: Backend, tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 3_000_000)
+    info = backend.objects.put_file("jobs/j/results/t/1.parquet", src)
+    assert info is not None and info.size == 3_000_000
+    dest = tmp_path / "out" / "copy.bin"
+    got = backend.objects.get_file("jobs/j/results/t/1.parquet", dest, sha256=info.sha256)
+    assert got.sha256 == info.sha256
+    assert dest.read_bytes() == src.read_bytes()
+    backend.objects.put_bytes("jobs/j/a", b"1")
+    backend.objects.put_bytes("jobs/k/a", b"1")
+    assert list(backend.objects.list("jobs/j/")) == ["jobs/j/a", "jobs/j/results/t/1.parquet"]
+    backend.objects.delete("jobs/j/a")
+    backend.objects.delete("jobs/j/a")
+    assert list(backend.objects.list("jobs/j/")) == ["jobs/j/results/t/1.parquet"]
+
+
+def test_json_helpers(backend: Backend) -> None:
+    backend.objects.put_json("m.json", {"b": 1, "a": [1, 2]})
+    assert backend.objects.get_json("m.json") == {"a": [1, 2], "b": 1}

@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+from slurmctl.backends import Backend
+from slurmctl.backends.statestore import (
+    ITEMS_PENDING,
+    ITEMS_SUCCEEDED,
+    OUTPUT_ROWS,
+    Bucket,
+    JobRecord,
+    TaskCommit,
+    TaskRecord,
+    task_counter,
+)
+from slurmctl.states import JobStatus, TaskStatus
+
+
+def _task(i: int, phase: str = "initial", items: int = 10) -> TaskRecord:
+    return TaskRecord(
+        job_id="j",
+        task_id=f"task-{i:06d}",
+        batch_id=f"batch-{i:06d}",
+        phase=phase,
+        group="initial_batch",
+        items=items,
+        batch_key=f"jobs/j/batches/batch-{i:06d}.jsonl",
+        batch_sha256="ab" * 32,
+    )
+
+
+def _commit(rows: int = 10) -> TaskCommit:
+    return TaskCommit("out", "s" * 64, rows, "err", "e" * 64, rows, 0, 0, 2.0)
+
+
+def _setup(backend: Backend, n: int = 3) -> None:
+    assert backend.state.create_job(JobRecord(job_id="j", status=JobStatus.PENDING))
+    assert backend.state.put_tasks([_task(i) for i in range(n)]) == n
+    assert backend.state.update_job(
+        "j",
+        {"status": JobStatus.RUNNING, "submitted": True},
+        expect={"submitted": False},
+        counter_deltas={task_counter("initial", "PENDING"): n, ITEMS_PENDING: 10 * n},
+    )
+
+
+def test_job_create_is_put_if_absent(backend: Backend) -> None:
+    assert backend.state.create_job(JobRecord(job_id="j", status=JobStatus.PENDING, workers=3))
+    assert not backend.state.create_job(JobRecord(job_id="j", status=JobStatus.RUNNING))
+    job = backend.state.get_job("j")
+    assert job is not None and job.status == JobStatus.PENDING and job.workers == 3
+    assert backend.state.get_job("other") is None
+    assert [j.job_id for j in backend.state.list_jobs()] == ["j"]
+
+
+def test_update_job_is_conditional_and_moves_counters(backend: Backend) -> None:
+    _setup(backend)
+    assert not backend.state.update_job(
+        "j", {"status": JobStatus.FAILED}, expect={"submitted": False}, counter_deltas={"x": 5}
+    )
+    job = backend.state.get_job("j")
+    assert job is not None and job.status == JobStatus.RUNNING and job.submitted
+    assert "x" not in backend.state.counters("j")
+    assert backend.state.counters("j")[task_counter("initial", "PENDING")] == 3
+    assert backend.state.update_job("j", {"paused": True}, expect={"status": JobStatus.RUNNING})
+    assert backend.state.get_job("j").paused  # type: ignore[union-attr]
+
+
+def test_put_tasks_is_idempotent(backend: Backend) -> None:
+    _setup(backend, n=3)
+    assert backend.state.put_tasks([_task(i) for i in range(5)]) == 2
+    assert [t.task_id for t in backend.state.iter_tasks("j")] == [f"task-{i:06d}" for i in range(5)]
+
+
+def test_claim_is_exclusive_until_lease_expires(backend: Backend) -> None:
+    _setup(backend)
+    a = backend.state.claim_task("j", "task-000000", "w1", "tok-a", 10, now=100.0)
+    assert a is not None and a.status == TaskStatus.RUNNING and a.attempts == 1
+    assert a.lease_token == "tok-a" and a.worker_id == "w1"
+    assert backend.state.claim_task("j", "task-000000", "w2", "tok-b", 10, now=105.0) is None
+    c = backend.state.counters("j")
+    assert c[task_counter("initial", "PENDING")] == 2
+    assert c[task_counter("initial", "RUNNING")] == 1
+    # heartbeat extends: still not claimable at 115
+    assert backend.state.heartbeat("j", "task-000000", "tok-a", 10, now=108.0)
+    assert backend.state.claim_task("j", "task-000000", "w2", "tok-b", 10, now=115.0) is None
+    b = backend.state.claim_task("j", "task-000000", "w2", "tok-b", 10, now=118.5)
+    assert b is not None and b.attempts == 2 and b.worker_losses == 1
+    # a takeover does not move the counters again
+    assert backend.state.counters("j")[task_counter("initial", "RUNNING")] == 1
+    assert not backend.state.heartbeat("j", "task-000000", "tok-a", 10, now=119.0)
+    assert backend.state.claim_task("j", "task-999999", "w2", "tok-c", 10, now=1.0) is None
+
+
+def test_commit_is_fenced_by_token(backend: Backend) -> None:
+    _setup(backend)
+    backend.state.claim_task("j", "task-000001", "w1", "old", 10, now=100.0)
+    backend.state.claim_task("j", "task-000001", "w2", "new", 10, now=200.0)
+    assert not backend.state.commit_task("j", "task-000001", "old", _commit())
+    t = backend.state.get_task("j", "task-000001")
+    assert t is not None and t.status == TaskStatus.RUNNING and t.output_key is None
+    assert backend.state.commit_task("j", "task-000001", "new", _commit(rows=7))
+    assert not backend.state.commit_task("j", "task-000001", "new", _commit())  # once only
+    t = backend.state.get_task("j", "task-000001")
+    assert t is not None and t.status == TaskStatus.SUCCESS and t.output_rows == 7
+    c = backend.state.counters("j")
+    assert c[task_counter("initial", "SUCCESS")] == 1
+    assert c[task_counter("initial", "RUNNING")] == 0
+    assert c[ITEMS_SUCCEEDED] == 7 and c[OUTPUT_ROWS] == 7 and c[ITEMS_PENDING] == 30 - 7
+
+
+def test_release_and_fail(backend: Backend) -> None:
+    _setup(backend)
+    backend.state.claim_task("j", "task-000002", "w1", "t1", 10, now=100.0)
+    assert not backend.state.release_task("j", "task-000002", "wrong")
+    assert backend.state.release_task("j", "task-000002", "t1", checkpoint_key="ck", checkpoint_sha256="c")
+    t = backend.state.get_task("j", "task-000002")
+    assert t is not None and t.status == TaskStatus.PENDING and t.checkpoint_key == "ck"
+    assert t.worker_losses == 1 and t.lease_token is None
+    assert backend.state.claim_task("j", "task-000002", "w2", "t2", 10, now=101.0) is not None
+    assert backend.state.fail_task("j", "task-000002", "t2", "corrupt batch", now=102.0)
+    c = backend.state.counters("j")
+    assert c[task_counter("initial", "FAILED")] == 1
+    assert c[task_counter("initial", "PENDING")] == 2
+    assert c[task_counter("initial", "RUNNING")] == 0
+
+
+def test_unfinished_index(backend: Backend) -> None:
+    _setup(backend, n=4)
+    backend.state.claim_task("j", "task-000000", "w", "a", 10, now=1.0)
+    backend.state.commit_task("j", "task-000000", "a", _commit())
+    backend.state.claim_task("j", "task-000001", "w", "b", 10, now=1.0)
+    assert [t.task_id for t in backend.state.unfinished_tasks("j")] == [
+        "task-000001",
+        "task-000002",
+        "task-000003",
+    ]
+    assert list(backend.state.unfinished_tasks("j", phase="retry_1")) == []
+    assert [t.task_id for t in backend.state.iter_tasks("j", status=TaskStatus.SUCCESS)] == [
+        "task-000000"
+    ]
+
+
+def test_job_lease(backend: Backend) -> None:
+    _setup(backend)
+    assert backend.state.acquire_job_lease("j", "r1", 30, now=0.0)
+    assert backend.state.acquire_job_lease("j", "r1", 30, now=1.0)  # re-entrant
+    assert not backend.state.acquire_job_lease("j", "r2", 30, now=10.0)
+    assert backend.state.acquire_job_lease("j", "r2", 30, now=40.0)  # expired
+    backend.state.release_job_lease("j", "r1")  # not the holder: no effect
+    assert not backend.state.acquire_job_lease("j", "r3", 30, now=41.0)
+    backend.state.release_job_lease("j", "r2")
+    assert backend.state.acquire_job_lease("j", "r3", 30, now=41.0)
+
+
+def test_buckets_schedule_pause_release(backend: Backend) -> None:
+    _setup(backend)
+    backend.state.put_bucket(Bucket("j", "default", rate=10.0, burst=2))
+    g = backend.state.reserve_slots("j", "default", 4, now=100.0)
+    assert not g.paused
+    assert [round(t, 6) for t in g.times] == [100.0, 100.0, 100.1, 100.2]
+    assert round(g.tat, 6) == 100.4
+    # give back the last two: the next grant starts where they were
+    assert backend.state.release_slots("j", "default", g.tat, g.tat - 0.2)
+    assert not backend.state.release_slots("j", "default", g.tat, 0.0)  # stale: TAT moved
+    g2 = backend.state.reserve_slots("j", "default", 1, now=100.0)
+    assert [round(t, 6) for t in g2.times] == [100.1]
+    backend.state.set_buckets_paused("j", True)
+    assert backend.state.reserve_slots("j", "default", 1, now=100.0).paused
+    backend.state.set_buckets_paused("j", False)
+    backend.state.put_bucket(Bucket("j", "default", rate=20.0, burst=1))
+    b = backend.state.get_bucket("j", "default")
+    assert b is not None and b.rate == 20.0 and b.burst == 1 and round(b.tat, 6) == 100.3
+    assert [x.name for x in backend.state.list_buckets("j")] == ["default"]
+
+
+def test_delete_job(backend: Backend) -> None:
+    _setup(backend)
+    backend.state.put_bucket(Bucket("j", "default", rate=10.0, burst=2))
+    backend.state.delete_job("j")
+    assert backend.state.get_job("j") is None
+    assert list(backend.state.iter_tasks("j")) == []
+    assert backend.state.counters("j") == {}
+    assert backend.state.list_buckets("j") == []
