@@ -34,7 +34,16 @@ pid_of_file() {
     [ -n "$pid" ] || return 1
     comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
     [ "$comm" = "$name" ] || return 1
+    proc_alive "$pid" || return 1
     printf '%s\n' "$pid"
+}
+
+# proc_alive PID: true if PID exists and is not a zombie (PID 1 here may be
+# slow to reap orphans, so /proc/PID can outlive the process).
+proc_alive() {
+    local state
+    state=$(awk '{sub(/.*\) /, ""); print $1}' "/proc/$1/stat" 2>/dev/null || true)
+    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
 }
 
 # stop_pidfile PIDFILE NAME [TIMEOUT]: SIGTERM the process named in PIDFILE
@@ -44,10 +53,10 @@ stop_pidfile() {
     pid=$(pid_of_file "$file" "$name") || { rm -f "$file"; return 0; }
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < timeout * 5; i++)); do
-        [ -d "/proc/$pid" ] || break
+        proc_alive "$pid" || break
         sleep 0.2
     done
-    if [ -d "/proc/$pid" ]; then
+    if proc_alive "$pid"; then
         log "$name (pid $pid) ignored SIGTERM for ${timeout}s; sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
         sleep 0.5

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import hmac
 import json
@@ -154,9 +155,7 @@ class _State:
             self.last_request_at = wall
             self.max_requests_1s = max(self.max_requests_1s, _slide(self._window, now))
             if admitted:
-                self.max_admitted_1s = max(
-                    self.max_admitted_1s, _slide(self._admitted_window, now)
-                )
+                self.max_admitted_1s = max(self.max_admitted_1s, _slide(self._admitted_window, now))
             else:
                 self.counts["status_429"] += 1
         return admitted
@@ -227,7 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+    def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
             super().log_message(format, *args)
 
@@ -383,10 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         api.stop()
         if args.port_file:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(args.port_file)
-            except FileNotFoundError:
-                pass
     print(f"mock API stopped: {json.dumps(api.stats())}", flush=True)
     return 0
 

@@ -2,17 +2,22 @@
 tests use the very same code.
 
 The bucket holds the theoretical arrival time (TAT) of the next request. With T = 1/rate and a
-tolerance tau = (burst - 1) * T, a request may go at s >= TAT - tau, and each one pushes TAT by T.
-Any set of slot times produced this way has at most rate * t + burst slots in any window t.
+tolerance tau = (burst - 1 - HEADROOM) * T, a request may go at s >= TAT - tau, and each one pushes
+TAT by T. Any set of slot times produced this way has at most rate * t + burst - HEADROOM slots in
+any window t. The one slot of headroom (when burst > 1) absorbs a send that leaves up to one
+interval after its slot time (scheduling jitter, clock skew between nodes): workers never use a
+slot later than that.
 """
 
 from __future__ import annotations
+
+HEADROOM = 1
 
 
 def reserve(tat: float, now: float, n: int, rate: float, burst: int) -> tuple[list[float], float]:
     """Reserve n slots at or after now: returns their times and the new TAT."""
     interval = 1.0 / rate
-    tau = max(burst - 1, 0) * interval
+    tau = max(burst - 1 - HEADROOM, 0) * interval
     times: list[float] = []
     for _ in range(n):
         slot = max(now, tat - tau)

@@ -153,7 +153,7 @@ def test_job_lease(backend: Backend) -> None:
 
 def test_buckets_schedule_pause_release(backend: Backend) -> None:
     _setup(backend)
-    backend.state.put_bucket(Bucket("j", "default", rate=10.0, burst=2))
+    backend.state.put_bucket(Bucket("j", "default", rate=10.0, burst=3))
     g = backend.state.reserve_slots("j", "default", 4, now=100.0)
     assert not g.paused
     assert [round(t, 6) for t in g.times] == [100.0, 100.0, 100.1, 100.2]

@@ -1,0 +1,3 @@
+from slurmctl.cli import main
+
+main()

@@ -1,0 +1,93 @@
+"""`pause`, `resume`, `aggregate` and the internal `worker`: commands that act on a job."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from slurmctl.cli import Env, cli, pass_env
+from slurmctl.cli.run import print_outcome, run_job
+from slurmctl.errors import JobStateError
+from slurmctl.finalize.finalize import finalize
+from slurmctl.jobs import append_history, get_job
+
+
+@cli.command("pause")
+@click.argument("job_id")
+@pass_env
+def pause_cmd(env: Env, job_id: str) -> None:
+    """Stop issuing rate-limit slots and claiming tasks; workers wait, nothing fails."""
+    job = get_job(env.backend, job_id)
+    if job.status.terminal:
+        raise JobStateError(f"job {job_id} is {job.status}: nothing to pause")
+    env.backend.state.update_job(job_id, {"paused": True, "updated_at": time.time()})
+    env.backend.state.set_buckets_paused(job_id, True)
+    append_history(env.backend, job_id, "pause")
+    click.echo(f"job {job_id} paused; `slurmctl resume {job_id}` lifts it")
+
+
+@cli.command("resume")
+@click.argument("job_id")
+@click.option("--no-progress", is_flag=True)
+@pass_env
+def resume_cmd(env: Env, job_id: str, no_progress: bool) -> None:
+    """Make the job progress again: lift a pause, restart what died, finish what remains."""
+    job = get_job(env.backend, job_id)
+    if job.status.terminal and job.status.value == "COMPLETED":
+        click.echo(f"job {job_id} is COMPLETED: nothing to resume")
+        print_outcome(env, job_id)
+        return
+    if not job.submitted:
+        raise JobStateError(
+            f"job {job_id} was not fully submitted; run `slurmctl submit` with its job "
+            "definition again to carry on"
+        )
+    if job.paused:
+        env.backend.state.update_job(job_id, {"paused": False, "updated_at": time.time()})
+        env.backend.state.set_buckets_paused(job_id, False)
+        append_history(env.backend, job_id, "resume", lifted="pause")
+        click.echo(f"job {job_id}: pause lifted")
+    holder_free = env.backend.state.acquire_job_lease(job_id, "probe", 0.0, time.time())
+    if not holder_free:
+        click.echo(f"job {job_id} is being run by another slurmctl process; it carries on there")
+        return
+    env.backend.state.release_job_lease(job_id, "probe")
+    if job.status.value in ("FAILED", "CANCELLED"):
+        env.backend.state.update_job(job_id, {"status": "RUNNING", "error": None})
+    append_history(env.backend, job_id, "resume")
+    run_job(env, job_id, progress=not no_progress)
+    sys.exit(print_outcome(env, job_id))
+
+
+@cli.command("aggregate")
+@click.argument("job_id")
+@pass_env
+def aggregate_cmd(env: Env, job_id: str) -> None:
+    """Run finalize now: reconcile, and merge the outputs if every task is finished."""
+    result = finalize(env.backend, job_id)
+    if result.work_left:
+        raise JobStateError(
+            f"job {job_id}: {result.work_left} task(s) not finished; `slurmctl resume {job_id}` "
+            "runs them"
+        )
+    sys.exit(print_outcome(env, job_id))
+
+
+@cli.command("worker")
+@click.option("--job-id", required=True)
+@click.option("--worker-id", default=None, help="Defaults to <host>-<pid>.")
+@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--poll", "poll_s", default=1.0, show_default=True, help="Seconds per idle receive.")
+@pass_env
+def worker_cmd(
+    env: Env, job_id: str, worker_id: str | None, scratch: Path | None, poll_s: float
+) -> None:
+    """(internal) Claim and run tasks of JOB until none is left."""
+    from slurmctl.worker.runner import Worker
+
+    worker = Worker(env.backend, job_id, worker_id, scratch, poll_s)
+    worker.install_signals()
+    sys.exit(worker.run())

@@ -1,0 +1,109 @@
+"""`status`, `list` and `history`: reading a job, never changing it."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from slurmctl.cli import Env, cli, pass_env
+from slurmctl.jobs import read_history
+from slurmctl.status import ITEM_KEYS, job_status, shown_status
+
+
+def _status_table(s: dict[str, Any]) -> Table:
+    items = s["items"]
+    total = items["total"] or 1
+    done = items["total"] - items["pending"]
+    table = Table(title=f"{s['job_id']}: {s['status']} (phase {s['phase']})", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("progress", f"{done}/{items['total']} items ({100 * done / total:.1f}%)")
+    for key in ITEM_KEYS:
+        table.add_row(f"items {key}", str(items[key]))
+    table.add_row("tasks", ", ".join(f"{k} {v}" for k, v in s["tasks"].items()))
+    for b in s["rate_limits"]:
+        paused = " (paused)" if b["paused"] else ""
+        table.add_row(f"rate limit {b['name']}", f"{b['tokens_per_sec']:g}/s burst {b['burst']}{paused}")
+    for out in s["outputs"]:
+        table.add_row("output", f"{out['path']} ({out['rows']} rows)")
+    if s["error"]:
+        table.add_row("error", s["error"])
+    return table
+
+
+@cli.command("status")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (DESIGN.md's fields).")
+@click.option("--watch", is_flag=True, help="Refresh in place until the job ends.")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
+@pass_env
+def status_cmd(env: Env, job_id: str, as_json: bool, watch: bool, interval: float) -> None:
+    """Where the job stands (reads counters only: instant at any size)."""
+    s = job_status(env.backend, job_id)
+    if as_json and not watch:
+        click.echo(json.dumps(s, indent=2, sort_keys=True))
+        return
+    if not watch:
+        Console().print(_status_table(s))
+        return
+    with Live(_status_table(s), refresh_per_second=4) as live:
+        while s["status"] not in ("COMPLETED", "FAILED", "CANCELLED"):
+            time.sleep(interval)
+            s = job_status(env.backend, job_id)
+            live.update(_status_table(s))
+            if as_json:
+                click.echo(json.dumps(s, sort_keys=True))
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_env
+def list_cmd(env: Env, as_json: bool) -> None:
+    """The jobs in this state root."""
+    jobs = env.backend.state.list_jobs()
+    rows = [
+        {
+            "job_id": j.job_id,
+            "status": str(shown_status(j)),
+            "phase": j.phase,
+            "tasks": j.task_count,
+            "items": j.item_count,
+            "executor": j.executor,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(j.created_at)),
+        }
+        for j in jobs
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no jobs in {env.root}")
+        return
+    table = Table("job_id", "status", "phase", "tasks", "items", "executor", "created_at")
+    for r in rows:
+        table.add_row(*(str(v) for v in r.values()))
+    Console().print(table)
+
+
+@cli.command("history")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_env
+def history_cmd(env: Env, job_id: str, as_json: bool) -> None:
+    """The job's runs and operator actions: who, when, what."""
+    from slurmctl.jobs import get_job
+
+    get_job(env.backend, job_id)
+    for entry in read_history(env.backend, job_id):
+        if as_json:
+            click.echo(json.dumps(entry, sort_keys=True))
+            continue
+        rest = {k: v for k, v in entry.items() if k not in {"at", "who", "action", "pid"}}
+        detail = " ".join(f"{k}={v}" for k, v in sorted(rest.items()))
+        click.echo(f"{entry['at']}  {entry['who']:<24} {entry['action']:<10} {detail}")

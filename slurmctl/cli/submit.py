@@ -1,0 +1,167 @@
+"""`submit` and `try`: the commands that take a job definition file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from slurmctl import secrets as secret_refs
+from slurmctl.cli import Env, cli, pass_env
+from slurmctl.cli.run import print_outcome, run_job, stderr
+from slurmctl.config import load_job_definition
+from slurmctl.coordinator.scan import InputScanner
+from slurmctl.coordinator.submit import plan, submit
+from slurmctl.ratelimit import gcra
+from slurmctl.worker.classify import classify
+from slurmctl.worker.context import Context
+from slurmctl.worker.handler import load_handler
+
+CONFIG = click.Path(path_type=Path, dir_okay=False)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+@cli.command("submit")
+@click.argument("config", type=CONFIG)
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; write nothing.")
+@click.option("--follow", is_flag=True, help="Wait for the end of a Slurm job (local always waits).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@pass_env
+def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress: bool) -> None:
+    """Submit the job CONFIG defines, and run it (local executor: in the foreground)."""
+    definition = load_job_definition(config)
+    for name in secret_refs.unresolved_refs(definition.params):
+        click.echo(f"note: params reference {name}; it must be set where the workers run", err=True)
+    if dry_run:
+        p = plan(definition)
+        click.echo(f"job {p.job_id} (dry run: nothing written)")
+        click.echo(f"  input lines   {p.lines}")
+        click.echo(f"  items         {p.items}")
+        reasons = ", ".join(f"{n} {k}" for k, n in sorted(p.reasons.items()))
+        click.echo(f"  quarantined   {p.quarantined}" + (f" ({reasons})" if reasons else ""))
+        click.echo(f"  batches       {p.batches} of up to {definition.batch_size} items")
+        click.echo(f"  tasks         {p.batches}")
+        click.echo(f"  workers       {p.workers} ({definition.executor} executor)")
+        if p.shortest_s is not None:
+            click.echo(f"  shortest run  {_duration(p.shortest_s)} at {p.rate:g} requests/s "
+                       "(one request per item)")  # fmt: skip
+        else:
+            click.echo("  shortest run  no rate limit configured")
+        return
+    with _bytes_bar(not no_progress, "batching") as (on_size, on_bytes):
+        result = submit(env.backend, definition, progress=on_bytes, input_size=on_size)
+    job_id = result.job_id
+    if not result.created:
+        if result.status.terminal:
+            click.echo(f"job {job_id} already {result.status}; `slurmctl status {job_id}` shows it")
+            print_outcome(env, job_id)
+            return
+        click.echo(f"job {job_id} exists: carrying on where it stopped")
+    else:
+        click.echo(f"job {job_id} submitted")
+    run_job(env, job_id, progress=not no_progress)
+    sys.exit(print_outcome(env, job_id))
+
+
+class _bytes_bar:
+    """A progress bar over the input's bytes while batching (a terminal only)."""
+
+    def __init__(self, enabled: bool, label: str) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.label = label
+        self.progress: Any = None
+        self.task: Any = None
+        self.pending = 0
+
+    def __enter__(self) -> tuple[Any, Any]:
+        if not self.enabled:
+            return None, None
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), console=stderr, transient=True)  # fmt: skip
+        self.progress.__enter__()
+        self.task = self.progress.add_task(self.label, total=None)
+
+        def on_size(size: int) -> None:
+            self.progress.update(self.task, total=size)
+
+        def on_bytes(n: int) -> None:
+            self.pending += n
+            if self.pending >= 1 << 20:
+                self.progress.advance(self.task, self.pending)
+                self.pending = 0
+
+        return on_size, on_bytes
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(None, None, None)
+
+
+class _LocalPacer:
+    """`try` writes no state: the rate limit is kept in memory, with the same arithmetic."""
+
+    def __init__(self, rate: float | None, burst: int) -> None:
+        self.rate, self.burst, self.tat = rate, burst, 0.0
+
+    def __call__(self, n: int, bucket: str | None) -> float:
+        if not self.rate:
+            return 0.0
+        times, self.tat = gcra.reserve(self.tat, time.time(), n, self.rate, self.burst)
+        wait = max(0.0, times[-1] - time.time())
+        time.sleep(wait)
+        return wait
+
+
+@cli.command("try")
+@click.argument("config", type=CONFIG)
+@click.option("--items", "count", default=5, show_default=True, type=click.IntRange(1))
+@pass_env
+def try_cmd(env: Env, config: Path, count: int) -> None:
+    """Run the handler on the first items of the input, in this process; write no state."""
+    import tempfile
+
+    definition = load_job_definition(config)
+    handler = load_handler(definition.handler, definition.config_dir)
+    params = secret_refs.resolve(definition.params)
+    hidden = secret_refs.collect_secret_values(definition.params)
+    limit = definition.rate_limit
+    pacer = _LocalPacer(limit.tokens_per_sec if limit else None, limit.burst if limit else 1)
+    ctx = Context(params, pacer, logging.getLogger("slurmctl.handler"), "try", "try")
+    path = Path(definition.resolved_input())
+    ok = failed = 0
+    if handler.setup is not None:
+        handler.setup(ctx)
+    try:
+        with tempfile.TemporaryDirectory(prefix="slurmctl-try-") as tmp:
+            scanner = InputScanner(path, definition.id_field, Path(tmp), None)
+            for n, line in enumerate(scanner.items()):
+                if n >= count:
+                    break
+                item = json.loads(line)
+                item_id = item[definition.id_field]
+                try:
+                    out = handler.process(item, ctx)
+                except Exception as exc:  # noqa: BLE001 - shown to the user, classified
+                    c = classify(exc, definition.error_rules)
+                    failed += 1
+                    message = secret_refs.redact(c.message, hidden)
+                    click.echo(f"{item_id}\t{c.type}{' (permanent)' if c.permanent else ''}\t{message}")
+                else:
+                    ok += 1
+                    text = secret_refs.redact(json.dumps(out, default=str), hidden)
+                    click.echo(f"{item_id}\tok\t{text}")
+    finally:
+        if handler.teardown is not None:
+            handler.teardown(ctx)
+    click.echo(f"{ok} ok, {failed} failed; metrics {json.dumps(ctx.metrics.snapshot())}")

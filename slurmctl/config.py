@@ -1,0 +1,306 @@
+"""The job definition (DESIGN.md "Names users type"): pydantic models and a YAML loader.
+
+Every mistake in a definition becomes one ConfigError line naming the file, the line when known,
+the field, what was expected and what was found (invariant 7): a user fixes it without reading a
+traceback or a pydantic URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from slurmctl.config_yaml import FieldProblem, format_validation_error, read_yaml_mapping
+from slurmctl.errors import ConfigError, InputError, UserError
+from slurmctl.ids import validate_job_id
+from slurmctl.secrets import ParamsError, check_no_literal_secrets
+
+ERROR_TYPES = ("network", "timeout", "throttled", "server", "preempted", "crash",
+               "not_found", "client", "validation", "poison", "unknown")  # fmt: skip
+TRANSIENT_TYPES = ("network", "timeout", "throttled", "server", "preempted", "crash", "unknown")
+PERMANENT_TYPES = ("not_found", "client", "validation", "poison")
+ErrorType = Literal["network", "timeout", "throttled", "server", "preempted", "crash",
+                    "not_found", "client", "validation", "poison", "unknown"]  # fmt: skip
+assert set(get_args(ErrorType)) == set(ERROR_TYPES) == set(TRANSIENT_TYPES + PERMANENT_TYPES)
+
+_IDENT_RE = re.compile(r"^[A-Za-z_]\w*$", re.ASCII)
+_TIME_RE = re.compile(r"^(?:\d+-\d{1,2}|\d+)(?::\d{1,2}){0,2}$")
+
+
+def _matching(regex: str, expected: str, flags: int = re.ASCII) -> AfterValidator:
+    """A validator refusing strings that do not match regex, saying what was expected."""
+    pattern = re.compile(regex, flags)
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(expected)
+        return value
+
+    return AfterValidator(check)
+
+
+def _int_as_str(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _check_time(value: str) -> str:
+    if value.upper() in ("UNLIMITED", "INFINITE"):
+        return value
+    days, _, clock = value.rpartition("-")
+    fields = clock.split(":")
+    limits = ([24] if days else [0]) + [60] * (len(fields) - 1)
+    if not _TIME_RE.fullmatch(value) or any(
+        lim and int(f) >= lim for f, lim in zip(fields, limits, strict=True)
+    ):
+        raise ValueError("expected a Slurm time: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+    return value
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"expected a regular expression ({exc})") from None
+    return value
+
+
+# `time: 60` is 60 minutes and `mem: 8192` is 8192 MB, as sbatch reads them.
+SlurmTime = Annotated[str, BeforeValidator(_int_as_str), AfterValidator(_check_time)]
+SlurmMem = Annotated[str, BeforeValidator(_int_as_str), _matching(
+    r"^\d+[KMGT]?$", "expected a memory size like 8G, 512M or a number of megabytes", re.I)]
+JobType = Annotated[str, _matching(  # <= 40 characters so that the default job id fits in 64
+    r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,39}$",
+    "expected letters, digits, '.', '_' or '-' (1 to 40 characters, not starting with '.')")]
+Handler = Annotated[str, _matching(
+    r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$",
+    "expected module:function (like handler:process), both Python names")]
+InputRef = Annotated[str, _matching(
+    r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+|(?!\s*$)(?!s3:)(?![A-Za-z][\w+.-]*://).+)$",
+    "expected a path relative to the job definition, or s3://bucket/key")]
+ExceptionName = Annotated[str, _matching(
+    r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$",
+    "expected an exception class name like KeyError or mymod.MyError")]
+HttpUrl = Annotated[str, _matching(r"^https?://\S+$", "expected an http:// or https:// URL")]
+
+
+class _Section(BaseModel):
+    """Strict: YAML already types values, so `workers: yes` or `batch_size: "10"` is a mistake."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SlurmOptions(_Section):
+    """sbatch options; unknown keys are refused so a typo never silently drops a limit."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: SlurmTime | None = None
+    cpus_per_task: int | None = Field(default=None, ge=1)
+    mem: SlurmMem | None = None
+    gres: str | None = None
+    array_parallelism: int | None = Field(default=None, ge=1)
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class AwsOptions(_Section):
+    bucket: str | None = None
+    table: str | None = None
+    region: str | None = None
+    endpoint_url: HttpUrl | None = None
+    prefix: str = "slurmctl/"
+
+
+class RateLimit(_Section):
+    tokens_per_sec: float = Field(gt=0)
+    burst: int = Field(default=1, ge=1)
+
+
+class RetryOptions(_Section):
+    max_attempts: int = Field(default=3, ge=1)
+    backoff_s: float = Field(default=30.0, ge=0)
+    backoff_max_s: float = Field(default=900.0, ge=0)
+    max_task_failures: int = Field(default=3, ge=1)
+
+
+class OutputOptions(_Section):
+    format: Literal["parquet"] = "parquet"
+    fan_in: int = Field(default=10, ge=2, le=1000)
+
+
+class LeaseOptions(_Section):
+    ttl_s: float = Field(default=120.0, ge=1)
+    heartbeat_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_ttl(self) -> LeaseOptions:
+        if self.heartbeat_s >= self.ttl_s:
+            raise FieldProblem(f"expected less than lease.ttl_s ({self.ttl_s:g})", ("heartbeat_s",))
+        return self
+
+
+class ErrorRule(_Section):
+    """Classifies a handler failure: all of exception, message and status that are given match."""
+
+    type: ErrorType
+    exception: ExceptionName | None = None
+    message: Annotated[str, AfterValidator(_check_regex)] | None = None
+    status: int | None = Field(default=None, ge=100, le=599)
+
+    @model_validator(mode="after")
+    def _needs_a_condition(self) -> ErrorRule:
+        if self.exception is None and self.message is None and self.status is None:
+            msg = "a rule needs at least one of exception, message or status"
+            raise FieldProblem(msg, show_found=False)
+        return self
+
+
+class JobDefinition(_Section):
+    """One job definition file. The loader binds it to its file (config_path, config_dir)."""
+
+    job_id: str | None = None
+    job_type: JobType
+    handler: Handler
+    input: InputRef
+    id_field: str = Field(min_length=1)
+    batch_size: int = Field(default=100, ge=1, le=1_000_000)
+    params: dict[str, Any] = Field(default_factory=dict)
+    workers: int = Field(default=4, ge=1, le=10_000)
+    executor: Literal["local", "slurm"] = "local"
+    slurm: SlurmOptions = Field(default_factory=SlurmOptions)
+    backend: Literal["local", "aws"] = "local"
+    aws: AwsOptions = Field(default_factory=AwsOptions)
+    scratch: str | None = None
+    rate_limit: RateLimit | None = None
+    rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
+    retry: RetryOptions = Field(default_factory=RetryOptions)
+    output: OutputOptions = Field(default_factory=OutputOptions)
+    max_quarantine_share: float = Field(default=0.01, ge=0, le=1)
+    max_failure_share: float | None = Field(default=None, ge=0, le=1)
+    lease: LeaseOptions = Field(default_factory=LeaseOptions)
+    checkpoint_every: int = Field(default=100, ge=1)
+    error_rules: list[ErrorRule] = Field(default_factory=list)
+
+    _config_path: Path | None = PrivateAttr(default=None)
+    _config_bytes: bytes | None = PrivateAttr(default=None)
+
+    @field_validator("job_id")
+    @classmethod
+    def _check_job_id(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                validate_job_id(value)
+            except UserError as exc:  # reuse ids.py's wording, minus its own "job_id:"/"found"
+                raise ValueError(str(exc).split(": ", 1)[1].rsplit(", found ", 1)[0]) from None
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _check_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            check_no_literal_secrets(value)
+        except ParamsError as exc:
+            raise FieldProblem(exc.reason, exc.path, show_found=False) from None
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_bucket_names(cls, value: dict[str, RateLimit]) -> dict[str, RateLimit]:
+        for name in value:
+            if name == "default":
+                raise FieldProblem("'default' is reserved: set the default bucket with rate_limit",
+                                   (name,), show_found=False)  # fmt: skip
+            if not _IDENT_RE.fullmatch(name):
+                raise FieldProblem("expected a bucket name of letters, digits and '_'",
+                                   (name,), show_found=False)  # fmt: skip
+        return value
+
+    @model_validator(mode="after")
+    def _aws_needs_bucket_and_table(self) -> JobDefinition:
+        if self.backend == "aws":
+            for name in ("bucket", "table"):
+                if not getattr(self.aws, name):
+                    raise FieldProblem("required when backend is aws", ("aws", name),
+                                       show_found=False, line_loc=("backend",))  # fmt: skip
+        return self
+
+    @property
+    def config_path(self) -> Path:
+        """The file this definition was loaded from (cwd/job.yaml when built in memory)."""
+        return self._config_path or Path.cwd() / "job.yaml"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.config_path.parent
+
+    def bind_source(self, path: Path, content: bytes) -> JobDefinition:
+        """Remember the file and its bytes: relative inputs and the default job id use them."""
+        self._config_path = Path(os.path.abspath(path))
+        self._config_bytes = content
+        return self
+
+    def resolved_input(self) -> str:
+        """The input as an absolute path, or the s3:// URL unchanged."""
+        if self.input.startswith("s3://"):
+            return self.input
+        return os.path.abspath(self.config_dir / Path(self.input).expanduser())
+
+    def effective_job_id(self, now: datetime | None = None) -> str:
+        """job_id, else `<job_type>-<UTC YYYYMMDD>-<8 hex>`: the same config and input on the
+        same day give the same id, so submitting again resumes instead of starting over."""
+        if self.job_id:
+            return self.job_id
+        source = self._config_bytes
+        if source is None:
+            source = repr(sorted(self.to_stored_dict().items())).encode()
+        digest = hashlib.sha256(source)
+        resolved = self.resolved_input()
+        digest.update(b"\0" + resolved.encode())
+        if not resolved.startswith("s3://"):
+            try:
+                st = os.stat(resolved)
+            except OSError as exc:
+                raise InputError(f"{resolved}: cannot read input: {exc.strerror}") from None
+            digest.update(f"\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        day = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d")
+        return f"{self.job_type}-{day}-{digest.hexdigest()[:8]}"
+
+    def to_stored_dict(self) -> dict[str, Any]:
+        """Every field with its effective value, JSON-ready; references stay `${NAME}`."""
+        return self.model_dump(mode="json")
+
+
+def load_job_definition(path: Path) -> JobDefinition:
+    """Read and validate a job definition file; any mistake raises a one-line ConfigError."""
+    try:
+        content = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read job definition: {exc.strerror or exc}") from None
+    return parse_job_definition(content, path)
+
+
+def parse_job_definition(content: bytes, path: Path) -> JobDefinition:
+    """Validate the bytes of a job definition; `path` names it in errors and anchors `input`."""
+    data, root = read_yaml_mapping(content, str(path))
+    try:
+        job = JobDefinition.model_validate(data)
+    except ValidationError as exc:
+        message = format_validation_error(exc, JobDefinition, str(path), root, data)
+        raise ConfigError(message) from None
+    return job.bind_source(Path(path), content)

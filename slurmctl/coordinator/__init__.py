@@ -1,0 +1,1 @@
+"""The coordinator: validates the input, cuts batches and writes a job's initial state."""

@@ -1,0 +1,1 @@
+"""Executors start workers: local subprocesses, or Slurm job arrays."""

@@ -1,0 +1,1 @@
+"""Finalize: reconcile, then plan a retry phase or aggregate the committed outputs."""

@@ -1,0 +1,169 @@
+"""The aggregator: a hierarchical merge of the committed outputs into the final dataset.
+
+Inputs come from the state store's committed keys (never a folder listing) and each is verified
+against the sha256 recorded at commit. Level 1 merges groups of `fan_in` task outputs, level 2
+groups of level-1 parts, and so on until one part is left. Each part is written atomically with a
+`.done` naming its sha256, rows and inputs; a rerun skips the parts whose `.done` matches, and
+rebuilds a part whose bytes no longer match its `.done`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from slurmctl.backends import Backend
+from slurmctl.backends.objectstore import ObjectNotFound
+from slurmctl.backends.statestore import OUTPUT_ROWS
+from slurmctl.errors import IntegrityError
+from slurmctl.layout import JobLayout, done_marker
+from slurmctl.states import TaskStatus
+
+log = logging.getLogger("slurmctl.aggregate")
+
+
+@dataclass(frozen=True)
+class Part:
+    key: str
+    sha256: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class Final:
+    key: str
+    url: str
+    sha256: str
+    rows: int
+    inputs: int
+    levels: int
+
+
+def _inputs_digest(parts: list[Part]) -> str:
+    return hashlib.sha256("\n".join(f"{p.key} {p.sha256}" for p in parts).encode()).hexdigest()
+
+
+def _existing(backend: Backend, key: str, digest: str) -> Part | None:
+    """A part from an earlier run, if its `.done` names these inputs and its bytes match."""
+    try:
+        done: Any = backend.objects.get_json(done_marker(key))
+    except (ObjectNotFound, ValueError, IntegrityError):
+        return None
+    head = backend.objects.head(key)
+    if not isinstance(done, dict) or done.get("inputs_sha256") != digest or head is None:
+        return None
+    if head.sha256 != done.get("sha256"):
+        log.warning("%s does not match its .done (sha256 %s): rebuilding", key, head.sha256)
+        return None
+    return Part(key, str(done["sha256"]), int(done["rows"]))
+
+
+def _merge(backend: Backend, parts: list[Part], key: str, work: Path) -> Part:
+    """Stream the inputs' row groups into one file under a schema unifying them all."""
+    local: list[Path] = []
+    for i, p in enumerate(parts):
+        dest = work / f"in-{i}.parquet"
+        backend.objects.get_file(p.key, dest, sha256=p.sha256)
+        local.append(dest)
+    schemas = [pq.read_schema(path) for path in local]
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    out = work / "out.parquet"
+    rows = 0
+    with pq.ParquetWriter(out, schema) as writer:
+        for path in local:
+            f = pq.ParquetFile(path)
+            for i in range(f.num_row_groups):
+                table = f.read_row_group(i)
+                if table.num_rows:
+                    writer.write_table(_conform(table, schema))
+                    rows += table.num_rows
+    expected = sum(p.rows for p in parts)
+    if rows != expected:
+        raise IntegrityError(f"{key}: merged {rows} rows, inputs record {expected}")
+    info = backend.objects.put_file(key, out)
+    assert info is not None
+    for path in (*local, out):
+        path.unlink()
+    return Part(key, info.sha256, rows)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            columns.append(table.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def committed_outputs(backend: Backend, job_id: str) -> list[Part]:
+    return [
+        Part(t.output_key, t.output_sha256 or "", t.output_rows)
+        for t in backend.state.iter_tasks(job_id, status=TaskStatus.SUCCESS)
+        if t.output_key
+    ]
+
+
+def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None = None) -> Final:
+    layout = JobLayout(job_id)
+    inputs = committed_outputs(backend, job_id)
+    expected_rows = backend.state.counters(job_id).get(OUTPUT_ROWS, 0)
+    if sum(p.rows for p in inputs) != expected_rows:
+        raise IntegrityError(
+            f"job {job_id}: committed outputs hold {sum(p.rows for p in inputs)} rows, "
+            f"the counters {expected_rows}"
+        )
+    work = Path(tempfile.mkdtemp(prefix=f"slurmctl-agg-{job_id}-", dir=scratch))
+    try:
+        level, parts = 0, inputs
+        while level == 0 or len(parts) > 1:
+            level += 1
+            merged: list[Part] = []
+            for index in range(0, max(len(parts), 1), fan_in):
+                group = parts[index : index + fan_in]
+                key = layout.aggregate_part(level, index // fan_in)
+                digest = _inputs_digest(group)
+                part = _existing(backend, key, digest)
+                if part is None:
+                    part = _merge(backend, group, key, work) if group else _empty(backend, key, work)
+                    done = {"sha256": part.sha256, "rows": part.rows, "inputs_sha256": digest,
+                            "inputs": [p.key for p in group]}  # fmt: skip
+                    backend.objects.put_bytes(done_marker(key), json.dumps(done).encode())
+                merged.append(part)
+            parts = merged
+        top = parts[0]
+        final_key = layout.final_output()
+        final = _existing(backend, final_key, _inputs_digest([top]))
+        if final is None:
+            dest = work / "final.parquet"
+            backend.objects.get_file(top.key, dest, sha256=top.sha256)
+            info = backend.objects.put_file(final_key, dest)
+            assert info is not None
+            final = Part(final_key, info.sha256, top.rows)
+            done = {"sha256": final.sha256, "rows": final.rows,
+                    "inputs_sha256": _inputs_digest([top]), "inputs": [top.key]}  # fmt: skip
+            backend.objects.put_bytes(done_marker(final_key), json.dumps(done).encode())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if final.rows != expected_rows:
+        raise IntegrityError(f"{final_key}: {final.rows} rows, the counters say {expected_rows}")
+    return Final(final.key, backend.objects.url(final.key), final.sha256, final.rows, len(inputs),
+                 level)  # fmt: skip
+
+
+def _empty(backend: Backend, key: str, work: Path) -> Part:
+    out = work / "empty.parquet"
+    pq.write_table(pa.table({}), out)
+    info = backend.objects.put_file(key, out)
+    assert info is not None
+    return Part(key, info.sha256, 0)

@@ -1,0 +1,80 @@
+"""A job as the CLI and the workers see it: its record, stored definition and history."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from slurmctl.backends import Backend
+from slurmctl.backends.objectstore import ObjectNotFound
+from slurmctl.backends.statestore import JobRecord
+from slurmctl.config import JobDefinition
+from slurmctl.errors import JobNotFound
+from slurmctl.ids import validate_job_id
+from slurmctl.layout import JobLayout
+
+
+def get_job(backend: Backend, job_id: str) -> JobRecord:
+    validate_job_id(job_id, where="job id")
+    job = backend.state.get_job(job_id)
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r} in this state root; `slurmctl list` shows the jobs")
+    return job
+
+
+def store_definition(backend: Backend, job_id: str, definition: JobDefinition) -> None:
+    doc = {
+        "definition": definition.to_stored_dict(),
+        "config_file": str(definition.config_path),
+    }
+    backend.objects.put_json(JobLayout(job_id).definition, doc)
+
+
+def load_definition(backend: Backend, job_id: str) -> JobDefinition:
+    """The definition as submitted (secrets still `${NAME}`), bound to its original folder."""
+    try:
+        doc: Any = backend.objects.get_json(JobLayout(job_id).definition)
+    except ObjectNotFound:
+        raise JobNotFound(f"job {job_id!r} has no stored definition (submit did not finish)") from None
+    definition = JobDefinition.model_validate_json(json.dumps(doc["definition"]))
+    return definition.bind_source(Path(doc["config_file"]), b"")
+
+
+def append_history(backend: Backend, job_id: str, action: str, **details: Any) -> None:
+    """Runs and operator actions, one JSON line each: who, when, what.
+
+    Read-modify-write of one object: the job lease (or the single CLI acting) serialises writers.
+    """
+    key = JobLayout(job_id).history
+    try:
+        old = backend.objects.get_bytes(key)
+    except ObjectNotFound:
+        old = b""
+    entry = {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "who": f"{_user()}@{socket.gethostname()}",
+        "pid": os.getpid(),
+        "action": action,
+        **details,
+    }
+    backend.objects.put_bytes(key, old + json.dumps(entry, sort_keys=True).encode() + b"\n")
+
+
+def read_history(backend: Backend, job_id: str) -> list[dict[str, Any]]:
+    try:
+        data = backend.objects.get_bytes(JobLayout(job_id).history)
+    except ObjectNotFound:
+        return []
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())

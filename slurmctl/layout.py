@@ -1,0 +1,68 @@
+"""Where each of a job's objects lives in the object store (DESIGN.md's "Manifests").
+
+One place for every key, so the code, the docs and `clean` agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    job_id: str
+
+    @property
+    def root(self) -> str:
+        return f"jobs/{self.job_id}/"
+
+    @property
+    def definition(self) -> str:
+        return self.root + "definition.json"
+
+    @property
+    def manifest(self) -> str:
+        return self.root + "manifest.json"
+
+    @property
+    def quarantine(self) -> str:
+        return self.root + "quarantine.jsonl"
+
+    @property
+    def history(self) -> str:
+        return self.root + "history.jsonl"
+
+    @property
+    def final_manifest(self) -> str:
+        return self.root + "final/manifest.json"
+
+    def final_output(self, part: int = 0) -> str:
+        return self.root + f"final/{self.job_id}-{part:05d}.parquet"
+
+    def batch(self, batch_id: str) -> str:
+        return self.root + f"batches/{batch_id}.jsonl"
+
+    def task_manifest(self, task_id: str) -> str:
+        return self.root + f"tasks/{task_id}.json"
+
+    def result(self, task_id: str, token: str) -> str:
+        return self.root + f"results/{task_id}/{token}.parquet"
+
+    def item_errors(self, task_id: str, token: str) -> str:
+        return self.root + f"results/{task_id}/{token}.errors.jsonl"
+
+    def checkpoint(self, task_id: str) -> str:
+        return self.root + f"checkpoints/{task_id}.sqlite"
+
+    def failures(self, phase: str) -> str:
+        return self.root + f"failures/{phase}.json"
+
+    def aggregate_part(self, level: int, index: int) -> str:
+        return self.root + f"aggregate/L{level}/part-{index:06d}.parquet"
+
+    def logs(self, worker_id: str) -> str:
+        return self.root + f"logs/{worker_id}.jsonl"
+
+
+def done_marker(key: str) -> str:
+    return key + ".done"

@@ -1,0 +1,65 @@
+"""What `status` shows, built from the counters only (DESIGN.md invariant 5: O(1) in tasks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slurmctl.backends import Backend
+from slurmctl.backends.objectstore import ObjectNotFound
+from slurmctl.backends.statestore import JobRecord
+from slurmctl.jobs import get_job
+from slurmctl.layout import JobLayout
+from slurmctl.states import JobStatus, TaskStatus
+
+ITEM_KEYS = ("total", "succeeded", "failed_permanent", "failed_transient", "quarantined", "pending")
+
+
+def shown_status(job: JobRecord) -> JobStatus:
+    if job.paused and not job.status.terminal:
+        return JobStatus.PAUSED
+    return job.status
+
+
+def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
+    job = get_job(backend, job_id)
+    counters = backend.state.counters(job_id)
+    tasks = {str(s): 0 for s in TaskStatus}
+    phases: dict[str, dict[str, int]] = {}
+    for name, value in counters.items():
+        phase, sep, rest = name.partition(".tasks.")
+        if sep:
+            phases.setdefault(phase, {str(s): 0 for s in TaskStatus})[rest] = value
+            tasks[rest] = tasks.get(rest, 0) + value
+    items = {k: counters.get(f"items.{k}", 0) for k in ITEM_KEYS}
+    outputs: list[dict[str, Any]] = []
+    if job.status == JobStatus.COMPLETED:
+        try:
+            manifest: Any = backend.objects.get_json(JobLayout(job_id).final_manifest)
+            outputs = [
+                {"path": f["path"], "rows": f["rows"], "sha256": f["sha256"]}
+                for f in manifest["files"]
+            ]
+        except ObjectNotFound:
+            pass
+    buckets = [
+        {"name": b.name, "tokens_per_sec": b.rate, "burst": b.burst, "paused": b.paused}
+        for b in backend.state.list_buckets(job_id)
+    ]
+    return {
+        "job_id": job.job_id,
+        "status": str(shown_status(job)),
+        "phase": job.phase,
+        "paused": job.paused,
+        "tasks": tasks,
+        "phases": phases,
+        "items": items,
+        "rows": counters.get("rows", 0),
+        "outputs": outputs,
+        "rate_limits": buckets,
+        "workers": job.workers,
+        "executor": job.executor,
+        "backend": job.backend,
+        "error": job.error,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+    }

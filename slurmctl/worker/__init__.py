@@ -1,0 +1,1 @@
+"""The worker: claims tasks, runs the handler per item, commits outputs under its lease."""

@@ -1,0 +1,55 @@
+"""Loading the user's handler: `module:function`, the module importable from the config's folder."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slurmctl.errors import HandlerImportError
+
+ProcessFn = Callable[[dict[str, Any], Any], Any]
+HookFn = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Handler:
+    process: ProcessFn
+    setup: HookFn | None
+    teardown: HookFn | None
+
+
+def load_handler(spec: str, config_dir: Path) -> Handler:
+    module_name, _, func_name = spec.partition(":")
+    folder = str(config_dir)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.split(".")[0] == e.name.split(".")[0]:
+            raise HandlerImportError(
+                f"handler: cannot import handler module {module_name!r} from {folder}"
+            ) from None
+        raise HandlerImportError(
+            f"handler: importing {module_name!r} failed: {type(e).__name__}: {e}"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any error in user code at import is reported, not raised
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        raise HandlerImportError(
+            f"handler: importing {module_name!r} failed at {where.filename}:{where.lineno}: "
+            f"{type(e).__name__}: {e}"
+        ) from None
+    process = getattr(module, func_name, None)
+    if not callable(process):
+        raise HandlerImportError(
+            f"handler: module {module_name!r} ({getattr(module, '__file__', '?')}) "
+            f"has no function {func_name!r}"
+        )
+    setup = getattr(module, "setup", None)
+    teardown = getattr(module, "teardown", None)
+    return Handler(process, setup if callable(setup) else None, teardown if callable(teardown) else None)

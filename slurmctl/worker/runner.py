@@ -1,0 +1,190 @@
+"""The pilot loop: claim tasks until the counters say the phase has none left to run.
+
+A worker exits by the counters (no task of its phase PENDING or RUNNING), never because a receive
+came back empty: in-flight and delayed messages make empty receives normal. While other workers
+hold live leases it waits, so it can take over a task whose lease expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from slurmctl import secrets as secret_refs
+from slurmctl.backends import Backend
+from slurmctl.backends.statestore import task_counter
+from slurmctl.config import JobDefinition
+from slurmctl.errors import HandlerImportError, UserError
+from slurmctl.finalize.reconcile import reconcile
+from slurmctl.jobs import get_job, load_definition
+from slurmctl.ratelimit.limiter import DistributedRateLimiter, WorkerStopping
+from slurmctl.worker.context import Context
+from slurmctl.worker.handler import load_handler
+from slurmctl.worker.task import Outcome, TaskRunner
+
+log = logging.getLogger("slurmctl.worker")
+
+EXIT_OK = 0
+EXIT_STOPPED = 143
+EXIT_JOB_FAILED = 3
+POLL_S = 1.0
+
+
+class Worker:
+    def __init__(
+        self,
+        backend: Backend,
+        job_id: str,
+        worker_id: str | None = None,
+        scratch: Path | None = None,
+        poll_s: float = POLL_S,
+    ) -> None:
+        self.backend = backend
+        self.job_id = job_id
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.scratch = scratch
+        self.poll_s = poll_s
+        self.stop_signal: int | None = None
+        self.limiters: dict[str, DistributedRateLimiter] = {}
+
+    # --- signals ----------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop_signal is None:
+            log.info("worker %s: %s received, stopping at a checkpoint", self.worker_id,
+                     signal.Signals(signum).name)  # fmt: skip
+        self.stop_signal = signum
+
+    def should_stop(self) -> bool:
+        return self.stop_signal is not None
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+
+    # --- rate limiting ----------------------------------------------------------------------
+    def _acquire(self, n: int, bucket: str | None) -> float:
+        name = bucket or "default"
+        limiter = self.limiters.get(name)
+        if limiter is None:
+            b = self.backend.state.get_bucket(self.job_id, name)
+            if b is None:
+                if bucket is None:
+                    return 0.0  # no rate_limit in the job definition: acquire is free
+                raise UserError(f"ctx.acquire: no rate-limit bucket {name!r} in the job definition")
+            limiter = DistributedRateLimiter(
+                self.job_id,
+                b.rate,
+                self.backend.state,
+                bucket=name,
+                active_workers=self._workers,
+                should_stop=self.should_stop,
+            )
+            self.limiters[name] = limiter
+        return limiter.acquire(n, self.worker_id)
+
+    def _release_slots(self) -> None:
+        for limiter in self.limiters.values():
+            limiter.release_unused_tokens()
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        job = get_job(self.backend, self.job_id)
+        definition = load_definition(self.backend, self.job_id)
+        self._workers = job.workers
+        try:
+            handler = load_handler(definition.handler, definition.config_dir)
+        except HandlerImportError as e:
+            self._fail_job(f"handler cannot be imported on the worker: {e}")
+            return EXIT_JOB_FAILED
+        params = secret_refs.resolve(definition.params)
+        hidden = secret_refs.collect_secret_values(definition.params)
+        ctx = Context(params, self._acquire, logging.getLogger("slurmctl.handler"), self.job_id,
+                      self.worker_id)  # fmt: skip
+        runner = self._runner(definition, handler, ctx, hidden)
+        if handler.setup is not None:
+            handler.setup(ctx)
+        try:
+            return self._loop(runner, definition)
+        finally:
+            self._release_slots()
+            if handler.teardown is not None:
+                handler.teardown(ctx)
+
+    def _runner(
+        self, definition: JobDefinition, handler: object, ctx: Context, hidden: list[str]
+    ) -> TaskRunner:
+        scratch = self.scratch or Path(definition.scratch or tempfile.gettempdir())
+        return TaskRunner(
+            backend=self.backend,
+            job_id=self.job_id,
+            worker_id=self.worker_id,
+            handler=handler,  # type: ignore[arg-type]
+            ctx=ctx,
+            id_field=definition.id_field,
+            lease_s=definition.lease.ttl_s,
+            heartbeat_s=definition.lease.heartbeat_s,
+            checkpoint_every=definition.checkpoint_every,
+            scratch_root=scratch,
+            rules=definition.error_rules,
+            secrets=hidden,
+            should_stop=self.should_stop,
+        )
+
+    def _loop(self, runner: TaskRunner, definition: JobDefinition) -> int:
+        state, queue = self.backend.state, self.backend.queue
+        lease_s = definition.lease.ttl_s
+        reconcile_every = min(max(lease_s / 4, 2.0), 30.0)
+        last_reconcile = 0.0
+        paused_logged = False
+        while not self.should_stop():
+            job = get_job(self.backend, self.job_id)
+            if job.status.terminal:
+                log.info("worker %s: job is %s, leaving", self.worker_id, job.status)
+                return EXIT_OK
+            if job.paused:
+                if not paused_logged:
+                    log.info("worker %s: job paused, waiting", self.worker_id)
+                    paused_logged = True
+                time.sleep(self.poll_s / 4)
+                continue
+            paused_logged = False
+            msgs = queue.receive(self.job_id, max_messages=1, visibility_s=int(lease_s),
+                                 wait_s=self.poll_s)  # fmt: skip
+            if msgs:
+                msg = msgs[0]
+                token = secrets.token_hex(8)
+                task = state.claim_task(self.job_id, msg.body, self.worker_id, token, lease_s,
+                                        time.time())  # fmt: skip
+                queue.delete(self.job_id, [msg.receipt])  # claimed or stale: the hint is used up
+                if task is None or task.phase != job.phase:
+                    continue
+                try:
+                    outcome = runner.run(task)
+                except WorkerStopping:
+                    outcome = Outcome.STOPPED
+                log.info("worker %s: %s %s", self.worker_id, task.task_id, outcome.value)
+                continue
+            counters = state.counters(self.job_id)
+            left = counters.get(task_counter(job.phase, "PENDING"), 0) + counters.get(
+                task_counter(job.phase, "RUNNING"), 0
+            )
+            if left == 0:
+                log.info("worker %s: phase %s has no task left, leaving", self.worker_id, job.phase)
+                return EXIT_OK
+            if time.monotonic() - last_reconcile > reconcile_every:
+                last_reconcile = time.monotonic()
+                reconcile(self.backend, self.job_id, job.phase)
+        return EXIT_STOPPED
+
+    def _fail_job(self, reason: str) -> None:
+        log.error("%s", reason)
+        self.backend.state.update_job(
+            self.job_id, {"status": "FAILED", "error": reason, "updated_at": time.time()}
+        )

@@ -1,0 +1,325 @@
+"""One attempt at one task: read the batch, run the handler per item with a scratch checkpoint,
+write the attempt-unique output, and make it count with the fenced commit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from slurmctl.backends import Backend
+from slurmctl.backends.objectstore import ObjectNotFound
+from slurmctl.backends.statestore import TaskCommit, TaskRecord
+from slurmctl.errors import IntegrityError
+from slurmctl.layout import JobLayout, done_marker
+from slurmctl.ratelimit.limiter import WorkerStopping
+from slurmctl.secrets import redact
+from slurmctl.worker.checkpoint import Checkpoint, Row
+from slurmctl.worker.classify import Rule, classify
+from slurmctl.worker.context import Context
+from slurmctl.worker.handler import Handler
+
+log = logging.getLogger("slurmctl.worker")
+
+
+class Outcome(Enum):
+    COMMITTED = "committed"
+    STOPPED = "stopped"
+    """The worker was asked to stop: checkpoint uploaded, lease released."""
+    LEASE_LOST = "lease_lost"
+    FAILED = "failed"
+
+
+@dataclass
+class TaskRunner:
+    backend: Backend
+    job_id: str
+    worker_id: str
+    handler: Handler
+    ctx: Context
+    id_field: str
+    lease_s: float
+    heartbeat_s: float
+    checkpoint_every: int
+    scratch_root: Path
+    rules: Sequence[Rule] = ()
+    secrets: Sequence[str] = ()
+    should_stop: Callable[[], bool] = lambda: False
+    layout: JobLayout = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.layout = JobLayout(self.job_id)
+
+    def scratch_dir(self, task_id: str) -> Path:
+        return self.scratch_root / f"job_{self.job_id}" / f"task_{task_id}"
+
+    # --- the attempt --------------------------------------------------------------------------
+    def run(self, task: TaskRecord) -> Outcome:
+        token = task.lease_token or ""
+        lost = threading.Event()
+        beating = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat, args=(task.task_id, token, lost, beating), daemon=True
+        )
+        beat.start()
+        try:
+            return self._attempt(task, token, lost)
+        finally:
+            beating.set()
+            beat.join()
+
+    def _heartbeat(
+        self, task_id: str, token: str, lost: threading.Event, stop: threading.Event
+    ) -> None:
+        while not stop.wait(self.heartbeat_s):
+            if not self.backend.state.heartbeat(self.job_id, task_id, token, self.lease_s, time.time()):
+                log.warning("lease on %s lost: another worker took the task over", task_id)
+                lost.set()
+                return
+
+    def _attempt(self, task: TaskRecord, token: str, lost: threading.Event) -> Outcome:
+        t0, cpu0 = time.time(), time.process_time()
+        scratch = self.scratch_dir(task.task_id)
+        ckpt_path = scratch / "checkpoint.sqlite"
+        if not ckpt_path.exists() and task.checkpoint_key:
+            try:
+                self.backend.objects.get_file(
+                    task.checkpoint_key, ckpt_path, sha256=task.checkpoint_sha256
+                )
+                log.info("%s: resuming from the uploaded checkpoint", task.task_id)
+            except (ObjectNotFound, IntegrityError) as e:
+                log.warning("%s: uploaded checkpoint unusable (%s): starting over", task.task_id, e)
+        try:
+            batch = self.backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)
+        except (ObjectNotFound, IntegrityError) as e:
+            self.backend.state.fail_task(self.job_id, task.task_id, token, str(e), time.time())
+            log.error("%s: batch unusable: %s", task.task_id, e)
+            return Outcome.FAILED
+        lines = batch.splitlines()
+        ckpt = Checkpoint(ckpt_path)
+        try:
+            done = ckpt.done()
+            fresh: dict[int, list[dict[str, Any]]] = {}
+            calls, stopped = self._items(task, lines, done, ckpt, fresh, lost)
+            if lost.is_set():
+                return Outcome.LEASE_LOST
+            if stopped:
+                self._leave(task, token, ckpt, scratch)
+                return Outcome.STOPPED
+            commit = self._write_outputs(task, token, ckpt, fresh, scratch)
+        finally:
+            ckpt.close()
+        commit = TaskCommit(**{**commit.__dict__, "end_time": time.time()})
+        if not self.backend.state.commit_task(self.job_id, task.task_id, token, commit):
+            log.warning("%s: commit refused: the lease moved on; output discarded", task.task_id)
+            return Outcome.LEASE_LOST
+        self._after_commit(task, token, commit, t0, cpu0, calls, len(done))
+        shutil.rmtree(scratch, ignore_errors=True)
+        return Outcome.COMMITTED
+
+    def _items(
+        self,
+        task: TaskRecord,
+        lines: list[bytes],
+        done: set[int],
+        ckpt: Checkpoint,
+        fresh: dict[int, list[dict[str, Any]]],
+        lost: threading.Event,
+    ) -> tuple[int, bool]:
+        """Run the handler on every item not in the checkpoint; returns (calls, stopped)."""
+        process, ctx, id_field = self.handler.process, self.ctx, self.id_field
+        ctx.task_id = task.task_id
+        pending: list[Row] = []
+        calls = 0
+        stopped = False
+        for idx, line in enumerate(lines):
+            if idx in done:
+                continue
+            if self.should_stop() or lost.is_set():
+                stopped = True
+                break
+            item = json.loads(line)
+            item_id = str(item[id_field])
+            calls += 1
+            try:
+                out = process(item, ctx)
+            except WorkerStopping:
+                stopped = True
+                break
+            except Exception as exc:  # noqa: BLE001 - every handler failure is classified and kept
+                c = classify(exc, self.rules)
+                message = redact(c.message, self.secrets)
+                pending.append((idx, item_id, 0, None, c.type, message, redact(c.signature, self.secrets)))
+            else:
+                rows = _rows(out, id_field, item_id)
+                fresh[idx] = rows
+                pending.append((idx, item_id, 1, json.dumps(rows) if rows else None, None, None, None))
+            if len(pending) >= self.checkpoint_every:
+                ckpt.write(pending)
+                pending = []
+        ckpt.write(pending)
+        return calls, stopped
+
+    def _leave(self, task: TaskRecord, token: str, ckpt: Checkpoint, scratch: Path) -> None:
+        """Stopping on a signal: upload the checkpoint so any node can resume, release the lease."""
+        snap = ckpt.snapshot(scratch / "checkpoint.upload.sqlite")
+        key = self.layout.checkpoint(task.task_id)
+        info = self.backend.objects.put_file(key, snap)
+        snap.unlink(missing_ok=True)
+        sha = info.sha256 if info else None
+        if self.backend.state.release_task(
+            self.job_id, task.task_id, token, checkpoint_key=key, checkpoint_sha256=sha
+        ):
+            self.backend.queue.send(self.job_id, [task.task_id])
+            log.info("%s: checkpoint uploaded, lease released", task.task_id)
+
+    def _write_outputs(
+        self,
+        task: TaskRecord,
+        token: str,
+        ckpt: Checkpoint,
+        fresh: dict[int, list[dict[str, Any]]],
+        scratch: Path,
+    ) -> TaskCommit:
+        rows: list[dict[str, Any]] = []
+        errors: list[bytes] = []
+        succeeded = permanent = transient = 0
+        from slurmctl.worker.classify import PERMANENT
+
+        for idx, item_id, ok, result, etype, message, sig in ckpt.rows():
+            if ok:
+                succeeded += 1
+                got = fresh.get(idx)
+                rows.extend(got if got is not None else (json.loads(result) if result else []))
+                continue
+            if etype in PERMANENT:
+                permanent += 1
+            else:
+                transient += 1
+            errors.append(
+                json.dumps(
+                    {
+                        "item_id": item_id,
+                        "index": idx,
+                        "batch_id": task.batch_id,
+                        "phase": task.phase,
+                        "error_type": etype,
+                        "permanent": etype in PERMANENT,
+                        "message": message,
+                        "signature": sig,
+                        "attempt": task.attempts,
+                    },
+                    sort_keys=True,
+                ).encode()
+            )
+        table = pa.Table.from_pylist(rows) if rows else pa.table({self.id_field: pa.array([], pa.string())})
+        out_path = scratch / "output.parquet"
+        pq.write_table(table, out_path)
+        out = self.backend.objects.put_file(self.layout.result(task.task_id, token), out_path)
+        err = self.backend.objects.put_bytes(
+            self.layout.item_errors(task.task_id, token), b"".join(e + b"\n" for e in errors)
+        )
+        assert out is not None and err is not None
+        return TaskCommit(
+            output_key=out.key,
+            output_sha256=out.sha256,
+            output_rows=table.num_rows,
+            errors_key=err.key,
+            errors_sha256=err.sha256,
+            succeeded=succeeded,
+            failed_permanent=permanent,
+            failed_transient=transient,
+            end_time=0.0,
+        )
+
+    def _after_commit(
+        self,
+        task: TaskRecord,
+        token: str,
+        commit: TaskCommit,
+        t0: float,
+        cpu0: float,
+        calls: int,
+        resumed: int,
+    ) -> None:
+        """`.done` and the task manifest: for humans and tools, never read by the aggregator."""
+        objects = self.backend.objects
+        objects.put_bytes(
+            done_marker(commit.output_key), f"{commit.output_sha256} {commit.output_rows}\n".encode()
+        )
+        metrics = {
+            "items": task.items,
+            "items_processed": calls,
+            "items_from_checkpoint": resumed,
+            "handler_calls": calls,
+            "succeeded": commit.succeeded,
+            "failed_permanent": commit.failed_permanent,
+            "failed_transient": commit.failed_transient,
+            "rows": commit.output_rows,
+            "wall_s": round(time.time() - t0, 3),
+            "cpu_s": round(time.process_time() - cpu0, 3),
+            "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "handler": self.ctx.metrics.snapshot(),
+        }
+        self.ctx.metrics.reset()
+        manifest = {
+            "job_id": self.job_id,
+            "task_id": task.task_id,
+            "batch_id": task.batch_id,
+            "role": task.role,
+            "phase": task.phase,
+            "group": task.group,
+            "input_s3": _as_url(objects.url(task.batch_key)),
+            "output_file": _as_url(objects.url(commit.output_key)),
+            "errors_file": _as_url(objects.url(commit.errors_key)),
+            "output_sha256": commit.output_sha256,
+            "status": "SUCCESS",
+            "attempts": task.attempts,
+            "lease_token": token,
+            "worker_id": self.worker_id,
+            "node": socket.gethostname(),
+            "slurm": {k: v for k, v in os.environ.items() if k in SLURM_VARS},
+            "start_time": _iso(task.start_time or t0),
+            "end_time": _iso(commit.end_time),
+            "metrics": metrics,
+            "error": None,
+        }
+        objects.put_json(self.layout.task_manifest(task.task_id), manifest)
+
+
+SLURM_VARS = frozenset(
+    {"SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME"}
+)
+
+
+def _rows(out: Any, id_field: str, item_id: str) -> list[dict[str, Any]]:
+    if out is None:
+        return []
+    rows = [out] if isinstance(out, dict) else list(out)
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise TypeError(f"handler returned {type(r).__name__}, expected dict, list of dicts or None")
+        if id_field not in r:
+            rows[i] = {id_field: item_id, **r}
+    return rows
+
+
+def _as_url(location: str) -> str:
+    return location if "://" in location else Path(location).as_uri()
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -1,0 +1,5 @@
+"""Corpus handler: returns the item unchanged."""
+
+
+def process(item, ctx):
+    return item
