@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables are used by the sourcing scripts
 # Shared helpers for scripts/slurm-up and scripts/slurm-down.
 # Sourced, not executed. See docs/slurm-dev.md.
 

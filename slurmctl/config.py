@@ -31,12 +31,34 @@ from slurmctl.errors import ConfigError, InputError, UserError
 from slurmctl.ids import validate_job_id
 from slurmctl.secrets import ParamsError, check_no_literal_secrets
 
-ERROR_TYPES = ("network", "timeout", "throttled", "server", "preempted", "crash",
-               "not_found", "client", "validation", "poison", "unknown")  # fmt: skip
+ERROR_TYPES = (
+    "network",
+    "timeout",
+    "throttled",
+    "server",
+    "preempted",
+    "crash",
+    "not_found",
+    "client",
+    "validation",
+    "poison",
+    "unknown",
+)
 TRANSIENT_TYPES = ("network", "timeout", "throttled", "server", "preempted", "crash", "unknown")
 PERMANENT_TYPES = ("not_found", "client", "validation", "poison")
-ErrorType = Literal["network", "timeout", "throttled", "server", "preempted", "crash",
-                    "not_found", "client", "validation", "poison", "unknown"]  # fmt: skip
+ErrorType = Literal[
+    "network",
+    "timeout",
+    "throttled",
+    "server",
+    "preempted",
+    "crash",
+    "not_found",
+    "client",
+    "validation",
+    "poison",
+    "unknown",
+]
 assert set(get_args(ErrorType)) == set(ERROR_TYPES) == set(TRANSIENT_TYPES + PERMANENT_TYPES)
 
 _IDENT_RE = re.compile(r"^[A-Za-z_]\w*$", re.ASCII)
@@ -82,20 +104,41 @@ def _check_regex(value: str) -> str:
 
 # `time: 60` is 60 minutes and `mem: 8192` is 8192 MB, as sbatch reads them.
 SlurmTime = Annotated[str, BeforeValidator(_int_as_str), AfterValidator(_check_time)]
-SlurmMem = Annotated[str, BeforeValidator(_int_as_str), _matching(
-    r"^\d+[KMGT]?$", "expected a memory size like 8G, 512M or a number of megabytes", re.I)]
-JobType = Annotated[str, _matching(  # <= 40 characters so that the default job id fits in 64
-    r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,39}$",
-    "expected letters, digits, '.', '_' or '-' (1 to 40 characters, not starting with '.')")]
-Handler = Annotated[str, _matching(
-    r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$",
-    "expected module:function (like handler:process), both Python names")]
-InputRef = Annotated[str, _matching(
-    r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+|(?!\s*$)(?!s3:)(?![A-Za-z][\w+.-]*://).+)$",
-    "expected a path relative to the job definition, or s3://bucket/key")]
-ExceptionName = Annotated[str, _matching(
-    r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$",
-    "expected an exception class name like KeyError or mymod.MyError")]
+SlurmMem = Annotated[
+    str,
+    BeforeValidator(_int_as_str),
+    _matching(
+        r"^\d+[KMGT]?$", "expected a memory size like 8G, 512M or a number of megabytes", re.I
+    ),
+]
+JobType = Annotated[
+    str,
+    _matching(  # <= 40 characters so that the default job id fits in 64
+        r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,39}$",
+        "expected letters, digits, '.', '_' or '-' (1 to 40 characters, not starting with '.')",
+    ),
+]
+Handler = Annotated[
+    str,
+    _matching(
+        r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$",
+        "expected module:function (like handler:process), both Python names",
+    ),
+]
+InputRef = Annotated[
+    str,
+    _matching(
+        r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+|(?!\s*$)(?!s3:)(?![A-Za-z][\w+.-]*://).+)$",
+        "expected a path relative to the job definition, or s3://bucket/key",
+    ),
+]
+ExceptionName = Annotated[
+    str,
+    _matching(
+        r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$",
+        "expected an exception class name like KeyError or mymod.MyError",
+    ),
+]
 HttpUrl = Annotated[str, _matching(r"^https?://\S+$", "expected an http:// or https:// URL")]
 
 
@@ -224,11 +267,15 @@ class JobDefinition(_Section):
     def _check_bucket_names(cls, value: dict[str, RateLimit]) -> dict[str, RateLimit]:
         for name in value:
             if name == "default":
-                raise FieldProblem("'default' is reserved: set the default bucket with rate_limit",
-                                   (name,), show_found=False)  # fmt: skip
+                raise FieldProblem(
+                    "'default' is reserved: set the default bucket with rate_limit",
+                    (name,),
+                    show_found=False,
+                )
             if not _IDENT_RE.fullmatch(name):
-                raise FieldProblem("expected a bucket name of letters, digits and '_'",
-                                   (name,), show_found=False)  # fmt: skip
+                raise FieldProblem(
+                    "expected a bucket name of letters, digits and '_'", (name,), show_found=False
+                )
         return value
 
     @model_validator(mode="after")
@@ -236,8 +283,12 @@ class JobDefinition(_Section):
         if self.backend == "aws":
             for name in ("bucket", "table"):
                 if not getattr(self.aws, name):
-                    raise FieldProblem("required when backend is aws", ("aws", name),
-                                       show_found=False, line_loc=("backend",))  # fmt: skip
+                    raise FieldProblem(
+                        "required when backend is aws",
+                        ("aws", name),
+                        show_found=False,
+                        line_loc=("backend",),
+                    )
         return self
 
     @property

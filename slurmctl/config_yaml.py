@@ -38,10 +38,13 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers
-            if tag not in (_INT_TAG, _FLOAT_TAG, "tag:yaml.org,2002:timestamp")]
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in (_INT_TAG, _FLOAT_TAG, "tag:yaml.org,2002:timestamp")
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}  # fmt: skip
+}
 _Loader.add_implicit_resolver(
     _INT_TAG,
     re.compile(r"^[-+]?(?:0b[01_]+|0[0-7_]+|0|[1-9][0-9_]*|0x[0-9a-fA-F_]+)$"),
@@ -49,11 +52,14 @@ _Loader.add_implicit_resolver(
 )
 _Loader.add_implicit_resolver(
     _FLOAT_TAG,
-    re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?\.[0-9][0-9_]*
+    re.compile(
+        r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?\.[0-9][0-9_]*
                    (?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)
-                   |\.(?:nan|NaN|NAN))$""", re.X),
+                   |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
     list("-+0123456789."),
-)  # fmt: skip
+)
 
 
 def read_yaml_mapping(content: bytes, name: str) -> tuple[dict[Any, Any], Any]:
@@ -78,13 +84,17 @@ def read_yaml_mapping(content: bytes, name: str) -> tuple[dict[Any, Any], Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: invalid YAML: {exc}") from None
     if data is None:
-        raise ConfigError(f"{name}: the job definition is empty; expected a mapping with "
-                          "job_type, handler, input and id_field")  # fmt: skip
+        raise ConfigError(
+            f"{name}: the job definition is empty; expected a mapping with "
+            "job_type, handler, input and id_field"
+        )
     if not isinstance(data, dict):
         line = root.start_mark.line + 1 if root is not None else None
-        raise ConfigError(f"{_at(name, line)}: expected a mapping at the "
-                          "top level (job_type: ..., "
-                          f"handler: ...), found {_kind(data)}")  # fmt: skip
+        raise ConfigError(
+            f"{_at(name, line)}: expected a mapping at the "
+            "top level (job_type: ..., "
+            f"handler: ...), found {_kind(data)}"
+        )
     duplicate = _duplicate_key(root, (), set())
     if duplicate:
         loc, line = duplicate
@@ -111,8 +121,14 @@ def _path(loc: Loc) -> str:
 
 
 def _kind(value: Any) -> str:
-    kinds = {list: "a list", str: "a string", bool: "true/false", int: "a number",
-             float: "a number", dict: "a mapping"}  # fmt: skip
+    kinds = {
+        list: "a list",
+        str: "a string",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        dict: "a mapping",
+    }
     return kinds.get(type(value), type(value).__name__)
 
 
@@ -209,13 +225,22 @@ def _num(value: Any) -> str:
 
 _OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 _EXPECTED = {
-    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
-    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
-    "bool_type": "true or false", "bool_parsing": "true or false", "string_type": "a string",
-    "string_too_short": "a non-empty string", "dict_type": "a mapping (key: value)",
-    "model_type": "a mapping (key: value)", "model_attributes_type": "a mapping (key: value)",
-    "list_type": "a list", "none_required": "nothing",
-}  # fmt: skip
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "string_too_short": "a non-empty string",
+    "dict_type": "a mapping (key: value)",
+    "model_type": "a mapping (key: value)",
+    "model_attributes_type": "a mapping (key: value)",
+    "list_type": "a list",
+    "none_required": "nothing",
+}
 
 
 def _expected(model: type[BaseModel], err: Any, loc: Loc) -> str:
@@ -269,8 +294,9 @@ def format_validation_error(
 ) -> str:
     """The first error by position in the file (those without a line last), plus a count."""
     described = [_describe(model, err, root, data) for err in exc.errors()]
-    order = sorted(range(len(described)),
-                   key=lambda i: (described[i][0] is None, described[i][0] or 0, i))  # fmt: skip
+    order = sorted(
+        range(len(described)), key=lambda i: (described[i][0] is None, described[i][0] or 0, i)
+    )
     line, text = described[order[0]]
     more = f" (and {len(described) - 1} more)" if len(described) > 1 else ""
     return f"{_at(name, line)}: {text}{more}"

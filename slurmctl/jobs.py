@@ -40,7 +40,9 @@ def load_definition(backend: Backend, job_id: str) -> JobDefinition:
     try:
         doc: Any = backend.objects.get_json(JobLayout(job_id).definition)
     except ObjectNotFound:
-        raise JobNotFound(f"job {job_id!r} has no stored definition (submit did not finish)") from None
+        raise JobNotFound(
+            f"job {job_id!r} has no stored definition (submit did not finish)"
+        ) from None
     definition = JobDefinition.model_validate_json(json.dumps(doc["definition"]))
     return definition.bind_source(Path(doc["config_file"]), b"")
 

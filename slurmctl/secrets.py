@@ -167,8 +167,7 @@ def _resolve(
         }
     if isinstance(value, list | tuple):
         items = [
-            _resolve(v, env, base_dir, format_path(where, (i,)), found)
-            for i, v in enumerate(value)
+            _resolve(v, env, base_dir, format_path(where, (i,)), found) for i, v in enumerate(value)
         ]
         return tuple(items) if isinstance(value, tuple) else items
     return copy.deepcopy(value)

@@ -17,7 +17,7 @@ class JobStatus(StrEnum):
     AGGREGATING = "AGGREGATING"
     """Every task is finished; the aggregator is merging the committed outputs."""
     COMPLETED = "COMPLETED"
-    """Every item is accounted for: in the final output, or in a failure manifest with its reason."""
+    """Every item is accounted for: in the final output, or a failure manifest with its reason."""
     FAILED = "FAILED"
     """The job cannot finish (integrity error beyond repair, handler not importable, ...)."""
     CANCELLED = "CANCELLED"

@@ -41,7 +41,10 @@ FAKE_ENV = {
 
 def moto_command() -> list[str] | None:
     """How to start moto's server: this interpreter's moto if it has the server extra."""
-    if importlib.util.find_spec("moto") is not None and importlib.util.find_spec("flask") is not None:
+    if (
+        importlib.util.find_spec("moto") is not None
+        and importlib.util.find_spec("flask") is not None
+    ):
         return [sys.executable, "-m", "moto.server"]
     exe = shutil.which("moto_server")
     return [exe] if exe else None

@@ -44,7 +44,10 @@ def test_defaults(tmp_path: Path) -> None:
     assert (job.batch_size, job.workers, job.executor, job.backend) == (100, 4, "local", "local")
     assert job.params == {} and job.rate_limit is None and job.rate_limits == {}
     assert job.retry.model_dump() == {
-        "max_attempts": 3, "backoff_s": 30.0, "backoff_max_s": 900.0, "max_task_failures": 3
+        "max_attempts": 3,
+        "backoff_s": 30.0,
+        "backoff_max_s": 900.0,
+        "max_task_failures": 3,
     }
     assert (job.output.format, job.output.fan_in) == ("parquet", 10)
     assert (job.lease.ttl_s, job.lease.heartbeat_s, job.checkpoint_every) == (120.0, 30.0, 100)
@@ -104,57 +107,97 @@ VALID_TOP = (
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ("wokers: 3\n", f":5: unknown key 'wokers' at top level (did you mean 'workers'?); "
-         f"valid keys: {VALID_TOP}"),
-        ("slurm:\n  partition: debug\n  walltime: 5\n",
-         ":7: unknown key 'walltime' in slurm (did you mean 'time'?); valid keys: partition, "
-         "account, qos, time, cpus_per_task, mem, gres, array_parallelism, extra_args"),
-        ("retry: {backof_s: 5}\n", ":5: unknown key 'backof_s' in retry (did you mean "
-         "'backoff_s'?); valid keys: max_attempts, backoff_s, backoff_max_s, max_task_failures"),
-        ("rate_limits:\n  api: {tokens_per_sec: 1, bust: 2}\n", ":6: unknown key 'bust' in "
-         "rate_limits.api (did you mean 'burst'?); valid keys: tokens_per_sec, burst"),
+        (
+            "wokers: 3\n",
+            f":5: unknown key 'wokers' at top level (did you mean 'workers'?); "
+            f"valid keys: {VALID_TOP}",
+        ),
+        (
+            "slurm:\n  partition: debug\n  walltime: 5\n",
+            ":7: unknown key 'walltime' in slurm (did you mean 'time'?); valid keys: partition, "
+            "account, qos, time, cpus_per_task, mem, gres, array_parallelism, extra_args",
+        ),
+        (
+            "retry: {backof_s: 5}\n",
+            ":5: unknown key 'backof_s' in retry (did you mean "
+            "'backoff_s'?); valid keys: max_attempts, backoff_s, backoff_max_s, max_task_failures",
+        ),
+        (
+            "rate_limits:\n  api: {tokens_per_sec: 1, bust: 2}\n",
+            ":6: unknown key 'bust' in "
+            "rate_limits.api (did you mean 'burst'?); valid keys: tokens_per_sec, burst",
+        ),
         ("batch_size: ten\n", ":5: batch_size: expected an integer, found 'ten'"),
         ('batch_size: "10"\n', ":5: batch_size: expected an integer, found '10'"),
         ("workers: 0\n", ":5: workers: expected an integer from 1 to 10000, found 0"),
         ("workers: yes\n", ":5: workers: expected an integer, found true"),
         ("workers:\n", ":5: workers: expected an integer, found nothing"),
         ("checkpoint_every: 0\n", ":5: checkpoint_every: expected an integer >= 1, found 0"),
-        ("rate_limit: {tokens_per_sec: 0}\n",
-         ":5: rate_limit.tokens_per_sec: expected a number > 0, found 0"),
+        (
+            "rate_limit: {tokens_per_sec: 0}\n",
+            ":5: rate_limit.tokens_per_sec: expected a number > 0, found 0",
+        ),
         ("rate_limit: {burst: 2}\n", ":5: rate_limit.tokens_per_sec: required field missing"),
-        ("max_quarantine_share: 1.5\n",
-         ":5: max_quarantine_share: expected a number from 0 to 1, found 1.5"),
+        (
+            "max_quarantine_share: 1.5\n",
+            ":5: max_quarantine_share: expected a number from 0 to 1, found 1.5",
+        ),
         ("executor: kubernetes\n", ":5: executor: expected 'local' or 'slurm', found 'kubernetes'"),
         ("output: {format: csv}\n", ":5: output.format: expected 'parquet', found 'csv'"),
         ("retry: 5\n", ":5: retry: expected a mapping (key: value), found 5"),
         ("slurm: {extra_args: --x}\n", ":5: slurm.extra_args: expected a list, found '--x'"),
-        ("slurm: {time: '1:75:00'}\n", ":5: slurm.time: expected a Slurm time: MM, MM:SS, "
-         "HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, found '1:75:00'"),
-        ("slurm: {mem: 8GB}\n", ":5: slurm.mem: expected a memory size like 8G, 512M or a number "
-         "of megabytes, found '8GB'"),
+        (
+            "slurm: {time: '1:75:00'}\n",
+            ":5: slurm.time: expected a Slurm time: MM, MM:SS, "
+            "HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, found '1:75:00'",
+        ),
+        (
+            "slurm: {mem: 8GB}\n",
+            ":5: slurm.mem: expected a memory size like 8G, 512M or a number "
+            "of megabytes, found '8GB'",
+        ),
         ("backend: aws\n", ":5: aws.bucket: required when backend is aws"),
         ("backend: aws\naws:\n  bucket: b\n", ":6: aws.table: required when backend is aws"),
-        ("lease: {ttl_s: 10, heartbeat_s: 10}\n",
-         ":5: lease.heartbeat_s: expected less than lease.ttl_s (10), found 10"),
-        ("rate_limits:\n  default: {tokens_per_sec: 1}\n",
-         ":6: rate_limits.default: 'default' is reserved: set the default bucket with rate_limit"),
-        ("rate_limits:\n  my-api: {tokens_per_sec: 1}\n",
-         ":6: rate_limits.my-api: expected a bucket name of letters, digits and '_'"),
-        ("error_rules:\n  - type: network\n",
-         ":6: error_rules[0]: a rule needs at least one of exception, message or status"),
-        ("error_rules:\n  - {type: network, status: 503}\n  - {type: flaky, status: 500}\n",
-         ":7: error_rules[1].type: expected 'network', 'timeout', 'throttled', 'server', "
-         "'preempted', 'crash', 'not_found', 'client', 'validation', 'poison' or 'unknown', "
-         "found 'flaky'"),
-        ("error_rules:\n  - {type: client, message: '('}\n", ":6: error_rules[0].message: "
-         "expected a regular expression (missing ), unterminated subpattern at position 0), "
-         "found '('"),
-        ("error_rules:\n  - {type: client, exception: 'not a class'}\n",
-         ":6: error_rules[0].exception: expected an exception class name like KeyError or "
-         "mymod.MyError, found 'not a class'"),
+        (
+            "lease: {ttl_s: 10, heartbeat_s: 10}\n",
+            ":5: lease.heartbeat_s: expected less than lease.ttl_s (10), found 10",
+        ),
+        (
+            "rate_limits:\n  default: {tokens_per_sec: 1}\n",
+            ":6: rate_limits.default: 'default' is reserved: "
+            "set the default bucket with rate_limit",
+        ),
+        (
+            "rate_limits:\n  my-api: {tokens_per_sec: 1}\n",
+            ":6: rate_limits.my-api: expected a bucket name of letters, digits and '_'",
+        ),
+        (
+            "error_rules:\n  - type: network\n",
+            ":6: error_rules[0]: a rule needs at least one of exception, message or status",
+        ),
+        (
+            "error_rules:\n  - {type: network, status: 503}\n  - {type: flaky, status: 500}\n",
+            ":7: error_rules[1].type: expected 'network', 'timeout', 'throttled', 'server', "
+            "'preempted', 'crash', 'not_found', 'client', 'validation', 'poison' or 'unknown', "
+            "found 'flaky'",
+        ),
+        (
+            "error_rules:\n  - {type: client, message: '('}\n",
+            ":6: error_rules[0].message: "
+            "expected a regular expression (missing ), unterminated subpattern at position 0), "
+            "found '('",
+        ),
+        (
+            "error_rules:\n  - {type: client, exception: 'not a class'}\n",
+            ":6: error_rules[0].exception: expected an exception class name like KeyError or "
+            "mymod.MyError, found 'not a class'",
+        ),
         ("workers: 3\nworkers: 4\n", ":6: duplicate key 'workers' at top level"),
-        ("slurm: [a\n", ":6: invalid YAML: expected ',' or ']', but got '<stream end>' "
-         "(while parsing a flow sequence at line 5)"),
+        (
+            "slurm: [a\n",
+            ":6: invalid YAML: expected ',' or ']', but got '<stream end>' "
+            "(while parsing a flow sequence at line 5)",
+        ),
     ],
 )
 def test_one_line_messages(tmp_path: Path, extra: str, expected: str) -> None:
@@ -176,10 +219,16 @@ def test_first_error_by_line_and_count(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("job_id: ../etc", ":1: job_id: expected letters, digits, '.', '_' or '-' (1 to 64 "
-         "characters, not starting with '.'), found '../etc'"),
-        ("job_id: " + "a" * 70, ":1: job_id: expected letters, digits, '.', '_' or '-' (1 to 64 "
-         "characters, not starting with '.'), found '" + "a" * 56 + "..."),
+        (
+            "job_id: ../etc",
+            ":1: job_id: expected letters, digits, '.', '_' or '-' (1 to 64 "
+            "characters, not starting with '.'), found '../etc'",
+        ),
+        (
+            "job_id: " + "a" * 70,
+            ":1: job_id: expected letters, digits, '.', '_' or '-' (1 to 64 "
+            "characters, not starting with '.'), found '" + "a" * 56 + "...",
+        ),
         ("job_id: 12", ":1: job_id: expected a string, found 12"),
     ],
 )
@@ -190,13 +239,24 @@ def test_job_id(tmp_path: Path, line: str, expected: str) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("handler", "handler.process", "expected module:function (like handler:process), both "
-         "Python names, found 'handler.process'"),
+        (
+            "handler",
+            "handler.process",
+            "expected module:function (like handler:process), both "
+            "Python names, found 'handler.process'",
+        ),
         ("handler", "my-mod:process", "expected module:function"),
-        ("input", "http://example.com/x", "expected a path relative to the job definition, or "
-         "s3://bucket/key, found 'http://example.com/x'"),
-        ("input", "s3://bucket", "expected a path relative to the job definition, or "
-         "s3://bucket/key"),
+        (
+            "input",
+            "http://example.com/x",
+            "expected a path relative to the job definition, or "
+            "s3://bucket/key, found 'http://example.com/x'",
+        ),
+        (
+            "input",
+            "s3://bucket",
+            "expected a path relative to the job definition, or s3://bucket/key",
+        ),
         ("id_field", "''", "id_field: expected a non-empty string, found ''"),
         ("job_type", "x" * 41, "job_type: expected letters, digits"),
     ],
@@ -236,7 +296,7 @@ def test_literal_secret_refused_without_leaking(tmp_path: Path) -> None:
     message = error_of(tmp_path, text)
     assert message == (
         ':8: params.auth.api_token: looks like a secret written literally; write "${API_TOKEN}" '
-        "and export API_TOKEN in the workers' environment (or \"${file:/path}\")"
+        'and export API_TOKEN in the workers\' environment (or "${file:/path}")'
     )
     assert "sk-live" not in message
     message = error_of(tmp_path, BASE + "params: sk-live-0123456789\n")

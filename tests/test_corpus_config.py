@@ -28,9 +28,7 @@ def test_corpus_is_complete() -> None:
         assert f"| {case.name} |" in readme, f"{case.name} missing from corpus/README.md"
 
 
-@pytest.mark.parametrize(
-    "case", [c for c in CASES if _layer(c) == "config"], ids=lambda c: c.name
-)
+@pytest.mark.parametrize("case", [c for c in CASES if _layer(c) == "config"], ids=lambda c: c.name)
 def test_config_case_is_refused(case: Path) -> None:
     expected = (case / "expected.txt").read_text().strip()
     with pytest.raises(ConfigError) as info:
@@ -42,9 +40,7 @@ def test_config_case_is_refused(case: Path) -> None:
     assert "sk-live" not in message  # 17: the literal secret is never echoed
 
 
-@pytest.mark.parametrize(
-    "case", [c for c in CASES if _layer(c) == "submit"], ids=lambda c: c.name
-)
+@pytest.mark.parametrize("case", [c for c in CASES if _layer(c) == "submit"], ids=lambda c: c.name)
 def test_submit_case_definition_loads(case: Path) -> None:
     job = load_job_definition(case / "job.yaml")
     assert job.config_dir == case

@@ -29,7 +29,7 @@ def test_secret_like_names(name: str) -> None:
     with pytest.raises(ConfigError) as info:
         check_no_literal_secrets({name: LEAK})
     message = str(info.value)
-    assert message.startswith(f"params.{name}: looks like a secret written literally; write \"${{")
+    assert message.startswith(f'params.{name}: looks like a secret written literally; write "${{')
     assert LEAK not in message
 
 
@@ -37,7 +37,7 @@ def test_exact_message_and_nested_paths() -> None:
     with pytest.raises(ConfigError) as info:
         check_no_literal_secrets({"auth": {"headers": [{"api_key": LEAK}]}}, where="job.params")
     assert str(info.value) == (
-        'job.params.auth.headers[0].api_key: looks like a secret written literally; write '
+        "job.params.auth.headers[0].api_key: looks like a secret written literally; write "
         '"${API_KEY}" and export API_KEY in the workers\' environment (or "${file:/path}")'
     )
     with pytest.raises(ConfigError, match=r"^params\.secrets\.primary: "):

@@ -81,7 +81,9 @@ class ObjectStore(ABC):
     def put_json(self, key: str, obj: object, *, if_absent: bool = False) -> ObjectInfo | None:
         import json
 
-        return self.put_bytes(key, json.dumps(obj, indent=1, sort_keys=True).encode(), if_absent=if_absent)
+        return self.put_bytes(
+            key, json.dumps(obj, indent=1, sort_keys=True).encode(), if_absent=if_absent
+        )
 
     def get_json(self, key: str, *, sha256: str | None = None) -> object:
         import json

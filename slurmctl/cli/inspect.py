@@ -29,7 +29,9 @@ def _status_table(s: dict[str, Any]) -> Table:
     table.add_row("tasks", ", ".join(f"{k} {v}" for k, v in s["tasks"].items()))
     for b in s["rate_limits"]:
         paused = " (paused)" if b["paused"] else ""
-        table.add_row(f"rate limit {b['name']}", f"{b['tokens_per_sec']:g}/s burst {b['burst']}{paused}")
+        table.add_row(
+            f"rate limit {b['name']}", f"{b['tokens_per_sec']:g}/s burst {b['burst']}{paused}"
+        )
     for out in s["outputs"]:
         table.add_row("output", f"{out['path']} ({out['rows']} rows)")
     if s["error"]:

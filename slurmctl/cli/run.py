@@ -27,8 +27,13 @@ def items_bar(enabled: bool, label: str) -> Iterator[Any]:
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("items"), TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("items"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=stderr, transient=False) as bar:
         task = bar.add_task(label, total=None)
 

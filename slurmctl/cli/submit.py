@@ -26,14 +26,20 @@ CONFIG = click.Path(path_type=Path, dir_okay=False)
 
 
 def _duration(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+    s = round(seconds)
+    return (
+        f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
+        if s >= 3600
+        else f"{s // 60}m{s % 60:02d}s"
+    )
 
 
 @cli.command("submit")
 @click.argument("config", type=CONFIG)
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; write nothing.")
-@click.option("--follow", is_flag=True, help="Wait for the end of a Slurm job (local always waits).")
+@click.option(
+    "--follow", is_flag=True, help="Wait for the end of a Slurm job (local always waits)."
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @pass_env
 def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress: bool) -> None:
@@ -52,8 +58,10 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
         click.echo(f"  tasks         {p.batches}")
         click.echo(f"  workers       {p.workers} ({definition.executor} executor)")
         if p.shortest_s is not None:
-            click.echo(f"  shortest run  {_duration(p.shortest_s)} at {p.rate:g} requests/s "
-                       "(one request per item)")  # fmt: skip
+            click.echo(
+                f"  shortest run  {_duration(p.shortest_s)} at {p.rate:g} requests/s "
+                "(one request per item)"
+            )
         else:
             click.echo("  shortest run  no rate limit configured")
         return
@@ -85,10 +93,22 @@ class _bytes_bar:
     def __enter__(self) -> tuple[Any, Any]:
         if not self.enabled:
             return None, None
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), console=stderr, transient=True)  # fmt: skip
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=stderr,
+            transient=True,
+        )
         self.progress.__enter__()
         self.task = self.progress.add_task(self.label, total=None)
 
@@ -156,7 +176,9 @@ def try_cmd(env: Env, config: Path, count: int) -> None:
                     c = classify(exc, definition.error_rules)
                     failed += 1
                     message = secret_refs.redact(c.message, hidden)
-                    click.echo(f"{item_id}\t{c.type}{' (permanent)' if c.permanent else ''}\t{message}")
+                    click.echo(
+                        f"{item_id}\t{c.type}{' (permanent)' if c.permanent else ''}\t{message}"
+                    )
                 else:
                     ok += 1
                     text = secret_refs.redact(json.dumps(out, default=str), hidden)

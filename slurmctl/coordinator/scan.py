@@ -76,8 +76,11 @@ class InputScanner:
                 self.stats.lines += 1
                 try:
                     obj = json.loads(line)
-                except ValueError as e:
-                    self._reject(lineno, f"invalid JSON: {e.msg}", line)
+                except json.JSONDecodeError as e:
+                    self._reject(lineno, f"invalid JSON: {e.msg} at column {e.colno}", line)
+                    continue
+                except UnicodeDecodeError:
+                    self._reject(lineno, "invalid JSON: not UTF-8 text", line)
                     continue
                 if not isinstance(obj, dict):
                     self._reject(lineno, f"not a JSON object: a {type(obj).__name__}", line)
@@ -98,7 +101,9 @@ class InputScanner:
             db.close()
             db_path.unlink(missing_ok=True)
 
-    def _unique(self, db: sqlite3.Connection, chunk: list[tuple[int, bytes, str]]) -> Iterator[bytes]:
+    def _unique(
+        self, db: sqlite3.Connection, chunk: list[tuple[int, bytes, str]]
+    ) -> Iterator[bytes]:
         if not chunk:
             return
         ids = [c[2] for c in chunk]

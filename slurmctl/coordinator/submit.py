@@ -62,8 +62,10 @@ def _check(definition: JobDefinition, stats: ScanStats, path: str) -> None:
         if stats.lines == 0:
             raise InputError(f"{path}: no valid item: the input is empty")
         top = ", ".join(f"{n} {k}" for k, n in sorted(stats.reasons.items()))
-        raise InputError(f"{path}: no valid item in {stats.lines} lines ({top}); see the id_field "
-                         f"{definition.id_field!r} and the input format (one JSON object per line)")  # fmt: skip
+        raise InputError(
+            f"{path}: no valid item in {stats.lines} lines ({top}); see the id_field "
+            f"{definition.id_field!r} and the input format (one JSON object per line)"
+        )
     share = stats.quarantined / stats.lines
     if share > definition.max_quarantine_share:
         top = ", ".join(f"{n} {k}" for k, n in sorted(stats.reasons.items()))
@@ -84,8 +86,11 @@ def _git_commit(folder: Path) -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(folder), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -227,8 +232,15 @@ def _write(
     )
     if not done:
         raise JobStateError(f"job {job_id}: another submit finished it first")
-    append_history(backend, job_id, "submit", config_file=str(definition.config_path),
-                   items=stats.items, tasks=count, quarantined=stats.quarantined)  # fmt: skip
+    append_history(
+        backend,
+        job_id,
+        "submit",
+        config_file=str(definition.config_path),
+        items=stats.items,
+        tasks=count,
+        quarantined=stats.quarantined,
+    )
 
 
 def _write_batches(
@@ -252,9 +264,16 @@ def _write_batches(
                     f"({bid} differs); give the new input a new job_id"
                 )
         tasks.append(
-            TaskRecord(job_id=job_id, task_id=tid, batch_id=bid, phase=PHASE,
-                       group=group_for_phase(PHASE), items=len(lines), batch_key=key,
-                       batch_sha256=sha)  # fmt: skip
+            TaskRecord(
+                job_id=job_id,
+                task_id=tid,
+                batch_id=bid,
+                phase=PHASE,
+                group=group_for_phase(PHASE),
+                items=len(lines),
+                batch_key=key,
+                batch_sha256=sha,
+            )
         )
         if len(tasks) >= TASKS_PER_WRITE:
             _flush(backend, job_id, tasks)
@@ -276,7 +295,9 @@ def _buckets(definition: JobDefinition) -> dict[str, tuple[float, int]]:
     return out
 
 
-def _manifest(definition: JobDefinition, job_id: str, stats: ScanStats, count: int) -> dict[str, Any]:
+def _manifest(
+    definition: JobDefinition, job_id: str, stats: ScanStats, count: int
+) -> dict[str, Any]:
     return {
         "job_id": job_id,
         "job_type": definition.job_type,

@@ -58,11 +58,24 @@ class LocalExecutor(Executor):
         logs.mkdir(parents=True, exist_ok=True)
         for i in range(count):
             worker_id = f"local-{run}-{i}"
-            cmd = [sys.executable, "-m", "slurmctl", "--root", str(self.root), "worker",
-                   "--job-id", job_id, "--worker-id", worker_id, *self.worker_args]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "slurmctl",
+                "--root",
+                str(self.root),
+                "worker",
+                "--job-id",
+                job_id,
+                "--worker-id",
+                worker_id,
+                *self.worker_args,
+            ]
             with open(logs / f"{worker_id}.log", "ab") as out:
                 self.procs.append(
-                    subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                    subprocess.Popen(
+                        cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                    )
                 )
 
     def _keep_lease(self, job_id: str, stop: threading.Event) -> None:
@@ -95,12 +108,15 @@ class LocalExecutor(Executor):
                 return result.status
             job = get_job(self.backend, job_id)
             if job.status in (JobStatus.PENDING, JobStatus.AGGREGATING):
-                self.backend.state.update_job(job_id, {"status": JobStatus.RUNNING, "run": job.run + 1})
+                self.backend.state.update_job(
+                    job_id, {"status": JobStatus.RUNNING, "run": job.run + 1}
+                )
             before = self._done(job_id)
             run += 1
             self._spawn(job_id, min(job.workers, result.work_left), run)
-            append_history(self.backend, job_id, "workers", executor="local",
-                           count=len(self.procs), run=run)  # fmt: skip
+            append_history(
+                self.backend, job_id, "workers", executor="local", count=len(self.procs), run=run
+            )
             codes = self._wait(job_id)
             job = get_job(self.backend, job_id)
             if job.status.terminal:
@@ -108,9 +124,13 @@ class LocalExecutor(Executor):
             if self._done(job_id) == before and any(codes):
                 fruitless += 1
                 if fruitless >= MAX_FRUITLESS_RUNS:
-                    reason = (f"workers exited with codes {sorted(set(codes))} {fruitless} times "
-                              f"without progress; see {self.log_dir(job_id)}")  # fmt: skip
-                    self.backend.state.update_job(job_id, {"status": JobStatus.FAILED, "error": reason})
+                    reason = (
+                        f"workers exited with codes {sorted(set(codes))} {fruitless} times "
+                        f"without progress; see {self.log_dir(job_id)}"
+                    )
+                    self.backend.state.update_job(
+                        job_id, {"status": JobStatus.FAILED, "error": reason}
+                    )
                     append_history(self.backend, job_id, "failed", reason=reason)
                     return JobStatus.FAILED
             else:

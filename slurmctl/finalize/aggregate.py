@@ -135,9 +135,15 @@ def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None =
                 digest = _inputs_digest(group)
                 part = _existing(backend, key, digest)
                 if part is None:
-                    part = _merge(backend, group, key, work) if group else _empty(backend, key, work)
-                    done = {"sha256": part.sha256, "rows": part.rows, "inputs_sha256": digest,
-                            "inputs": [p.key for p in group]}  # fmt: skip
+                    part = (
+                        _merge(backend, group, key, work) if group else _empty(backend, key, work)
+                    )
+                    done = {
+                        "sha256": part.sha256,
+                        "rows": part.rows,
+                        "inputs_sha256": digest,
+                        "inputs": [p.key for p in group],
+                    }
                     backend.objects.put_bytes(done_marker(key), json.dumps(done).encode())
                 merged.append(part)
             parts = merged
@@ -150,15 +156,20 @@ def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None =
             info = backend.objects.put_file(final_key, dest)
             assert info is not None
             final = Part(final_key, info.sha256, top.rows)
-            done = {"sha256": final.sha256, "rows": final.rows,
-                    "inputs_sha256": _inputs_digest([top]), "inputs": [top.key]}  # fmt: skip
+            done = {
+                "sha256": final.sha256,
+                "rows": final.rows,
+                "inputs_sha256": _inputs_digest([top]),
+                "inputs": [top.key],
+            }
             backend.objects.put_bytes(done_marker(final_key), json.dumps(done).encode())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if final.rows != expected_rows:
         raise IntegrityError(f"{final_key}: {final.rows} rows, the counters say {expected_rows}")
-    return Final(final.key, backend.objects.url(final.key), final.sha256, final.rows, len(inputs),
-                 level)  # fmt: skip
+    return Final(
+        final.key, backend.objects.url(final.key), final.sha256, final.rows, len(inputs), level
+    )
 
 
 def _empty(backend: Backend, key: str, work: Path) -> Part:

@@ -34,7 +34,9 @@ class FinalizeResult:
     """Tasks of the current phase still PENDING or RUNNING: workers are needed."""
 
 
-def write_failure_manifest(backend: Backend, job_id: str, phase: str, work: Path) -> tuple[str, int]:
+def write_failure_manifest(
+    backend: Backend, job_id: str, phase: str, work: Path
+) -> tuple[str, int]:
     """failures/<phase>.json: every failed item of the phase's committed tasks, with its reason."""
     layout = JobLayout(job_id)
     path = work / f"failures-{phase}.json"
@@ -47,7 +49,9 @@ def write_failure_manifest(backend: Backend, job_id: str, phase: str, work: Path
             data = backend.objects.get_bytes(task.errors_key, sha256=task.errors_sha256)
             for line in data.splitlines():
                 err: dict[str, Any] = json.loads(line)
-                err["reason"] = "permanent error" if err["permanent"] else "transient error, not retried"
+                err["reason"] = (
+                    "permanent error" if err["permanent"] else "transient error, not retried"
+                )
                 out.write((",\n" if count else "") + json.dumps(err, sort_keys=True))
                 count += 1
         out.write(f'\n], "count": {count}}}\n')
@@ -62,8 +66,12 @@ def finalize(backend: Backend, job_id: str) -> FinalizeResult:
     phase = job.phase
     rec = reconcile(backend, job_id, phase)
     if rec.requeued:
-        log.info("reconciled %s: %d pending and %d expired tasks requeued", job_id, rec.pending,
-                 rec.expired)  # fmt: skip
+        log.info(
+            "reconciled %s: %d pending and %d expired tasks requeued",
+            job_id,
+            rec.pending,
+            rec.expired,
+        )
     counters = backend.state.counters(job_id)
     left = counters.get(task_counter(phase, "PENDING"), 0) + counters.get(
         task_counter(phase, "RUNNING"), 0
@@ -95,7 +103,9 @@ def finalize(backend: Backend, job_id: str) -> FinalizeResult:
     items = {k.removeprefix("items."): v for k, v in counters.items() if k.startswith("items.")}
     manifest = {
         "job_id": job_id,
-        "files": [{"path": final.url, "key": final.key, "rows": final.rows, "sha256": final.sha256}],
+        "files": [
+            {"path": final.url, "key": final.key, "rows": final.rows, "sha256": final.sha256}
+        ],
         "rows": final.rows,
         "items": items,
         "inputs": final.inputs,

@@ -25,9 +25,7 @@ class Checkpoint:
             "CREATE TABLE IF NOT EXISTS items (idx INTEGER PRIMARY KEY, item_id TEXT, ok INTEGER, "
             "result TEXT, error_type TEXT, message TEXT, signature TEXT)"
         )
-        self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS inflight (idx INTEGER PRIMARY KEY)"
-        )
+        self.conn.execute("CREATE TABLE IF NOT EXISTS inflight (idx INTEGER PRIMARY KEY)")
 
     def done(self) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT idx FROM items")}

@@ -16,15 +16,23 @@ from typing import Any, Protocol
 
 from slurmctl.errors import PermanentError, TransientError
 
-TRANSIENT = frozenset({"network", "timeout", "throttled", "server", "preempted", "crash", "unknown"})
+TRANSIENT = frozenset(
+    {"network", "timeout", "throttled", "server", "preempted", "crash", "unknown"}
+)
 PERMANENT = frozenset({"not_found", "client", "validation", "poison"})
 
 
 class Rule(Protocol):
-    type: str
-    exception: str | None
-    message: str | None
-    status: int | None
+    """What the job definition's `error_rules` entries offer."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def exception(self) -> str | None: ...
+    @property
+    def message(self) -> str | None: ...
+    @property
+    def status(self) -> int | None: ...
 
 
 @dataclass(frozen=True)

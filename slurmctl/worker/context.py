@@ -31,7 +31,10 @@ class Metrics:
             self.incr(f"{name}.calls")
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counters": dict(self.counters), "timers_s": {k: round(v, 6) for k, v in self.timers.items()}}
+        return {
+            "counters": dict(self.counters),
+            "timers_s": {k: round(v, 6) for k, v in self.timers.items()},
+        }
 
     def reset(self) -> None:
         self.counters.clear()

@@ -52,4 +52,6 @@ def load_handler(spec: str, config_dir: Path) -> Handler:
         )
     setup = getattr(module, "setup", None)
     teardown = getattr(module, "teardown", None)
-    return Handler(process, setup if callable(setup) else None, teardown if callable(teardown) else None)
+    return Handler(
+        process, setup if callable(setup) else None, teardown if callable(teardown) else None
+    )

@@ -57,8 +57,11 @@ class Worker:
     # --- signals ----------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stop_signal is None:
-            log.info("worker %s: %s received, stopping at a checkpoint", self.worker_id,
-                     signal.Signals(signum).name)  # fmt: skip
+            log.info(
+                "worker %s: %s received, stopping at a checkpoint",
+                self.worker_id,
+                signal.Signals(signum).name,
+            )
         self.stop_signal = signum
 
     def should_stop(self) -> bool:
@@ -105,8 +108,13 @@ class Worker:
             return EXIT_JOB_FAILED
         params = secret_refs.resolve(definition.params)
         hidden = secret_refs.collect_secret_values(definition.params)
-        ctx = Context(params, self._acquire, logging.getLogger("slurmctl.handler"), self.job_id,
-                      self.worker_id)  # fmt: skip
+        ctx = Context(
+            params,
+            self._acquire,
+            logging.getLogger("slurmctl.handler"),
+            self.job_id,
+            self.worker_id,
+        )
         runner = self._runner(definition, handler, ctx, hidden)
         if handler.setup is not None:
             handler.setup(ctx)
@@ -155,13 +163,15 @@ class Worker:
                 time.sleep(self.poll_s / 4)
                 continue
             paused_logged = False
-            msgs = queue.receive(self.job_id, max_messages=1, visibility_s=int(lease_s),
-                                 wait_s=self.poll_s)  # fmt: skip
+            msgs = queue.receive(
+                self.job_id, max_messages=1, visibility_s=int(lease_s), wait_s=self.poll_s
+            )
             if msgs:
                 msg = msgs[0]
                 token = secrets.token_hex(8)
-                task = state.claim_task(self.job_id, msg.body, self.worker_id, token, lease_s,
-                                        time.time())  # fmt: skip
+                task = state.claim_task(
+                    self.job_id, msg.body, self.worker_id, token, lease_s, time.time()
+                )
                 queue.delete(self.job_id, [msg.receipt])  # claimed or stale: the hint is used up
                 if task is None or task.phase != job.phase:
                     continue

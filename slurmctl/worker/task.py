@@ -85,7 +85,9 @@ class TaskRunner:
         self, task_id: str, token: str, lost: threading.Event, stop: threading.Event
     ) -> None:
         while not stop.wait(self.heartbeat_s):
-            if not self.backend.state.heartbeat(self.job_id, task_id, token, self.lease_s, time.time()):
+            if not self.backend.state.heartbeat(
+                self.job_id, task_id, token, self.lease_s, time.time()
+            ):
                 log.warning("lease on %s lost: another worker took the task over", task_id)
                 lost.set()
                 return
@@ -162,11 +164,15 @@ class TaskRunner:
             except Exception as exc:  # noqa: BLE001 - every handler failure is classified and kept
                 c = classify(exc, self.rules)
                 message = redact(c.message, self.secrets)
-                pending.append((idx, item_id, 0, None, c.type, message, redact(c.signature, self.secrets)))
+                pending.append(
+                    (idx, item_id, 0, None, c.type, message, redact(c.signature, self.secrets))
+                )
             else:
                 rows = _rows(out, id_field, item_id)
                 fresh[idx] = rows
-                pending.append((idx, item_id, 1, json.dumps(rows) if rows else None, None, None, None))
+                pending.append(
+                    (idx, item_id, 1, json.dumps(rows) if rows else None, None, None, None)
+                )
             if len(pending) >= self.checkpoint_every:
                 ckpt.write(pending)
                 pending = []
@@ -225,7 +231,11 @@ class TaskRunner:
                     sort_keys=True,
                 ).encode()
             )
-        table = pa.Table.from_pylist(rows) if rows else pa.table({self.id_field: pa.array([], pa.string())})
+        table = (
+            pa.Table.from_pylist(rows)
+            if rows
+            else pa.table({self.id_field: pa.array([], pa.string())})
+        )
         out_path = scratch / "output.parquet"
         pq.write_table(table, out_path)
         out = self.backend.objects.put_file(self.layout.result(task.task_id, token), out_path)
@@ -258,7 +268,8 @@ class TaskRunner:
         """`.done` and the task manifest: for humans and tools, never read by the aggregator."""
         objects = self.backend.objects
         objects.put_bytes(
-            done_marker(commit.output_key), f"{commit.output_sha256} {commit.output_rows}\n".encode()
+            done_marker(commit.output_key),
+            f"{commit.output_sha256} {commit.output_rows}\n".encode(),
         )
         metrics = {
             "items": task.items,
@@ -311,7 +322,9 @@ def _rows(out: Any, id_field: str, item_id: str) -> list[dict[str, Any]]:
     rows = [out] if isinstance(out, dict) else list(out)
     for i, r in enumerate(rows):
         if not isinstance(r, dict):
-            raise TypeError(f"handler returned {type(r).__name__}, expected dict, list of dicts or None")
+            raise TypeError(
+                f"handler returned {type(r).__name__}, expected dict, list of dicts or None"
+            )
         if id_field not in r:
             rows[i] = {id_field: item_id, **r}
     return rows

@@ -111,7 +111,9 @@ def test_release_and_fail(backend: Backend) -> None:
     _setup(backend)
     backend.state.claim_task("j", "task-000002", "w1", "t1", 10, now=100.0)
     assert not backend.state.release_task("j", "task-000002", "wrong")
-    assert backend.state.release_task("j", "task-000002", "t1", checkpoint_key="ck", checkpoint_sha256="c")
+    assert backend.state.release_task(
+        "j", "task-000002", "t1", checkpoint_key="ck", checkpoint_sha256="c"
+    )
     t = backend.state.get_task("j", "task-000002")
     assert t is not None and t.status == TaskStatus.PENDING and t.checkpoint_key == "ck"
     assert t.worker_losses == 1 and t.lease_token is None

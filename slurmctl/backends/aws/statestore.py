@@ -1,30 +1,43 @@
-"""The DynamoDB state store: one table (pk, sk), one sparse GSI, every transition one transaction.
+"""The DynamoDB state store: one table, one sparse GSI, every transition one transaction.
 
-Items (docs/aws.md has the full layout and costs):
-
-| item | pk | sk |
-| --- | --- | --- |
-| job record | `JOB#<job_id>` | `JOB` (gsi_pk `JOBS`, gsi_sk `<job_id>`: `list_jobs`) |
-| task | `JOB#<job_id>` | `TASK#<task_id>` (gsi_pk `JOB#<job_id>`, gsi_sk `<phase>#<task_id>` while unfinished) |
-| job lease | `JOB#<job_id>` | `LEASE` |
-| bucket pointer | `JOB#<job_id>` | `BUCKET#<name>` (so the job's buckets are found by a consistent query) |
-| counter shard k | `JOB#<job_id>#C#<k>` | `C`, one number per counter name |
-| rate bucket | `RATE#<job_id>#<name>` | `B` |
-
-None is stored as an absent attribute (REMOVE), and `expect={f: None}` is `attribute_not_exists`.
-Floats are numbers written as `repr(x)`, which reads back as the very same float, so a condition
-such as `tat = :old` compares exactly what was stored.
+The layout is in `dynamo.py` (and docs/aws.md, with the cost of each access). Each transition
+(claim, release, commit, fail, a job update that moves counters) is one TransactWriteItems: the
+conditional task or job update plus the counter shard it moves. A claim first reads the task
+(consistent) to learn whether it is a takeover, then pins what it read (status, attempts, token)
+in the condition, so a racing claim fails the condition instead of moving the counters twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from slurmctl.backends.aws.session import AwsConnectionError, AwsTimeout, Service, error_code
-from slurmctl.backends.aws.session import jitter_sleep as _backoff
+from slurmctl.backends.aws.dynamo import (
+    CCF,
+    GSI,
+    JOBS_GSI_PK,
+    SHARDS,
+    Expr,
+    Item,
+    RateBuckets,
+    Table,
+    bucket_key,
+    decode,
+    encode,
+    job_from,
+    job_item,
+    job_key,
+    job_pk,
+    key,
+    key_of,
+    shard_key,
+    shard_of,
+    task_from,
+    task_item,
+    task_key,
+)
+from slurmctl.backends.aws.session import AwsConnectionError, AwsTimeout, Service
 from slurmctl.backends.statestore import (
     ITEMS_FAILED_PERMANENT,
     ITEMS_FAILED_TRANSIENT,
@@ -32,301 +45,57 @@ from slurmctl.backends.statestore import (
     ITEMS_SUCCEEDED,
     JOB_FIELDS,
     OUTPUT_ROWS,
-    Bucket,
     JobRecord,
-    SlotGrant,
     StateStore,
     TaskCommit,
     TaskRecord,
     task_counter,
 )
-from slurmctl.errors import SlurmctlError, UserError
-from slurmctl.ratelimit import gcra
-from slurmctl.states import UNFINISHED, JobStatus, TaskStatus
+from slurmctl.states import UNFINISHED, TaskStatus
 
-GSI = "unfinished"
-SHARDS = 16
-JOBS_GSI_PK = "JOBS"
-TXN_RETRIES = 8
 CLAIM_ROUNDS = 3
-RESERVE_RETRIES = 200
-CCF = "ConditionalCheckFailed"
-RETRYABLE_REASONS = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
-Item = dict[str, dict[str, Any]]
+COMMIT_ROUNDS = 3
+RUNNING, PENDING = TaskStatus.RUNNING, TaskStatus.PENDING
+UNINDEXED = {"gsi_pk": None, "gsi_sk": None}
+"""Removing the GSI key attributes takes a finished task out of the sparse index."""
 
 
-def job_pk(job_id: str) -> str:
-    return f"JOB#{job_id}"
-
-
-def shard_of(task_id: str) -> int:
-    """Stable across processes and Python versions (unlike hash())."""
-    return zlib.crc32(task_id.encode()) % SHARDS
-
-
-def shard_key(job_id: str, k: int) -> Item:
-    return {"pk": {"S": f"{job_pk(job_id)}#C#{k}"}, "sk": {"S": "C"}}
-
-
-def _key(pk: str, sk: str) -> Item:
-    return {"pk": {"S": pk}, "sk": {"S": sk}}
-
-
-def task_key(job_id: str, task_id: str) -> Item:
-    return _key(job_pk(job_id), f"TASK#{task_id}")
-
-
-def bucket_key(job_id: str, name: str) -> Item:
-    return _key(f"RATE#{job_id}#{name}", "B")
-
-
-# --- codec ------------------------------------------------------------------------------------
-def encode(v: Any) -> dict[str, Any]:
-    if isinstance(v, bool):
-        return {"BOOL": v}
-    if isinstance(v, int):
-        return {"N": str(v)}
-    if isinstance(v, float):
-        return {"N": repr(v)}
-    if isinstance(v, str):
-        return {"S": str(v)}
-    raise TypeError(f"cannot store {type(v).__name__} in DynamoDB: {v!r}")
-
-
-def _kinds(cls: type) -> dict[str, tuple[str, Any]]:
-    out = {}
-    for f in dataclasses.fields(cls):
-        t = str(f.type)
-        kind = "bool" if "bool" in t else "float" if "float" in t else "int" if "int" in t else "str"
-        out[f.name] = (kind, None if f.default is dataclasses.MISSING else f.default)
-    return out
-
-
-KINDS = {JobRecord: _kinds(JobRecord), TaskRecord: _kinds(TaskRecord)}
-
-
-def decode(a: Mapping[str, Any], kind: str) -> Any:
-    if "NULL" in a:
-        return None
-    if "BOOL" in a:
-        return bool(a["BOOL"])
-    if "N" in a:
-        return float(a["N"]) if kind == "float" else int(a["N"])
-    return str(a["S"])
-
-
-def _fields(cls: type, item: Item, fixed: dict[str, Any]) -> dict[str, Any]:
-    d = dict(fixed)
-    for name, (kind, default) in KINDS[cls].items():
-        if name not in d:
-            d[name] = decode(item[name], kind) if name in item else default
-    return d
-
-
-def job_from(item: Item) -> JobRecord:
-    d = _fields(JobRecord, item, {"job_id": item["pk"]["S"].removeprefix("JOB#")})
-    return JobRecord(**{**d, "status": JobStatus(d["status"])})
-
-
-def task_from(job_id: str, item: Item) -> TaskRecord:
-    d = _fields(TaskRecord, item, {"job_id": job_id, "task_id": item["sk"]["S"][5:]})
-    return TaskRecord(**{**d, "status": TaskStatus(d["status"])})
-
-
-def _attrs(values: Mapping[str, Any], skip: Iterable[str] = ()) -> Item:
-    return {k: encode(v) for k, v in values.items() if v is not None and k not in skip}
-
-
-def task_item(t: TaskRecord) -> Item:
-    item = {**task_key(t.job_id, t.task_id), **_attrs(t.to_dict(), ("job_id", "task_id"))}
-    if t.status in UNFINISHED:
-        item |= {"gsi_pk": {"S": job_pk(t.job_id)}, "gsi_sk": {"S": f"{t.phase}#{t.task_id}"}}
-    return item
-
-
-class Expr:
-    """Placeholders for one request's expressions (every name goes through #n: dots, keywords)."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}
-        self.values: dict[str, dict[str, Any]] = {}
-
-    def n(self, name: str) -> str:
-        for ph, known in self.names.items():
-            if known == name:
-                return ph
-        ph = f"#n{len(self.names)}"
-        self.names[ph] = name
-        return ph
-
-    def v(self, value: Any) -> str:
-        ph = f":v{len(self.values)}"
-        self.values[ph] = encode(value)
-        return ph
-
-    def eq(self, name: str, value: Any) -> str:
-        if value is None:
-            return f"attribute_not_exists({self.n(name)})"
-        return f"{self.n(name)} = {self.v(value)}"
-
-    def update(self, sets: Mapping[str, Any], adds: Mapping[str, int] | None = None) -> str:
-        """SET the non-None values, REMOVE the None ones, ADD the (non-zero) increments."""
-        parts = []
-        s = [f"{self.n(k)} = {self.v(v)}" for k, v in sets.items() if v is not None]
-        r = [self.n(k) for k, v in sets.items() if v is None]
-        a = [f"{self.n(k)} {self.v(d)}" for k, d in (adds or {}).items() if d]
-        for word, items in (("SET", s), ("REMOVE", r), ("ADD", a)):
-            if items:
-                parts.append(f"{word} {', '.join(items)}")
-        return " ".join(parts)
-
-    def args(self, **extra: Any) -> dict[str, Any]:
-        out = dict(extra)
-        if self.names:
-            out["ExpressionAttributeNames"] = self.names
-        if self.values:
-            out["ExpressionAttributeValues"] = self.values
-        return out
-
-
-def _phase(item: Item) -> str:
-    return str(item["phase"]["S"])
-
-
-class DynamoStateStore(StateStore):
+class DynamoStateStore(RateBuckets, StateStore):
     def __init__(self, ddb: Service, table: str) -> None:
-        self.ddb = ddb
-        self.table = table
+        self.t = Table(ddb, table)
 
     def close(self) -> None:
-        self.ddb.close()
+        self.t.ddb.close()
 
-    # --- plumbing ---------------------------------------------------------------------------
-    def _call(self, op: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            return self.ddb.call(op, **kwargs)
-        except self.ddb.ClientError as e:
-            if error_code(e) == "ResourceNotFoundException":
-                raise UserError(
-                    f"DynamoDB table {self.table!r} not found at {self.ddb.endpoint}: "
-                    "create it with `slurmctl init`"
-                ) from e
-            raise
-
-    def _get(self, key: Item) -> Item | None:
-        item = self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True)
-        return item.get("Item")
-
-    def _batch_get(self, keys: Sequence[Item]) -> dict[tuple[str, str], Item]:
-        """Strongly consistent BatchGetItem, 100 keys a call, unprocessed keys retried."""
-        out: dict[tuple[str, str], Item] = {}
-        for start in range(0, len(keys), 100):
-            request: dict[str, Any] = {
-                self.table: {"Keys": list(keys[start : start + 100]), "ConsistentRead": True}
-            }
-            attempt = 0
-            while request:
-                resp = self._call("batch_get_item", RequestItems=request)
-                for item in resp.get("Responses", {}).get(self.table, []):
-                    out[(item["pk"]["S"], item["sk"]["S"])] = item
-                request = resp.get("UnprocessedKeys") or {}
-                if request:
-                    _backoff(attempt, base_s=0.05)
-                    attempt += 1
-        return out
-
-    def _query(self, **kwargs: Any) -> Iterator[Item]:
-        while True:
-            page = self._call("query", TableName=self.table, **kwargs)
-            yield from page.get("Items", [])
-            if "LastEvaluatedKey" not in page:
-                return
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-    def _transact(self, items: list[dict[str, Any]]) -> list[str] | None:
-        """None when applied; the cancellation reason codes when a condition failed."""
-        for attempt in range(TXN_RETRIES):
-            try:
-                self._call("transact_write_items", TransactItems=items)
-                return None
-            except self.ddb.ClientError as e:
-                code = error_code(e)
-                if code == "TransactionInProgressException" and attempt + 1 < TXN_RETRIES:
-                    _backoff(attempt, base_s=0.05)
-                    continue
-                if code != "TransactionCanceledException":
-                    raise
-                resp: dict[str, Any] = getattr(e, "response", {})
-                reasons = [str(r.get("Code", "None")) for r in resp.get("CancellationReasons", [])]
-                if CCF in reasons:
-                    return reasons
-                if RETRYABLE_REASONS & set(reasons) and attempt + 1 < TXN_RETRIES:
-                    _backoff(attempt, base_s=0.02)
-                    continue
-                raise
-        raise AssertionError("unreachable")
-
-    def _counter_update(self, job_id: str, shard: int, deltas: Mapping[str, int]) -> dict[str, Any]:
-        e = Expr()
-        return {
-            "Update": e.args(
-                TableName=self.table,
-                Key=shard_key(job_id, shard),
-                UpdateExpression=e.update({}, deltas),
-            )
-        }
-
-    def _task_update(
-        self, job_id: str, task_id: str, sets: Mapping[str, Any], cond: list[tuple[str, Any]]
-    ) -> dict[str, Any]:
-        e = Expr()
-        expr = e.update(sets)
-        condition = " AND ".join(["attribute_exists(pk)", *(e.eq(k, v) for k, v in cond)])
-        return {
-            "Update": e.args(
-                TableName=self.table,
-                Key=task_key(job_id, task_id),
-                UpdateExpression=expr,
-                ConditionExpression=condition,
-            )
-        }
+    def _write(self, ops: list[dict[str, Any]]) -> bool:
+        """One conditional write: a plain UpdateItem when alone (half the cost), else a
+        transaction. False when a condition failed (and nothing was written)."""
+        if len(ops) == 1 and "Update" in ops[0]:
+            req = {k: v for k, v in ops[0]["Update"].items() if k != "TableName"}
+            return self.t.conditional("update_item", **req)
+        return self.t.transact(ops) is None
 
     # --- jobs -------------------------------------------------------------------------------
     def create_job(self, job: JobRecord) -> bool:
-        item = {
-            **_key(job_pk(job.job_id), "JOB"),
-            **_attrs(dataclasses.asdict(job), ("job_id",)),
-            "gsi_pk": {"S": JOBS_GSI_PK},
-            "gsi_sk": {"S": job.job_id},
-        }
-        try:
-            self._call(
-                "put_item",
-                TableName=self.table,
-                Item=item,
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except self.ddb.ClientError as e:
-            if error_code(e) == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return self.t.conditional(
+            "put_item", Item=job_item(job), ConditionExpression="attribute_not_exists(pk)"
+        )
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        item = self._get(_key(job_pk(job_id), "JOB"))
+        item = self.t.get(job_key(job_id))
         return job_from(item) if item else None
 
     def list_jobs(self) -> list[JobRecord]:
-        # The GSI holds every job record's key (gsi_pk JOBS); the records are read consistently.
+        # Every job record's key is in the GSI under gsi_pk JOBS; the records are read consistently.
         keys = [
-            _key(i["pk"]["S"], i["sk"]["S"])
-            for i in self._query(
+            key_of(i)
+            for i in self.t.query(
                 IndexName=GSI,
                 KeyConditionExpression="gsi_pk = :p",
                 ExpressionAttributeValues={":p": {"S": JOBS_GSI_PK}},
             )
         ]
-        jobs = [job_from(i) for i in self._batch_get(keys).values()]
+        jobs = [job_from(i) for i in self.t.batch_get(keys).values()]
         return sorted(jobs, key=lambda j: (j.created_at, j.job_id))
 
     def update_job(
@@ -342,120 +111,75 @@ class DynamoStateStore(StateStore):
         if unknown:
             raise ValueError(f"unknown job fields {sorted(unknown)}")
         if "job_id" in changes:
-            raise ValueError("the job id cannot change")
-        e = Expr()
-        cond = " AND ".join(["attribute_exists(pk)", *(e.eq(k, v) for k, v in expect.items())])
-        key = _key(job_pk(job_id), "JOB")
+            raise ValueError("a job's id cannot change")
         deltas = {k: d for k, d in (counter_deltas or {}).items() if d}
-        if changes:
-            op = "Update"
-            req = e.args(
-                TableName=self.table,
-                Key=key,
-                UpdateExpression=e.update(changes),
-                ConditionExpression=cond,
+        k = job_key(job_id)
+        if not changes and not deltas:  # a bare condition check: one consistent read
+            item = self.t.get(k)
+            return item is not None and all(
+                (name not in item) if v is None else item.get(name) == encode(v)
+                for name, v in expect.items()
             )
+        e = Expr()
+        cond = e.cond(expect)
+        if changes:
+            op = self.t.update_op(k, e.update(changes), e, cond)
         else:
-            op = "ConditionCheck"
-            req = e.args(TableName=self.table, Key=key, ConditionExpression=cond)
-        if not deltas:
-            if op == "ConditionCheck":
-                return self._matches(key, expect)
-            try:
-                self._call("update_item", **req)
-            except self.ddb.ClientError as err:
-                if error_code(err) == "ConditionalCheckFailedException":
-                    return False
-                raise
-            return True
-        return self._transact([{op: req}, self._counter_update(job_id, 0, deltas)]) is None
-
-    def _matches(self, key: Item, expect: Mapping[str, Any]) -> bool:
-        """A condition check alone (no change, no counters): one consistent read."""
-        item = self._get(key)
-        if item is None:
-            return False
-        return all(
-            (item.get(k) is None) if v is None else item.get(k) == encode(v)
-            for k, v in expect.items()
-        )
+            op = {"ConditionCheck": e.args(TableName=self.t.name, Key=k, ConditionExpression=cond)}
+        ops = [op, self.t.counters_op(job_id, 0, deltas)] if deltas else [op]
+        return self._write(ops)
 
     def delete_job(self, job_id: str) -> None:
         keys: list[Item] = []
         buckets = []
-        for item in self._query(
+        for item in self.t.query(
             KeyConditionExpression="pk = :p",
             ExpressionAttributeValues={":p": {"S": job_pk(job_id)}},
             ProjectionExpression="pk, sk",
             ConsistentRead=True,
         ):
-            keys.append(_key(item["pk"]["S"], item["sk"]["S"]))
+            keys.append(key_of(item))
             if item["sk"]["S"].startswith("BUCKET#"):
                 buckets.append(item["sk"]["S"].removeprefix("BUCKET#"))
         keys += [shard_key(job_id, k) for k in range(SHARDS)]
         keys += [bucket_key(job_id, name) for name in buckets]
-        for start in range(0, len(keys), 25):
-            request: dict[str, Any] = {
-                self.table: [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]
-            }
-            attempt = 0
-            while request:
-                resp = self._call("batch_write_item", RequestItems=request)
-                request = resp.get("UnprocessedItems") or {}
-                if request:
-                    _backoff(attempt, base_s=0.05)
-                    attempt += 1
+        self.t.batch_delete(keys)
 
     def acquire_job_lease(self, job_id: str, holder: str, ttl_s: float, now: float) -> bool:
-        try:
-            self._call(
-                "put_item",
-                TableName=self.table,
-                Item={
-                    **_key(job_pk(job_id), "LEASE"),
-                    "holder": {"S": holder},
-                    "expires": encode(float(now + ttl_s)),
-                },
-                ConditionExpression="attribute_not_exists(pk) OR holder = :h OR expires <= :now",
-                ExpressionAttributeValues={":h": {"S": holder}, ":now": encode(float(now))},
-            )
-        except self.ddb.ClientError as e:
-            if error_code(e) == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return self.t.conditional(
+            "put_item",
+            Item={
+                **key(job_pk(job_id), "LEASE"),
+                "holder": {"S": holder},
+                "expires": encode(float(now + ttl_s)),
+            },
+            ConditionExpression="attribute_not_exists(pk) OR holder = :h OR expires <= :now",
+            ExpressionAttributeValues={":h": {"S": holder}, ":now": encode(float(now))},
+        )
 
     def release_job_lease(self, job_id: str, holder: str) -> None:
-        try:
-            self._call(
-                "delete_item",
-                TableName=self.table,
-                Key=_key(job_pk(job_id), "LEASE"),
-                ConditionExpression="holder = :h",
-                ExpressionAttributeValues={":h": {"S": holder}},
-            )
-        except self.ddb.ClientError as e:
-            if error_code(e) != "ConditionalCheckFailedException":
-                raise
+        self.t.conditional(
+            "delete_item",
+            Key=key(job_pk(job_id), "LEASE"),
+            ConditionExpression="holder = :h",
+            ExpressionAttributeValues={":h": {"S": holder}},
+        )
 
     # --- tasks ------------------------------------------------------------------------------
     def put_tasks(self, tasks: Sequence[TaskRecord]) -> int:
-        unique = list({t.task_id: t for t in reversed(tasks)}.values())[::-1]  # first one wins
-        new = 0
-        for start in range(0, len(unique), 100):
-            new += self._put_chunk(unique[start : start + 100])
-        return new
+        unique = list({t.task_id: t for t in reversed(tasks)}.values())[::-1]  # the first one wins
+        return sum(self._put_chunk(unique[i : i + 100]) for i in range(0, len(unique), 100))
 
     def _put_chunk(self, chunk: list[TaskRecord]) -> int:
-        """One transaction of conditional puts; items that exist are dropped and the rest retried
-        (the cancellation reasons say which ones existed)."""
+        """One transaction of conditional puts (BatchWriteItem cannot be conditional). When some
+        exist, the cancellation reasons say which: the rest go again in a new transaction."""
         pending = chunk
         while pending:
-            reasons = self._transact(
+            reasons = self.t.transact(
                 [
                     {
                         "Put": {
-                            "TableName": self.table,
+                            "TableName": self.t.name,
                             "Item": task_item(t),
                             "ConditionExpression": "attribute_not_exists(pk)",
                         }
@@ -466,26 +190,227 @@ class DynamoStateStore(StateStore):
             if reasons is None:
                 return len(pending)
             if len(reasons) != len(pending):  # no per-item reasons: one conditional put each
-                return self._put_each(pending)
+                return sum(
+                    self.t.conditional(
+                        "put_item",
+                        Item=task_item(t),
+                        ConditionExpression="attribute_not_exists(pk)",
+                    )
+                    for t in pending
+                )
             pending = [t for t, r in zip(pending, reasons, strict=True) if r != CCF]
         return 0
 
-    def _put_each(self, tasks: Sequence[TaskRecord]) -> int:
-        new = 0
-        for t in tasks:
-            try:
-                self._call(
-                    "put_item",
-                    TableName=self.table,
-                    Item=task_item(t),
-                    ConditionExpression="attribute_not_exists(pk)",
-                )
-                new += 1
-            except self.ddb.ClientError as e:
-                if error_code(e) != "ConditionalCheckFailedException":
-                    raise
-        return new
-
     def get_task(self, job_id: str, task_id: str) -> TaskRecord | None:
-        item = self._get(task_key(job_id, task_id))
+        item = self.t.get(task_key(job_id, task_id))
         return task_from(job_id, item) if item else None
+
+    def claim_task(
+        self, job_id: str, task_id: str, worker_id: str, token: str, lease_s: float, now: float
+    ) -> TaskRecord | None:
+        k = task_key(job_id, task_id)
+        for _ in range(CLAIM_ROUNDS):
+            item = self.t.get(k)
+            if item is None:
+                return None
+            rec = task_from(job_id, item)
+            taking_over = rec.status == RUNNING and (rec.lease_expires or 0) < now
+            if rec.status != PENDING and not taking_over:
+                return None
+            new = dataclasses.replace(
+                rec,
+                status=RUNNING,
+                lease_token=token,
+                worker_id=worker_id,
+                lease_expires=float(now + lease_s),
+                attempts=rec.attempts + 1,
+                worker_losses=rec.worker_losses + int(taking_over),
+                start_time=now if rec.start_time is None else rec.start_time,
+            )
+            e = Expr()
+            # Pin what was read: a claim or release in between changes attempts or status.
+            pins: dict[str, Any] = {
+                "status": rec.status,
+                "attempts": rec.attempts,
+                "lease_token": rec.lease_token,
+            }
+            extra = []
+            if taking_over and rec.lease_expires is not None:
+                extra.append(f"{e.n('lease_expires')} < {e.v(float(now))}")
+            elif taking_over:
+                pins["lease_expires"] = None
+            changed = ("status", "lease_token", "worker_id", "lease_expires", "attempts")
+            sets = {f: getattr(new, f) for f in (*changed, "worker_losses", "start_time")}
+            ops = [self.t.update_op(k, e.update(sets), e, e.cond(pins, *extra))]
+            if not taking_over:  # a takeover leaves the counters as they are: RUNNING stays 1
+                moves = {task_counter(rec.phase, PENDING): -1, task_counter(rec.phase, RUNNING): 1}
+                ops.append(self.t.counters_op(job_id, shard_of(task_id), moves))
+            if self._write(ops):
+                return new
+        return None
+
+    def heartbeat(self, job_id: str, task_id: str, token: str, lease_s: float, now: float) -> bool:
+        e = Expr()
+        return self.t.conditional(
+            "update_item",
+            Key=task_key(job_id, task_id),
+            UpdateExpression=e.update({"lease_expires": float(now + lease_s)}),
+            ConditionExpression=e.cond({"status": RUNNING, "lease_token": token}),
+            **e.args(),
+        )
+
+    def _fenced(
+        self,
+        job_id: str,
+        task_id: str,
+        token: str,
+        sets: Callable[[TaskRecord], Mapping[str, Any]],
+        deltas: Callable[[str], Mapping[str, int]],
+    ) -> bool:
+        """RUNNING under token: update the task and move its counters in one transaction."""
+        k = task_key(job_id, task_id)
+        item = self.t.get(k)  # the phase names the counters; a lost lease needs no transaction
+        if item is None:
+            return False
+        rec = task_from(job_id, item)
+        if rec.status != RUNNING or rec.lease_token != token:
+            return False
+        e = Expr()
+        update = self.t.update_op(
+            k, e.update(sets(rec)), e, e.cond({"status": RUNNING, "lease_token": token})
+        )
+        return self._write(
+            [update, self.t.counters_op(job_id, shard_of(task_id), deltas(rec.phase))]
+        )
+
+    def release_task(
+        self,
+        job_id: str,
+        task_id: str,
+        token: str,
+        *,
+        checkpoint_key: str | None = None,
+        checkpoint_sha256: str | None = None,
+    ) -> bool:
+        def sets(rec: TaskRecord) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "status": PENDING,
+                "lease_token": None,
+                "lease_expires": None,
+                "worker_id": None,
+                "worker_losses": rec.worker_losses + 1,
+            }
+            if checkpoint_key:
+                out |= {"checkpoint_key": checkpoint_key, "checkpoint_sha256": checkpoint_sha256}
+            return out
+
+        return self._fenced(
+            job_id,
+            task_id,
+            token,
+            sets,
+            lambda phase: {task_counter(phase, RUNNING): -1, task_counter(phase, PENDING): 1},
+        )
+
+    def commit_task(self, job_id: str, task_id: str, token: str, commit: TaskCommit) -> bool:
+        sets: dict[str, Any] = {
+            "status": TaskStatus.SUCCESS,
+            "lease_expires": None,
+            **{f.name: getattr(commit, f.name) for f in dataclasses.fields(commit)},
+            **UNINDEXED,
+        }
+        done = commit.succeeded + commit.failed_permanent + commit.failed_transient
+
+        def deltas(phase: str) -> dict[str, int]:
+            return {
+                task_counter(phase, RUNNING): -1,
+                task_counter(phase, TaskStatus.SUCCESS): 1,
+                ITEMS_PENDING: -done,
+                ITEMS_SUCCEEDED: commit.succeeded,
+                ITEMS_FAILED_PERMANENT: commit.failed_permanent,
+                ITEMS_FAILED_TRANSIENT: commit.failed_transient,
+                OUTPUT_ROWS: commit.output_rows,
+            }
+
+        lost: Exception | None = None
+        for _ in range(COMMIT_ROUNDS):
+            try:
+                # A clean condition failure is final: botocore's own retries of a transaction
+                # reuse its ClientRequestToken, so a retried commit cannot fail on itself.
+                return self._fenced(job_id, task_id, token, lambda _: sets, deltas)
+            except (AwsTimeout, AwsConnectionError) as e:
+                lost = e  # ambiguous: it may have been applied. Re-read before concluding.
+            t = self.get_task(job_id, task_id)
+            if t is not None and t.status == TaskStatus.SUCCESS and t.lease_token == token:
+                return t.output_key == commit.output_key
+            if t is None or t.status != RUNNING or t.lease_token != token:
+                return False
+            # still RUNNING under our token: the commit did not apply; try again
+        assert lost is not None
+        raise lost
+
+    def fail_task(self, job_id: str, task_id: str, token: str, error: str, now: float) -> bool:
+        sets = {
+            "status": TaskStatus.FAILED,
+            "lease_expires": None,
+            "error": error,
+            "end_time": float(now),
+            **UNINDEXED,
+        }
+        return self._fenced(
+            job_id,
+            task_id,
+            token,
+            lambda _: sets,
+            lambda phase: {
+                task_counter(phase, RUNNING): -1,
+                task_counter(phase, TaskStatus.FAILED): 1,
+            },
+        )
+
+    def unfinished_tasks(self, job_id: str, phase: str | None = None) -> Iterator[TaskRecord]:
+        # The sparse GSI (KEYS_ONLY) gives the keys; the records are read consistently, and
+        # any that finished since the index saw them (GSIs are eventually consistent) dropped.
+        cond = "gsi_pk = :p"
+        values = {":p": {"S": job_pk(job_id)}}
+        if phase is not None:
+            cond += " AND begins_with(gsi_sk, :ph)"
+            values[":ph"] = {"S": f"{phase}#"}
+        keys: list[Item] = []
+        for item in self.t.query(
+            IndexName=GSI, KeyConditionExpression=cond, ExpressionAttributeValues=values
+        ):
+            keys.append(key_of(item))
+            if len(keys) == 100:
+                yield from self._unfinished(job_id, keys)
+                keys = []
+        yield from self._unfinished(job_id, keys)
+
+    def _unfinished(self, job_id: str, keys: list[Item]) -> Iterator[TaskRecord]:
+        got = self.t.batch_get(keys)
+        for k in keys:
+            item = got.get((k["pk"]["S"], k["sk"]["S"]))
+            if item is not None and decode(item["status"]) in UNFINISHED:
+                yield task_from(job_id, item)
+
+    def iter_tasks(
+        self, job_id: str, *, phase: str | None = None, status: TaskStatus | None = None
+    ) -> Iterator[TaskRecord]:
+        e = Expr()
+        kwargs: dict[str, Any] = {}
+        filters = {k: v for k, v in (("phase", phase), ("status", status)) if v is not None}
+        if filters:
+            kwargs["FilterExpression"] = " AND ".join(e.eq(k, v) for k, v in filters.items())
+        cond = f"pk = {e.v(job_pk(job_id))} AND begins_with(sk, {e.v('TASK#')})"
+        for item in self.t.query(
+            KeyConditionExpression=cond, ConsistentRead=True, **e.args(**kwargs)
+        ):
+            yield task_from(job_id, item)
+
+    def counters(self, job_id: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for item in self.t.batch_get([shard_key(job_id, k) for k in range(SHARDS)]).values():
+            for name, value in item.items():
+                if name not in ("pk", "sk"):
+                    out[name] = out.get(name, 0) + int(value["N"])
+        return out

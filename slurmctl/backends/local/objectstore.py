@@ -20,7 +20,12 @@ META = ".meta"
 
 def check_key(key: str) -> str:
     parts = key.split("/")
-    if not key or key.startswith("/") or any(p in {"", ".", ".."} for p in parts) or parts[0] == META:
+    if (
+        not key
+        or key.startswith("/")
+        or any(p in {"", ".", ".."} for p in parts)
+        or parts[0] == META
+    ):
         raise SlurmctlError(f"invalid object key {key!r}")
     return key
 

@@ -94,7 +94,9 @@ class SQLiteQueue(QueueService):
             )
 
     def approximate_count(self, job_id: str) -> int:
-        row = self.db.conn().execute(
-            "SELECT COUNT(*) FROM messages WHERE job_id = ?", (job_id,)
-        ).fetchone()
+        row = (
+            self.db.conn()
+            .execute("SELECT COUNT(*) FROM messages WHERE job_id = ?", (job_id,))
+            .fetchone()
+        )
         return int(row[0])

@@ -30,11 +30,11 @@ from slurmctl.ratelimit import gcra
 from slurmctl.states import JobStatus, TaskStatus
 
 _JOB_COLS = [f.name for f in fields(JobRecord)]
-_TYPES = {int: "INTEGER", float: "REAL", bool: "INTEGER", str: "TEXT"}
+_TASK_COLS = ", ".join(f'"{c}"' for c in TASK_FIELDS)  # quoted: "group" is an SQL keyword
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs ({", ".join(_JOB_COLS)}, PRIMARY KEY (job_id));
-CREATE TABLE IF NOT EXISTS tasks ({", ".join(f'"{c}"' for c in TASK_FIELDS)}, PRIMARY KEY (job_id, task_id))
+CREATE TABLE IF NOT EXISTS tasks ({_TASK_COLS}, PRIMARY KEY (job_id, task_id))
     WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks (job_id, phase, task_id)
     WHERE status IN ('PENDING', 'RUNNING');
@@ -251,7 +251,11 @@ class SQLiteStateStore(StateStore):
                 "WHERE job_id = ? AND task_id = ?",
                 (job_id, task_id),
             )
-            _bump(conn, job_id, {task_counter(phase, "RUNNING"): -1, task_counter(phase, "PENDING"): 1})
+            _bump(
+                conn,
+                job_id,
+                {task_counter(phase, "RUNNING"): -1, task_counter(phase, "PENDING"): 1},
+            )
             return True
 
     def commit_task(self, job_id: str, task_id: str, token: str, commit: TaskCommit) -> bool:
@@ -294,7 +298,9 @@ class SQLiteStateStore(StateStore):
             phase = self._fenced(conn, job_id, task_id, token, sets)
             if phase is None:
                 return False
-            _bump(conn, job_id, {task_counter(phase, "RUNNING"): -1, task_counter(phase, "FAILED"): 1})
+            _bump(
+                conn, job_id, {task_counter(phase, "RUNNING"): -1, task_counter(phase, "FAILED"): 1}
+            )
             return True
 
     def unfinished_tasks(self, job_id: str, phase: str | None = None) -> Iterator[TaskRecord]:
@@ -303,7 +309,9 @@ class SQLiteStateStore(StateStore):
         if phase is not None:
             sql += " AND phase = ?"
             args += (phase,)
-        yield from (_task(r) for r in self.db.conn().execute(sql + " ORDER BY phase, task_id", args))
+        yield from (
+            _task(r) for r in self.db.conn().execute(sql + " ORDER BY phase, task_id", args)
+        )
 
     def iter_tasks(
         self, job_id: str, *, phase: str | None = None, status: TaskStatus | None = None
@@ -325,7 +333,9 @@ class SQLiteStateStore(StateStore):
             last = rows[-1]["task_id"]
 
     def counters(self, job_id: str) -> dict[str, int]:
-        rows = self.db.conn().execute("SELECT name, value FROM counters WHERE job_id = ?", (job_id,))
+        rows = self.db.conn().execute(
+            "SELECT name, value FROM counters WHERE job_id = ?", (job_id,)
+        )
         return {r["name"]: r["value"] for r in rows}
 
     # --- rate limiting ----------------------------------------------------------------------
@@ -334,7 +344,14 @@ class SQLiteStateStore(StateStore):
             conn.execute(
                 "INSERT INTO buckets VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, name) "
                 "DO UPDATE SET rate = excluded.rate, burst = excluded.burst",
-                (bucket.job_id, bucket.name, bucket.rate, bucket.burst, bucket.tat, int(bucket.paused)),
+                (
+                    bucket.job_id,
+                    bucket.name,
+                    bucket.rate,
+                    bucket.burst,
+                    bucket.tat,
+                    int(bucket.paused),
+                ),
             )
 
     @staticmethod
@@ -357,7 +374,9 @@ class SQLiteStateStore(StateStore):
         return self._bucket(row) if row else None
 
     def list_buckets(self, job_id: str) -> list[Bucket]:
-        rows = self.db.conn().execute("SELECT * FROM buckets WHERE job_id = ? ORDER BY name", (job_id,))
+        rows = self.db.conn().execute(
+            "SELECT * FROM buckets WHERE job_id = ? ORDER BY name", (job_id,)
+        )
         return [self._bucket(r) for r in rows]
 
     def reserve_slots(self, job_id: str, name: str, n: int, now: float) -> SlotGrant:

@@ -1,0 +1,426 @@
+"""The DynamoDB table's layout, the record codec, expressions, and the table plumbing.
+
+Items (docs/aws.md has the full layout and the cost of each access):
+
+| item | pk | sk |
+| --- | --- | --- |
+| job record | `JOB#<job_id>` | `JOB` (gsi_pk `JOBS`, gsi_sk `<job_id>`: `list_jobs`) |
+| task | `JOB#<job_id>` | `TASK#<task_id>` (while unfinished: gsi_pk `JOB#<job_id>`, |
+| | | gsi_sk `<phase>#<task_id>`) |
+| job lease | `JOB#<job_id>` | `LEASE` |
+| bucket pointer | `JOB#<job_id>` | `BUCKET#<name>` (a job's buckets found by a consistent query) |
+| counter shard k | `JOB#<job_id>#C#<k>` | `C`, one number per counter name |
+| rate bucket | `RATE#<job_id>#<name>` | `B` |
+
+None is stored as an absent attribute (REMOVE), and `expect={f: None}` is `attribute_not_exists`.
+Floats are numbers written as `repr(x)`, which reads back as the very same float, so a condition
+such as `tat = :old` compares exactly what was stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from slurmctl.backends.aws.session import Service, error_code, jitter_sleep
+from slurmctl.backends.statestore import Bucket, JobRecord, SlotGrant, TaskRecord
+from slurmctl.errors import SlurmctlError, UserError
+from slurmctl.ratelimit import gcra
+from slurmctl.states import UNFINISHED, JobStatus, TaskStatus
+
+GSI = "unfinished"
+SHARDS = 16
+JOBS_GSI_PK = "JOBS"
+TXN_RETRIES = 8
+RESERVE_RETRIES = 200
+CCF = "ConditionalCheckFailed"
+CCF_EXC = "ConditionalCheckFailedException"
+RETRYABLE_REASONS = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
+Item = dict[str, dict[str, Any]]
+
+
+# --- keys -------------------------------------------------------------------------------------
+def key(pk: str, sk: str) -> Item:
+    return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+
+def job_pk(job_id: str) -> str:
+    return f"JOB#{job_id}"
+
+
+def job_key(job_id: str) -> Item:
+    return key(job_pk(job_id), "JOB")
+
+
+def task_key(job_id: str, task_id: str) -> Item:
+    return key(job_pk(job_id), f"TASK#{task_id}")
+
+
+def shard_of(task_id: str) -> int:
+    """The counter shard a task's transitions move: stable across processes (unlike hash())."""
+    return zlib.crc32(task_id.encode()) % SHARDS
+
+
+def shard_key(job_id: str, k: int) -> Item:
+    return key(f"{job_pk(job_id)}#C#{k}", "C")
+
+
+def bucket_key(job_id: str, name: str) -> Item:
+    return key(f"RATE#{job_id}#{name}", "B")
+
+
+def key_of(item: Item) -> Item:
+    return key(item["pk"]["S"], item["sk"]["S"])
+
+
+# --- codec ------------------------------------------------------------------------------------
+def encode(v: Any) -> dict[str, Any]:
+    if isinstance(v, bool):
+        return {"BOOL": v}
+    if isinstance(v, int):
+        return {"N": str(v)}
+    if isinstance(v, float):
+        return {"N": repr(v)}
+    if isinstance(v, str):
+        return {"S": str(v)}
+    raise TypeError(f"cannot store {type(v).__name__} in DynamoDB: {v!r}")
+
+
+def decode(a: Mapping[str, Any], kind: str = "") -> Any:
+    if "NULL" in a:
+        return None
+    if "BOOL" in a:
+        return bool(a["BOOL"])
+    if "N" in a:
+        return float(a["N"]) if kind == "float" else int(a["N"])
+    return str(a["S"])
+
+
+def _kinds(cls: type) -> dict[str, tuple[str, Any]]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        t = str(f.type)
+        kind = (
+            "bool" if "bool" in t else "float" if "float" in t else "int" if "int" in t else "str"
+        )
+        out[f.name] = (kind, None if f.default is dataclasses.MISSING else f.default)
+    return out
+
+
+KINDS = {JobRecord: _kinds(JobRecord), TaskRecord: _kinds(TaskRecord)}
+
+
+def _fields(cls: type, item: Item, fixed: dict[str, Any]) -> dict[str, Any]:
+    d = dict(fixed)
+    for name, (kind, default) in KINDS[cls].items():
+        if name not in d:
+            d[name] = decode(item[name], kind) if name in item else default
+    return d
+
+
+def attrs(values: Mapping[str, Any], skip: Iterable[str] = ()) -> Item:
+    return {k: encode(v) for k, v in values.items() if v is not None and k not in skip}
+
+
+def job_from(item: Item) -> JobRecord:
+    d = _fields(JobRecord, item, {"job_id": item["pk"]["S"].removeprefix("JOB#")})
+    return JobRecord(**{**d, "status": JobStatus(d["status"])})
+
+
+def job_item(job: JobRecord) -> Item:
+    return {
+        **job_key(job.job_id),
+        **attrs(dataclasses.asdict(job), ("job_id",)),
+        "gsi_pk": {"S": JOBS_GSI_PK},
+        "gsi_sk": {"S": job.job_id},
+    }
+
+
+def task_from(job_id: str, item: Item) -> TaskRecord:
+    d = _fields(TaskRecord, item, {"job_id": job_id, "task_id": item["sk"]["S"][5:]})
+    return TaskRecord(**{**d, "status": TaskStatus(d["status"])})
+
+
+def task_item(t: TaskRecord) -> Item:
+    item = {**task_key(t.job_id, t.task_id), **attrs(t.to_dict(), ("job_id", "task_id"))}
+    if t.status in UNFINISHED:
+        item |= {"gsi_pk": {"S": job_pk(t.job_id)}, "gsi_sk": {"S": f"{t.phase}#{t.task_id}"}}
+    return item
+
+
+class Expr:
+    """Placeholders for one request's expressions (every name goes through #n: dots, keywords)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.values: dict[str, dict[str, Any]] = {}
+
+    def n(self, name: str) -> str:
+        for ph, known in self.names.items():
+            if known == name:
+                return ph
+        ph = f"#n{len(self.names)}"
+        self.names[ph] = name
+        return ph
+
+    def v(self, value: Any) -> str:
+        ph = f":v{len(self.values)}"
+        self.values[ph] = encode(value)
+        return ph
+
+    def eq(self, name: str, value: Any) -> str:
+        if value is None:
+            return f"attribute_not_exists({self.n(name)})"
+        return f"{self.n(name)} = {self.v(value)}"
+
+    def cond(self, pins: Mapping[str, Any], *extra: str) -> str:
+        """The item exists, every pinned attribute has its value, and the extra clauses hold."""
+        return " AND ".join(
+            ["attribute_exists(pk)", *(self.eq(k, v) for k, v in pins.items()), *extra]
+        )
+
+    def update(self, sets: Mapping[str, Any], adds: Mapping[str, int] | None = None) -> str:
+        """SET the non-None values, REMOVE the None ones, ADD the non-zero increments."""
+        s = [f"{self.n(k)} = {self.v(v)}" for k, v in sets.items() if v is not None]
+        r = [self.n(k) for k, v in sets.items() if v is None]
+        a = [f"{self.n(k)} {self.v(d)}" for k, d in (adds or {}).items() if d]
+        return " ".join(
+            f"{w} {', '.join(p)}" for w, p in (("SET", s), ("REMOVE", r), ("ADD", a)) if p
+        )
+
+    def args(self, **extra: Any) -> dict[str, Any]:
+        out = dict(extra)
+        if self.names:
+            out["ExpressionAttributeNames"] = self.names
+        if self.values:
+            out["ExpressionAttributeValues"] = self.values
+        return out
+
+
+class Table:
+    """One table's calls: missing table as a user error, batches with retries of the unprocessed
+    part, transactions retried on conflicts."""
+
+    def __init__(self, ddb: Service, name: str) -> None:
+        self.ddb = ddb
+        self.name = name
+        self.ClientError = ddb.ClientError
+
+    def call(self, op: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return self.ddb.call(op, **kwargs)
+        except self.ClientError as e:
+            if error_code(e) == "ResourceNotFoundException":
+                raise UserError(
+                    f"DynamoDB table {self.name!r} not found at {self.ddb.endpoint}: "
+                    "create it with `slurmctl init`"
+                ) from e
+            raise
+
+    def get(self, k: Item) -> Item | None:
+        item: Item | None = self.call(
+            "get_item", TableName=self.name, Key=k, ConsistentRead=True
+        ).get("Item")
+        return item
+
+    def conditional(self, op: str, **kwargs: Any) -> bool:
+        """A single conditional write: False when its condition failed."""
+        try:
+            self.call(op, TableName=self.name, **kwargs)
+        except self.ClientError as e:
+            if error_code(e) == CCF_EXC:
+                return False
+            raise
+        return True
+
+    def batch_get(self, keys: Sequence[Item]) -> dict[tuple[str, str], Item]:
+        """Strongly consistent BatchGetItem, 100 keys a call, unprocessed keys retried."""
+        out: dict[tuple[str, str], Item] = {}
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {
+                self.name: {"Keys": list(keys[start : start + 100]), "ConsistentRead": True}
+            }
+            attempt = 0
+            while request:
+                resp = self.call("batch_get_item", RequestItems=request)
+                for item in resp.get("Responses", {}).get(self.name, []):
+                    out[(item["pk"]["S"], item["sk"]["S"])] = item
+                request = resp.get("UnprocessedKeys") or {}
+                if request:
+                    jitter_sleep(attempt, base_s=0.05)
+                    attempt += 1
+        return out
+
+    def batch_delete(self, keys: Sequence[Item]) -> None:
+        for start in range(0, len(keys), 25):
+            request: dict[str, Any] = {
+                self.name: [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]
+            }
+            attempt = 0
+            while request:
+                resp = self.call("batch_write_item", RequestItems=request)
+                request = resp.get("UnprocessedItems") or {}
+                if request:
+                    jitter_sleep(attempt, base_s=0.05)
+                    attempt += 1
+
+    def query(self, **kwargs: Any) -> Iterator[Item]:
+        while True:
+            page = self.call("query", TableName=self.name, **kwargs)
+            yield from page.get("Items", [])
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def transact(self, items: list[dict[str, Any]]) -> list[str] | None:
+        """One TransactWriteItems: None when applied, the cancellation reason codes when a
+        condition failed. Conflicts with other transactions are retried with jitter."""
+        for attempt in range(TXN_RETRIES):
+            try:
+                self.call("transact_write_items", TransactItems=items)
+                return None
+            except self.ClientError as e:
+                code = error_code(e)
+                last = attempt + 1 == TXN_RETRIES
+                if code == "TransactionInProgressException" and not last:
+                    jitter_sleep(attempt, base_s=0.05)
+                    continue
+                if code != "TransactionCanceledException":
+                    raise
+                resp: dict[str, Any] = getattr(e, "response", {})
+                reasons = [str(r.get("Code", "None")) for r in resp.get("CancellationReasons", [])]
+                if CCF in reasons:
+                    return reasons
+                if RETRYABLE_REASONS & set(reasons) and not last:
+                    jitter_sleep(attempt, base_s=0.02)
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def update_op(
+        self, k: Item, update: str, e: Expr, condition: str | None = None
+    ) -> dict[str, Any]:
+        """An Update for a transaction."""
+        req = e.args(TableName=self.name, Key=k, UpdateExpression=update)
+        if condition:
+            req["ConditionExpression"] = condition
+        return {"Update": req}
+
+    def counters_op(self, job_id: str, shard: int, deltas: Mapping[str, int]) -> dict[str, Any]:
+        """ADD the deltas to one counter shard (created by the first ADD)."""
+        e = Expr()
+        return self.update_op(shard_key(job_id, shard), e.update({}, deltas), e)
+
+
+def bucket_from(job_id: str, item: Item) -> Bucket:
+    return Bucket(
+        job_id=job_id,
+        name=str(item["name"]["S"]),
+        rate=float(item["rate"]["N"]),
+        burst=int(item["burst"]["N"]),
+        tat=float(item["tat"]["N"]),
+        paused=bool(item["paused"]["BOOL"]),
+    )
+
+
+class RateBuckets:
+    """The state store's rate-limit buckets (GCRA, `slurmctl.ratelimit.gcra`): one item each under
+    its own pk, so the hottest item of a job does not share the job's partition."""
+
+    t: Table
+
+    def put_bucket(self, bucket: Bucket) -> None:
+        self.t.call(  # the pointer under the job's pk: list_buckets and delete_job find it
+            "put_item",
+            TableName=self.t.name,
+            Item=key(job_pk(bucket.job_id), f"BUCKET#{bucket.name}"),
+        )
+        e = Expr()
+        tat, paused = e.n("tat"), e.n("paused")
+        update = (
+            f"SET {e.n('name')} = {e.v(bucket.name)}, {e.n('rate')} = {e.v(float(bucket.rate))}, "
+            f"{e.n('burst')} = {e.v(int(bucket.burst))}, "
+            f"{tat} = if_not_exists({tat}, {e.v(float(bucket.tat))}), "
+            f"{paused} = if_not_exists({paused}, {e.v(bool(bucket.paused))})"
+        )
+        self.t.call(
+            "update_item",
+            TableName=self.t.name,
+            Key=bucket_key(bucket.job_id, bucket.name),
+            UpdateExpression=update,
+            **e.args(),
+        )
+
+    def get_bucket(self, job_id: str, name: str) -> Bucket | None:
+        item = self.t.get(bucket_key(job_id, name))
+        return bucket_from(job_id, item) if item else None
+
+    def _bucket_names(self, job_id: str) -> list[str]:
+        return [
+            i["sk"]["S"].removeprefix("BUCKET#")
+            for i in self.t.query(
+                KeyConditionExpression="pk = :p AND begins_with(sk, :b)",
+                ExpressionAttributeValues={":p": {"S": job_pk(job_id)}, ":b": {"S": "BUCKET#"}},
+                ConsistentRead=True,
+            )
+        ]
+
+    def list_buckets(self, job_id: str) -> list[Bucket]:
+        got = self.t.batch_get([bucket_key(job_id, n) for n in self._bucket_names(job_id)])
+        return sorted((bucket_from(job_id, i) for i in got.values()), key=lambda b: b.name)
+
+    def reserve_slots(self, job_id: str, name: str, n: int, now: float) -> SlotGrant:
+        k = bucket_key(job_id, name)
+        item = self.t.get(k)
+        for attempt in range(RESERVE_RETRIES):
+            if item is None:
+                raise KeyError(f"no rate-limit bucket {name!r} for job {job_id}")
+            b = bucket_from(job_id, item)
+            if b.paused:
+                return SlotGrant(paused=True, tat=b.tat)
+            times, tat = gcra.reserve(b.tat, now, n, b.rate, b.burst)
+            e = Expr()
+            update = e.update({"tat": float(tat)})
+            # The grant was computed from exactly this state: any change in between refuses it.
+            cond = e.cond({"tat": b.tat, "paused": False, "rate": b.rate, "burst": b.burst})
+            try:
+                self.t.call(
+                    "update_item",
+                    TableName=self.t.name,
+                    Key=k,
+                    UpdateExpression=update,
+                    ConditionExpression=cond,
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    **e.args(),
+                )
+                return SlotGrant(times=tuple(times), tat=tat)
+            except self.t.ClientError as err:
+                if error_code(err) != CCF_EXC:
+                    raise
+                # the failed write returns the bucket as it is now: no second read needed
+                item = getattr(err, "response", {}).get("Item") or self.t.get(k)
+                jitter_sleep(attempt, base_s=0.002, cap_s=0.05)
+        raise SlurmctlError(f"rate-limit bucket {name!r} of job {job_id}: too much contention")
+
+    def release_slots(self, job_id: str, name: str, grant_tat: float, new_tat: float) -> bool:
+        e = Expr()
+        return self.t.conditional(
+            "update_item",
+            Key=bucket_key(job_id, name),
+            UpdateExpression=e.update({"tat": float(new_tat)}),
+            ConditionExpression=e.cond({"tat": float(grant_tat)}),
+            **e.args(),
+        )
+
+    def set_buckets_paused(self, job_id: str, paused: bool) -> None:
+        for name in self._bucket_names(job_id):
+            e = Expr()
+            self.t.conditional(
+                "update_item",
+                Key=bucket_key(job_id, name),
+                UpdateExpression=e.update({"paused": bool(paused)}),
+                ConditionExpression=e.cond({}),
+                **e.args(),
+            )

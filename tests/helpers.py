@@ -1,0 +1,116 @@
+"""Running real jobs through the real CLI, in subprocesses, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+DEFAULT_HANDLER = """
+from slurmctl import PermanentError
+
+def process(item, ctx):
+    ctx.acquire()
+    if int(item["id"]) % 500 == 3:
+        raise PermanentError("item %s is broken" % item["id"])
+    return {"id": item["id"], "double": item["n"] * 2}
+"""
+
+
+def cli(
+    root: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "slurmctl", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def popen(root: Path, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "slurmctl", "--root", str(root), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+
+
+def make_job(
+    folder: Path,
+    count: int,
+    *,
+    handler: str = DEFAULT_HANDLER,
+    extra: str = "",
+    batch_size: int = 100,
+    workers: int = 4,
+    job_id: str = "t1",
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "input.jsonl", "w") as f:
+        for i in range(count):
+            f.write(json.dumps({"id": str(i), "n": i}) + "\n")
+    (folder / "handler.py").write_text(textwrap.dedent(handler))
+    config = folder / "job.yaml"
+    config.write_text(
+        f"job_id: {job_id}\njob_type: test\nhandler: handler:process\ninput: input.jsonl\n"
+        f"id_field: id\nbatch_size: {batch_size}\nworkers: {workers}\n"
+        f"scratch: {folder / 'scratch'}\n"
+        "lease: {ttl_s: 3, heartbeat_s: 1}\n" + textwrap.dedent(extra)
+    )
+    return config
+
+
+def status(root: Path, job_id: str) -> dict[str, Any]:
+    out = cli(root, "status", job_id, "--json")
+    assert out.returncode == 0, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float = 60, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def accounted_ids(root: Path, job_id: str) -> dict[str, list[str]]:
+    """Every item id, by where it ended: output rows, failure manifest, quarantine."""
+    s = status(root, job_id)
+    out: dict[str, list[str]] = {"output": [], "failures": [], "quarantine": []}
+    for o in s["outputs"]:
+        out["output"] += [str(x) for x in pq.read_table(o["path"], columns=["id"]).column("id").to_pylist()]
+    jobdir = root / "objects" / "jobs" / job_id
+    for f in sorted((jobdir / "failures").glob("*.json")):
+        out["failures"] += [str(i["item_id"]) for i in json.loads(f.read_text())["items"]]
+    q = jobdir / "quarantine.jsonl"
+    if q.exists():
+        out["quarantine"] += [str(json.loads(line)["line"]) for line in q.read_text().splitlines()]
+    return out
+
+
+def assert_exactly_once(root: Path, job_id: str, count: int) -> dict[str, list[str]]:
+    """DESIGN.md invariant 1, item by item."""
+    got = accounted_ids(root, job_id)
+    everything = got["output"] + got["failures"]
+    assert len(everything) == len(set(everything)), "an item is accounted for twice"
+    assert sorted(everything, key=int) == [str(i) for i in range(count)]
+    return got
