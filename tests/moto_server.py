@@ -50,17 +50,29 @@ def moto_command() -> list[str] | None:
     return [exe] if exe else None
 
 
+def _not_run(what: str, module_level: bool = False) -> None:
+    """Skip loudly; under CI=true fail instead: CI must never skip the AWS tests."""
+    reason = (
+        f"AWS BACKEND TESTS NOT RUN: {what} is not installed (pip install 'slurmctl[dev]'); "
+        "the AWS backend is untested on this machine"
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=module_level)
+
+
+def require_boto3(module_level: bool = False) -> None:
+    if importlib.util.find_spec("boto3") is None:
+        _not_run("boto3", module_level)
+
+
 def require_moto() -> list[str]:
-    """The command, or skip loudly (fail under CI=true: CI must never skip the AWS tests)."""
+    """The command to start moto's server, or a loud skip (a failure under CI=true)."""
+    require_boto3()
     cmd = moto_command()
     if cmd is None:
-        reason = (
-            "AWS BACKEND TESTS NOT RUN: moto's server is not installed "
-            "(pip install 'moto[server]'); the AWS backend is untested on this machine"
-        )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        _not_run("moto's server (moto[server])")
+    assert cmd is not None
     return cmd
 
 
@@ -169,7 +181,7 @@ def running_moto(log_dir: Path) -> Iterator[MotoServer]:
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    """One moto server for the session (tests isolate themselves by table, bucket and queue names)."""
+    """One moto server for the session; tests keep apart by table, bucket and queue names."""
     with fake_aws_env(), running_moto(tmp_path_factory.mktemp("moto")) as server:
         yield server
 

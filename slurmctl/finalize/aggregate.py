@@ -52,18 +52,27 @@ def _inputs_digest(parts: list[Part]) -> str:
     return hashlib.sha256("\n".join(f"{p.key} {p.sha256}" for p in parts).encode()).hexdigest()
 
 
-def _existing(backend: Backend, key: str, digest: str) -> Part | None:
-    """A part from an earlier run, if its `.done` names these inputs and its bytes match."""
+def _existing(backend: Backend, key: str, digest: str, work: Path) -> Part | None:
+    """A part from an earlier run, if its `.done` names these inputs and its bytes match it.
+
+    The bytes are read and hashed: a part damaged after it was written is rebuilt, not trusted.
+    """
     try:
         done: Any = backend.objects.get_json(done_marker(key))
     except (ObjectNotFound, ValueError, IntegrityError):
         return None
-    head = backend.objects.head(key)
-    if not isinstance(done, dict) or done.get("inputs_sha256") != digest or head is None:
+    if not isinstance(done, dict) or done.get("inputs_sha256") != digest:
         return None
-    if head.sha256 != done.get("sha256"):
-        log.warning("%s does not match its .done (sha256 %s): rebuilding", key, head.sha256)
+    check = work / "verify.parquet"
+    try:
+        backend.objects.get_file(key, check, sha256=str(done.get("sha256")))
+    except ObjectNotFound:
         return None
+    except IntegrityError as e:
+        log.warning("%s: %s: rebuilding it", key, e)
+        return None
+    finally:
+        check.unlink(missing_ok=True)
     return Part(key, str(done["sha256"]), int(done["rows"]))
 
 
@@ -133,7 +142,7 @@ def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None =
                 group = parts[index : index + fan_in]
                 key = layout.aggregate_part(level, index // fan_in)
                 digest = _inputs_digest(group)
-                part = _existing(backend, key, digest)
+                part = _existing(backend, key, digest, work)
                 if part is None:
                     part = (
                         _merge(backend, group, key, work) if group else _empty(backend, key, work)
@@ -149,7 +158,7 @@ def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None =
             parts = merged
         top = parts[0]
         final_key = layout.final_output()
-        final = _existing(backend, final_key, _inputs_digest([top]))
+        final = _existing(backend, final_key, _inputs_digest([top]), work)
         if final is None:
             dest = work / "final.parquet"
             backend.objects.get_file(top.key, dest, sha256=top.sha256)

@@ -29,7 +29,10 @@ from slurmctl.backends.statestore import (
 from slurmctl.errors import BackendUnavailable, IntegrityError, UserError
 from slurmctl.states import JobStatus, TaskStatus
 from tests.aws.conftest import Aws, make_aws
-from tests.moto_server import MotoServer, free_port, running_moto
+from tests.moto_server import MotoServer, free_port, require_boto3, running_moto
+
+require_boto3(module_level=True)
+from botocore.exceptions import ClientError  # noqa: E402
 
 
 def _task(i: int, phase: str = "initial") -> TaskRecord:
@@ -167,7 +170,7 @@ def test_ambiguous_commit_is_recognised(aws: Aws, monkeypatch: pytest.MonkeyPatc
     _setup(aws, 2)
     svc = aws.backend.state.t.ddb  # type: ignore[attr-defined]
     real = svc.call
-    mode = {"applied": True}
+    mode: dict[str, bool] = {}
 
     def flaky(op: str, **kwargs: Any) -> dict[str, Any]:
         if op == "transact_write_items" and mode.pop("applied", None) is not None:
@@ -175,7 +178,8 @@ def test_ambiguous_commit_is_recognised(aws: Aws, monkeypatch: pytest.MonkeyPatc
             raise AwsTimeout("dynamodb TransactWriteItems: read timeout")
         if op == "transact_write_items" and mode.pop("lost", None) is not None:
             raise AwsTimeout("dynamodb TransactWriteItems: read timeout")  # never sent
-        return real(op, **kwargs)
+        out: dict[str, Any] = real(op, **kwargs)
+        return out
 
     monkeypatch.setattr(svc, "call", flaky)
     state = aws.backend.state
@@ -191,17 +195,19 @@ def test_ambiguous_commit_is_recognised(aws: Aws, monkeypatch: pytest.MonkeyPatc
 
 def test_put_if_absent_sends_if_none_match(aws: Aws) -> None:
     sent: list[str | None] = []
-    client = aws.backend.objects.s3.client  # type: ignore[attr-defined]
-    client.meta.events.register(
-        "before-send.s3.PutObject", lambda request, **_: sent.append(request.headers.get("If-None-Match"))
-    )
+    s3 = aws.backend.objects.s3  # type: ignore[attr-defined]
+    for client in (s3.client, s3.current):  # the first call goes through the probe client
+        client.meta.events.register(
+            "before-send.s3.PutObject",
+            lambda request, **_: sent.append(request.headers.get("If-None-Match")),
+        )
     objects = aws.backend.objects
     assert objects.put_bytes("k/a", b"one", if_absent=True) is not None
     assert objects.put_bytes("k/a", b"two", if_absent=True) is None
     assert objects.get_bytes("k/a") == b"one"
     assert [h.decode() if isinstance(h, bytes) else h for h in sent] == ["*", "*"]
     # the server itself refuses (412), not a client-side check
-    with pytest.raises(Exception, match="PreconditionFailed"):
+    with pytest.raises(ClientError, match="PreconditionFailed"):
         aws.s3.put_object(Bucket=aws.name, Key="slurmctl/k/a", Body=b"x", IfNoneMatch="*")
 
 
@@ -267,7 +273,7 @@ def test_resources_are_idempotent_and_configured(aws: Aws) -> None:
     assert ensure_bucket(aws.s3, tls, "us-east-1", deny_insecure_transport=True)
     policy = json.loads(aws.s3.get_bucket_policy(Bucket=tls)["Policy"])
     assert policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    with pytest.raises(Exception, match="Forbidden|AccessDenied"):
+    with pytest.raises(ClientError, match=r"Forbidden|AccessDenied"):
         aws.s3.put_object(Bucket=tls, Key="x", Body=b"x")
 
 
@@ -287,7 +293,9 @@ def test_queue_for_dotted_job_id(aws: Aws) -> None:
     aws.backend.queue.create_queue(job)
     urls = aws.sqs.list_queues(QueueNamePrefix=f"{aws.name}-")["QueueUrls"]
     assert [u.rsplit("/", 1)[1] for u in urls] == [queue_name(job, f"{aws.name}-")]
-    attrs = aws.sqs.get_queue_attributes(QueueUrl=urls[0], AttributeNames=["MessageRetentionPeriod"])
+    attrs = aws.sqs.get_queue_attributes(
+        QueueUrl=urls[0], AttributeNames=["MessageRetentionPeriod"]
+    )
     assert attrs["Attributes"]["MessageRetentionPeriod"] == str(14 * 24 * 3600)
     aws.backend.queue.send(job, [f"task-{i:06d}" for i in range(23)])
     assert aws.backend.queue.approximate_count(job) == 23
@@ -296,9 +304,7 @@ def test_queue_for_dotted_job_id(aws: Aws) -> None:
     assert aws.backend.queue.approximate_count(job) == 0
 
 
-def test_frozen_endpoint_times_out_then_recovers(
-    moto_server: MotoServer, tmp_path: Path
-) -> None:
+def test_frozen_endpoint_times_out_then_recovers(moto_server: MotoServer, tmp_path: Path) -> None:
     # A server of its own: freezing the shared one would stall other tests' connections.
     with running_moto(tmp_path) as frozen:
         env = make_aws(frozen.url, connect_timeout=1.0, read_timeout=1.0, max_attempts=2)

@@ -156,9 +156,17 @@ class FolderObjectStore(ObjectStore):
         return ObjectInfo(key, size, recorded)
 
     def delete(self, key: str) -> None:
-        for p in (self.path(key), self._meta_path(key)):
+        for p, top in ((self.path(key), self.root), (self._meta_path(key), self.root / META)):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+            # prune folders left empty, so a deleted job leaves no trace
+            parent = p.parent
+            while parent != top and parent.is_relative_to(top):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
 
     def list(self, prefix: str) -> Iterator[str]:
         base = self.root
