@@ -81,9 +81,7 @@ def status(root: Path, job_id: str) -> dict[str, Any]:
     return result
 
 
-def wait_for(
-    predicate: Callable[[], bool], timeout: float = 60, what: str = "condition"
-) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -97,7 +95,9 @@ def accounted_ids(root: Path, job_id: str) -> dict[str, list[str]]:
     s = status(root, job_id)
     out: dict[str, list[str]] = {"output": [], "failures": [], "quarantine": []}
     for o in s["outputs"]:
-        out["output"] += [str(x) for x in pq.read_table(o["path"], columns=["id"]).column("id").to_pylist()]
+        out["output"] += [
+            str(x) for x in pq.read_table(o["path"], columns=["id"]).column("id").to_pylist()
+        ]
     jobdir = root / "objects" / "jobs" / job_id
     for f in sorted((jobdir / "failures").glob("*.json")):
         out["failures"] += [str(i["item_id"]) for i in json.loads(f.read_text())["items"]]

@@ -54,7 +54,10 @@ def test_job_rules_come_first_and_all_conditions_must_match() -> None:
     assert classify(RuntimeError("quota exceeded"), rules).type == "throttled"
     assert classify(RuntimeError("other"), rules).type == "unknown"
     assert classify(_http(503), rules).type == "client"
-    assert classify(KeyError("x"), [R("validation", exception="builtins.LookupError")]).type == "validation"
+    assert (
+        classify(KeyError("x"), [R("validation", exception="builtins.LookupError")]).type
+        == "validation"
+    )
 
 
 def test_signature_normalises_ids_and_numbers() -> None:

@@ -34,7 +34,9 @@ def test_10k_items_four_workers_every_item_once(tmp_path: Path) -> None:
     assert out["rows"] == 9980 and Path(out["path"]).is_absolute()
     table = pq.read_table(out["path"])
     assert table.column_names == ["id", "double"]
-    doubles = dict(zip(table.column("id").to_pylist(), table.column("double").to_pylist(), strict=True))
+    doubles = dict(
+        zip(table.column("id").to_pylist(), table.column("double").to_pylist(), strict=True)
+    )
     assert doubles["42"] == 84 and "3" not in doubles
     # the workers drained 100 tasks: more tasks than workers, all four took part
     jobdir = root / "objects" / "jobs" / "t1"
@@ -45,8 +47,20 @@ def test_10k_items_four_workers_every_item_once(tmp_path: Path) -> None:
     assert failures["items"][0]["error_type"] == "validation"
     assert failures["items"][0]["reason"] == "permanent error"
     manifest = json.loads((jobdir / "manifest.json").read_text())
-    for key in ("job_id", "job_type", "handler", "git_commit", "config_file", "input_file",
-                "batch_size", "task_count", "slurm_array_id", "submitted_at", "phases", "status"):
+    for key in (
+        "job_id",
+        "job_type",
+        "handler",
+        "git_commit",
+        "config_file",
+        "input_file",
+        "batch_size",
+        "task_count",
+        "slurm_array_id",
+        "submitted_at",
+        "phases",
+        "status",
+    ):
         assert key in manifest
     assert manifest["task_count"] == 100
     final = json.loads((jobdir / "final" / "manifest.json").read_text())
@@ -79,8 +93,9 @@ def test_default_job_id_is_stable_for_the_same_input(tmp_path: Path) -> None:
 
 
 def test_quarantine_keeps_bad_lines_with_numbers(tmp_path: Path) -> None:
-    config = make_job(tmp_path / "job", 500, batch_size=50, workers=2,
-                      extra="max_quarantine_share: 0.05\n")
+    config = make_job(
+        tmp_path / "job", 500, batch_size=50, workers=2, extra="max_quarantine_share: 0.05\n"
+    )
     with open(tmp_path / "job" / "input.jsonl", "a") as f:
         f.write('not json\n{"n": 1}\n{"id": "7", "n": 7}\n[1, 2]\n')
     root = tmp_path / "root"
@@ -88,15 +103,24 @@ def test_quarantine_keeps_bad_lines_with_numbers(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     lines = (root / "objects" / "jobs" / "t1" / "quarantine.jsonl").read_text().splitlines()
     got = sorted((q["line"], q["reason"].split(":")[0]) for q in map(json.loads, lines))
-    assert got == [(501, "invalid JSON"), (502, "missing id"), (503, "duplicate id"),
-                   (504, "not a JSON object")]
+    assert got == [
+        (501, "invalid JSON"),
+        (502, "missing id"),
+        (503, "duplicate id"),
+        (504, "not a JSON object"),
+    ]
     assert status(root, "t1")["items"]["quarantined"] == 4
     assert_exactly_once(root, "t1", 500)
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
-    config = make_job(tmp_path / "job", 1000, batch_size=64, workers=3,
-                      extra="rate_limit: {tokens_per_sec: 10, burst: 2}\n")
+    config = make_job(
+        tmp_path / "job",
+        1000,
+        batch_size=64,
+        workers=3,
+        extra="rate_limit: {tokens_per_sec: 10, burst: 2}\n",
+    )
     root = tmp_path / "root"
     run = cli(root, "submit", str(config), "--dry-run")
     assert run.returncode == 0, run.stderr
@@ -123,8 +147,13 @@ def test_try_runs_the_handler_without_state(tmp_path: Path) -> None:
 
 
 def test_unknown_job_is_a_one_line_error(tmp_path: Path) -> None:
-    for args in (["status", "nope"], ["pause", "nope"], ["resume", "nope"], ["history", "nope"],
-                 ["status", "../x"]):
+    for args in (
+        ["status", "nope"],
+        ["pause", "nope"],
+        ["resume", "nope"],
+        ["history", "nope"],
+        ["status", "../x"],
+    ):
         run = cli(tmp_path / "root", *args)
         assert run.returncode == 2, args
         assert len(run.stderr.strip().splitlines()) == 1, run.stderr

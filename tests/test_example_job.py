@@ -20,12 +20,26 @@ EXAMPLE = Path(__file__).parent.parent / "examples" / "backfill"
 def test_backfill_example_under_a_strict_rate_limit(tmp_path: Path) -> None:
     work = tmp_path / "backfill"
     shutil.copytree(EXAMPLE, work, ignore=shutil.ignore_patterns("users.jsonl", "__pycache__"))
-    subprocess.run([sys.executable, str(work / "gen_input.py"), "--count", "2000", "--out",
-                    str(work / "users.jsonl")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(work / "gen_input.py"),
+            "--count",
+            "2000",
+            "--out",
+            str(work / "users.jsonl"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     token = "tok-" + "x" * 20
     with start_server(rate=200, burst=10, token=token) as api:
-        run = cli(tmp_path / "root", "submit", str(work / "job.yaml"),
-                  env={"API_BASE_URL": api.url, "API_TOKEN": token})
+        run = cli(
+            tmp_path / "root",
+            "submit",
+            str(work / "job.yaml"),
+            env={"API_BASE_URL": api.url, "API_TOKEN": token},
+        )
         stats = api.stats()
     assert run.returncode == 0, run.stderr
     assert stats["status_429"] == 0, stats

@@ -43,12 +43,20 @@ def _calls(path: Path) -> list[str]:
 
 def test_sigkilled_worker_task_is_taken_over_after_lease_expiry(tmp_path: Path) -> None:
     calls = tmp_path / "calls.txt"
-    config = make_job(tmp_path / "job", 400, handler=SLOW_HANDLER, batch_size=50, workers=2,
-                      extra="checkpoint_every: 10\n")
+    config = make_job(
+        tmp_path / "job",
+        400,
+        handler=SLOW_HANDLER,
+        batch_size=50,
+        workers=2,
+        extra="checkpoint_every: 10\n",
+    )
     root = tmp_path / "root"
     submit_proc = popen(root, "submit", str(config), env={"CALLS_FILE": str(calls)})
     parent = psutil.Process(submit_proc.pid)
-    wait_for(lambda: len(_calls(calls)) >= 30 and len(_workers(parent)) == 2, what="two busy workers")
+    wait_for(
+        lambda: len(_calls(calls)) >= 30 and len(_workers(parent)) == 2, what="two busy workers"
+    )
     victim = _workers(parent)[0]
     victim.send_signal(signal.SIGKILL)
     out, err = submit_proc.communicate(timeout=120)
@@ -65,14 +73,20 @@ def test_sigkilled_worker_task_is_taken_over_after_lease_expiry(tmp_path: Path) 
 
 def test_sigterm_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     calls = tmp_path / "calls.txt"
-    config = make_job(tmp_path / "job", 300, handler=SLOW_HANDLER, batch_size=100, workers=1,
-                      extra="checkpoint_every: 10\n")
+    config = make_job(
+        tmp_path / "job",
+        300,
+        handler=SLOW_HANDLER,
+        batch_size=100,
+        workers=1,
+        extra="checkpoint_every: 10\n",
+    )
     root = tmp_path / "root"
     submit_proc = popen(root, "submit", str(config), env={"CALLS_FILE": str(calls)})
     parent = psutil.Process(submit_proc.pid)
     wait_for(lambda: len(_calls(calls)) >= 35 and len(_workers(parent)) == 1, what="a busy worker")
     _workers(parent)[0].send_signal(signal.SIGTERM)
-    out, err = submit_proc.communicate(timeout=120)
+    _out, err = submit_proc.communicate(timeout=120)
     assert submit_proc.returncode == 0, err
     assert_exactly_once(root, "t1", 300)
     per_batch: dict[int, int] = {}
@@ -91,8 +105,14 @@ def test_sigterm_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 
 def test_pause_stops_progress_and_resume_restarts_it(tmp_path: Path) -> None:
     calls = tmp_path / "calls.txt"
-    config = make_job(tmp_path / "job", 1500, handler=SLOW_HANDLER, batch_size=50, workers=2,
-                      extra="rate_limit: {tokens_per_sec: 150, burst: 5}\n")
+    config = make_job(
+        tmp_path / "job",
+        1500,
+        handler=SLOW_HANDLER,
+        batch_size=50,
+        workers=2,
+        extra="rate_limit: {tokens_per_sec: 150, burst: 5}\n",
+    )
     root = tmp_path / "root"
     submit_proc = popen(root, "submit", str(config), env={"CALLS_FILE": str(calls)})
     wait_for(lambda: len(_calls(calls)) >= 200, what="progress")
@@ -110,7 +130,7 @@ def test_pause_stops_progress_and_resume_restarts_it(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     assert "pause lifted" in resumed.stdout
     wait_for(lambda: len(_calls(calls)) > settled, what="progress after resume", timeout=10)
-    out, err = submit_proc.communicate(timeout=120)
+    _out, err = submit_proc.communicate(timeout=120)
     assert submit_proc.returncode == 0, err
     assert_exactly_once(root, "t1", 1500)
     actions = [json.loads(x)["action"] for x in (root / "objects/jobs/t1/history.jsonl").open()]
@@ -130,8 +150,18 @@ def test_expired_lease_cannot_commit_and_its_output_is_never_read(tmp_path: Path
 
     def runner(worker_id: str) -> TaskRunner:
         ctx = Context({}, lambda n, b: 0.0, __import__("logging").getLogger("t"))
-        return TaskRunner(backend, "t1", worker_id, handler, ctx, "id", 60.0, 30.0, 10,
-                          tmp_path / f"scratch-{worker_id}")
+        return TaskRunner(
+            backend,
+            "t1",
+            worker_id,
+            handler,
+            ctx,
+            "id",
+            60.0,
+            30.0,
+            10,
+            tmp_path / f"scratch-{worker_id}",
+        )
 
     assert runner("w-new").run(new) == Outcome.COMMITTED
     assert runner("w-old").run(old) == Outcome.LEASE_LOST
@@ -157,8 +187,14 @@ def test_secret_never_written_anywhere(tmp_path: Path) -> None:
         ctx.log.info("processing %s", item["id"])
         return {"id": item["id"], "auth": "Bearer " + token[:3]}
     """
-    config = make_job(tmp_path / "job", 300, handler=handler, batch_size=30, workers=2,
-                      extra='params: {api_token: "${SECRET_TOKEN}", base: "x"}\n')
+    config = make_job(
+        tmp_path / "job",
+        300,
+        handler=handler,
+        batch_size=30,
+        workers=2,
+        extra='params: {api_token: "${SECRET_TOKEN}", base: "x"}\n',
+    )
     root = tmp_path / "root"
     run = cli(root, "submit", str(config), env={"SECRET_TOKEN": secret})
     assert run.returncode == 0, run.stderr

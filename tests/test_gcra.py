@@ -43,7 +43,9 @@ def test_grants_never_exceed_rate_and_burst(
     assert _max_in_window(granted, window) <= allowed + 1e-6
 
 
-@given(rate=st.floats(min_value=1, max_value=1000), n=st.integers(1, 100), unused=st.integers(0, 100))
+@given(
+    rate=st.floats(min_value=1, max_value=1000), n=st.integers(1, 100), unused=st.integers(0, 100)
+)
 def test_release_gives_back_exactly_the_tail(rate: float, n: int, unused: int) -> None:
     unused = min(unused, n)
     _, tat_all = gcra.reserve(0.0, 100.0, n, rate, 1)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from slurmctl.backends import Backend
 from slurmctl.backends.aws.dynamo import SHARDS, shard_key, shard_of
 from slurmctl.backends.aws.queue import queue_name
 from slurmctl.backends.aws.session import AwsTimeout
@@ -125,45 +125,74 @@ def test_gsi_holds_exactly_the_unfinished_tasks(aws: Aws) -> None:
     assert _gsi_keys(aws, "JOBS") == ["JOB"]  # the job records' entries (list_jobs)
 
 
-def test_claim_race_has_one_winner(aws: Aws) -> None:
-    _setup(aws, 1)
-    wins: list[object] = []
+def _other(env: Aws) -> Backend:
+    """A second process's view of the same table."""
+    from slurmctl.backends.aws import open_aws
 
-    def claim(i: int) -> None:
-        got = aws.backend.state.claim_task("j", "task-000000", f"w{i}", f"tok{i}", 60, now=1.0)
-        if got is not None:
-            wins.append(got)
+    return open_aws(env.name, env.name, region="us-east-1", endpoint_url=env.endpoint)
 
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(wins) == 1
-    c = aws.backend.state.counters("j")
+
+# Races are interleaved deterministically: moto does not make a conditional write atomic
+# against concurrent requests (it checks, then writes, without a lock), real DynamoDB does.
+
+
+def test_claim_race_has_one_winner(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    _setup(aws, 2)
+    a, b = aws.backend.state, _other(aws).state
+    real_get = a.t.get  # type: ignore[attr-defined]
+    raced: list[str] = []
+
+    def read_then_lose(k: Any) -> Any:
+        item = real_get(k)  # A has read the task; B claims it before A writes
+        if not raced:
+            tid = k["sk"]["S"].removeprefix("TASK#")
+            raced.append(tid)
+            assert b.claim_task("j", tid, "wb", "tb", 60, now=raced_now[0]) is not None
+        return item
+
+    monkeypatch.setattr(a.t, "get", read_then_lose)  # type: ignore[attr-defined]
+    raced_now = [1.0]
+    assert a.claim_task("j", "task-000000", "wa", "ta", 60, now=1.0) is None
+    t = a.get_task("j", "task-000000")
+    assert t is not None and t.lease_token == "tb" and t.attempts == 1
+    c = a.counters("j")
     assert c[task_counter("initial", "RUNNING")] == 1
+    assert c[task_counter("initial", "PENDING")] == 1
+    # a takeover race: the lease of task-000001 expired; A and B both see it, B wins
+    raced.clear()
+    monkeypatch.setattr(a.t, "get", real_get)  # type: ignore[attr-defined]
+    assert a.claim_task("j", "task-000001", "wx", "tx", 10, now=1.0) is not None
+    monkeypatch.setattr(a.t, "get", read_then_lose)  # type: ignore[attr-defined]
+    raced_now[0] = 100.0
+    assert a.claim_task("j", "task-000001", "wa", "ta", 60, now=100.0) is None
+    t = a.get_task("j", "task-000001")
+    assert t is not None and t.lease_token == "tb" and t.worker_losses == 1 and t.attempts == 2
+    c = a.counters("j")
+    assert c[task_counter("initial", "RUNNING")] == 2
     assert c[task_counter("initial", "PENDING")] == 0
 
 
-def test_rate_bucket_contention_never_double_issues(aws: Aws) -> None:
-    aws.backend.state.put_bucket(Bucket("j", "default", rate=100.0, burst=1))
-    times: list[float] = []
-    lock = threading.Lock()
+def test_rate_bucket_race_retries_from_the_new_state(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = aws.backend.state, _other(aws).state
+    a.put_bucket(Bucket("j", "default", rate=100.0, burst=1))
+    real_call = a.t.call  # type: ignore[attr-defined]
+    raced: list[bool] = []
 
-    def worker() -> None:
-        for _ in range(15):
-            g = aws.backend.state.reserve_slots("j", "default", 1, now=1000.0)
-            with lock:
-                times.extend(g.times)
+    def write_after_other(op: str, **kwargs: Any) -> Any:
+        if op == "update_item" and not raced:  # B reserves between A's read and A's write
+            raced.append(True)
+            assert b.reserve_slots("j", "default", 2, now=1000.0).times == (1000.0, 1000.01)
+        return real_call(op, **kwargs)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(round(t, 6) for t in times) == [round(1000.0 + i / 100, 6) for i in range(60)]
-    b = aws.backend.state.get_bucket("j", "default")
-    assert b is not None and round(b.tat, 6) == 1000.6
+    monkeypatch.setattr(a.t, "call", write_after_other)  # type: ignore[attr-defined]
+    g = a.reserve_slots("j", "default", 1, now=1000.0)
+    assert [round(t, 6) for t in g.times] == [1000.02] and round(g.tat, 6) == 1000.03
+    assert not a.release_slots("j", "default", 1000.01, 0.0)  # stale TAT: refused
+    assert a.release_slots("j", "default", g.tat, g.tat - 0.01)
+    bucket = a.get_bucket("j", "default")
+    assert bucket is not None and bucket.tat == g.tat - 0.01
 
 
 def test_ambiguous_commit_is_recognised(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:

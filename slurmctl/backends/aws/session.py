@@ -107,6 +107,9 @@ class Service:
         """Map transport errors of whatever runs inside (a call, a stream, a transfer)."""
         try:
             yield
+        except self.ClientError:
+            self.reached = True  # the service answered, if only with an error
+            raise
         except self._no_creds as e:
             raise UserError(
                 f"no AWS credentials for {self.name} (boto3's default chain: environment, "
