@@ -173,7 +173,7 @@ class Worker:
                     self.job_id, msg.body, self.worker_id, token, lease_s, time.time()
                 )
                 queue.delete(self.job_id, [msg.receipt])  # claimed or stale: the hint is used up
-                if task is None or task.phase != job.phase:
+                if task is None:
                     continue
                 try:
                     outcome = runner.run(task)

@@ -1,0 +1,63 @@
+"""Resume anywhere on the local executor: a submit killed half way, a run stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from tests.helpers import assert_exactly_once, cli, make_job, popen, status, wait_for
+from tests.test_faults_local import SLOW_HANDLER, _calls
+
+
+def _batches(root: Path) -> int:
+    folder = root / "objects" / "jobs" / "t1" / "batches"
+    return len(list(folder.glob("*.jsonl"))) if folder.exists() else 0
+
+
+def test_submit_killed_half_way_carries_on(tmp_path: Path) -> None:
+    config = make_job(tmp_path / "job", 60_000, batch_size=10, workers=2)
+    root = tmp_path / "root"
+    proc = popen(root, "submit", str(config), "--no-progress")
+    wait_for(lambda: _batches(root) >= 300, what="half-written batches")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = _batches(root)
+    assert 300 <= written < 6000, "killed while batching"
+    [job] = json.loads(cli(root, "list", "--json").stdout)
+    assert job["status"] == "PENDING"
+    refused = cli(root, "resume", "t1")
+    assert refused.returncode == 2 and "not fully submitted" in refused.stderr
+    again = cli(root, "submit", str(config), "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert "job t1 exists: carrying on where it stopped" in again.stdout
+    assert _batches(root) == 6000
+    got = assert_exactly_once(root, "t1", 60_000)
+    assert len(got["failures"]) == 120
+    s = status(root, "t1")
+    assert s["tasks"]["SUCCESS"] == 6000 and s["items"]["total"] == 60_000
+
+
+def test_ctrl_c_stops_at_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.txt"
+    config = make_job(tmp_path / "job", 600, handler=SLOW_HANDLER, batch_size=50, workers=2,
+                      extra="checkpoint_every: 10\n")  # fmt: skip
+    root = tmp_path / "root"
+    env = {"CALLS_FILE": str(calls)}
+    proc = popen(root, "submit", str(config), env=env)
+    wait_for(lambda: len(_calls(calls)) >= 150, what="progress")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "`slurmctl resume t1` carries on" in err
+    assert "Traceback" not in err
+    s = status(root, "t1")
+    assert s["status"] == "RUNNING" and s["tasks"]["RUNNING"] == 0, "leases released"
+    stopped_at = len(_calls(calls))
+    resumed = cli(root, "resume", "t1", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "COMPLETED: 600 succeeded" in resumed.stdout
+    assert_exactly_once(root, "t1", 600)
+    # items checkpointed before Ctrl-C were not run again (at most one chunk per task redone)
+    assert len(_calls(calls)) <= 600 + 2 * 10, (stopped_at, len(_calls(calls)))

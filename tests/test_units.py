@@ -1,0 +1,93 @@
+"""Small units: ids, the input scanner, the checkpoint, handler metrics, handler loading."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from slurmctl.coordinator.scan import InputScanner
+from slurmctl.errors import HandlerImportError, UserError
+from slurmctl.ids import batch_id, id_width, task_id, validate_job_id
+from slurmctl.worker.checkpoint import Checkpoint
+from slurmctl.worker.context import Metrics
+from slurmctl.worker.handler import load_handler
+
+
+def test_ids_are_phase_qualified_and_wide_enough() -> None:
+    assert task_id("initial", 42) == "task-000042"
+    assert batch_id("retry_1", 3) == "r1-batch-000003"
+    assert id_width(1_000_000) == 6 and id_width(1_000_001) == 7
+    assert task_id("initial", 5, id_width(20_000_000)) == "task-00000005"
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", ".hidden", "x" * 65, "a b", "é"])
+def test_job_id_validation_refuses_escapes(bad: str) -> None:
+    with pytest.raises(UserError, match="expected letters, digits"):
+        validate_job_id(bad)
+    assert validate_job_id("backfill-2025.04_12") == "backfill-2025.04_12"
+
+
+def test_scanner_streams_and_quarantines(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(
+        b'{"id": 1}\n\n{"id": "1"}\n{"id": 2, "x": [1]}\n{bad\n"str"\n{"id": null}\n\xff\xfe\n'
+        + b"".join(b'{"id": %d}\n' % i for i in range(3, 5003))
+    )
+    quarantine = io.BytesIO()
+    scanner = InputScanner(src, "id", tmp_path / "work", quarantine)
+    items = list(scanner.items())
+    assert len(items) == 2 + 5000 and items[0] == b'{"id": 1}'
+    assert scanner.stats.lines == 7 + 5000 and scanner.stats.quarantined == 5
+    got = [json.loads(x) for x in quarantine.getvalue().splitlines()]
+    assert [(q["line"], q["reason"].split(":")[0]) for q in got] == [
+        (5, "invalid JSON"),
+        (6, "not a JSON object"),
+        (7, "missing id"),
+        (8, "invalid JSON"),
+        (3, "duplicate id"),  # found when its chunk is checked against the on-disk index
+    ]
+    assert "first seen on line 1" in got[-1]["reason"]
+    assert not (tmp_path / "work" / "ids.sqlite").exists()
+
+
+def test_checkpoint_keeps_rows_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "c" / "checkpoint.sqlite"
+    ckpt = Checkpoint(path)
+    ckpt.write(
+        [(0, "a", 1, '[{"id": "a"}]', None, None, None), (2, "c", 0, None, "server", "m", "s")]
+    )
+    ckpt.close()
+    again = Checkpoint(path)
+    assert again.done() == {0, 2}
+    assert [r[1] for r in again.rows()] == ["a", "c"]
+    snap = again.snapshot(tmp_path / "snap.sqlite")
+    assert Checkpoint(snap).done() == {0, 2}
+
+
+def test_metrics_counters_and_timers() -> None:
+    m = Metrics()
+    m.incr("api")
+    m.incr("api", 2)
+    with m.timer("call"):
+        pass
+    snap = m.snapshot()
+    assert snap["counters"] == {"api": 3, "call.calls": 1}
+    assert snap["timers_s"]["call"] >= 0
+
+
+def test_handler_loading_errors_name_the_problem(tmp_path: Path) -> None:
+    (tmp_path / "h_ok.py").write_text("def process(item, ctx):\n    return item\n")
+    (tmp_path / "h_boom.py").write_text("import os\nraise RuntimeError('no config')\n")
+    (tmp_path / "h_dep.py").write_text("import not_installed_pkg\n")
+    assert load_handler("h_ok:process", tmp_path).setup is None
+    with pytest.raises(HandlerImportError, match="has no function 'proc'"):
+        load_handler("h_ok:proc", tmp_path)
+    with pytest.raises(HandlerImportError, match=r"cannot import handler module 'h_missing'"):
+        load_handler("h_missing:process", tmp_path)
+    with pytest.raises(HandlerImportError, match=r"h_boom.py:2: RuntimeError: no config"):
+        load_handler("h_boom:process", tmp_path)
+    with pytest.raises(HandlerImportError, match=r"No module named 'not_installed_pkg'"):
+        load_handler("h_dep:process", tmp_path)
