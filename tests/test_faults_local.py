@@ -193,7 +193,8 @@ def test_secret_never_written_anywhere(tmp_path: Path) -> None:
         handler=handler,
         batch_size=30,
         workers=2,
-        extra='params: {api_token: "${SECRET_TOKEN}", base: "x"}\n',
+        extra='params: {api_token: "${SECRET_TOKEN}", base: "x"}\n'
+        "retry: {max_attempts: 2, backoff_s: 0.2}\n",
     )
     root = tmp_path / "root"
     run = cli(root, "submit", str(config), env={"SECRET_TOKEN": secret})
@@ -209,5 +210,7 @@ def test_secret_never_written_anywhere(tmp_path: Path) -> None:
     assert scanned > 20
     definition = (root / "objects/jobs/t1/definition.json").read_text()
     assert "${SECRET_TOKEN}" in definition
-    failures = (root / "objects/jobs/t1/failures/initial.json").read_text()
-    assert "token *** rejected" in failures
+    failures = json.loads((root / "objects/jobs/t1/failures/retry_1.json").read_text())
+    assert failures["count"] == 43
+    assert {f["reason"] for f in failures["items"]} == {"retries exhausted"}
+    assert failures["items"][0]["message"].startswith("ValueError: token *** rejected")

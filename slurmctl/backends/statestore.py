@@ -48,6 +48,8 @@ class JobRecord:
     error: str | None = None
     run: int = 0
     """How many runs (submit, resume, retry) the job has had."""
+    not_before: float = 0.0
+    """A retry phase's backoff: no task of the phase is claimed before this time."""
 
 
 JOB_FIELDS = frozenset(JobRecord.__dataclass_fields__)

@@ -67,7 +67,7 @@ def cli(ctx: click.Context, root: Path, log_level: str) -> None:
 
 
 def main() -> None:
-    from slurmctl.cli import control, inspect, submit  # noqa: F401 - registers the commands
+    from slurmctl.cli import control, inspect, retry, slurm, submit  # noqa: F401 - registers commands
 
     try:
         cli.main(standalone_mode=False, prog_name="slurmctl")

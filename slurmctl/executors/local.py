@@ -106,6 +106,10 @@ class LocalExecutor(Executor):
             if not result.work_left:
                 self._report(job_id)
                 return result.status
+            wait = result.begin_at - time.time()
+            if wait > 0:
+                log.info("%s: phase workers start in %.0f s (retry backoff)", job_id, wait)
+                self._sleep_until(job_id, result.begin_at)
             job = get_job(self.backend, job_id)
             if job.status in (JobStatus.PENDING, JobStatus.AGGREGATING):
                 self.backend.state.update_job(
@@ -135,6 +139,11 @@ class LocalExecutor(Executor):
                     return JobStatus.FAILED
             else:
                 fruitless = 0
+
+    def _sleep_until(self, job_id: str, when: float) -> None:
+        while (left := when - time.time()) > 0:
+            self._report(job_id)
+            time.sleep(min(POLL_S, left))
 
     def _done(self, job_id: str) -> int:
         c = self.backend.state.counters(job_id)

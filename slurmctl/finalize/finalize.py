@@ -6,7 +6,6 @@ Run by the local executor when its workers exit, by Slurm after the array
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -16,10 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from slurmctl.backends import Backend
-from slurmctl.backends.statestore import task_counter
+from slurmctl.backends.statestore import (
+    ITEMS_FAILED_PERMANENT,
+    ITEMS_FAILED_TRANSIENT,
+    ITEMS_TOTAL,
+    task_counter,
+)
+from slurmctl.config import JobDefinition
 from slurmctl.errors import IntegrityError
+from slurmctl.finalize import retry
 from slurmctl.finalize.aggregate import aggregate
 from slurmctl.finalize.reconcile import reconcile
+from slurmctl.finalize.retry import RetryPlan
 from slurmctl.jobs import append_history, get_job, load_definition
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus, TaskStatus
@@ -32,31 +39,8 @@ class FinalizeResult:
     status: JobStatus
     work_left: int
     """Tasks of the current phase still PENDING or RUNNING: workers are needed."""
-
-
-def write_failure_manifest(
-    backend: Backend, job_id: str, phase: str, work: Path
-) -> tuple[str, int]:
-    """failures/<phase>.json: every failed item of the phase's committed tasks, with its reason."""
-    layout = JobLayout(job_id)
-    path = work / f"failures-{phase}.json"
-    count = 0
-    with open(path, "w") as out:
-        out.write(f'{{"job_id": {json.dumps(job_id)}, "phase": {json.dumps(phase)}, "items": [\n')
-        for task in backend.state.iter_tasks(job_id, phase=phase, status=TaskStatus.SUCCESS):
-            if not task.errors_key or not (task.failed_permanent + task.failed_transient):
-                continue
-            data = backend.objects.get_bytes(task.errors_key, sha256=task.errors_sha256)
-            for line in data.splitlines():
-                err: dict[str, Any] = json.loads(line)
-                err["reason"] = (
-                    "permanent error" if err["permanent"] else "transient error, not retried"
-                )
-                out.write((",\n" if count else "") + json.dumps(err, sort_keys=True))
-                count += 1
-        out.write(f'\n], "count": {count}}}\n')
-    backend.objects.put_file(layout.failures(phase), path)
-    return layout.failures(phase), count
+    begin_at: float = 0.0
+    """When a retry phase's workers may start (its backoff)."""
 
 
 def finalize(backend: Backend, job_id: str) -> FinalizeResult:
@@ -77,7 +61,7 @@ def finalize(backend: Backend, job_id: str) -> FinalizeResult:
         task_counter(phase, "RUNNING"), 0
     )
     if left:
-        return FinalizeResult(job.status, left)
+        return FinalizeResult(job.status, left, job.not_before)
     failed = counters.get(task_counter(phase, "FAILED"), 0)
     if failed:
         first = next(backend.state.iter_tasks(job_id, phase=phase, status=TaskStatus.FAILED))
@@ -86,10 +70,19 @@ def finalize(backend: Backend, job_id: str) -> FinalizeResult:
         append_history(backend, job_id, "failed", reason=reason)
         return FinalizeResult(JobStatus.FAILED, 0)
     definition = load_definition(backend, job_id)
-    backend.state.update_job(job_id, {"status": JobStatus.AGGREGATING, "updated_at": time.time()})
     work = Path(tempfile.mkdtemp(prefix=f"slurmctl-finalize-{job_id}-"))
     try:
-        failures_key, failures = write_failure_manifest(backend, job_id, phase, work)
+        plan = _plan_retry(backend, job_id, definition, phase, work)
+        if plan is not None:
+            return FinalizeResult(JobStatus.RETRYING, plan.tasks, plan.begin_at)
+        too_many = _failure_share_exceeded(definition, counters)
+        if too_many:
+            backend.state.update_job(job_id, {"status": JobStatus.FAILED, "error": too_many})
+            append_history(backend, job_id, "failed", reason=too_many)
+            return FinalizeResult(JobStatus.FAILED, 0)
+        backend.state.update_job(
+            job_id, {"status": JobStatus.AGGREGATING, "updated_at": time.time()}
+        )
         try:
             final = aggregate(backend, job_id, definition.output.fan_in)
         except IntegrityError as e:
@@ -110,7 +103,7 @@ def finalize(backend: Backend, job_id: str) -> FinalizeResult:
         "items": items,
         "inputs": final.inputs,
         "levels": final.levels,
-        "failures": [{"key": failures_key, "items": failures}],
+        "failures": _failure_files(backend, job_id, phase),
         "quarantine": layout.quarantine,
         "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -119,3 +112,67 @@ def finalize(backend: Backend, job_id: str) -> FinalizeResult:
     backend.queue.delete_queue(job_id)
     append_history(backend, job_id, "completed", rows=final.rows, output=final.url)
     return FinalizeResult(JobStatus.COMPLETED, 0)
+
+
+def _plan_retry(
+    backend: Backend, job_id: str, definition: JobDefinition, phase: str, work: Path
+) -> RetryPlan | None:
+    """Write the phase's failure manifest; start the next phase if transient failures remain
+    and have attempts left (retry.max_attempts counts every phase an item ran in)."""
+    number = retry.phase_number(phase)
+    can_retry = number + 1 < definition.retry.max_attempts
+    retry_path, failures_path, count, _ = retry.split_phase(
+        backend,
+        job_id,
+        phase,
+        lambda e: can_retry and not e["permanent"],
+        work,
+        exhausted=not can_retry,
+    )
+    if count == 0:
+        backend.objects.put_file(JobLayout(job_id).failures(phase), failures_path)
+        return None
+    new_phase = retry.phase_name(number + 1)
+    tasks = retry.write_phase(backend, job_id, new_phase, retry_path, count, definition.batch_size)
+    plan = retry.start_phase(backend, job_id, definition, phase, new_phase, count, 0, tasks)
+    backend.objects.put_file(JobLayout(job_id).failures(phase), failures_path)
+    if plan is not None:
+        append_history(
+            backend,
+            job_id,
+            "retry_phase",
+            phase=new_phase,
+            items=count,
+            tasks=tasks,
+            begin_in_s=round(plan.begin_at - time.time(), 1),
+        )
+        log.info("%s: %d transient failures retried in %s", job_id, count, new_phase)
+        return plan
+    job = get_job(backend, job_id)  # another finalize flipped it first: report its phase
+    return retry.RetryPlan(job.phase, count, 0, tasks, job.not_before)
+
+
+def _failure_share_exceeded(definition: JobDefinition, counters: dict[str, int]) -> str | None:
+    share = definition.max_failure_share
+    total = counters.get(ITEMS_TOTAL, 0)
+    if share is None or not total:
+        return None
+    failed = counters.get(ITEMS_FAILED_PERMANENT, 0) + counters.get(ITEMS_FAILED_TRANSIENT, 0)
+    if failed / total <= share:
+        return None
+    return (
+        f"{failed} of {total} items failed ({failed / total:.1%}), over max_failure_share {share:g}"
+    )
+
+
+def _failure_files(backend: Backend, job_id: str, last_phase: str) -> list[dict[str, Any]]:
+    out = []
+    for number in range(retry.phase_number(last_phase) + 1):
+        phase = retry.phase_name(number)
+        doc = retry.read_failures(backend, job_id, phase)
+        if doc is not None:
+            key = JobLayout(job_id).failures(phase)
+            out.append(
+                {"phase": phase, "key": key, "items": doc["count"], "retried": doc["retried"]}
+            )
+    return out

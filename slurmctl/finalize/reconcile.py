@@ -29,6 +29,7 @@ def reconcile(backend: Backend, job_id: str, phase: str, *, now: float | None = 
     """Requeue expired leases always; PENDING tasks only when the queue holds fewer messages
     than there are PENDING tasks (some hint was lost), so a healthy job gets no duplicates."""
     now = time.time() if now is None else now
+    backend.queue.create_queue(job_id)  # idempotent: a job revived after it ended has none
     pending_ids: list[str] = []
     requeue: list[str] = []
     pending = expired = running = 0

@@ -163,6 +163,9 @@ class Worker:
                 time.sleep(self.poll_s / 4)
                 continue
             paused_logged = False
+            if job.not_before > time.time():  # a retry phase's backoff
+                time.sleep(min(self.poll_s, job.not_before - time.time()))
+                continue
             msgs = queue.receive(
                 self.job_id, max_messages=1, visibility_s=int(lease_s), wait_s=self.poll_s
             )

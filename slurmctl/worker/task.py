@@ -220,6 +220,7 @@ class TaskRunner:
                     {
                         "item_id": item_id,
                         "index": idx,
+                        "task_id": task.task_id,
                         "batch_id": task.batch_id,
                         "phase": task.phase,
                         "error_type": etype,

@@ -73,6 +73,16 @@ def _bump(conn: sqlite3.Connection, job_id: str, deltas: Mapping[str, int]) -> N
 class SQLiteStateStore(StateStore):
     def __init__(self, path: Path) -> None:
         self.db = SQLiteDB(path, SCHEMA)
+        self._add_new_columns()
+
+    def _add_new_columns(self) -> None:
+        """A state root written by an older slurmctl gains the columns added since."""
+        with self.db.transaction() as conn:
+            for table, cols in (("jobs", _JOB_COLS), ("tasks", TASK_FIELDS)):
+                have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+                for col in cols:
+                    if col not in have:
+                        conn.execute(f'ALTER TABLE {table} ADD COLUMN "{col}"')
 
     def close(self) -> None:
         self.db.close()

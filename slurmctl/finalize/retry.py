@@ -1,0 +1,322 @@
+"""The retry planner: the failures of a finished phase become the next phase's batches.
+
+Reads the committed tasks' item errors (each file verified against its committed sha256) and
+splits them: transient failures with attempts left are cut into batches of the next phase
+(`retry_1`, task group `retry_batch_1`, ...), started after an exponential backoff with jitter;
+everything else is written to the phase's failure manifest with its reason. `slurmctl retry`
+uses the same machinery on the failure manifests, for the error types an operator picks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from slurmctl.backends import Backend
+from slurmctl.backends.objectstore import ObjectNotFound
+from slurmctl.backends.statestore import (
+    ITEMS_FAILED_PERMANENT,
+    ITEMS_FAILED_TRANSIENT,
+    ITEMS_PENDING,
+    TaskRecord,
+    task_counter,
+)
+from slurmctl.config import JobDefinition
+from slurmctl.ids import batch_id, group_for_phase, id_width, task_id
+from slurmctl.layout import JobLayout
+from slurmctl.states import JobStatus, TaskStatus
+from slurmctl.worker.classify import PERMANENT
+
+TASKS_PER_WRITE = 500
+
+
+def phase_number(phase: str) -> int:
+    return 0 if phase == "initial" else int(phase.removeprefix("retry_"))
+
+
+def phase_name(number: int) -> str:
+    return "initial" if number == 0 else f"retry_{number}"
+
+
+def backoff_s(definition: JobDefinition, number: int) -> float:
+    """Exponential in the retry number, capped, with equal jitter (half fixed, half random)."""
+    full = float(
+        min(definition.retry.backoff_max_s, definition.retry.backoff_s * 2.0 ** (number - 1))
+    )
+    return full / 2 + random.uniform(0, full / 2)
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    phase: str
+    items: int
+    permanent: int
+    """How many of the items had a permanent failure (an operator's retry only)."""
+    tasks: int
+    begin_at: float
+
+
+def _task_errors(backend: Backend, task: TaskRecord) -> list[dict[str, Any]]:
+    if not task.errors_key or not (task.failed_permanent + task.failed_transient):
+        return []
+    data = backend.objects.get_bytes(task.errors_key, sha256=task.errors_sha256)
+    return [json.loads(line) for line in data.splitlines()]
+
+
+class FailureWriter:
+    """failures/<phase>.json, streamed: the items whose story ends in this phase."""
+
+    def __init__(self, path: Path, job_id: str, phase: str) -> None:
+        self.path = path
+        self.count = 0
+        self.retried = 0
+        self.f: IO[str] = open(path, "w")  # noqa: SIM115 - closed by finish()
+        head = f'{{"job_id": {json.dumps(job_id)}, "phase": {json.dumps(phase)}, "items": [\n'
+        self.f.write(head)
+
+    def add(self, entry: dict[str, Any], reason: str) -> None:
+        entry = {**entry, "reason": reason}
+        self.f.write((",\n" if self.count else "") + json.dumps(entry, sort_keys=True))
+        self.count += 1
+
+    def finish(self, retried_into: str | None) -> None:
+        tail = {"count": self.count, "retried": self.retried, "retried_into": retried_into}
+        self.f.write("\n], " + json.dumps(tail)[1:] + "\n")
+        self.f.close()
+
+
+def _reason(entry: dict[str, Any], exhausted: bool) -> str:
+    if entry["error_type"] in PERMANENT:
+        return "permanent error"
+    return "retries exhausted" if exhausted else "transient error, not retried"
+
+
+def split_phase(
+    backend: Backend,
+    job_id: str,
+    phase: str,
+    retry_if: Callable[[dict[str, Any]], bool],
+    work: Path,
+    exhausted: bool,
+) -> tuple[Path, Path, int, int]:
+    """One pass over the phase's item errors: the retried ones (with their input lines) to a
+    JSON-lines file, the rest to the failure manifest. Returns both paths and the counts."""
+    failures = FailureWriter(work / f"failures-{phase}.json", job_id, phase)
+    retry_path = work / f"retry-from-{phase}.jsonl"
+    retried = permanent = 0
+    with open(retry_path, "wb") as retry_out:
+        for task in backend.state.iter_tasks(job_id, phase=phase, status=TaskStatus.SUCCESS):
+            chosen = []
+            for entry in _task_errors(backend, task):
+                if retry_if(entry):
+                    chosen.append(entry)
+                else:
+                    failures.add(entry, _reason(entry, exhausted))
+            if chosen:
+                lines = backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)
+                batch = lines.splitlines()
+                for entry in chosen:
+                    retry_out.write(batch[entry["index"]] + b"\n")
+                    permanent += entry["error_type"] in PERMANENT
+                retried += len(chosen)
+    failures.retried = retried
+    failures.finish(None)
+    return retry_path, failures.path, retried, permanent
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        for line in f:
+            yield line.rstrip(b"\n")
+
+
+def write_phase(
+    backend: Backend,
+    job_id: str,
+    new_phase: str,
+    source: Path,
+    count: int,
+    batch_size: int,
+) -> int:
+    """Cut the retried items into the new phase's batches and tasks (idempotent)."""
+    layout = JobLayout(job_id)
+    width = id_width(-(-count // batch_size))
+    tasks: list[TaskRecord] = []
+    n = 0
+    batch: list[bytes] = []
+
+    def flush_batch() -> None:
+        nonlocal n, batch
+        bid, tid = batch_id(new_phase, n, width), task_id(new_phase, n, width)
+        data = b"\n".join(batch) + b"\n"
+        key = layout.batch(bid)
+        backend.objects.put_bytes(key, data, if_absent=True)
+        tasks.append(
+            TaskRecord(
+                job_id=job_id,
+                task_id=tid,
+                batch_id=bid,
+                phase=new_phase,
+                group=group_for_phase(new_phase),
+                items=len(batch),
+                batch_key=key,
+                batch_sha256=hashlib.sha256(data).hexdigest(),
+            )
+        )
+        n += 1
+        batch = []
+        if len(tasks) >= TASKS_PER_WRITE:
+            backend.state.put_tasks(tasks)
+            tasks.clear()
+
+    for line in _lines(source):
+        batch.append(line)
+        if len(batch) == batch_size:
+            flush_batch()
+    if batch:
+        flush_batch()
+    if tasks:
+        backend.state.put_tasks(tasks)
+    return n
+
+
+def start_phase(
+    backend: Backend,
+    job_id: str,
+    definition: JobDefinition,
+    from_phase: str,
+    new_phase: str,
+    items: int,
+    permanent: int,
+    tasks: int,
+    *,
+    backoff: bool = True,
+) -> RetryPlan | None:
+    """Flip the job to the new phase, moving the counters, once (conditional on the phase)."""
+    number = phase_number(new_phase)
+    begin_at = time.time() + (backoff_s(definition, number) if backoff else 0.0)
+    backend.queue.create_queue(job_id)  # deleted when the job completed: an operator's retry
+    moved = backend.state.update_job(
+        job_id,
+        {
+            "phase": new_phase,
+            "status": JobStatus.RETRYING,
+            "not_before": begin_at,
+            "updated_at": time.time(),
+        },
+        expect={"phase": from_phase},
+        counter_deltas={
+            task_counter(new_phase, "PENDING"): tasks,
+            ITEMS_FAILED_TRANSIENT: -(items - permanent),
+            ITEMS_FAILED_PERMANENT: -permanent,
+            ITEMS_PENDING: items,
+        },
+    )
+    if not moved:
+        return None
+    ids = [t.task_id for t in backend.state.unfinished_tasks(job_id, new_phase)]
+    delay = int(max(0.0, min(begin_at - time.time(), 900)))
+    for start in range(0, len(ids), 1000):
+        backend.queue.send(job_id, ids[start : start + 1000], delay_s=delay)
+    return RetryPlan(new_phase, items, permanent, tasks, begin_at)
+
+
+def read_failures(backend: Backend, job_id: str, phase: str) -> dict[str, Any] | None:
+    try:
+        doc: Any = backend.objects.get_json(JobLayout(job_id).failures(phase))
+    except ObjectNotFound:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What `slurmctl retry` would queue: items by error type, from the failure manifests."""
+
+    by_type: dict[str, int]
+    items: int
+    tasks: int
+
+
+def _final_failures(
+    backend: Backend, job_id: str, last_phase: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    for number in range(phase_number(last_phase) + 1):
+        phase = phase_name(number)
+        doc = read_failures(backend, job_id, phase)
+        if doc is not None:
+            yield phase, doc
+
+
+def select_failures(
+    backend: Backend, job_id: str, last_phase: str, types: set[str], batch_size: int
+) -> Selection:
+    by_type: dict[str, int] = {}
+    for _, doc in _final_failures(backend, job_id, last_phase):
+        for entry in doc["items"]:
+            if entry["error_type"] in types:
+                by_type[entry["error_type"]] = by_type.get(entry["error_type"], 0) + 1
+    items = sum(by_type.values())
+    return Selection(by_type, items, -(-items // batch_size))
+
+
+def operator_retry(
+    backend: Backend,
+    job_id: str,
+    definition: JobDefinition,
+    last_phase: str,
+    types: set[str],
+    work: Path,
+) -> RetryPlan | None:
+    """A new phase for the failures of the given types, permanent ones included.
+
+    The failure manifests are rewritten after the phase flips: a crash in between can list an
+    item twice (failure and, later, output), never lose it.
+    """
+    retry_path = work / "operator-retry.jsonl"
+    kept: dict[str, tuple[dict[str, Any], list[dict[str, Any]], int]] = {}
+    count = permanent = 0
+    tasks_cache: dict[str, TaskRecord | None] = {}
+    with open(retry_path, "wb") as out:
+        for phase, doc in _final_failures(backend, job_id, last_phase):
+            chosen = [e for e in doc["items"] if e["error_type"] in types]
+            if not chosen:
+                continue
+            kept[phase] = (
+                doc,
+                [e for e in doc["items"] if e["error_type"] not in types],
+                len(chosen),
+            )
+            by_task: dict[str, list[dict[str, Any]]] = {}
+            for entry in chosen:
+                by_task.setdefault(entry["task_id"], []).append(entry)
+            for tid, entries in by_task.items():
+                task = tasks_cache.setdefault(tid, backend.state.get_task(job_id, tid))
+                if task is None:
+                    continue
+                lines = backend.objects.get_bytes(
+                    task.batch_key, sha256=task.batch_sha256
+                ).splitlines()
+                for entry in entries:
+                    out.write(lines[entry["index"]] + b"\n")
+                    count += 1
+                    permanent += entry["error_type"] in PERMANENT
+    if count == 0:
+        return None
+    new_phase = phase_name(phase_number(last_phase) + 1)
+    tasks = write_phase(backend, job_id, new_phase, retry_path, count, definition.batch_size)
+    plan = start_phase(
+        backend, job_id, definition, last_phase, new_phase, count, permanent, tasks, backoff=False
+    )
+    if plan is None:
+        return None
+    for phase, (doc, items, moved) in kept.items():
+        doc = {**doc, "items": items, "count": len(items), "retried": doc.get("retried", 0) + moved}
+        backend.objects.put_json(JobLayout(job_id).failures(phase), doc)
+    return plan
