@@ -41,8 +41,14 @@ def test_submit_killed_half_way_carries_on(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_at_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
     calls = tmp_path / "calls.txt"
-    config = make_job(tmp_path / "job", 600, handler=SLOW_HANDLER, batch_size=50, workers=2,
-                      extra="checkpoint_every: 10\n")  # fmt: skip
+    config = make_job(
+        tmp_path / "job",
+        600,
+        handler=SLOW_HANDLER,
+        batch_size=50,
+        workers=2,
+        extra="checkpoint_every: 10\n",
+    )
     root = tmp_path / "root"
     env = {"CALLS_FILE": str(calls)}
     proc = popen(root, "submit", str(config), env=env)

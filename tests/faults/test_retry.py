@@ -36,8 +36,14 @@ def _attempts(marks: Path) -> dict[int, int]:
 def test_transient_failures_are_retried_in_phases(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    config = make_job(tmp_path / "job", 1000, handler=FLAKY, batch_size=40, workers=3,
-                      extra="retry: {max_attempts: 3, backoff_s: 0.2, backoff_max_s: 1}\n")  # fmt: skip
+    config = make_job(
+        tmp_path / "job",
+        1000,
+        handler=FLAKY,
+        batch_size=40,
+        workers=3,
+        extra="retry: {max_attempts: 3, backoff_s: 0.2, backoff_max_s: 1}\n",
+    )
     root = tmp_path / "root"
     run = cli(root, "submit", str(config), env={"MARKS": str(marks)})
     assert run.returncode == 0, run.stderr
@@ -79,8 +85,14 @@ def _output_rows(s: dict) -> list[dict]:  # type: ignore[type-arg]
 def test_operator_retry_of_chosen_types(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    config = make_job(tmp_path / "job", 400, handler=FLAKY, batch_size=40, workers=2,
-                      extra="retry: {max_attempts: 1}\n")  # fmt: skip
+    config = make_job(
+        tmp_path / "job",
+        400,
+        handler=FLAKY,
+        batch_size=40,
+        workers=2,
+        extra="retry: {max_attempts: 1}\n",
+    )
     root = tmp_path / "root"
     env = {"MARKS": str(marks)}
     assert cli(root, "submit", str(config), env=env).returncode == 0
