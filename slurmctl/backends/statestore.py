@@ -69,7 +69,8 @@ class TaskRecord:
     status: TaskStatus = TaskStatus.PENDING
     attempts: int = 0
     worker_losses: int = 0
-    """Leases that expired or were released by a signal: the worker did not finish the task."""
+    """Leases that expired (the worker died: crash, kill, OOM). A lease released on a signal
+    (preemption) does not count: only deaths lead to poison isolation."""
     lease_token: str | None = None
     worker_id: str | None = None
     lease_expires: float | None = None
@@ -196,7 +197,8 @@ class StateStore(ABC):
         checkpoint_key: str | None = None,
         checkpoint_sha256: str | None = None,
     ) -> bool:
-        """RUNNING under token becomes PENDING again (a worker leaving on a signal)."""
+        """RUNNING under token becomes PENDING again (a worker leaving on a signal); it does not
+        count as a worker loss."""
 
     @abstractmethod
     def commit_task(self, job_id: str, task_id: str, token: str, commit: TaskCommit) -> bool:

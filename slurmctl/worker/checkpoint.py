@@ -38,7 +38,20 @@ class Checkpoint:
             return
         self.conn.execute("BEGIN")
         self.conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self.conn.execute("DELETE FROM inflight")
         self.conn.execute("COMMIT")
+
+    def begin_item(self, idx: int) -> None:
+        """Isolation mode: mark the item in flight before the handler sees it, so the next
+        attempt knows which item was running when its worker died."""
+        self.conn.execute("BEGIN")
+        self.conn.execute("DELETE FROM inflight")
+        self.conn.execute("INSERT INTO inflight VALUES (?)", (idx,))
+        self.conn.execute("COMMIT")
+
+    def inflight(self) -> int | None:
+        row = self.conn.execute("SELECT idx FROM inflight").fetchone()
+        return int(row[0]) if row else None
 
     def snapshot(self, dest: Path) -> Path:
         """A consistent copy of the checkpoint (for upload) while it stays open."""

@@ -139,6 +139,7 @@ class Worker:
             lease_s=definition.lease.ttl_s,
             heartbeat_s=definition.lease.heartbeat_s,
             checkpoint_every=definition.checkpoint_every,
+            max_task_failures=definition.retry.max_task_failures,
             scratch_root=scratch,
             rules=definition.error_rules,
             secrets=hidden,

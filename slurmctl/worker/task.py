@@ -55,6 +55,7 @@ class TaskRunner:
     heartbeat_s: float
     checkpoint_every: int
     scratch_root: Path
+    max_task_failures: int = 3
     rules: Sequence[Rule] = ()
     secrets: Sequence[str] = ()
     should_stop: Callable[[], bool] = lambda: False
@@ -147,6 +148,9 @@ class TaskRunner:
         pending: list[Row] = []
         calls = 0
         stopped = False
+        isolate = task.worker_losses >= self.max_task_failures
+        if isolate:
+            self._isolate(task, lines, done, ckpt)
         for idx, line in enumerate(lines):
             if idx in done:
                 continue
@@ -156,6 +160,8 @@ class TaskRunner:
             item = json.loads(line)
             item_id = str(item[id_field])
             calls += 1
+            if isolate:
+                ckpt.begin_item(idx)
             try:
                 out = process(item, ctx)
             except WorkerStopping:
@@ -173,14 +179,36 @@ class TaskRunner:
                 pending.append(
                     (idx, item_id, 1, json.dumps(rows) if rows else None, None, None, None)
                 )
-            if len(pending) >= self.checkpoint_every:
+            if isolate or len(pending) >= self.checkpoint_every:
                 ckpt.write(pending)
                 pending = []
         ckpt.write(pending)
         return calls, stopped
 
+    def _isolate(
+        self, task: TaskRecord, lines: list[bytes], done: set[int], ckpt: Checkpoint
+    ) -> None:
+        """The task's workers died `max_task_failures` times: run its items one by one, and fail
+        as poison the item that was in flight when the last worker died."""
+        log.warning(
+            "%s: lost its worker %d times: isolating items one by one",
+            task.task_id,
+            task.worker_losses,
+        )
+        idx = ckpt.inflight()
+        if idx is None or idx in done:
+            return
+        item_id = str(json.loads(lines[idx])[self.id_field])
+        message = (
+            f"poison: the worker died while this item was in flight ({task.worker_losses} deaths)"
+        )
+        ckpt.write([(idx, item_id, 0, None, "poison", message, "poison: worker died on this item")])
+        done.add(idx)
+        log.error("%s: item %s is poison: failed permanently", task.task_id, item_id)
+
     def _leave(self, task: TaskRecord, token: str, ckpt: Checkpoint, scratch: Path) -> None:
         """Stopping on a signal: upload the checkpoint so any node can resume, release the lease."""
+        scratch.mkdir(parents=True, exist_ok=True)
         snap = ckpt.snapshot(scratch / "checkpoint.upload.sqlite")
         key = self.layout.checkpoint(task.task_id)
         info = self.backend.objects.put_file(key, snap)
@@ -237,6 +265,7 @@ class TaskRunner:
             if rows
             else pa.table({self.id_field: pa.array([], pa.string())})
         )
+        scratch.mkdir(parents=True, exist_ok=True)  # it may have been removed under us
         out_path = scratch / "output.parquet"
         pq.write_table(table, out_path)
         out = self.backend.objects.put_file(self.layout.result(task.task_id, token), out_path)

@@ -50,8 +50,10 @@ def open_aws(
         kind="aws",
         objects=S3ObjectStore(session.service("s3"), bucket, prefix),
         state=DynamoStateStore(session.service("dynamodb"), table),
-        # a receive long-polls up to 20 s: its read timeout must outlast the poll
-        queue=SQSQueue(session.service("sqs", extra_read_s=20.0), queue_prefix),
+        # a receive long-polls up to 20 s: its client's read timeout must outlast the poll
+        queue=SQSQueue(
+            session.service("sqs"), session.service("sqs", extra_read_s=20.0), queue_prefix
+        ),
     )
 
 

@@ -45,13 +45,20 @@ def queue_name(job_id: str, prefix: str = "slurmctl-") -> str:
 
 
 class SQSQueue(QueueService):
-    def __init__(self, sqs: Service, prefix: str = "slurmctl-") -> None:
+    def __init__(
+        self, sqs: Service, poll: Service | None = None, prefix: str = "slurmctl-"
+    ) -> None:
+        """poll: the client for long polls (its read timeout outlasts a 20 s poll); sqs for the
+        rest, so a dead endpoint shows within the normal timeout."""
         self.sqs = sqs
+        self.poll = poll or sqs
         self.prefix = prefix
         self._urls: dict[str, str] = {}
 
     def close(self) -> None:
         self.sqs.close()
+        if self.poll is not self.sqs:
+            self.poll.close()
 
     def name(self, job_id: str) -> str:
         return queue_name(job_id, self.prefix)
@@ -156,14 +163,14 @@ class SQSQueue(QueueService):
             remaining = deadline - time.monotonic()
             wait = min(LONG_POLL_MAX_S, math.ceil(remaining)) if remaining >= 0.5 else 0
             try:
-                resp = self.sqs.call(
+                resp = self.poll.call(
                     "receive_message",
                     QueueUrl=url,
                     MaxNumberOfMessages=max(1, min(int(max_messages), BATCH)),
                     VisibilityTimeout=max(0, min(int(visibility_s), VISIBILITY_MAX_S)),
                     WaitTimeSeconds=wait,
                 )
-            except self.sqs.ClientError as e:
+            except self.poll.ClientError as e:
                 if error_code(e) in NO_QUEUE:
                     self._urls.pop(job_id, None)
                     return []

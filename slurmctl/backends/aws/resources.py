@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from slurmctl.backends.aws.dynamo import GSI
 from slurmctl.backends.aws.objectstore import CHECKPOINT_TAG
 from slurmctl.backends.aws.session import boto3_module, error_code
-from slurmctl.errors import UserError
+from slurmctl.errors import BackendUnavailable, UserError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,19 @@ def _client_error() -> type[Exception]:
     from botocore.exceptions import ClientError
 
     return ClientError  # type: ignore[no-any-return]
+
+
+@contextmanager
+def _reachable(client: Any, service: str) -> Iterator[None]:
+    """An endpoint that cannot be reached is BackendUnavailable, as in the stores."""
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+
+    try:
+        yield
+    except (EndpointConnectionError, ConnectTimeoutError) as e:
+        raise BackendUnavailable(
+            f"cannot reach {service} at {client.meta.endpoint_url}: {' '.join(str(e).split())}"
+        ) from e
 
 
 def _schema(keys: list[tuple[str, str]]) -> list[dict[str, str]]:
@@ -81,6 +95,12 @@ def ensure_table(client: Any, name: str, *, timeout_s: float = 300.0) -> bool:
 
     Returns True if this call created it. An existing table with another layout is refused.
     """
+    _client_error()
+    with _reachable(client, "dynamodb"):
+        return _ensure_table(client, name, timeout_s)
+
+
+def _ensure_table(client: Any, name: str, timeout_s: float) -> bool:
     client_error = _client_error()
     created = False
     try:
@@ -163,6 +183,14 @@ def ensure_bucket(
     deny_insecure_transport: None means yes unless the endpoint is plain http:// (moto,
     LocalStack), where such a policy would lock every request out.
     """
+    _client_error()
+    with _reachable(client, "s3"):
+        return _ensure_bucket(client, name, region, prefix, deny_insecure_transport)
+
+
+def _ensure_bucket(
+    client: Any, name: str, region: str | None, prefix: str, deny_insecure_transport: bool | None
+) -> bool:
     client_error = _client_error()
     try:
         client.head_bucket(Bucket=name)

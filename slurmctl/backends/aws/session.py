@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -83,10 +83,11 @@ class Service:
 
     PROBE_ATTEMPTS = 2
 
-    def __init__(self, name: str, client: Any, probe: Any) -> None:
+    def __init__(self, name: str, client: Any, make_probe: Callable[[], Any]) -> None:
         self.name = name
         self.client = client
-        self._probe = probe
+        self._make_probe = make_probe
+        self._probe: Any = None
         self.reached = False
         self.endpoint = str(client.meta.endpoint_url)
         boto3_module()
@@ -95,12 +96,21 @@ class Service:
         self.ClientError: type[Exception] = exc.ClientError
         self._connect = (exc.EndpointConnectionError, exc.ConnectTimeoutError)
         self._timeout = (exc.ReadTimeoutError,)
-        self._lost = (exc.ConnectionError, exc.HTTPClientError, exc.ResponseStreamingError)
+        self._lost = (
+            exc.ConnectionError,
+            exc.HTTPClientError,
+            exc.ResponseStreamingError,
+            exc.IncompleteReadError,
+        )
         self._no_creds = (exc.NoCredentialsError, exc.PartialCredentialsError)
 
     @property
     def current(self) -> Any:
-        return self.client if self.reached else self._probe
+        if self.reached:
+            return self.client
+        if self._probe is None:
+            self._probe = self._make_probe()
+        return self._probe
 
     @contextmanager
     def guard(self, op: str) -> Iterator[None]:
@@ -135,7 +145,7 @@ class Service:
     def close(self) -> None:
         for client in (self.client, self._probe):
             close = getattr(client, "close", None)
-            if close is not None:
+            if client is not None and close is not None:
                 close()
 
 
@@ -177,7 +187,9 @@ class AwsSession:
             name, config=self._config(s.max_attempts, "adaptive", read), **kwargs
         )
         probe_attempts = min(s.max_attempts, Service.PROBE_ATTEMPTS)
-        probe = self.session.client(
-            name, config=self._config(probe_attempts, "standard", read), **kwargs
-        )
+
+        def probe() -> Any:
+            config = self._config(probe_attempts, "standard", read)
+            return self.session.client(name, config=config, **kwargs)
+
         return Service(name, client, probe)

@@ -116,10 +116,10 @@ class DynamoStateStore(RateBuckets, StateStore):
         k = job_key(job_id)
         if not changes and not deltas:  # a bare condition check: one consistent read
             item = self.t.get(k)
-            return item is not None and all(
-                (name not in item) if v is None else item.get(name) == encode(v)
-                for name, v in expect.items()
-            )
+            if item is None:
+                return False
+            job = dataclasses.asdict(job_from(item))
+            return all(job[name] == v for name, v in expect.items())
         e = Expr()
         cond = e.cond(expect)
         if changes:
@@ -167,7 +167,8 @@ class DynamoStateStore(RateBuckets, StateStore):
 
     # --- tasks ------------------------------------------------------------------------------
     def put_tasks(self, tasks: Sequence[TaskRecord]) -> int:
-        unique = list({t.task_id: t for t in reversed(tasks)}.values())[::-1]  # the first one wins
+        first = {(t.job_id, t.task_id): t for t in reversed(tasks)}  # the first one wins
+        unique = list(first.values())[::-1]
         return sum(self._put_chunk(unique[i : i + 100]) for i in range(0, len(unique), 100))
 
     def _put_chunk(self, chunk: list[TaskRecord]) -> int:
@@ -298,7 +299,6 @@ class DynamoStateStore(RateBuckets, StateStore):
                 "lease_token": None,
                 "lease_expires": None,
                 "worker_id": None,
-                "worker_losses": rec.worker_losses + 1,
             }
             if checkpoint_key:
                 out |= {"checkpoint_key": checkpoint_key, "checkpoint_sha256": checkpoint_sha256}

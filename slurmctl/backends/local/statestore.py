@@ -256,11 +256,6 @@ class SQLiteStateStore(StateStore):
             phase = self._fenced(conn, job_id, task_id, token, sets)
             if phase is None:
                 return False
-            conn.execute(
-                "UPDATE tasks SET worker_losses = worker_losses + 1 "
-                "WHERE job_id = ? AND task_id = ?",
-                (job_id, task_id),
-            )
             _bump(
                 conn,
                 job_id,
