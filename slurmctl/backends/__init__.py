@@ -20,9 +20,11 @@ class Backend:
     objects: ObjectStore
     state: StateStore
     queue: QueueService
+    url: str = ""
+    """The BackendSpec URL it was opened from: what a worker is handed to find it."""
 
     def close(self) -> None:
-        for part in (self.state, self.queue):
+        for part in (self.objects, self.state, self.queue):
             close = getattr(part, "close", None)
             if close is not None:
                 close()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from slurmctl.backends import Backend, open_local
+from slurmctl.backends import Backend
+from slurmctl.backends.spec import BackendSpec, Registry
 from slurmctl.errors import IntegrityError, SlurmctlError, UserError
 
 EXIT_USER_ERROR = 2
@@ -22,19 +23,55 @@ EXIT_INTERRUPTED = 130
 
 @dataclass
 class Env:
-    """What every command gets: the state root and the backend opened on first use."""
+    """What every command gets: the state root and the backend opened on first use.
+
+    The backend is the job's: `--backend` if given, else the one the registry recorded for the
+    command's JOB at submit, else the embedded backend under the state root.
+    """
 
     root: Path
+    override: BackendSpec | None = None
+    job_id: str | None = None
     _backend: Backend | None = field(default=None, repr=False)
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.root)
+
+    def spec(self) -> BackendSpec:
+        if self.override is not None:
+            return self.override
+        found = self.registry.get(self.job_id) if self.job_id else None
+        return found or BackendSpec("local", root=self.root)
 
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = open_local(self.root)
+            self._backend = self.spec().open()
         return self._backend
+
+    def use(self, spec: BackendSpec) -> Backend:
+        """Submit: the definition names the backend (unless `--backend` does)."""
+        self._backend = (self.override or spec).open()
+        return self._backend
+
+    def remember(self, job_id: str) -> None:
+        """After a successful submit: later commands on JOB find its backend."""
+        if self._backend is not None and self._backend.kind != "local":
+            self.registry.add(job_id, BackendSpec.parse(self._backend.url))
 
 
 pass_env = click.make_pass_decorator(Env)
+
+
+class JobCommand(click.Command):
+    """Tells the Env which job the command is about, so it opens that job's backend."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        env = ctx.find_object(Env)
+        if env is not None:
+            env.job_id = ctx.params.get("job_id")
+        return super().invoke(ctx)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -54,16 +91,28 @@ pass_env = click.make_pass_decorator(Env)
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Log level of workers and finalize (env SLURMCTL_LOG_LEVEL).",
 )
+@click.option(
+    "--backend",
+    "backend_url",
+    envvar="SLURMCTL_BACKEND",
+    default=None,
+    help="Backend URL (local:///path or aws://BUCKET/PREFIX?table=T), overriding the "
+    "job's (env SLURMCTL_BACKEND).",
+)
 @click.version_option(package_name="slurmctl")
 @click.pass_context
-def cli(ctx: click.Context, root: Path, log_level: str) -> None:
+def cli(ctx: click.Context, root: Path, log_level: str, backend_url: str | None) -> None:
     """Run embarrassingly parallel batch jobs on Slurm or on this machine."""
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    ctx.obj = Env(root=root.absolute())
+    override = BackendSpec.parse(backend_url) if backend_url else None
+    ctx.obj = Env(root=root.absolute(), override=override)
+
+
+cli.command_class = JobCommand
 
 
 def main() -> None:

@@ -12,11 +12,13 @@ from typing import Any
 import click
 
 from slurmctl import secrets as secret_refs
+from slurmctl.backends.spec import BackendSpec
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import print_outcome, run_job, stderr
 from slurmctl.config import load_job_definition
 from slurmctl.coordinator.scan import InputScanner
 from slurmctl.coordinator.submit import plan, submit
+from slurmctl.executors.slurm import preflight
 from slurmctl.ratelimit import gcra
 from slurmctl.worker.classify import classify
 from slurmctl.worker.context import Context
@@ -47,6 +49,7 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
     definition = load_job_definition(config)
     for name in secret_refs.unresolved_refs(definition.params):
         click.echo(f"note: params reference {name}; it must be set where the workers run", err=True)
+    preflight(definition)  # before anything is written: a refused job leaves nothing behind
     if dry_run:
         p = plan(definition)
         click.echo(f"job {p.job_id} (dry run: nothing written)")
@@ -65,8 +68,11 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
         else:
             click.echo("  shortest run  no rate limit configured")
         return
+    job_id = env.job_id = definition.effective_job_id()
     with _bytes_bar(not no_progress, "batching") as (on_size, on_bytes):
-        result = submit(env.backend, definition, progress=on_bytes, input_size=on_size)
+        backend = env.use(BackendSpec.for_definition(definition, env.root))
+        result = submit(backend, definition, progress=on_bytes, input_size=on_size)
+        env.remember(job_id)
     job_id = result.job_id
     if not result.created:
         if result.status.terminal:
@@ -76,8 +82,8 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
         click.echo(f"job {job_id} exists: carrying on where it stopped")
     else:
         click.echo(f"job {job_id} submitted")
-    run_job(env, job_id, progress=not no_progress)
-    sys.exit(print_outcome(env, job_id))
+    if run_job(env, job_id, progress=not no_progress, follow=follow).terminal:
+        sys.exit(print_outcome(env, job_id))
 
 
 class _bytes_bar:

@@ -58,12 +58,14 @@ class LocalExecutor(Executor):
         logs.mkdir(parents=True, exist_ok=True)
         for i in range(count):
             worker_id = f"local-{run}-{i}"
+            where = ["--backend", self.backend.url] if self.backend.kind != "local" else []
             cmd = [
                 sys.executable,
                 "-m",
                 "slurmctl",
                 "--root",
                 str(self.root),
+                *where,
                 "worker",
                 "--job-id",
                 job_id,

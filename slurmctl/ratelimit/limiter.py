@@ -48,6 +48,9 @@ class DistributedRateLimiter:
         self._pace = 0.0
         self.waited_s = 0.0
         self.wasted = 0
+        self._lead = 0.0
+        """How far ahead to ask for slots: the store's round trip (EMA), so that the slots of a
+        grant have not already passed by the time it arrives."""
         self._paused_logged = False
 
     def _lease_size(self) -> int:
@@ -59,7 +62,10 @@ class DistributedRateLimiter:
     def acquire_token_lease(self, worker_id: str, count: int) -> SlotGrant:
         """Reserve count slots (waiting while the bucket is paused)."""
         while True:
-            grant = self.client.reserve_slots(self.job_id, self.bucket, count, time.time())
+            t0 = time.time()
+            grant = self.client.reserve_slots(self.job_id, self.bucket, count, t0 + self._lead)
+            rtt = time.time() - t0
+            self._lead = rtt * 1.5 if not self._lead else 0.8 * self._lead + 0.2 * rtt * 1.5
             if not grant.paused:
                 if self._paused_logged:
                     log.info("rate limiter %s resumed", self.bucket)
