@@ -37,6 +37,10 @@ class JobStateError(UserError):
     """The operation does not apply to the job in its current state."""
 
 
+class JobBusy(JobStateError):
+    """Another slurmctl process holds the job-level lease: it is running the job."""
+
+
 class BackendUnavailable(UserError):
     """A store cannot be reached (names the endpoint)."""
 

@@ -27,11 +27,9 @@ def test_submit_killed_half_way_carries_on(tmp_path: Path) -> None:
     assert 300 <= written < 6000, "killed while batching"
     [job] = json.loads(cli(root, "list", "--json").stdout)
     assert job["status"] == "PENDING"
-    refused = cli(root, "resume", "t1")
-    assert refused.returncode == 2 and "not fully submitted" in refused.stderr
-    again = cli(root, "submit", str(config), "--no-progress")
+    again = cli(root, "resume", "t1", "--no-progress")
     assert again.returncode == 0, again.stderr
-    assert "job t1 exists: carrying on where it stopped" in again.stdout
+    assert "job t1 was not fully submitted: carrying on with the submission" in again.stdout
     assert _batches(root) == 6000
     got = assert_exactly_once(root, "t1", 60_000)
     assert len(got["failures"]) == 120
@@ -67,3 +65,37 @@ def test_ctrl_c_stops_at_a_checkpoint_and_resume_finishes(tmp_path: Path) -> Non
     assert_exactly_once(root, "t1", 600)
     # items checkpointed before Ctrl-C were not run again (at most one chunk per task redone)
     assert len(_calls(calls)) <= 600 + 2 * 10, (stopped_at, len(_calls(calls)))
+
+
+def test_submit_again_carries_on_a_half_written_job(tmp_path: Path) -> None:
+    config = make_job(tmp_path / "job", 30_000, batch_size=10, workers=2)
+    root = tmp_path / "root"
+    proc = popen(root, "submit", str(config), "--no-progress")
+    wait_for(lambda: _batches(root) >= 200, what="half-written batches")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _batches(root) < 3000
+    again = cli(root, "submit", str(config), "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert "job t1 exists: carrying on where it stopped" in again.stdout
+    assert_exactly_once(root, "t1", 30_000)
+
+
+def test_two_resumes_at_once_one_acts(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.txt"
+    config = make_job(tmp_path / "job", 400, handler=SLOW_HANDLER, batch_size=20, workers=2)
+    root = tmp_path / "root"
+    env = {"CALLS_FILE": str(calls)}
+    proc = popen(root, "submit", str(config), env=env)
+    wait_for(lambda: len(_calls(calls)) >= 50, what="progress")
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    first = popen(root, "resume", "t1", "--no-progress", env=env)
+    second = popen(root, "resume", "t1", "--no-progress", env=env)
+    out1, err1 = first.communicate(timeout=120)
+    out2, err2 = second.communicate(timeout=120)
+    assert first.returncode == second.returncode == 0, err1 + err2
+    outs = sorted([out1, out2], key=lambda o: "being resumed" in o)
+    assert "COMPLETED: 400 succeeded" in outs[0]
+    assert "being resumed by another slurmctl process" in outs[1]
+    assert_exactly_once(root, "t1", 400)

@@ -10,9 +10,10 @@ import click
 
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import print_outcome, run_job
-from slurmctl.errors import JobStateError
+from slurmctl.coordinator.submit import submit
+from slurmctl.errors import JobBusy, JobStateError
 from slurmctl.finalize.finalize import finalize
-from slurmctl.jobs import append_history, get_job
+from slurmctl.jobs import append_history, get_job, load_definition
 
 
 @cli.command("pause")
@@ -32,19 +33,20 @@ def pause_cmd(env: Env, job_id: str) -> None:
 @cli.command("resume")
 @click.argument("job_id")
 @click.option("--no-progress", is_flag=True)
+@click.option(
+    "--follow", is_flag=True, help="Wait for the end of a Slurm job (local always waits)."
+)
 @pass_env
-def resume_cmd(env: Env, job_id: str, no_progress: bool) -> None:
+def resume_cmd(env: Env, job_id: str, no_progress: bool, follow: bool) -> None:
     """Make the job progress again: lift a pause, restart what died, finish what remains."""
     job = get_job(env.backend, job_id)
     if job.status.terminal and job.status.value == "COMPLETED":
         click.echo(f"job {job_id} is COMPLETED: nothing to resume")
         print_outcome(env, job_id)
         return
-    if not job.submitted:
-        raise JobStateError(
-            f"job {job_id} was not fully submitted; run `slurmctl submit` with its job "
-            "definition again to carry on"
-        )
+    if not job.submitted:  # submit died half way: its definition was stored first
+        click.echo(f"job {job_id} was not fully submitted: carrying on with the submission")
+        submit(env.backend, load_definition(env.backend, job_id), job_id=job_id)
     if job.paused:
         env.backend.state.update_job(job_id, {"paused": False, "updated_at": time.time()})
         env.backend.state.set_buckets_paused(job_id, False)
@@ -52,14 +54,23 @@ def resume_cmd(env: Env, job_id: str, no_progress: bool) -> None:
         click.echo(f"job {job_id}: pause lifted")
     holder_free = env.backend.state.acquire_job_lease(job_id, "probe", 0.0, time.time())
     if not holder_free:
-        click.echo(f"job {job_id} is being run by another slurmctl process; it carries on there")
+        click.echo(
+            f"job {job_id} is being resumed by another slurmctl process; it carries on there"
+        )
         return
     env.backend.state.release_job_lease(job_id, "probe")
     if job.status.value in ("FAILED", "CANCELLED"):
         env.backend.state.update_job(job_id, {"status": "RUNNING", "error": None})
     append_history(env.backend, job_id, "resume")
-    run_job(env, job_id, progress=not no_progress)
-    sys.exit(print_outcome(env, job_id))
+    try:
+        status = run_job(env, job_id, progress=not no_progress, follow=follow)
+    except JobBusy:
+        click.echo(
+            f"job {job_id} is being resumed by another slurmctl process; it carries on there"
+        )
+        return
+    if status.terminal:
+        sys.exit(print_outcome(env, job_id))
 
 
 @cli.command("aggregate")

@@ -143,8 +143,10 @@ def submit(
     *,
     progress: Callable[[int], None] | None = None,
     input_size: Callable[[int], None] | None = None,
+    job_id: str | None = None,
 ) -> Submitted:
-    job_id = definition.effective_job_id()
+    """job_id: the id of a job whose submission is carried on (resume), else the definition's."""
+    job_id = job_id or definition.effective_job_id()
     load_handler(definition.handler, definition.config_dir)
     path = _local_input(definition)
     try:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from slurmctl.backends import Backend
-from slurmctl.errors import JobStateError
+from slurmctl.errors import JobBusy
 from slurmctl.executors.base import Executor
 from slurmctl.finalize.finalize import finalize
 from slurmctl.jobs import append_history, get_job
@@ -87,7 +87,7 @@ class LocalExecutor(Executor):
     def run(self, job_id: str) -> JobStatus:
         state = self.backend.state
         if not state.acquire_job_lease(job_id, self.holder, LEASE_TTL_S, time.time()):
-            raise JobStateError(
+            raise JobBusy(
                 f"job {job_id} is being run by another slurmctl process; `slurmctl status "
                 f"{job_id}` follows it"
             )
