@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -144,44 +145,126 @@ def machine() -> dict[str, Any]:
     }
 
 
-def busy_processes(sample_s: float = 0.5, top: int = 5) -> list[str]:
-    """Other processes using CPU right now (not this benchmark): 'name pid cpu%'."""
-    try:
-        import psutil
-    except ImportError:
-        return []
-    me = os.getpid()
-    procs = []
-    for p in psutil.process_iter(["pid", "name"]):
-        if p.info["pid"] == me:
-            continue
+def _describe(info: dict[str, Any]) -> str:
+    args = info.get("cmdline") or []
+    if not args:
+        return f"kernel {info.get('name')}"
+    return " ".join([Path(args[0]).name, *args[1:4]])[:60]
+
+
+class Monitor:
+    """What else runs while a figure is measured: samples every process outside this benchmark's
+    own process tree once a second (psutil) and the load average (what `uptime` shows).
+
+        with Monitor() as mon:
+            ...
+        mon.summary  # {"loadavg_before", "loadavg_after", "others_cpu_mean_pct", ...}
+    """
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self.summary: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._procs: dict[int, Any] = {}
+        self._totals: Counter[str] = Counter()
+        self._others: list[float] = []
+        self._kernel: list[float] = []
+
+    def __enter__(self) -> Monitor:
+        self.summary["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        ticks = max(len(self._others), 1)
+        self.summary.update(
+            loadavg_after=[round(x, 2) for x in os.getloadavg()],
+            samples=len(self._others),
+            others_cpu_mean_pct=round(sum(self._others) / ticks, 1),
+            others_cpu_max_pct=round(max(self._others, default=0.0), 1),
+            kernel_cpu_mean_pct=round(sum(self._kernel) / ticks, 1),
+            top=[
+                f"[{what}] {total / ticks:.0f}%"
+                for what, total in self._totals.most_common(4)
+                if total / ticks >= 2
+            ],
+        )
+
+    def _mine(self, psutil: Any) -> set[int]:
         try:
-            p.cpu_percent(None)
-            procs.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    time.sleep(sample_s)
-    busy: list[tuple[float, str]] = []
-    for p in procs:
+            me = psutil.Process()
+            return {me.pid, *(c.pid for c in me.children(recursive=True))}
+        except psutil.Error:
+            return {os.getpid()}
+
+    def _run(self) -> None:
         try:
-            pct = p.cpu_percent(None)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if pct >= 5.0:
-            busy.append((pct, f"{p.info['name']} {p.info['pid']} {pct:.0f}%"))
-    return [text for _, text in sorted(busy, reverse=True)[:top]]
+            import psutil
+        except ImportError:
+            return
+        self._sample(psutil, prime=True)
+        while True:
+            stopped = self._stop.wait(self.interval_s)
+            self._sample(psutil, prime=False)  # a last one at the end: short runs get one too
+            if stopped:
+                return
+
+    def _sample(self, psutil: Any, *, prime: bool) -> None:
+        """CPU % of each process since the previous sample (psutil's cpu_percent(None))."""
+        mine = self._mine(psutil)
+        others = kernel = 0.0
+        seen: set[int] = set()
+        for p in psutil.process_iter(["pid", "name", "cmdline"]):
+            pid = p.info["pid"]
+            seen.add(pid)
+            proc = self._procs.setdefault(pid, p)
+            try:
+                pct = proc.cpu_percent(None)
+            except psutil.Error:
+                continue
+            if pid in mine or prime:
+                continue
+            what = _describe(p.info)
+            if what.startswith("kernel "):
+                kernel += pct
+            else:
+                others += pct
+                self._totals[what] += pct
+        for pid in set(self._procs) - seen:
+            del self._procs[pid]
+        if not prime:
+            self._others.append(others)
+            self._kernel.append(kernel)
+
+    @staticmethod
+    def describe(m: dict[str, Any]) -> str:
+        la, lb = m.get("loadavg_before", [0, 0, 0]), m.get("loadavg_after", [0, 0, 0])
+        top = ", ".join(m.get("top", [])) or "nothing over 2%"
+        return (
+            f"load {la[0]:.2f} -> {lb[0]:.2f} (1 min); other processes used "
+            f"{m.get('others_cpu_mean_pct', 0):.0f}% CPU on average (max "
+            f"{m.get('others_cpu_max_pct', 0):.0f}%, of {100 * (os.cpu_count() or 1)}%), "
+            "kernel threads "
+            f"{m.get('kernel_cpu_mean_pct', 0):.0f}%; busiest: {top}"
+        )
 
 
 def load() -> dict[str, Any]:
-    """What `uptime` shows, and who else is busy: reported beside every figure."""
-    one, five, fifteen = os.getloadavg()
-    return {"loadavg": [round(one, 2), round(five, 2), round(fifteen, 2)], "busy": busy_processes()}
+    """A snapshot: the load average and the processes busy over the next half second."""
+    with Monitor(interval_s=0.5) as mon:
+        time.sleep(0.5)
+    return {
+        "loadavg": mon.summary["loadavg_before"],
+        "busy": mon.summary["top"],
+        **mon.summary,
+    }
 
 
 def load_text(snapshot: dict[str, Any]) -> str:
-    la = snapshot["loadavg"]
-    busy = ", ".join(snapshot["busy"]) or "none over 5%"
-    return f"load {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}; other busy processes: {busy}"
+    return Monitor.describe(snapshot)
 
 
 # --- numbers --------------------------------------------------------------------------------
@@ -208,7 +291,8 @@ def fmt_rate(value: float) -> str:
 
 
 def fmt_ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
+    ms = seconds * 1000
+    return f"{ms:.3f} ms" if ms < 10 else f"{ms:.1f} ms"
 
 
 def save(name: str, result: dict[str, Any]) -> Path:
@@ -267,6 +351,7 @@ def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
     by_role: Counter[str] = Counter()
     own: Counter[tuple[str, str]] = Counter()
     total: Counter[tuple[str, str]] = Counter()
+    ours_line: Counter[tuple[str, str]] = Counter()
     samples = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -275,7 +360,7 @@ def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
         count = int(count_text)
         frames = stack.split(";")
         role = "other"
-        if frames and frames[0].startswith("process "):
+        while frames and frames[0].startswith("process "):  # parent, then child, ...
             cmdline = frames.pop(0)
             role = "worker" if " worker " in cmdline else "cli"
             if "bench/" in cmdline:
@@ -286,6 +371,11 @@ def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
             continue
         func, where = _frame_parts(frames[-1])
         own[(f"{role}: {func}", _short(where))] += count
+        for frame in reversed(frames):
+            func, where = _frame_parts(frame)
+            if _short(where).startswith("slurmctl/"):
+                ours_line[(f"{role}: {func}", _short(where))] += count
+                break
         seen: set[tuple[str, str]] = set()
         for frame in frames:
             func, where = _frame_parts(frame)
@@ -305,12 +395,15 @@ def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
         "samples": samples,
         "by_process": {k: round(v / max(samples, 1), 4) for k, v in by_role.most_common()},
         "own": rows(own),
+        "slurmctl_line": rows(ours_line),
         "total": rows(
             Counter(
                 {
                     k: v
                     for k, v in total.items()
-                    if "<frozen" not in k[1] and not k[0].endswith("<module>")
+                    if "<frozen" not in k[1]
+                    and not k[1].startswith("click/")
+                    and not k[0].endswith(("<module>", ": main"))
                 }
             )
         ),
@@ -323,6 +416,9 @@ def print_profile(summary: dict[str, Any], path: Path) -> None:
     print(f"   time by process: {shares}")
     print("   own time (the line on top of the stack):")
     for row in summary["own"]:
+        print(f"     {row['share']:6.1%}  {row['function']}  {row['where']}")
+    print("   by the innermost slurmctl line on the stack (where our code spends it):")
+    for row in summary["slurmctl_line"]:
         print(f"     {row['share']:6.1%}  {row['function']}  {row['where']}")
     print("   total time (function anywhere on the stack):")
     for row in summary["total"]:

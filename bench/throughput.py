@@ -250,7 +250,7 @@ def main() -> None:
         size = common.write_items(input_path, args.items)
         print(f"   input {input_path} ({size / 1e6:.1f} MB)")
         for r in range(args.repeat):
-            run: dict[str, Any] = {"load_before": common.load()}
+            run: dict[str, Any] = {}
             folder = work / f"job-{r}"
             folder.mkdir()
             os.link(input_path, folder / "input.jsonl")
@@ -258,21 +258,24 @@ def main() -> None:
                 folder, job_id=JOB_ID, batch_size=args.batch_size, workers=args.workers
             )
             common.warm(input_path)
-            run["slurmctl"] = s = run_slurmctl(folder, args.items)
+            with common.Monitor() as mon:
+                run["slurmctl"] = s = run_slurmctl(folder, args.items)
+            s["machine_load"] = mon.summary
             if s["rows"] != args.items:
                 raise SystemExit(f"slurmctl wrote {s['rows']} rows, expected {args.items}")
             s["items_per_s"] = args.items / s["wall_s"]
             shutil.rmtree(folder / "root", ignore_errors=True)
             if not args.no_baseline:
                 common.warm(input_path)
-                run["baseline"] = b = run_baseline(
-                    input_path, work / f"baseline-{r}", args.batch_size, args.workers
-                )
+                with common.Monitor() as mon:
+                    run["baseline"] = b = run_baseline(
+                        input_path, work / f"baseline-{r}", args.batch_size, args.workers
+                    )
+                b["machine_load"] = mon.summary
                 if b["rows"] != args.items:
                     raise SystemExit(f"the baseline wrote {b['rows']} rows, expected {args.items}")
                 b["items_per_s"] = args.items / b["wall_s"]
                 shutil.rmtree(work / f"baseline-{r}", ignore_errors=True)
-            run["load_after"] = common.load()
             result["runs"].append(run)
             report(run, args.items)
         if args.profile:
@@ -310,6 +313,7 @@ def report(run: dict[str, Any], items: int) -> None:
         f"   slurmctl  {s['wall_s']:7.2f} s  {common.fmt_rate(s['items_per_s']):>9} items/s  "
         f"cpu {s['cpu_s']:.1f} s  rows {s['rows']:,}"
     )
+    print(f"     meanwhile: {common.Monitor.describe(s['machine_load'])}")
     print(
         f"     split: submit (start-up + batching) {sec(ph['submit_s'])}, running (workers) "
         f"{sec(ph['running_s'])}, finalize (failure manifest + aggregation) "
@@ -326,9 +330,8 @@ def report(run: dict[str, Any], items: int) -> None:
             f"cpu {b['cpu_s']:.1f} s  rows {b['rows']:,}  (pool {b['batches_s']:.2f} s, "
             f"concat {b['concat_s']:.2f} s)"
         )
+        print(f"     meanwhile: {common.Monitor.describe(b['machine_load'])}")
         print(f"   ratio slurmctl/baseline {s['items_per_s'] / b['items_per_s']:.2f}")
-    print(f"   before: {common.load_text(run['load_before'])}")
-    print(f"   after:  {common.load_text(run['load_after'])}")
 
 
 def profile(work: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -80,3 +80,30 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
+
+
+def local_holder() -> str:
+    """The job-lease holder name of this process (host and pid: a dead one is recognisable)."""
+    return f"local-{socket.gethostname()}-{os.getpid()}"
+
+
+def live_lease_holder(backend: Backend, job_id: str) -> str | None:
+    """Who holds the job-level lease, or None if nobody does or the holder is dead.
+
+    A holder on this host whose process is gone (killed, crashed) cannot renew its lease: its
+    lease is released at once rather than make `resume` wait for the expiry.
+    """
+    lease = backend.state.job_lease(job_id)
+    if lease is None or lease[1] <= time.time():
+        return None
+    holder = lease[0]
+    prefix = f"local-{socket.gethostname()}-"
+    if holder.startswith(prefix) and holder != local_holder():
+        try:
+            os.kill(int(holder.removeprefix(prefix)), 0)
+        except ProcessLookupError:
+            backend.state.release_job_lease(job_id, holder)
+            return None
+        except (PermissionError, ValueError):
+            pass
+    return holder

@@ -45,7 +45,7 @@ def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
         {"name": b.name, "tokens_per_sec": b.rate, "burst": b.burst, "paused": b.paused}
         for b in backend.state.list_buckets(job_id)
     ]
-    return {
+    out: dict[str, Any] = {
         "job_id": job.job_id,
         "status": str(shown_status(job)),
         "phase": job.phase,
@@ -63,3 +63,8 @@ def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
         "created_at": job.created_at,
         "updated_at": job.updated_at,
     }
+    if job.executor == "slurm":  # ids from the manifest, workers from one squeue call
+        from slurmctl.executors.slurm import slurm_summary
+
+        out["slurm"] = slurm_summary(backend, job_id)
+    return out

@@ -165,6 +165,10 @@ class StateStore(ABC):
     @abstractmethod
     def release_job_lease(self, job_id: str, holder: str) -> None: ...
 
+    @abstractmethod
+    def job_lease(self, job_id: str) -> tuple[str, float] | None:
+        """(holder, expiry) of the job-level lease, if any: to recognise a dead holder."""
+
     # --- tasks ------------------------------------------------------------------------------
     @abstractmethod
     def put_tasks(self, tasks: Sequence[TaskRecord]) -> int:

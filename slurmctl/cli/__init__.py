@@ -116,7 +116,7 @@ cli.command_class = JobCommand
 
 
 def main() -> None:
-    from slurmctl.cli import control, inspect, retry, slurm, submit  # noqa: F401 - registers commands
+    from slurmctl.cli import clean, control, inspect, retry, slurm, submit  # noqa: F401
 
     try:
         cli.main(standalone_mode=False, prog_name="slurmctl")

@@ -13,7 +13,7 @@ from slurmctl.cli.run import print_outcome, run_job
 from slurmctl.coordinator.submit import submit
 from slurmctl.errors import JobBusy, JobStateError
 from slurmctl.finalize.finalize import finalize
-from slurmctl.jobs import append_history, get_job, load_definition
+from slurmctl.jobs import append_history, get_job, live_lease_holder, load_definition
 
 
 @cli.command("pause")
@@ -52,13 +52,11 @@ def resume_cmd(env: Env, job_id: str, no_progress: bool, follow: bool) -> None:
         env.backend.state.set_buckets_paused(job_id, False)
         append_history(env.backend, job_id, "resume", lifted="pause")
         click.echo(f"job {job_id}: pause lifted")
-    holder_free = env.backend.state.acquire_job_lease(job_id, "probe", 0.0, time.time())
-    if not holder_free:
+    if live_lease_holder(env.backend, job_id) is not None:
         click.echo(
             f"job {job_id} is being resumed by another slurmctl process; it carries on there"
         )
         return
-    env.backend.state.release_job_lease(job_id, "probe")
     if job.status.value in ("FAILED", "CANCELLED"):
         env.backend.state.update_job(job_id, {"status": "RUNNING", "error": None})
     append_history(env.backend, job_id, "resume")

@@ -32,6 +32,12 @@ def _status_table(s: dict[str, Any]) -> Table:
         table.add_row(
             f"rate limit {b['name']}", f"{b['tokens_per_sec']:g}/s burst {b['burst']}{paused}"
         )
+    if "slurm" in s:
+        sl = s["slurm"]
+        table.add_row("slurm jobs", ", ".join(sl["job_ids"]) or "none")
+        table.add_row(
+            "slurm workers", f"{sl['workers_running']} running, {sl['workers_queued']} queued"
+        )
     for out in s["outputs"]:
         table.add_row("output", f"{out['path']} ({out['rows']} rows)")
     if s["error"]:

@@ -44,8 +44,14 @@ def items_bar(enabled: bool, label: str) -> Iterator[Any]:
         yield update
 
 
-def run_job(env: Env, job_id: str, *, progress: bool = True) -> JobStatus:
+def run_job(env: Env, job_id: str, *, progress: bool = True, follow: bool = True) -> JobStatus:
+    """Make the job progress. Local: in the foreground to the end. Slurm: queue workers and
+    finalize, then return (a non-terminal status) unless follow."""
     job = get_job(env.backend, job_id)
+    if job.executor == "slurm":
+        from slurmctl.cli.slurm import run_slurm
+
+        return run_slurm(env, job_id, progress=progress, follow=follow)
     if job.executor != "local":
         raise UserError(f"job {job_id}: executor {job.executor!r} is not available in this version")
     with items_bar(progress, job_id) as update:

@@ -5,9 +5,7 @@ from starting a second set of workers."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,14 +17,14 @@ from slurmctl.backends import Backend
 from slurmctl.errors import JobBusy
 from slurmctl.executors.base import Executor
 from slurmctl.finalize.finalize import finalize
-from slurmctl.jobs import append_history, get_job
+from slurmctl.jobs import append_history, get_job, live_lease_holder, local_holder
 from slurmctl.states import JobStatus
 
 log = logging.getLogger("slurmctl.executor")
 
 LEASE_TTL_S = 30.0
 POLL_S = 0.25
-MAX_FRUITLESS_RUNS = 3
+MAX_FRUITLESS_RUNS = 5
 STOP_GRACE_S = 60.0
 
 Progress = Callable[[dict[str, int]], None]
@@ -47,7 +45,7 @@ class LocalExecutor(Executor):
         self.root = root
         self.progress = progress
         self.worker_args = list(worker_args or [])
-        self.holder = f"local-{socket.gethostname()}-{os.getpid()}"
+        self.holder = local_holder()
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def log_dir(self, job_id: str) -> Path:
@@ -86,6 +84,7 @@ class LocalExecutor(Executor):
 
     def run(self, job_id: str) -> JobStatus:
         state = self.backend.state
+        live_lease_holder(self.backend, job_id)  # frees the lease of a dead holder
         if not state.acquire_job_lease(job_id, self.holder, LEASE_TTL_S, time.time()):
             raise JobBusy(
                 f"job {job_id} is being run by another slurmctl process; `slurmctl status "

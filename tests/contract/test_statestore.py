@@ -149,7 +149,9 @@ def test_job_lease(backend: Backend) -> None:
     assert backend.state.acquire_job_lease("j", "r2", 30, now=40.0)  # expired
     backend.state.release_job_lease("j", "r1")  # not the holder: no effect
     assert not backend.state.acquire_job_lease("j", "r3", 30, now=41.0)
+    assert backend.state.job_lease("j") == ("r2", 70.0)
     backend.state.release_job_lease("j", "r2")
+    assert backend.state.job_lease("j") is None
     assert backend.state.acquire_job_lease("j", "r3", 30, now=41.0)
 
 

@@ -157,6 +157,12 @@ class DynamoStateStore(RateBuckets, StateStore):
             ExpressionAttributeValues={":h": {"S": holder}, ":now": encode(float(now))},
         )
 
+    def job_lease(self, job_id: str) -> tuple[str, float] | None:
+        item = self.t.get(key(job_pk(job_id), "LEASE"))
+        if item is None:
+            return None
+        return str(decode(item["holder"])), float(decode(item["expires"], "float"))
+
     def release_job_lease(self, job_id: str, holder: str) -> None:
         self.t.conditional(
             "delete_item",

@@ -149,6 +149,14 @@ class SQLiteStateStore(StateStore):
             )
             return True
 
+    def job_lease(self, job_id: str) -> tuple[str, float] | None:
+        row = (
+            self.db.conn()
+            .execute("SELECT holder, expires FROM job_leases WHERE job_id = ?", (job_id,))
+            .fetchone()
+        )
+        return (str(row["holder"]), float(row["expires"])) if row else None
+
     def release_job_lease(self, job_id: str, holder: str) -> None:
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM job_leases WHERE job_id = ? AND holder = ?", (job_id, holder))

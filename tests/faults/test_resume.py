@@ -99,3 +99,35 @@ def test_two_resumes_at_once_one_acts(tmp_path: Path) -> None:
     assert "COMPLETED: 400 succeeded" in outs[0]
     assert "being resumed by another slurmctl process" in outs[1]
     assert_exactly_once(root, "t1", 400)
+
+
+def test_clean_scratch_then_everything(tmp_path: Path) -> None:
+    config = make_job(tmp_path / "job", 100, batch_size=10, workers=1)
+    root = tmp_path / "root"
+    assert cli(root, "submit", str(config), "--no-progress").returncode == 0
+    stale = tmp_path / "job" / "scratch" / "job_t1" / "task_task-000001"
+    stale.mkdir(parents=True)
+    asked = cli(root, "clean", "t1")  # no terminal to answer: it refuses rather than guess
+    assert asked.returncode != 0 and stale.exists()
+    scratch = cli(root, "clean", "t1", "--yes")
+    assert scratch.returncode == 0, scratch.stderr
+    assert not stale.parent.exists()
+    assert status(root, "t1")["status"] == "COMPLETED", "the job itself is kept"
+    gone = cli(root, "clean", "t1", "--everything", "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(cli(root, "list", "--json").stdout) == []
+    assert not (root / "objects" / "jobs" / "t1").exists()
+    assert cli(root, "status", "t1").returncode == 2
+
+
+def test_clean_refuses_a_running_job(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.txt"
+    config = make_job(tmp_path / "job", 300, handler=SLOW_HANDLER, batch_size=20, workers=1)
+    root = tmp_path / "root"
+    proc = popen(root, "submit", str(config), env={"CALLS_FILE": str(calls)})
+    wait_for(lambda: len(_calls(calls)) >= 10, what="progress")
+    refused = cli(root, "clean", "t1", "--everything", "--yes")
+    assert refused.returncode == 2 and "is running" in refused.stderr
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_exactly_once(root, "t1", 300)

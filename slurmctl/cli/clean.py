@@ -1,0 +1,56 @@
+"""`slurmctl clean`: remove a finished or stopped job's scratch folders, and with
+`--everything` its objects, records, queue and logs."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from slurmctl.cli import Env, cli, pass_env
+from slurmctl.coordinator.submit import discard
+from slurmctl.errors import JobStateError
+from slurmctl.jobs import get_job, live_lease_holder, load_definition
+from slurmctl.states import TaskStatus
+
+
+def _running(env: Env, job_id: str) -> str | None:
+    """Why the job counts as running: someone holds its lease, or a task lease is live."""
+    state = env.backend.state
+    holder = live_lease_holder(env.backend, job_id)
+    if holder is not None:
+        return f"{holder} is running it"
+    now = time.time()
+    for task in state.unfinished_tasks(job_id):
+        if task.status == TaskStatus.RUNNING and (task.lease_expires or 0) > now:
+            return f"{task.task_id} is held by worker {task.worker_id}"
+    return None
+
+
+@cli.command("clean")
+@click.argument("job_id")
+@click.option("--everything", is_flag=True, help="Also its objects, records, queue and logs.")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@pass_env
+def clean_cmd(env: Env, job_id: str, everything: bool, yes: bool) -> None:
+    """Remove the job's scratch folders on this node (and, with --everything, the job)."""
+    get_job(env.backend, job_id)
+    why = _running(env, job_id)
+    if why:
+        raise JobStateError(f"job {job_id} is running ({why}); `slurmctl pause` or wait first")
+    definition = load_definition(env.backend, job_id)
+    scratch = Path(definition.scratch or tempfile.gettempdir()) / f"job_{job_id}"
+    what = f"scratch {scratch}" + (
+        ", and every object, record and log of the job" if everything else ""
+    )
+    if not yes:
+        click.confirm(f"remove {what}?", abort=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    if everything:
+        discard(env.backend, job_id)
+        env.registry.remove(job_id)
+        shutil.rmtree(env.root / "logs" / job_id, ignore_errors=True)
+    click.echo(f"job {job_id}: removed {what}")

@@ -1,0 +1,235 @@
+"""The Slurm commands the executor runs (sbatch, squeue, sacct, scancel, scontrol), parsed.
+
+Real commands, never a library binding: what works from a login shell works here. sacct is
+optional (clusters without accounting storage refuse it): squeue and the state store suffice,
+so its absence is logged once at debug level and never again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from slurmctl.errors import SlurmctlError, UserError
+from slurmctl.executors.slurm.states import SlurmState, parse_state
+
+log = logging.getLogger("slurmctl.slurm")
+
+COMMAND_TIMEOUT_S = 60.0
+RETRIES = 3
+TRANSIENT = (
+    "Unable to contact slurm controller",
+    "Socket timed out",
+    "Zero Bytes were transmitted",
+)
+
+
+class SlurmCommandError(SlurmctlError):
+    """A Slurm command failed for a reason that is not the job definition's (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class Element:
+    """One Slurm job, or one element of an array (`<array>_<index>`), as squeue/sacct see it."""
+
+    element_id: str
+    state: SlurmState
+    reason: str = ""
+    exit_code: int | None = None
+    """The script's exit status (143: a worker stopped at a checkpoint); None when unknown."""
+
+    @property
+    def job_id(self) -> str:
+        """The array (or plain job) id the element belongs to."""
+        return self.element_id.split("_", 1)[0]
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    nodes: int
+    default: bool
+
+
+class SlurmClient:
+    """One per process: caches MaxArraySize and whether sacct works."""
+
+    def __init__(self) -> None:
+        self._max_array: int | None = None
+        self._sacct_ok: bool | None = None
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def run(self, args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a Slurm command; retry while the controller cannot be reached."""
+        for attempt in range(RETRIES):
+            try:
+                out = subprocess.run(
+                    list(args),
+                    capture_output=True,
+                    text=True,
+                    timeout=COMMAND_TIMEOUT_S,
+                    check=False,
+                    stdin=subprocess.DEVNULL,
+                )
+            except FileNotFoundError:
+                raise UserError(
+                    f"{args[0]}: command not found; executor: slurm runs where Slurm's commands "
+                    "are (a login node)"
+                ) from None
+            except subprocess.TimeoutExpired:
+                out = subprocess.CompletedProcess(list(args), 1, "", "Socket timed out (local)")
+            if out.returncode == 0 or not any(t in out.stderr for t in TRANSIENT):
+                break
+            if attempt + 1 < RETRIES:
+                log.warning("%s: %s; retrying", args[0], _first_line(out.stderr))
+                time.sleep(2.0**attempt)
+        if check and out.returncode != 0:
+            raise SlurmCommandError(
+                f"{' '.join(args[:2])}: {_first_line(out.stderr) or f'exit {out.returncode}'}"
+            )
+        return out
+
+    # --- submission ---------------------------------------------------------------------------
+    def sbatch(self, args: Sequence[str], script: Path) -> str:
+        """Submit; returns the job id (`--parsable` prints `id` or `id;cluster`)."""
+        out = self.run(["sbatch", "--parsable", *args, str(script)], check=False)
+        if out.returncode != 0:
+            raise SlurmCommandError(f"sbatch failed: {sbatch_error(out.stderr)}")
+        job_id = out.stdout.strip().split(";", 1)[0]
+        if not job_id.isdigit():
+            raise SlurmCommandError(f"sbatch printed {out.stdout.strip()!r}, expected a job id")
+        return job_id
+
+    def test_only(self, args: Sequence[str]) -> str | None:
+        """`sbatch --test-only`: Slurm's own check of the options, nothing queued. None if ok,
+        else sbatch's reason."""
+        out = self.run(["sbatch", "--test-only", *args, "--wrap=true"], check=False)
+        return None if out.returncode == 0 else sbatch_error(out.stderr)
+
+    def scancel(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.run(["scancel", *ids], check=False)
+
+    # --- cluster facts ------------------------------------------------------------------------
+    def max_array_size(self) -> int:
+        """MaxArraySize from `scontrol show config` (read once): indexes go up to it minus one."""
+        if self._max_array is None:
+            out = self.run(["scontrol", "show", "config"])
+            m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.M)
+            self._max_array = int(m.group(1)) if m else 1001
+        return self._max_array
+
+    def partitions(self) -> list[Partition]:
+        out = self.run(["scontrol", "show", "partition", "-o"])
+        parts = []
+        for line in out.stdout.splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if "PartitionName" in fields:
+                parts.append(
+                    Partition(
+                        fields["PartitionName"],
+                        int(fields.get("TotalNodes", "0") or 0),
+                        fields.get("Default") == "YES",
+                    )
+                )
+        return parts
+
+    # --- states -------------------------------------------------------------------------------
+    def elements(self, ids: Sequence[str]) -> list[Element]:
+        """Every element of the given jobs/arrays that Slurm still knows, any state.
+
+        squeue keeps finished jobs for MinJobAge; sacct (when accounting works) is asked about
+        the ids squeue has forgotten. An id neither knows is simply absent: gone.
+        """
+        if not ids:
+            return []
+        out = self.run(
+            [
+                "squeue",
+                "-h",
+                "-r",
+                "-t",
+                "all",
+                "-j",
+                ",".join(ids),
+                "-O",
+                "JobArrayID:|,State:|,Reason:|,exit_code:|",
+            ],
+            check=False,
+        )
+        if out.returncode != 0 and "Invalid job id" not in out.stderr:
+            raise SlurmCommandError(f"squeue: {_first_line(out.stderr)}")
+        found = [_squeue_line(line) for line in out.stdout.splitlines() if line.count("|") >= 3]
+        known = {e.job_id for e in found}
+        missing = [i for i in ids if i not in known]
+        return found + (self._sacct(missing) if missing else [])
+
+    def _sacct(self, ids: Sequence[str]) -> list[Element]:
+        if self._sacct_ok is False:
+            return []
+        out = self.run(
+            ["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,ExitCode"],
+            check=False,
+        )
+        if out.returncode != 0:
+            self._sacct_ok = False
+            log.debug("sacct unavailable (%s): using squeue only", _first_line(out.stderr))
+            return []
+        self._sacct_ok = True
+        found = []
+        for line in out.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) >= 3:
+                code = parts[2].split(":", 1)[0]
+                found.append(
+                    Element(
+                        parts[0], parse_state(parts[1]), "", int(code) if code.isdigit() else None
+                    )
+                )
+        return found
+
+
+def _squeue_line(line: str) -> Element:
+    element, state, reason, code = line.split("|")[:4]
+    status = int(code) if code.strip().isdigit() else None
+    # squeue prints the raw wait status: exit code << 8, or the killing signal (as 128 + signal,
+    # the shell's way)
+    exit_code = None
+    if status is not None:
+        exit_code = status >> 8 if status & 0x7F == 0 else 128 + (status & 0x7F)
+    return Element(element.strip(), parse_state(state), reason.strip(), exit_code)
+
+
+def sbatch_error(stderr: str) -> str:
+    """sbatch's own reason: `sbatch: error: invalid partition specified: nope` gives the text
+    after the last `error: `."""
+    lines = [ln for ln in stderr.splitlines() if "error" in ln.lower()] or stderr.splitlines()
+    text = lines[0] if lines else "no error message"
+    return text.rsplit("error: ", 1)[-1].strip()
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+
+
+def time_limit_s(text: str | None) -> int | None:
+    """A Slurm time (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in seconds; None when
+    unlimited or unset."""
+    if not text or text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:
+        parts += [0] * (3 - len(parts))
+        h, m, s = parts
+        return ((int(days) * 24 + h) * 60 + m) * 60 + s
+    if len(parts) == 1:
+        return parts[0] * 60
+    if len(parts) == 2:
+        return parts[0] * 60 + parts[1]
+    return (parts[0] * 60 + parts[1]) * 60 + parts[2]

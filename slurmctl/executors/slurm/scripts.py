@@ -1,0 +1,185 @@
+"""The batch scripts and sbatch arguments, as pure functions of the job (golden-file tested).
+
+Options go on sbatch's command line (an argv, so no quoting trouble); the scripts only set up
+the environment and `exec` slurmctl, so signals reach Python.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from slurmctl.config import SlurmOptions
+from slurmctl.executors.slurm.sbatch import time_limit_s
+
+SIGNAL_LEAD_S = 120
+"""USR1 this long before the time limit (`--signal=B:USR1@120`): time to checkpoint."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where and how the batch scripts run slurmctl: the submitter's own Python and folders."""
+
+    root: Path
+    """The absolute state root (`--root`)."""
+    cwd: Path
+    python: str
+    """The interpreter that runs slurmctl here (a venv's bin/python, not resolved)."""
+    venv: str | None
+    backend_url: str | None = None
+    """`--backend` for the workers and finalize when the job's backend is not the embedded one
+    under root."""
+
+    @classmethod
+    def here(cls, root: Path, backend_url: str | None = None) -> Launch:
+        venv = sys.prefix if sys.prefix != sys.base_prefix else None
+        return cls(root.absolute(), Path.cwd(), sys.executable, venv, backend_url)
+
+
+def render(name: str, launch: Launch, job_id: str) -> str:
+    """The batch script `name` (worker.sbatch or finalize.sbatch) for this job."""
+    text = resources.files(__package__).joinpath("templates", name).read_text()
+    env = [f"export SLURMCTL_HOME={shlex.quote(str(launch.root))}"]
+    if launch.venv:
+        env.append(f"export VIRTUAL_ENV={shlex.quote(launch.venv)}")
+        env.append(f'export PATH={shlex.quote(launch.venv + "/bin")}:"$PATH"')
+    values = {
+        "job_id": shlex.quote(job_id),
+        "cwd": shlex.quote(str(launch.cwd)),
+        "root": shlex.quote(str(launch.root)),
+        "backend": f" --backend {shlex.quote(launch.backend_url)}" if launch.backend_url else "",
+        "python": shlex.quote(launch.python),
+        "environment": "\n".join(env),
+    }
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], text)
+
+
+def signal_lead_s(options: SlurmOptions) -> int:
+    """120 s, or half a shorter time limit: a worker told to stop at once would do nothing."""
+    limit = time_limit_s(options.time)
+    if limit is None or limit >= 2 * SIGNAL_LEAD_S:
+        return SIGNAL_LEAD_S
+    return max(limit // 2, 10)
+
+
+def resource_args(options: SlurmOptions, *, gres: bool = True) -> list[str]:
+    """The job definition's options, as sbatch spells them."""
+    args = []
+    for flag, value in (
+        ("--partition", options.partition),
+        ("--account", options.account),
+        ("--qos", options.qos),
+        ("--time", options.time),
+        ("--cpus-per-task", options.cpus_per_task),
+        ("--mem", options.mem),
+        ("--gres", options.gres if gres else None),
+    ):
+        if value is not None:
+            args.append(f"{flag}={value}")
+    return args + list(options.extra_args)
+
+
+def worker_args(
+    options: SlurmOptions,
+    job_id: str,
+    logs: Path,
+    size: int,
+    parallelism: int | None,
+    begin_s: int | None = None,
+) -> list[str]:
+    """sbatch arguments for one array of `size` workers."""
+    array = f"0-{size - 1}" + (f"%{parallelism}" if parallelism else "")
+    args = [
+        f"--array={array}",
+        f"--job-name=slurmctl-{job_id}",
+        f"--output={logs}/worker-%A_%a.log",
+        "--open-mode=append",
+        f"--signal=B:USR1@{signal_lead_s(options)}",
+        "--requeue",
+    ]
+    if begin_s:
+        args.append(f"--begin=now+{begin_s}")
+    return args + resource_args(options)
+
+
+def finalize_args(options: SlurmOptions, job_id: str, logs: Path, after: list[str]) -> list[str]:
+    """sbatch arguments for finalize: after every listed array, whatever their outcome."""
+    return [
+        f"--dependency=afterany:{':'.join(after)}",
+        f"--job-name=slurmctl-{job_id}-finalize",
+        f"--output={logs}/finalize-%j.log",
+        "--open-mode=append",
+        "--requeue",
+        *resource_args(options, gres=False),
+    ]
+
+
+def split(count: int, max_array_size: int, parallelism: int | None) -> list[tuple[int, int | None]]:
+    """(size, %P) of each array: at most MaxArraySize elements each (indexes 0..size-1), the
+    parallelism shared out so the arrays together keep to it (at least 1 each)."""
+    sizes = []
+    left = count
+    while left > 0:
+        sizes.append(min(left, max_array_size))
+        left -= sizes[-1]
+    if parallelism is None or parallelism >= count:
+        return [(s, None) for s in sizes]
+    shares = [max(1, parallelism * s // count) for s in sizes]
+    for i in range(parallelism - sum(shares)):
+        shares[i % len(shares)] += 1
+    return [(s, min(p, s)) for s, p in zip(sizes, shares, strict=True)]
+
+
+RESERVED = {
+    "--array": "array sizes come from `workers` and `slurm.array_parallelism`",
+    "-a": "array sizes come from `workers` and `slurm.array_parallelism`",
+    "--dependency": "slurmctl chains finalize after the workers itself",
+    "-d": "slurmctl chains finalize after the workers itself",
+    "--parsable": "slurmctl reads the job ids itself",
+    "--signal": "the workers checkpoint on USR1 before the time limit",
+    "--requeue": "workers are always requeueable",
+    "--no-requeue": "workers are always requeueable",
+    "--job-name": "slurmctl names the jobs after the job id",
+    "-J": "slurmctl names the jobs after the job id",
+    "--output": "logs go to <root>/logs/<job_id>/",
+    "-o": "logs go to <root>/logs/<job_id>/",
+    "--error": "logs go to <root>/logs/<job_id>/",
+    "-e": "logs go to <root>/logs/<job_id>/",
+    "--open-mode": "logs are appended across requeues",
+    "--wrap": "slurmctl writes the batch scripts",
+    "--begin": "retry phases set their own begin time",
+    "-b": "retry phases set their own begin time",
+    "--test-only": "slurmctl submits for real",
+    "--array-parallelism": "use slurm.array_parallelism",
+}
+NAMED = {
+    "--partition": "partition",
+    "-p": "partition",
+    "--account": "account",
+    "-A": "account",
+    "--qos": "qos",
+    "-q": "qos",
+    "--time": "time",
+    "-t": "time",
+    "--cpus-per-task": "cpus_per_task",
+    "-c": "cpus_per_task",
+    "--mem": "mem",
+    "--gres": "gres",
+}
+
+
+def check_extra_args(extra: list[str]) -> str | None:
+    """Why an extra sbatch argument cannot be used, or None when they all can."""
+    for arg in extra:
+        if not arg.startswith("-"):
+            continue
+        flag = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]
+        if flag in RESERVED:
+            return f"{flag} is set by slurmctl ({RESERVED[flag]}); remove it"
+        if flag in NAMED:
+            return f"{flag}: use slurm.{NAMED[flag]} instead"
+    return None

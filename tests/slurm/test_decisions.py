@@ -1,0 +1,98 @@
+"""The executor's decisions against a fake Slurm: preflight refusals, giving up on workers
+that never progress. The real Slurm is exercised by test_slurm_jobs and test_slurm_faults."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from slurmctl.backends import open_local
+from slurmctl.config import load_job_definition
+from slurmctl.coordinator.submit import submit
+from slurmctl.errors import ConfigError
+from slurmctl.executors.slurm import SlurmExecutor, preflight
+from slurmctl.executors.slurm.sbatch import Element, Partition, SlurmClient
+from slurmctl.executors.slurm.states import SlurmState
+from slurmctl.jobs import get_job, read_history
+from slurmctl.states import JobStatus
+from tests.helpers import make_job
+
+
+class FakeSlurm(SlurmClient):
+    def __init__(self, partitions: list[Partition], elements: list[Element] | None = None) -> None:
+        super().__init__()
+        self._partitions = partitions
+        self._elements = elements if elements is not None else []  # the test appends to it
+        self.submitted: list[list[str]] = []
+
+    def partitions(self) -> list[Partition]:
+        return self._partitions
+
+    def test_only(self, args: Sequence[str]) -> str | None:
+        return None
+
+    def elements(self, ids: Sequence[str]) -> list[Element]:
+        return [e for e in self._elements if e.job_id in ids]
+
+    def max_array_size(self) -> int:
+        return 1001
+
+    def sbatch(self, args: Sequence[str], script: Path) -> str:
+        self.submitted.append(list(args))
+        return str(100 + len(self.submitted))
+
+
+CLUSTER = [Partition("big", 4, True), Partition("one", 1, False)]
+
+
+@pytest.mark.parametrize(
+    ("extra", "refusal"),
+    [
+        ("", "partition 'big' has 4 nodes"),
+        ("slurm: {partition: big}\n", "set backend: aws"),
+        ("slurm: {partition: 'one,big'}\n", "partition 'big' has 4 nodes"),
+        ("slurm: {partition: gpu}\n", "no partition 'gpu' on this cluster (partitions: big, one)"),
+        ("slurm: {partition: one}\n", None),
+        ("slurm: {partition: big}\nbackend: aws\naws: {bucket: b, table: t}\n", None),
+    ],
+)
+def test_preflight_refuses_the_embedded_backend_on_many_nodes(
+    tmp_path: Path, extra: str, refusal: str | None
+) -> None:
+    config = make_job(tmp_path, 10, extra="executor: slurm\n" + extra)
+    definition = load_job_definition(config)
+    if refusal is None:
+        preflight(definition, FakeSlurm(CLUSTER))
+        return
+    with pytest.raises(ConfigError) as e:
+        preflight(definition, FakeSlurm(CLUSTER))
+    assert refusal in str(e.value) and "\n" not in str(e.value)
+
+
+def test_workers_that_never_progress_fail_the_job_after_three_runs(tmp_path: Path) -> None:
+    backend = open_local(tmp_path / "root")
+    config = make_job(tmp_path / "job", 40, batch_size=10, workers=2, extra="executor: slurm\n")
+    submit(backend, load_job_definition(config))
+    crashed: list[Element] = []
+    fake = FakeSlurm(CLUSTER, crashed)
+    executor = SlurmExecutor(backend, tmp_path / "root", client=fake)
+    first = executor.advance("t1", operator=True)
+    assert first.submitted == ["101"] and first.finalize == "102"
+    for run in range(3):  # each array's workers crash at start (exit 1), committing nothing
+        array = str(100 + len(fake.submitted) - 1)  # the last array (then its finalize)
+        crashed += [
+            Element(f"{array}_{i}", SlurmState.FAILED, "NonZeroExitCode", 1) for i in (0, 1)
+        ]
+        out = SlurmExecutor(backend, tmp_path / "root", client=fake, own_id="x").advance("t1")
+        if run < 2:
+            assert out.submitted, f"run {run}: workers resubmitted"
+    assert out.status == JobStatus.FAILED and not out.submitted
+    job = get_job(backend, "t1")
+    assert job.status == JobStatus.FAILED and "without progress" in (job.error or "")
+    assert [h["action"] for h in read_history(backend, "t1")].count("workers") == 3
+    # a worker stopped from outside (time limit, requeue: exit 143) is never held against it
+    backend.state.update_job("t1", {"status": JobStatus.RUNNING, "error": None})
+    crashed[-1] = Element(crashed[-1].element_id, SlurmState.TIMEOUT, "TimeLimit", 143)
+    assert SlurmExecutor(backend, tmp_path / "root", client=fake).advance("t1").submitted
