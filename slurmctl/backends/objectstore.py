@@ -48,8 +48,11 @@ class ObjectStore(ABC):
         """Store data under key. With if_absent, write nothing and return None if key exists."""
 
     @abstractmethod
-    def put_file(self, key: str, path: Path, *, if_absent: bool = False) -> ObjectInfo | None:
-        """Like put_bytes, streaming from a local file."""
+    def put_file(
+        self, key: str, path: Path, *, if_absent: bool = False, move: bool = False
+    ) -> ObjectInfo | None:
+        """Like put_bytes, streaming from a local file. With move, the file is the caller's to
+        give away: a store on the same filesystem may rename it instead of copying."""
 
     @abstractmethod
     def get_bytes(self, key: str, *, sha256: str | None = None) -> bytes:
@@ -73,6 +76,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under prefix, sorted. For humans and `clean`: never to find committed outputs."""
+
+    def verify(self, key: str, sha256: str | None = None) -> Path | None:
+        """Where this host can read the object in place, its bytes checked against sha256;
+        None when the store is remote (then use get_file)."""
+        return None
 
     @abstractmethod
     def url(self, key: str) -> str:

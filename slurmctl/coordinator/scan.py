@@ -1,19 +1,77 @@
 """Streaming the input: each line a JSON object with a unique id, checked without holding the ids
-in memory (a SQLite index on disk), bad lines set aside with their line numbers."""
+in memory (a SQLite index on disk), bad lines set aside with their line numbers.
+
+The input is a local file or any `InputSource`: something with a name (for messages) that yields
+the input's raw lines, each with its `\n`, e.g. `lines_of(chunks)` over an S3 object's body.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
+from slurmctl import fastjson
 from slurmctl.errors import InputError
 
 CHUNK_LINES = 2000
 TEXT_KEEP = 200
+
+
+class InputSource(Protocol):
+    name: str
+    """A path or URL, for messages."""
+
+    def size(self) -> int:
+        """The input's size in bytes (InputError if it cannot be read)."""
+        ...
+
+    def lines(self) -> Iterator[bytes]:
+        """The raw lines in order, each with its b"\n" (the last one may lack it)."""
+        ...
+
+
+class FileSource:
+    """A local file, read line by line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = str(path)
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot read input: {e.strerror}") from None
+
+    def lines(self) -> Iterator[bytes]:
+        try:
+            # the file itself, no generator between: the embedded path stays as fast as it was
+            return open(self.path, "rb")  # the scanner closes it
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot read input: {e.strerror}") from None
+
+
+def lines_of(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Split a stream of byte chunks into lines, as iterating a binary file does (on b"\n")."""
+    rest: list[bytes] = []
+    for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if rest:
+                rest.append(chunk[start : end + 1])
+                yield b"".join(rest)
+                rest = []
+            else:
+                yield chunk[start : end + 1]
+            start = end + 1
+        if start < len(chunk):
+            rest.append(chunk[start:])
+    if rest:
+        yield b"".join(rest)
 
 
 @dataclass
@@ -29,13 +87,14 @@ class InputScanner:
 
     def __init__(
         self,
-        path: Path,
+        source: Path | InputSource,
         id_field: str,
         work_dir: Path,
         quarantine: IO[bytes] | None,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
-        self.path = path
+        self.source: InputSource = FileSource(source) if isinstance(source, Path) else source
+        self.name = self.source.name
         self.id_field = id_field
         self.work_dir = work_dir
         self.quarantine = quarantine
@@ -59,14 +118,12 @@ class InputScanner:
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
         db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+        raws: Iterator[bytes] | None = None
         try:
-            f = open(self.path, "rb")  # noqa: SIM115 - closed below, after the generator ends
-        except OSError as e:
-            raise InputError(f"{self.path}: cannot read input: {e.strerror}") from None
-        try:
+            raws = self.source.lines()
             chunk: list[tuple[int, bytes, str]] = []
             lineno = 0
-            for raw in f:
+            for raw in raws:
                 lineno += 1
                 if self.on_bytes is not None:
                     self.on_bytes(len(raw))
@@ -75,7 +132,7 @@ class InputScanner:
                     continue  # blank lines are not items
                 self.stats.lines += 1
                 try:
-                    obj = json.loads(line)
+                    obj = fastjson.loads(line)
                 except json.JSONDecodeError as e:
                     self._reject(lineno, f"invalid JSON: {e.msg} at column {e.colno}", line)
                     continue
@@ -95,9 +152,11 @@ class InputScanner:
                     chunk = []
             yield from self._unique(db, chunk)
         except UnicodeDecodeError as e:
-            raise InputError(f"{self.path}: cannot read input: {e}") from None
+            raise InputError(f"{self.name}: cannot read input: {e}") from None
         finally:
-            f.close()
+            close = getattr(raws, "close", None)  # a file, or a generator over a stream
+            if close is not None:
+                close()
             db.close()
             db_path.unlink(missing_ok=True)
 

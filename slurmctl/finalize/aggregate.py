@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from slurmctl.layout import JobLayout, done_marker
 from slurmctl.states import TaskStatus
 
 log = logging.getLogger("slurmctl.aggregate")
+MERGE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ def _existing(backend: Backend, key: str, digest: str, work: Path) -> Part | Non
         return None
     check = work / "verify.parquet"
     try:
-        backend.objects.get_file(key, check, sha256=str(done.get("sha256")))
+        if backend.objects.verify(key, str(done.get("sha256"))) is None:
+            backend.objects.get_file(key, check, sha256=str(done.get("sha256")))
     except ObjectNotFound:
         return None
     except IntegrityError as e:
@@ -79,10 +83,14 @@ def _existing(backend: Backend, key: str, digest: str, work: Path) -> Part | Non
 def _merge(backend: Backend, parts: list[Part], key: str, work: Path) -> Part:
     """Stream the inputs' row groups into one file under a schema unifying them all."""
     local: list[Path] = []
+    fetched: list[Path] = []
     for i, p in enumerate(parts):
-        dest = work / f"in-{i}.parquet"
-        backend.objects.get_file(p.key, dest, sha256=p.sha256)
-        local.append(dest)
+        path = backend.objects.verify(p.key, p.sha256)  # read in place when on this host
+        if path is None:
+            path = work / f"in-{i}.parquet"
+            backend.objects.get_file(p.key, path, sha256=p.sha256)
+            fetched.append(path)
+        local.append(path)
     schemas = [pq.read_schema(path) for path in local]
     schema = pa.unify_schemas(schemas, promote_options="permissive")
     out = work / "out.parquet"
@@ -98,10 +106,10 @@ def _merge(backend: Backend, parts: list[Part], key: str, work: Path) -> Part:
     expected = sum(p.rows for p in parts)
     if rows != expected:
         raise IntegrityError(f"{key}: merged {rows} rows, inputs record {expected}")
-    info = backend.objects.put_file(key, out)
+    info = backend.objects.put_file(key, out, move=True)
     assert info is not None
-    for path in (*local, out):
-        path.unlink()
+    for path in (*fetched, out):
+        path.unlink(missing_ok=True)
     return Part(key, info.sha256, rows)
 
 
@@ -133,45 +141,21 @@ def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None =
             f"the counters {expected_rows}"
         )
     work = Path(tempfile.mkdtemp(prefix=f"slurmctl-agg-{job_id}-", dir=scratch))
+    final_key = layout.final_output()
     try:
-        level, parts = 0, inputs
-        while level == 0 or len(parts) > 1:
-            level += 1
-            merged: list[Part] = []
-            for index in range(0, max(len(parts), 1), fan_in):
-                group = parts[index : index + fan_in]
-                key = layout.aggregate_part(level, index // fan_in)
-                digest = _inputs_digest(group)
-                part = _existing(backend, key, digest, work)
-                if part is None:
-                    part = (
-                        _merge(backend, group, key, work) if group else _empty(backend, key, work)
+        level, parts = 1, inputs
+        while len(parts) > fan_in:  # intermediate levels; the last merge writes the output
+            keys = [layout.aggregate_part(level, i // fan_in) for i in range(0, len(parts), fan_in)]
+            groups = [parts[i : i + fan_in] for i in range(0, len(parts), fan_in)]
+            # pyarrow decodes and encodes without the GIL: a level's merges run side by side
+            with ThreadPoolExecutor(max_workers=MERGE_THREADS) as pool:
+                parts = list(
+                    pool.map(
+                        lambda g, k: _part(backend, g, k, work / k.rsplit("/", 1)[1]), groups, keys
                     )
-                    done = {
-                        "sha256": part.sha256,
-                        "rows": part.rows,
-                        "inputs_sha256": digest,
-                        "inputs": [p.key for p in group],
-                    }
-                    backend.objects.put_bytes(done_marker(key), json.dumps(done).encode())
-                merged.append(part)
-            parts = merged
-        top = parts[0]
-        final_key = layout.final_output()
-        final = _existing(backend, final_key, _inputs_digest([top]), work)
-        if final is None:
-            dest = work / "final.parquet"
-            backend.objects.get_file(top.key, dest, sha256=top.sha256)
-            info = backend.objects.put_file(final_key, dest)
-            assert info is not None
-            final = Part(final_key, info.sha256, top.rows)
-            done = {
-                "sha256": final.sha256,
-                "rows": final.rows,
-                "inputs_sha256": _inputs_digest([top]),
-                "inputs": [top.key],
-            }
-            backend.objects.put_bytes(done_marker(final_key), json.dumps(done).encode())
+                )
+            level += 1
+        final = _part(backend, parts, final_key, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if final.rows != expected_rows:
@@ -179,6 +163,23 @@ def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None =
     return Final(
         final.key, backend.objects.url(final.key), final.sha256, final.rows, len(inputs), level
     )
+
+
+def _part(backend: Backend, group: list[Part], key: str, work: Path) -> Part:
+    """One merge of the hierarchy, skipped when an earlier run finished it (its `.done`)."""
+    work.mkdir(parents=True, exist_ok=True)
+    digest = _inputs_digest(group)
+    part = _existing(backend, key, digest, work)
+    if part is None:
+        part = _merge(backend, group, key, work) if group else _empty(backend, key, work)
+        done = {
+            "sha256": part.sha256,
+            "rows": part.rows,
+            "inputs_sha256": digest,
+            "inputs": [p.key for p in group],
+        }
+        backend.objects.put_bytes(done_marker(key), json.dumps(done).encode())
+    return part
 
 
 def _empty(backend: Backend, key: str, work: Path) -> Part:

@@ -152,6 +152,7 @@ class Worker:
         reconcile_every = min(max(lease_s / 4, 2.0), 30.0)
         last_reconcile = 0.0
         paused_logged = False
+        idle_wait = 0.0
         while not self.should_stop():
             job = get_job(self.backend, self.job_id)
             if job.status.terminal:
@@ -167,10 +168,12 @@ class Worker:
             if job.not_before > time.time():  # a retry phase's backoff
                 time.sleep(min(self.poll_s, job.not_before - time.time()))
                 continue
+            # Ask without waiting after a task (work is likely there); wait when last time idle.
             msgs = queue.receive(
-                self.job_id, max_messages=1, visibility_s=int(lease_s), wait_s=self.poll_s
+                self.job_id, max_messages=1, visibility_s=int(lease_s), wait_s=idle_wait
             )
             if msgs:
+                idle_wait = 0.0
                 msg = msgs[0]
                 token = secrets.token_hex(8)
                 task = state.claim_task(
@@ -192,6 +195,7 @@ class Worker:
             if left == 0:
                 log.info("worker %s: phase %s has no task left, leaving", self.worker_id, job.phase)
                 return EXIT_OK
+            idle_wait = self.poll_s
             if time.monotonic() - last_reconcile > reconcile_every:
                 last_reconcile = time.monotonic()
                 reconcile(self.backend, self.job_id, job.phase)

@@ -13,7 +13,7 @@ from tests.test_faults_local import SLOW_HANDLER, _calls
 
 def _batches(root: Path) -> int:
     folder = root / "objects" / "jobs" / "t1" / "batches"
-    return len(list(folder.glob("*.jsonl"))) if folder.exists() else 0
+    return len(list(folder.glob("batch-*.jsonl"))) if folder.exists() else 0
 
 
 def test_submit_killed_half_way_carries_on(tmp_path: Path) -> None:

@@ -1,14 +1,18 @@
-"""The embedded object store: a folder, every write a temp file + rename.
+"""The embedded object store: a folder, every write a temp file + rename (or link, for
+put-if-absent).
 
-Each object's sha256 and size sit in a sidecar under `.meta/` so `head` need not re-read the bytes.
+Each object's sha256 travels with it in an extended attribute (`user.slurmctl.sha256`), set on
+the temp file before the rename so data and checksum appear together. On a filesystem without
+user xattrs it falls back to a sidecar under `.meta/`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import itertools
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +20,8 @@ from slurmctl.backends.objectstore import CHUNK, ObjectInfo, ObjectNotFound, Obj
 from slurmctl.errors import IntegrityError, SlurmctlError
 
 META = ".meta"
+XATTR = "user.slurmctl.sha256"
+_counter = itertools.count()
 
 
 def check_key(key: str) -> str:
@@ -30,10 +36,21 @@ def check_key(key: str) -> str:
     return key
 
 
+def _sha_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
 class FolderObjectStore(ObjectStore):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._xattrs: bool | None = None
 
     def path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -41,89 +58,130 @@ class FolderObjectStore(ObjectStore):
     def _meta_path(self, key: str) -> Path:
         return self.root / META / (check_key(key) + ".sha256")
 
-    def _write_meta(self, info: ObjectInfo) -> None:
+    def _tmp(self, final: Path) -> Path:
+        return final.parent / f".tmp-{os.getpid()}-{next(_counter)}-{final.name}"
+
+    def _tag(self, tmp: Path, info: ObjectInfo) -> None:
+        """Attach the checksum to the temp file, before it becomes visible."""
+        if self._xattrs is not False:
+            try:
+                os.setxattr(tmp, XATTR, info.sha256.encode())
+                self._xattrs = True
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+                self._xattrs = False
         meta = self._meta_path(info.key)
         meta.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=meta.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{info.sha256} {info.size}\n")
-        os.replace(tmp, meta)
+        side = self._tmp(meta)
+        side.write_text(f"{info.sha256} {info.size}\n")
+        os.replace(side, meta)
 
-    def _install(self, key: str, tmp: str, info: ObjectInfo, if_absent: bool) -> ObjectInfo | None:
-        final = self.path(key)
+    def _install(self, tmp: Path, info: ObjectInfo, if_absent: bool) -> ObjectInfo | None:
+        final = self.path(info.key)
         try:
+            self._tag(tmp, info)
             if if_absent:
                 try:
                     os.link(tmp, final)
                 except FileExistsError:
                     return None
-                self._write_meta(info)
             else:
-                self._write_meta(info)
                 os.replace(tmp, final)
-                tmp = ""
+                return info
         finally:
-            if tmp:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         return info
 
-    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> ObjectInfo | None:
+    def _open_tmp(self, key: str, if_absent: bool) -> Path | None:
         final = self.path(key)
         if if_absent and final.exists():
             return None
         final.parent.mkdir(parents=True, exist_ok=True)
-        info = ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest())
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return self._install(key, tmp, info, if_absent)
+        return self._tmp(final)
 
-    def put_file(self, key: str, path: Path, *, if_absent: bool = False) -> ObjectInfo | None:
-        final = self.path(key)
-        if if_absent and final.exists():
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> ObjectInfo | None:
+        tmp = self._open_tmp(key, if_absent)
+        if tmp is None:
             return None
-        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "xb") as f:
+            f.write(data)
+        return self._install(
+            tmp, ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest()), if_absent
+        )
+
+    def put_file(
+        self, key: str, path: Path, *, if_absent: bool = False, move: bool = False
+    ) -> ObjectInfo | None:
+        tmp = self._open_tmp(key, if_absent)
+        if tmp is None:
+            return None
+        if move:
+            try:
+                os.rename(path, tmp)  # same filesystem: no copy
+            except OSError:
+                pass
+            else:
+                sha, size = _sha_file(tmp)
+                return self._install(tmp, ObjectInfo(key, size, sha), if_absent)
         h = hashlib.sha256()
         size = 0
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+        with open(tmp, "xb") as out, open(path, "rb") as src:
             while chunk := src.read(CHUNK):
                 h.update(chunk)
                 size += len(chunk)
                 out.write(chunk)
-        return self._install(key, tmp, ObjectInfo(key, size, h.hexdigest()), if_absent)
+        return self._install(tmp, ObjectInfo(key, size, h.hexdigest()), if_absent)
 
     def _recorded(self, key: str) -> str | None:
+        if self._xattrs is not False:
+            try:
+                return os.getxattr(self.path(key), XATTR).decode()
+            except OSError:
+                pass
         try:
             return self._meta_path(key).read_text().split()[0]
         except (FileNotFoundError, IndexError):
             return None
 
     def get_bytes(self, key: str, *, sha256: str | None = None) -> bytes:
-        for _ in range(3):
-            try:
-                data = self.path(key).read_bytes()
-            except FileNotFoundError:
-                raise ObjectNotFound(key) from None
-            expected = sha256 or self._recorded(key)
-            actual = hashlib.sha256(data).hexdigest()
-            if expected is None or actual == expected:
-                return data
-            if sha256 is not None:
-                break  # the committed checksum does not change: no point reading again
-        raise IntegrityError(f"{self.url(key)}: sha256 {actual} does not match recorded {expected}")
+        try:
+            data = self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+        expected = sha256 or self._recorded(key)
+        actual = hashlib.sha256(data).hexdigest()
+        if expected is not None and actual != expected:
+            raise IntegrityError(
+                f"{self.url(key)}: sha256 {actual} does not match recorded {expected}"
+            )
+        return data
+
+    def verify(self, key: str, sha256: str | None = None) -> Path:
+        """The object's own file, its bytes checked: for readers on this host (no copy)."""
+        path = self.path(key)
+        if not path.exists():
+            raise ObjectNotFound(key)
+        expected = sha256 or self._recorded(key)
+        actual, _ = _sha_file(path)
+        if expected is not None and actual != expected:
+            raise IntegrityError(
+                f"{self.url(key)}: sha256 {actual} does not match recorded {expected}"
+            )
+        return path
 
     def get_file(self, key: str, dest: Path, *, sha256: str | None = None) -> ObjectInfo:
         src = self.path(key)
         if not src.exists():
             raise ObjectNotFound(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._tmp(dest)
         h = hashlib.sha256()
         size = 0
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            with open(tmp, "xb") as out, open(src, "rb") as f:
                 while chunk := f.read(CHUNK):
                     h.update(chunk)
                     size += len(chunk)
@@ -134,9 +192,8 @@ class FolderObjectStore(ObjectStore):
                     f"{self.url(key)}: sha256 {h.hexdigest()} does not match recorded {expected}"
                 )
             os.replace(tmp, dest)
-            tmp = ""
         finally:
-            if tmp:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         return ObjectInfo(key, size, h.hexdigest())
 
@@ -146,13 +203,7 @@ class FolderObjectStore(ObjectStore):
             size = p.stat().st_size
         except FileNotFoundError:
             return None
-        recorded = self._recorded(key)
-        if recorded is None:
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    h.update(chunk)
-            recorded = h.hexdigest()
+        recorded = self._recorded(key) or _sha_file(p)[0]
         return ObjectInfo(key, size, recorded)
 
     def delete(self, key: str) -> None:
@@ -169,10 +220,9 @@ class FolderObjectStore(ObjectStore):
                 parent = parent.parent
 
     def list(self, prefix: str) -> Iterator[str]:
-        base = self.root
         keys = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            rel = os.path.relpath(dirpath, base)
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
             if rel == ".":
                 dirnames[:] = [d for d in dirnames if d != META]
                 rel = ""
