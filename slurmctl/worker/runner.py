@@ -24,6 +24,8 @@ from slurmctl.config import JobDefinition
 from slurmctl.errors import HandlerImportError, UserError
 from slurmctl.finalize.reconcile import reconcile
 from slurmctl.jobs import get_job, load_definition
+from slurmctl.observe.logs import install_worker_log
+from slurmctl.ratelimit.allocation import LEAVE_MARGIN_S, AllocationClock
 from slurmctl.ratelimit.limiter import DistributedRateLimiter, WorkerStopping
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import load_handler
@@ -52,7 +54,10 @@ class Worker:
         self.scratch = scratch
         self.poll_s = poll_s
         self.stop_signal: int | None = None
+        self.stop_reason: str | None = None
         self.limiters: dict[str, DistributedRateLimiter] = {}
+        self.allocation = AllocationClock()
+        self._writes: dict[str, int] = {}
 
     # --- signals ----------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -72,15 +77,15 @@ class Worker:
             signal.signal(sig, self._on_signal)
 
     # --- rate limiting ----------------------------------------------------------------------
-    def _acquire(self, n: int, bucket: str | None) -> float:
+    def _limiter(self, bucket: str | None, what: str) -> DistributedRateLimiter | None:
         name = bucket or "default"
         limiter = self.limiters.get(name)
         if limiter is None:
             b = self.backend.state.get_bucket(self.job_id, name)
             if b is None:
                 if bucket is None:
-                    return 0.0  # no rate_limit in the job definition: acquire is free
-                raise UserError(f"ctx.acquire: no rate-limit bucket {name!r} in the job definition")
+                    return None  # no rate_limit in the job definition: acquire is free
+                raise UserError(f"{what}: no rate-limit bucket {name!r} in the job definition")
             limiter = DistributedRateLimiter(
                 self.job_id,
                 b.rate,
@@ -88,13 +93,52 @@ class Worker:
                 bucket=name,
                 active_workers=self._workers,
                 should_stop=self.should_stop,
+                on_paused=self._while_paused,
             )
             self.limiters[name] = limiter
-        return limiter.acquire(n, self.worker_id)
+        return limiter
+
+    def _acquire(self, n: int, bucket: str | None) -> float:
+        limiter = self._limiter(bucket, "ctx.acquire")
+        return 0.0 if limiter is None else limiter.acquire(n, self.worker_id)
+
+    def _throttled(self, retry_after: float | None, bucket: str | None) -> None:
+        limiter = self._limiter(bucket, "ctx.throttled")
+        if limiter is not None:
+            limiter.throttled(retry_after)
 
     def _release_slots(self) -> None:
         for limiter in self.limiters.values():
             limiter.release_unused_tokens()
+
+    def _while_paused(self) -> None:
+        """Paused near the Slurm time limit: checkpoint and leave (like on a signal)."""
+        if self.stop_signal is None and self.allocation.near_end():
+            left = self.allocation.seconds_left() or 0.0
+            self.stop_reason = (
+                f"paused with {left:.0f} s of the Slurm allocation left (under "
+                f"{LEAVE_MARGIN_S:.0f} s): checkpointing and leaving"
+            )
+            log.info("worker %s: %s", self.worker_id, self.stop_reason)
+            self.stop_signal = signal.SIGUSR1
+
+    def _record_usage(self, ctx: Context) -> None:
+        """The exhaustion signal, job-wide: slot waits and busy time, once per task (metrics:
+        not atomic with the commit)."""
+        usage = ctx.take_usage()
+        if not self.limiters:  # the job uses no rate limit: nothing to record, no write
+            return
+        deltas = {"worker.busy_ms": round(usage.busy_s * 1000)}
+        for name, wait in usage.wait_s.items():
+            deltas[f"ratelimit.{name}.wait_ms"] = round(wait * 1000)
+        deltas["ratelimit.wait_ms"] = round(usage.total_wait_s * 1000)
+        for name, limiter in self.limiters.items():  # bucket writes, for the write rate
+            deltas[f"ratelimit.{name}.writes"] = limiter.writes - self._writes.get(name, 0)
+            self._writes[name] = limiter.writes
+        try:
+            self.backend.state.update_job(self.job_id, {}, counter_deltas=deltas)
+        except Exception as e:  # noqa: BLE001 - metrics must never fail the worker
+            log.warning("worker %s: could not record rate-limit metrics: %s", self.worker_id, e)
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -114,8 +158,12 @@ class Worker:
             logging.getLogger("slurmctl.handler"),
             self.job_id,
             self.worker_id,
+            throttled=self._throttled,
         )
         runner = self._runner(definition, handler, ctx, hidden)
+        worker_log = install_worker_log(  # JSON lines in scratch, secrets redacted, shipped
+            self.backend, self.job_id, self.worker_id, runner.scratch_root, hidden, ctx
+        )
         if handler.setup is not None:
             handler.setup(ctx)
         try:
@@ -124,6 +172,7 @@ class Worker:
             self._release_slots()
             if handler.teardown is not None:
                 handler.teardown(ctx)
+            worker_log.close()  # the last shipment
 
     def _runner(
         self, definition: JobDefinition, handler: object, ctx: Context, hidden: list[str]
@@ -162,6 +211,7 @@ class Worker:
                 if not paused_logged:
                     log.info("worker %s: job paused, waiting", self.worker_id)
                     paused_logged = True
+                self._while_paused()
                 time.sleep(self.poll_s / 4)
                 continue
             paused_logged = False
@@ -186,6 +236,7 @@ class Worker:
                     outcome = runner.run(task)
                 except WorkerStopping:
                     outcome = Outcome.STOPPED
+                self._record_usage(runner.ctx)
                 log.info("worker %s: %s %s", self.worker_id, task.task_id, outcome.value)
                 continue
             counters = state.counters(self.job_id)

@@ -26,6 +26,7 @@ from slurmctl.backends.statestore import TaskCommit, TaskRecord
 from slurmctl.errors import IntegrityError
 from slurmctl.fastjson import loads
 from slurmctl.layout import JobLayout, done_marker
+from slurmctl.observe.metrics import task_observer
 from slurmctl.ratelimit.limiter import WorkerStopping
 from slurmctl.secrets import redact
 from slurmctl.worker.checkpoint import Checkpoint, Row
@@ -69,6 +70,9 @@ class TaskRunner:
 
     def __post_init__(self) -> None:
         self.layout = JobLayout(self.job_id)
+        self._beat_lock = threading.Lock()
+        self._beating: tuple[str, str, threading.Event, float] | None = None
+        self._beat_thread: threading.Thread | None = None
 
     def scratch_dir(self, task_id: str) -> Path:
         return self.scratch_root / f"job_{self.job_id}" / f"task_{task_id}"
@@ -77,27 +81,36 @@ class TaskRunner:
     def run(self, task: TaskRecord) -> Outcome:
         token = task.lease_token or ""
         lost = threading.Event()
-        beating = threading.Event()
-        beat = threading.Thread(
-            target=self._heartbeat, args=(task.task_id, token, lost, beating), daemon=True
-        )
-        beat.start()
+        with self._beat_lock:
+            self._beating = (task.task_id, token, lost, time.monotonic())
+            if self._beat_thread is None:
+                self._beat_thread = threading.Thread(target=self._heartbeat, daemon=True)
+                self._beat_thread.start()
         try:
             return self._attempt(task, token, lost)
         finally:
-            beating.set()
-            beat.join()
+            with self._beat_lock:
+                self._beating = None
 
-    def _heartbeat(
-        self, task_id: str, token: str, lost: threading.Event, stop: threading.Event
-    ) -> None:
-        while not stop.wait(self.heartbeat_s):
-            if not self.backend.state.heartbeat(
+    def _heartbeat(self) -> None:
+        """One thread per worker extends the lease of whatever task it runs."""
+        while True:
+            time.sleep(min(self.heartbeat_s, 1.0))
+            with self._beat_lock:
+                current = self._beating
+            if current is None or time.monotonic() - current[3] < self.heartbeat_s:
+                continue
+            task_id, token, lost, _ = current
+            alive = self.backend.state.heartbeat(
                 self.job_id, task_id, token, self.lease_s, time.time()
-            ):
+            )
+            with self._beat_lock:
+                if self._beating is not current:
+                    continue  # the task ended meanwhile: its commit decided
+                self._beating = (task_id, token, lost, time.monotonic())
+            if not alive:
                 log.warning("lease on %s lost: another worker took the task over", task_id)
                 lost.set()
-                return
 
     def _attempt(self, task: TaskRecord, token: str, lost: threading.Event) -> Outcome:
         t0, cpu0 = time.time(), time.process_time()
@@ -168,20 +181,19 @@ class TaskRunner:
             if isolate:
                 ckpt.begin_item(idx)
             try:
-                out = process(item, ctx)
+                out = _rows(process(item, ctx), id_field, item_id)
             except WorkerStopping:
                 stopped = True
                 break
             except Exception as exc:  # noqa: BLE001 - every handler failure is classified and kept
                 c = classify(exc, self.rules)
+                ctx.note_error(c.type, exc)  # a `throttled` one slows the job's rate limiter
                 message = redact(c.message, self.secrets)
                 pending.append(
                     (idx, item_id, False, None, c.type, message, redact(c.signature, self.secrets))
                 )
             else:
-                pending.append(
-                    (idx, item_id, True, _rows(out, id_field, item_id), None, None, None)
-                )
+                pending.append((idx, item_id, True, out, None, None, None))
             if isolate or (
                 len(pending) >= self.checkpoint_every
                 and time.monotonic() - last_write >= CHECKPOINT_MIN_INTERVAL_S
@@ -189,7 +201,8 @@ class TaskRunner:
                 ckpt.write(pending)
                 pending = []
                 last_write = time.monotonic()
-        ckpt.write(pending)
+        # the tail goes to disk only if the task does not finish now (stopped, lease lost)
+        ckpt.write(pending, durable=stopped or lost.is_set())
         return calls, stopped
 
     def _isolate(
@@ -313,7 +326,8 @@ class TaskRunner:
             done_marker(commit.output_key),
             f"{commit.output_sha256} {commit.output_rows}\n".encode(),
         )
-        metrics = {
+        observer = task_observer(self.backend, self.job_id, self.worker_id)
+        base = {
             "items": task.items,
             "items_processed": calls,
             "items_from_checkpoint": resumed,
@@ -327,6 +341,7 @@ class TaskRunner:
             "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "handler": self.ctx.metrics.snapshot(),
         }
+        metrics = observer.task_metrics(self.ctx, commit, base)
         self.ctx.metrics.reset()
         manifest = {
             "job_id": self.job_id,
@@ -351,6 +366,7 @@ class TaskRunner:
             "error": None,
         }
         objects.put_json(self.layout.task_manifest(task.task_id), manifest)
+        observer.committed(task, metrics)  # the job's time series and sums; the worker log
 
 
 SLURM_VARS = frozenset(
@@ -359,6 +375,8 @@ SLURM_VARS = frozenset(
 
 
 def _rows(out: Any, id_field: str, item_id: str) -> list[dict[str, Any]]:
+    if type(out) is dict:  # the common case, kept fast: one dict with its id
+        return [out] if id_field in out else [{id_field: item_id, **out}]
     if out is None:
         return []
     rows = [out] if isinstance(out, dict) else list(out)

@@ -101,7 +101,14 @@ def test_finalize_killed_mid_aggregation_with_a_corrupt_part(tmp_path: Path) -> 
 
 def test_scratch_removed_under_running_workers(tmp_path: Path) -> None:
     handler = QUICK.replace("0.001", "0.01")
-    config = make_job(tmp_path / "job", 600, handler=handler, batch_size=50, workers=2)
+    config = make_job(
+        tmp_path / "job",
+        600,
+        handler=handler,
+        batch_size=50,
+        workers=2,
+        extra="checkpoint_every: 10\n",
+    )
     root = tmp_path / "root"
     scratch = tmp_path / "job" / "scratch" / "job_t1"
     proc = popen(root, "submit", str(config), "--no-progress")
