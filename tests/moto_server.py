@@ -1,7 +1,9 @@
 """A moto server as a real HTTP endpoint on loopback, for the AWS backend's tests.
 
-`MotoServer` starts `moto_server` as a subprocess on a free port, polls until it answers, and stops
-it. `freeze()` / `unfreeze()` (SIGSTOP / SIGCONT) simulate an outage without losing moto's state
+`MotoServer` starts moto's server as a subprocess on a free port (through `tests/moto_launch.py`,
+which serialises DynamoDB requests: moto's conditional writes are not atomic under concurrent
+requests), polls until it answers, and stops it.
+`freeze()` / `unfreeze()` (SIGSTOP / SIGCONT) simulate an outage without losing moto's state
 (stopping moto would lose it). Never the in-process mock decorators: the backend talks HTTP.
 
 Without moto's server extra the AWS tests are skipped with a loud reason, except under `CI=true`,
@@ -13,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -39,15 +40,18 @@ FAKE_ENV = {
 """Credentials for the fake endpoint, through boto3's default chain (the environment)."""
 
 
+LAUNCHER = Path(__file__).with_name("moto_launch.py")
+
+
 def moto_command() -> list[str] | None:
-    """How to start moto's server: this interpreter's moto if it has the server extra."""
-    if (
-        importlib.util.find_spec("moto") is not None
-        and importlib.util.find_spec("flask") is not None
-    ):
-        return [sys.executable, "-m", "moto.server"]
-    exe = shutil.which("moto_server")
-    return [exe] if exe else None
+    """How to start moto's server: our launcher, on this interpreter's moto with the server extra.
+
+    No fallback to a `moto_server` executable elsewhere: without the launcher's lock, concurrent
+    conditional writes are not atomic in moto and multi-worker tests would see double claims.
+    """
+    if all(importlib.util.find_spec(m) is not None for m in ("moto", "flask", "werkzeug")):
+        return [sys.executable, str(LAUNCHER)]
+    return None
 
 
 def _not_run(what: str, module_level: bool = False) -> None:
@@ -83,9 +87,11 @@ def free_port() -> int:
 
 
 class MotoServer:
-    def __init__(self, cmd: list[str], log_dir: Path) -> None:
+    def __init__(self, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+        """env: extra environment of the server (e.g. INITIAL_NO_AUTH_ACTION_COUNT)."""
         self.cmd = cmd
         self.log_dir = log_dir
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.frozen = False
@@ -103,6 +109,7 @@ class MotoServer:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
+                    env={**os.environ, **self.env},
                 )
             if self._wait_ready():
                 return self.url
@@ -170,8 +177,8 @@ def fake_aws_env() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running_moto(log_dir: Path) -> Iterator[MotoServer]:
-    server = MotoServer(require_moto(), log_dir)
+def running_moto(log_dir: Path, env: dict[str, str] | None = None) -> Iterator[MotoServer]:
+    server = MotoServer(require_moto(), log_dir, env)
     server.start()
     try:
         yield server

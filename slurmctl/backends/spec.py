@@ -111,6 +111,13 @@ class Registry:
             row = conn.execute("SELECT url FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return BackendSpec.parse(row[0]) if row else None
 
+    def entries(self) -> list[tuple[str, BackendSpec]]:
+        if not self.path.exists():
+            return []
+        with self._conn() as conn:
+            rows = conn.execute("SELECT job_id, url FROM jobs ORDER BY job_id").fetchall()
+        return [(job_id, BackendSpec.parse(url)) for job_id, url in rows]
+
     def specs(self) -> list[BackendSpec]:
         if not self.path.exists():
             return []

@@ -108,6 +108,8 @@ def cli(ctx: click.Context, root: Path, log_level: str, backend_url: str | None)
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for chatty in ("botocore", "boto3", "urllib3"):  # "Found credentials in ...": noise
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     override = BackendSpec.parse(backend_url) if backend_url else None
     ctx.obj = Env(root=root.absolute(), override=override)
 
@@ -116,7 +118,17 @@ cli.command_class = JobCommand
 
 
 def main() -> None:
-    from slurmctl.cli import clean, control, inspect, retry, slurm, submit  # noqa: F401
+    from slurmctl.cli import (  # noqa: F401
+        aws,
+        clean,
+        control,
+        inspect,
+        observe,
+        ratelimit,
+        retry,
+        slurm,
+        submit,
+    )
 
     try:
         cli.main(standalone_mode=False, prog_name="slurmctl")

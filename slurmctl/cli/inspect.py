@@ -11,8 +11,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from slurmctl.backends import Backend
 from slurmctl.cli import Env, cli, pass_env
+from slurmctl.errors import UserError
 from slurmctl.jobs import read_history
+from slurmctl.observe.timeseries import format_duration, progress_bar
 from slurmctl.status import ITEM_KEYS, job_status, shown_status
 
 
@@ -24,6 +27,15 @@ def _status_table(s: dict[str, Any]) -> Table:
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("progress", f"{done}/{items['total']} items ({100 * done / total:.1f}%)")
+    table.add_row("", progress_bar(done / total))
+    if "items_per_s" in s:  # observe: from the bounded time series of the counters
+        rate = s["items_per_s"]
+        table.add_row("items/s", f"{rate['now']:.1f} now, {rate['average']:.1f} on average")
+        table.add_row("ETA", format_duration(s.get("eta_s")))
+        table.add_row("workers running", str(s.get("workers_running", "-")))
+    if len(s.get("phases", {})) > 1:
+        for phase, counts in s["phases"].items():
+            table.add_row(f"phase {phase}", ", ".join(f"{k} {v}" for k, v in counts.items()))
     for key in ITEM_KEYS:
         table.add_row(f"items {key}", str(items[key]))
     table.add_row("tasks", ", ".join(f"{k} {v}" for k, v in s["tasks"].items()))
@@ -73,8 +85,20 @@ def status_cmd(env: Env, job_id: str, as_json: bool, watch: bool, interval: floa
 @click.option("--json", "as_json", is_flag=True)
 @pass_env
 def list_cmd(env: Env, as_json: bool) -> None:
-    """The jobs in this state root."""
-    jobs = env.backend.state.list_jobs()
+    """The jobs of this state root: the embedded ones and those submitted from it to AWS."""
+    jobs = [(j, env.backend.kind) for j in env.backend.state.list_jobs()]
+    if env.override is None:
+        opened: dict[str, Backend] = {}
+        for job_id, spec in env.registry.entries():
+            url = spec.url()
+            try:
+                backend = opened.get(url) or opened.setdefault(url, spec.open())
+                job = backend.state.get_job(job_id)
+            except UserError as e:
+                click.echo(f"warning: {job_id}: {e}", err=True)
+                continue
+            if job is not None:
+                jobs.append((job, spec.kind))
     rows = [
         {
             "job_id": j.job_id,
@@ -83,9 +107,10 @@ def list_cmd(env: Env, as_json: bool) -> None:
             "tasks": j.task_count,
             "items": j.item_count,
             "executor": j.executor,
+            "backend": kind,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(j.created_at)),
         }
-        for j in jobs
+        for j, kind in jobs
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -93,7 +118,7 @@ def list_cmd(env: Env, as_json: bool) -> None:
     if not rows:
         click.echo(f"no jobs in {env.root}")
         return
-    table = Table("job_id", "status", "phase", "tasks", "items", "executor", "created_at")
+    table = Table(*rows[0])
     for r in rows:
         table.add_row(*(str(v) for v in r.values()))
     Console().print(table)

@@ -17,7 +17,7 @@ from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import print_outcome, run_job, stderr
 from slurmctl.config import load_job_definition
 from slurmctl.coordinator.scan import InputScanner
-from slurmctl.coordinator.submit import plan, submit
+from slurmctl.coordinator.submit import open_input, plan, submit
 from slurmctl.executors.slurm import preflight
 from slurmctl.ratelimit import gcra
 from slurmctl.worker.classify import classify
@@ -164,13 +164,13 @@ def try_cmd(env: Env, config: Path, count: int) -> None:
     limit = definition.rate_limit
     pacer = _LocalPacer(limit.tokens_per_sec if limit else None, limit.burst if limit else 1)
     ctx = Context(params, pacer, logging.getLogger("slurmctl.handler"), "try", "try")
-    path = Path(definition.resolved_input())
+    source = open_input(definition)
     ok = failed = 0
     if handler.setup is not None:
         handler.setup(ctx)
     try:
         with tempfile.TemporaryDirectory(prefix="slurmctl-try-") as tmp:
-            scanner = InputScanner(path, definition.id_field, Path(tmp), None)
+            scanner = InputScanner(source, definition.id_field, Path(tmp), None)
             for n, line in enumerate(scanner.items()):
                 if n >= count:
                     break

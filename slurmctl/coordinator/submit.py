@@ -3,6 +3,10 @@
 Idempotent: the batches are a pure function of the input, stored put-if-absent, and tasks are
 inserted only when missing, so a submit that died half way carries on when run again. A refused
 submission removes everything it wrote (DESIGN.md invariant 7).
+
+The input is a local file or, with the AWS backend, an S3 object read as a stream. On AWS the
+batches are uploaded by a small thread pool (a bounded window of batches in flight, task records
+kept in input order); the embedded backend writes them one after another, as fast as before.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,7 @@ from slurmctl.backends.statestore import (
     task_counter,
 )
 from slurmctl.config import JobDefinition
-from slurmctl.coordinator.scan import InputScanner, ScanStats
+from slurmctl.coordinator.scan import FileSource, InputScanner, InputSource, ScanStats
 from slurmctl.errors import InputError, JobStateError, UserError
 from slurmctl.ids import batch_id, group_for_phase, id_width, task_id
 from slurmctl.jobs import append_history, store_definition
@@ -38,6 +44,11 @@ from slurmctl.worker.handler import load_handler
 
 TASKS_PER_WRITE = 500
 PHASE = "initial"
+UPLOAD_THREADS = 16
+"""Batches uploaded at once on AWS (the S3 client keeps 32 connections)."""
+UPLOAD_WINDOW = 2 * UPLOAD_THREADS
+UPLOAD_WINDOW_BYTES = 64 << 20
+"""At most this many batches, and about this many bytes, cut but not yet uploaded."""
 
 
 @dataclass
@@ -75,11 +86,23 @@ def _check(definition: JobDefinition, stats: ScanStats, path: str) -> None:
         )
 
 
-def _local_input(definition: JobDefinition) -> Path:
+def open_input(definition: JobDefinition, backend: Backend | None = None) -> InputSource:
+    """The definition's input: a local file, or an s3:// object read as a stream through the
+    job's AWS backend (or, without one, e.g. for a dry run, the definition's `aws:` settings)."""
     ref = definition.resolved_input()
-    if ref.startswith("s3://"):
-        raise UserError(f"{definition.config_path}: input: s3:// inputs need backend: aws")
-    return Path(ref)
+    if not ref.startswith("s3://"):
+        return FileSource(Path(ref))
+    if backend is not None and backend.kind == "aws":
+        from slurmctl.backends.aws import open_s3_input
+
+        return open_s3_input(ref, objects=backend.objects)
+    if definition.backend == "aws" and backend is None:
+        from slurmctl.backends.aws import open_s3_input
+
+        aws = definition.aws
+        endpoint = str(aws.endpoint_url) if aws.endpoint_url else None
+        return open_s3_input(ref, region=aws.region, endpoint_url=endpoint)
+    raise UserError(f"{definition.config_path}: input: s3:// inputs need backend: aws")
 
 
 def _git_commit(folder: Path) -> str | None:
@@ -99,13 +122,13 @@ def _git_commit(folder: Path) -> str | None:
 def plan(definition: JobDefinition, progress: Callable[[int], None] | None = None) -> Plan:
     """`--dry-run`: every check a submit makes, nothing written."""
     load_handler(definition.handler, definition.config_dir)
-    path = _local_input(definition)
+    source = open_input(definition)
     with tempfile.TemporaryDirectory(prefix="slurmctl-plan-") as tmp:
-        scanner = InputScanner(path, definition.id_field, Path(tmp), None, progress)
+        scanner = InputScanner(source, definition.id_field, Path(tmp), None, progress)
         for _ in scanner.items():
             pass
     stats = scanner.stats
-    _check(definition, stats, str(path))
+    _check(definition, stats, source.name)
     return Plan(
         job_id=definition.effective_job_id(),
         lines=stats.lines,
@@ -148,11 +171,8 @@ def submit(
     """job_id: the id of a job whose submission is carried on (resume), else the definition's."""
     job_id = job_id or definition.effective_job_id()
     load_handler(definition.handler, definition.config_dir)
-    path = _local_input(definition)
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise InputError(f"{path}: cannot read input: {e.strerror}") from None
+    source = open_input(definition, backend)
+    size = source.size()  # an unreadable input is refused before anything is written
     if input_size is not None:
         input_size(size)
     existing = backend.state.get_job(job_id)
@@ -173,7 +193,7 @@ def submit(
             )
         )
     try:
-        _write(backend, definition, job_id, path, progress)
+        _write(backend, definition, job_id, source, size, progress)
     except UserError:
         if created:
             discard(backend, job_id)
@@ -184,8 +204,11 @@ def submit(
 def discard(backend: Backend, job_id: str) -> None:
     """Remove every trace of a job (a refused submission leaves no job behind)."""
     layout = JobLayout(job_id)
-    for key in list(backend.objects.list(layout.root)):
-        backend.objects.delete(key)
+    try:
+        for key in list(backend.objects.list(layout.root)):
+            backend.objects.delete(key)
+    except UserError:
+        pass  # the bucket is unreachable or missing: nothing was written there
     backend.queue.delete_queue(job_id)
     backend.state.delete_job(job_id)
 
@@ -194,7 +217,8 @@ def _write(
     backend: Backend,
     definition: JobDefinition,
     job_id: str,
-    path: Path,
+    source: InputSource,
+    size: int,
     progress: Callable[[int], None] | None,
 ) -> None:
     layout = JobLayout(job_id)
@@ -204,11 +228,11 @@ def _write(
     try:
         qpath = work / "quarantine.jsonl"
         with open(qpath, "wb") as qfile:
-            scanner = InputScanner(path, definition.id_field, work, qfile, progress)
+            scanner = InputScanner(source, definition.id_field, work, qfile, progress)
             # Ids are sized for the job: a first pass would cost a read, so size on the bytes.
-            count = _write_batches(backend, definition, job_id, scanner)
+            count = _write_batches(backend, definition, job_id, scanner, size)
         stats = scanner.stats
-        _check(definition, stats, str(path))
+        _check(definition, stats, source.name)
         backend.objects.put_file(layout.quarantine, qpath)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -246,13 +270,12 @@ def _write(
 
 
 def _write_batches(
-    backend: Backend, definition: JobDefinition, job_id: str, scanner: InputScanner
+    backend: Backend, definition: JobDefinition, job_id: str, scanner: InputScanner, size: int
 ) -> int:
     layout = JobLayout(job_id)
-    width = id_width(max(1, scanner.path.stat().st_size // max(definition.batch_size, 1)))
-    tasks: list[TaskRecord] = []
-    index = -1
-    for index, lines in enumerate(_batches(scanner.items(), definition.batch_size)):
+    width = id_width(max(1, size // max(definition.batch_size, 1)))
+
+    def put(index: int, lines: list[bytes]) -> TaskRecord:
         bid, tid = batch_id(PHASE, index, width), task_id(PHASE, index, width)
         data = b"\n".join(lines) + b"\n"
         key = layout.batch(bid)
@@ -262,26 +285,62 @@ def _write_batches(
             head = backend.objects.head(key)
             if head is None or head.sha256 != sha:
                 raise InputError(
-                    f"{scanner.path}: the input changed since job {job_id} was first submitted "
+                    f"{scanner.name}: the input changed since job {job_id} was first submitted "
                     f"({bid} differs); give the new input a new job_id"
                 )
-        tasks.append(
-            TaskRecord(
-                job_id=job_id,
-                task_id=tid,
-                batch_id=bid,
-                phase=PHASE,
-                group=group_for_phase(PHASE),
-                items=len(lines),
-                batch_key=key,
-                batch_sha256=sha,
-            )
+        return TaskRecord(
+            job_id=job_id,
+            task_id=tid,
+            batch_id=bid,
+            phase=PHASE,
+            group=group_for_phase(PHASE),
+            items=len(lines),
+            batch_key=key,
+            batch_sha256=sha,
         )
+
+    batches = enumerate(_batches(scanner.items(), definition.batch_size))
+    threads = 1 if backend.kind == "local" else UPLOAD_THREADS
+    tasks: list[TaskRecord] = []
+    count = 0
+    for record in _in_order(put, batches, threads):
+        tasks.append(record)
+        count += 1
         if len(tasks) >= TASKS_PER_WRITE:
             _flush(backend, job_id, tasks)
             tasks = []
     _flush(backend, job_id, tasks)
-    return index + 1
+    return count
+
+
+def _in_order(
+    put: Callable[[int, list[bytes]], TaskRecord],
+    batches: Iterable[tuple[int, list[bytes]]],
+    threads: int,
+) -> Iterator[TaskRecord]:
+    """put(index, lines) for every batch, results in input order; with threads > 1, uploads run
+    in a pool, at most UPLOAD_WINDOW batches (and ~UPLOAD_WINDOW_BYTES) cut and not yet done."""
+    if threads <= 1:
+        for index, lines in batches:
+            yield put(index, lines)
+        return
+    window: deque[tuple[Future[TaskRecord], int]] = deque()
+    in_flight = 0
+    with ThreadPoolExecutor(threads, thread_name_prefix="slurmctl-upload") as pool:
+        try:
+            for index, lines in batches:
+                size = sum(map(len, lines))
+                window.append((pool.submit(put, index, lines), size))
+                in_flight += size
+                while window and (len(window) >= UPLOAD_WINDOW or in_flight > UPLOAD_WINDOW_BYTES):
+                    done, size = window.popleft()
+                    in_flight -= size
+                    yield done.result()
+            while window:
+                yield window.popleft()[0].result()
+        finally:
+            for pending, _ in window:  # an error or an abandoned submit: start nothing more
+                pending.cancel()
 
 
 def _flush(backend: Backend, job_id: str, tasks: list[TaskRecord]) -> None:

@@ -21,7 +21,7 @@ from slurmctl import secrets as secret_refs
 from slurmctl.backends import Backend
 from slurmctl.backends.statestore import task_counter
 from slurmctl.config import JobDefinition
-from slurmctl.errors import HandlerImportError, UserError
+from slurmctl.errors import BackendUnavailable, HandlerImportError, UserError
 from slurmctl.finalize.reconcile import reconcile
 from slurmctl.jobs import get_job, load_definition
 from slurmctl.observe.logs import install_worker_log
@@ -36,6 +36,8 @@ log = logging.getLogger("slurmctl.worker")
 EXIT_OK = 0
 EXIT_STOPPED = 143
 EXIT_JOB_FAILED = 3
+EXIT_UNREACHABLE = 75  # EX_TEMPFAIL: try again later
+OUTAGE_LIMIT_S = 600.0
 POLL_S = 1.0
 
 
@@ -167,7 +169,7 @@ class Worker:
         if handler.setup is not None:
             handler.setup(ctx)
         try:
-            return self._loop(runner, definition)
+            return self._loop_through_outages(runner, definition)
         finally:
             self._release_slots()
             if handler.teardown is not None:
@@ -194,6 +196,34 @@ class Worker:
             secrets=hidden,
             should_stop=self.should_stop,
         )
+
+    def _loop_through_outages(self, runner: TaskRunner, definition: JobDefinition) -> int:
+        """A store that stops answering (network cut, endpoint frozen) is waited for, with
+        backoff, up to OUTAGE_LIMIT_S; a task in hand meanwhile is taken over once its lease
+        expires, so nothing is lost by waiting."""
+        outage_since: float | None = None
+        delay = 1.0
+        while True:
+            started = time.monotonic()
+            try:
+                return self._loop(runner, definition)
+            except (TimeoutError, ConnectionError, BackendUnavailable) as e:
+                now = time.monotonic()
+                if outage_since is None or now - started > 60:
+                    outage_since, delay = now, 1.0
+                if now - outage_since > OUTAGE_LIMIT_S:
+                    log.error(
+                        "worker %s: the store is unreachable: %s; giving up", self.worker_id, e
+                    )
+                    return EXIT_UNREACHABLE
+                log.warning(
+                    "worker %s: the store is unreachable (%s): retrying in %.0f s",
+                    self.worker_id,
+                    e,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _loop(self, runner: TaskRunner, definition: JobDefinition) -> int:
         state, queue = self.backend.state, self.backend.queue

@@ -6,7 +6,13 @@ Credentials come only from boto3's default chain; see docs/aws.md for the layout
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from slurmctl.backends import Backend
+from slurmctl.backends.objectstore import ObjectStore
+
+if TYPE_CHECKING:
+    from slurmctl.backends.aws.inputs import S3Input
 
 
 def open_aws(
@@ -57,4 +63,23 @@ def open_aws(
     )
 
 
-__all__ = ["open_aws"]
+def open_s3_input(
+    url: str,
+    *,
+    objects: ObjectStore | None = None,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+) -> S3Input:
+    """An `input: s3://...` as a stream: through the S3 client of an AWS backend's object store
+    (`objects`), else through a client of its own (same credential chain and endpoint rules)."""
+    from slurmctl.backends.aws.inputs import S3Input
+    from slurmctl.backends.aws.objectstore import S3ObjectStore
+    from slurmctl.backends.aws.session import AwsSession, AwsSettings
+
+    if isinstance(objects, S3ObjectStore):
+        return S3Input(objects.s3, url)
+    session = AwsSession(AwsSettings(region=region, endpoint_url=endpoint_url or None))
+    return S3Input(session.service("s3"), url)
+
+
+__all__ = ["open_aws", "open_s3_input"]

@@ -25,9 +25,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from slurmctl.backends.aws.session import Service, error_code, jitter_sleep
-from slurmctl.backends.statestore import Bucket, JobRecord, SlotGrant, TaskRecord
-from slurmctl.errors import SlurmctlError, UserError
-from slurmctl.ratelimit import gcra
+from slurmctl.backends.statestore import JobRecord, TaskRecord
+from slurmctl.errors import UserError
 from slurmctl.states import UNFINISHED, JobStatus, TaskStatus
 
 GSI = "unfinished"
@@ -312,115 +311,3 @@ class Table:
         """ADD the deltas to one counter shard (created by the first ADD)."""
         e = Expr()
         return self.update_op(shard_key(job_id, shard), e.update({}, deltas), e)
-
-
-def bucket_from(job_id: str, item: Item) -> Bucket:
-    return Bucket(
-        job_id=job_id,
-        name=str(item["name"]["S"]),
-        rate=float(item["rate"]["N"]),
-        burst=int(item["burst"]["N"]),
-        tat=float(item["tat"]["N"]),
-        paused=bool(item["paused"]["BOOL"]),
-    )
-
-
-class RateBuckets:
-    """The state store's rate-limit buckets (GCRA, `slurmctl.ratelimit.gcra`): one item each under
-    its own pk, so the hottest item of a job does not share the job's partition."""
-
-    t: Table
-
-    def put_bucket(self, bucket: Bucket) -> None:
-        self.t.call(  # the pointer under the job's pk: list_buckets and delete_job find it
-            "put_item",
-            TableName=self.t.name,
-            Item=key(job_pk(bucket.job_id), f"BUCKET#{bucket.name}"),
-        )
-        e = Expr()
-        tat, paused = e.n("tat"), e.n("paused")
-        update = (
-            f"SET {e.n('name')} = {e.v(bucket.name)}, {e.n('rate')} = {e.v(float(bucket.rate))}, "
-            f"{e.n('burst')} = {e.v(int(bucket.burst))}, "
-            f"{tat} = if_not_exists({tat}, {e.v(float(bucket.tat))}), "
-            f"{paused} = if_not_exists({paused}, {e.v(bool(bucket.paused))})"
-        )
-        self.t.call(
-            "update_item",
-            TableName=self.t.name,
-            Key=bucket_key(bucket.job_id, bucket.name),
-            UpdateExpression=update,
-            **e.args(),
-        )
-
-    def get_bucket(self, job_id: str, name: str) -> Bucket | None:
-        item = self.t.get(bucket_key(job_id, name))
-        return bucket_from(job_id, item) if item else None
-
-    def _bucket_names(self, job_id: str) -> list[str]:
-        return [
-            i["sk"]["S"].removeprefix("BUCKET#")
-            for i in self.t.query(
-                KeyConditionExpression="pk = :p AND begins_with(sk, :b)",
-                ExpressionAttributeValues={":p": {"S": job_pk(job_id)}, ":b": {"S": "BUCKET#"}},
-                ConsistentRead=True,
-            )
-        ]
-
-    def list_buckets(self, job_id: str) -> list[Bucket]:
-        got = self.t.batch_get([bucket_key(job_id, n) for n in self._bucket_names(job_id)])
-        return sorted((bucket_from(job_id, i) for i in got.values()), key=lambda b: b.name)
-
-    def reserve_slots(self, job_id: str, name: str, n: int, now: float) -> SlotGrant:
-        k = bucket_key(job_id, name)
-        item = self.t.get(k)
-        for attempt in range(RESERVE_RETRIES):
-            if item is None:
-                raise KeyError(f"no rate-limit bucket {name!r} for job {job_id}")
-            b = bucket_from(job_id, item)
-            if b.paused:
-                return SlotGrant(paused=True, tat=b.tat)
-            times, tat = gcra.reserve(b.tat, now, n, b.rate, b.burst)
-            e = Expr()
-            update = e.update({"tat": float(tat)})
-            # The grant was computed from exactly this state: any change in between refuses it.
-            cond = e.cond({"tat": b.tat, "paused": False, "rate": b.rate, "burst": b.burst})
-            try:
-                self.t.call(
-                    "update_item",
-                    TableName=self.t.name,
-                    Key=k,
-                    UpdateExpression=update,
-                    ConditionExpression=cond,
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                    **e.args(),
-                )
-                return SlotGrant(times=tuple(times), tat=tat)
-            except self.t.ClientError as err:
-                if error_code(err) != CCF_EXC:
-                    raise
-                # the failed write returns the bucket as it is now: no second read needed
-                item = getattr(err, "response", {}).get("Item") or self.t.get(k)
-                jitter_sleep(attempt, base_s=0.002, cap_s=0.05)
-        raise SlurmctlError(f"rate-limit bucket {name!r} of job {job_id}: too much contention")
-
-    def release_slots(self, job_id: str, name: str, grant_tat: float, new_tat: float) -> bool:
-        e = Expr()
-        return self.t.conditional(
-            "update_item",
-            Key=bucket_key(job_id, name),
-            UpdateExpression=e.update({"tat": float(new_tat)}),
-            ConditionExpression=e.cond({"tat": float(grant_tat)}),
-            **e.args(),
-        )
-
-    def set_buckets_paused(self, job_id: str, paused: bool) -> None:
-        for name in self._bucket_names(job_id):
-            e = Expr()
-            self.t.conditional(
-                "update_item",
-                Key=bucket_key(job_id, name),
-                UpdateExpression=e.update({"paused": bool(paused)}),
-                ConditionExpression=e.cond({}),
-                **e.args(),
-            )

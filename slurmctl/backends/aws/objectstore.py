@@ -99,7 +99,9 @@ class S3ObjectStore(ObjectStore):
     def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> ObjectInfo | None:
         return self._put(key, data, hashlib.sha256(data).hexdigest(), len(data), if_absent)
 
-    def put_file(self, key: str, path: Path, *, if_absent: bool = False) -> ObjectInfo | None:
+    def put_file(
+        self, key: str, path: Path, *, if_absent: bool = False, move: bool = False
+    ) -> ObjectInfo | None:
         h = hashlib.sha256()
         size = 0
         with open(path, "rb") as f:
@@ -114,8 +116,13 @@ class S3ObjectStore(ObjectStore):
                 return self._put(key, f, sha, size, if_absent)
         # Large and unconditional: a parallel multipart upload (no server-side sha256 check on the
         # whole object, but the metadata sha256 is checked by every reader).
-        with self.s3.guard("HeadBucket"):
-            self.s3.current.head_bucket(Bucket=self.bucket)  # first-call probe, fast failure
+        # First-call probe, fast failure: a list under our prefix (HeadBucket would need
+        # s3:ListBucket on the whole bucket, which `slurmctl iam-policy` does not grant).
+        try:
+            self.s3.call("list_objects_v2", Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except self.s3.ClientError as e:
+            self._bucket_error(e)
+            raise
         try:
             with self.s3.guard("UploadFile"):
                 self.s3.client.upload_file(

@@ -2,7 +2,9 @@
 
 - the DynamoDB table: pk/sk strings, on-demand, and the sparse GSI `unfinished` (KEYS_ONLY);
 - the S3 bucket: public access blocked, default encryption (SSE-S3), a policy refusing plain HTTP,
-  a lifecycle rule expiring checkpoints after 7 days and aborting stale multipart uploads.
+  a lifecycle rule expiring checkpoints after 7 days and aborting stale multipart uploads;
+- optionally, task retention: TTL on the table's `expires_at` and the retention in its settings
+  item (`retention.py` says what sets the attribute).
 
 SQS queues are per job: `submit` creates them. Clients are plain boto3 clients.
 """
@@ -18,6 +20,12 @@ from typing import Any
 
 from slurmctl.backends.aws.dynamo import GSI
 from slurmctl.backends.aws.objectstore import CHECKPOINT_TAG
+from slurmctl.backends.aws.retention import (
+    RETENTION_FIELD,
+    SETTINGS_KEY,
+    TTL_ATTRIBUTE,
+    settings_item,
+)
 from slurmctl.backends.aws.session import boto3_module, error_code
 from slurmctl.errors import BackendUnavailable, UserError
 
@@ -272,3 +280,46 @@ def _ensure_bucket(
                 "bucket %s: %s not supported by %s: skipped", name, what, client.meta.endpoint_url
             )
     return True
+
+
+def task_retention(client: Any, table: str) -> float | None:
+    """The retention recorded in the table's settings item (None: task items are kept)."""
+    with _reachable(client, "dynamodb"):
+        item = client.get_item(TableName=table, Key=SETTINGS_KEY, ConsistentRead=True).get("Item")
+    if not item or RETENTION_FIELD not in item:
+        return None
+    days = float(item[RETENTION_FIELD]["N"])
+    return days if days > 0 else None
+
+
+def set_task_retention(client: Any, table: str, days: float) -> bool:
+    """Record the retention (0: none) and, for a positive one, enable TTL on `expires_at`.
+
+    Returns True if this call enabled TTL. A table whose TTL is on another attribute is refused
+    (a table has at most one TTL attribute)."""
+    client_error = _client_error()
+    enabled_now = False
+    with _reachable(client, "dynamodb"):
+        if days > 0:
+            desc = client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+            status, attribute = desc.get("TimeToLiveStatus"), desc.get("AttributeName")
+            if status in {"ENABLED", "ENABLING"}:
+                if attribute != TTL_ATTRIBUTE:
+                    raise UserError(
+                        f"DynamoDB table {table!r} has TTL on {attribute!r}; slurmctl's task "
+                        f"retention needs it on {TTL_ATTRIBUTE!r}: use another table"
+                    )
+            else:
+                try:
+                    client.update_time_to_live(
+                        TableName=table,
+                        TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+                    )
+                    enabled_now = True
+                except client_error as e:
+                    if error_code(e) not in NOT_SUPPORTED:
+                        raise
+                    endpoint = client.meta.endpoint_url
+                    log.warning("table %s: TTL not supported by %s", table, endpoint)
+        client.put_item(TableName=table, Item=settings_item(days))
+    return enabled_now

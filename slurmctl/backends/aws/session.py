@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -88,6 +89,7 @@ class Service:
         self.client = client
         self._make_probe = make_probe
         self._probe: Any = None
+        self._probe_lock = threading.Lock()  # clients are thread-safe, making them is not
         self.reached = False
         self.endpoint = str(client.meta.endpoint_url)
         boto3_module()
@@ -108,9 +110,10 @@ class Service:
     def current(self) -> Any:
         if self.reached:
             return self.client
-        if self._probe is None:
-            self._probe = self._make_probe()
-        return self._probe
+        with self._probe_lock:
+            if self._probe is None:
+                self._probe = self._make_probe()
+            return self._probe
 
     @contextmanager
     def guard(self, op: str) -> Iterator[None]:

@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from slurmctl.backends.aws import retention
+from slurmctl.backends.aws.buckets import RateBuckets
 from slurmctl.backends.aws.dynamo import (
     CCF,
     GSI,
@@ -20,7 +22,6 @@ from slurmctl.backends.aws.dynamo import (
     SHARDS,
     Expr,
     Item,
-    RateBuckets,
     Table,
     bucket_key,
     decode,
@@ -51,7 +52,7 @@ from slurmctl.backends.statestore import (
     TaskRecord,
     task_counter,
 )
-from slurmctl.states import UNFINISHED, TaskStatus
+from slurmctl.states import UNFINISHED, JobStatus, TaskStatus
 
 CLAIM_ROUNDS = 3
 COMMIT_ROUNDS = 3
@@ -127,7 +128,14 @@ class DynamoStateStore(RateBuckets, StateStore):
         else:
             op = {"ConditionCheck": e.args(TableName=self.t.name, Key=k, ConditionExpression=cond)}
         ops = [op, self.t.counters_op(job_id, 0, deltas)] if deltas else [op]
-        return self._write(ops)
+        status = changes.get("status")
+        terminal = status is not None and JobStatus(status).terminal
+        if status is not None:
+            retention.before_status(self.t, job_id, terminal)
+        done = self._write(ops)
+        if done and status is not None:
+            retention.after_status(self.t, job_id, terminal)
+        return done
 
     def delete_job(self, job_id: str) -> None:
         keys: list[Item] = []
