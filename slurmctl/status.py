@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
-from slurmctl.backends.statestore import JobRecord
+from slurmctl.backends.statestore import Bucket, JobRecord
 from slurmctl.jobs import get_job
 from slurmctl.layout import JobLayout
+from slurmctl.observe.timeseries import progress_figures
 from slurmctl.states import JobStatus, TaskStatus
 
 ITEM_KEYS = ("total", "succeeded", "failed_permanent", "failed_transient", "quarantined", "pending")
@@ -18,6 +20,35 @@ def shown_status(job: JobRecord) -> JobStatus:
     if job.paused and not job.status.terminal:
         return JobStatus.PAUSED
     return job.status
+
+
+def rate_limits(
+    buckets: list[Bucket], counters: dict[str, int], now: float
+) -> list[dict[str, Any]]:
+    """Each bucket: its configured and effective rate, a Retry-After hold, and the exhaustion
+    signal (the share of the workers' task time spent waiting for its slots; `job_wait_share`
+    for all buckets together), from the counters the workers move once per task."""
+    busy = counters.get("worker.busy_ms", 0)
+    total = counters.get("ratelimit.wait_ms", 0)
+    out = []
+    for b in buckets:
+        wait = counters.get(f"ratelimit.{b.name}.wait_ms", 0)
+        out.append(
+            {
+                "name": b.name,
+                "tokens_per_sec": b.rate,
+                "burst": b.burst,
+                "paused": b.paused,
+                "effective_tokens_per_sec": round(b.effective_rate(now), 6),
+                "held_until": b.hold_until if b.hold_until > now else None,
+                "wait_ms": wait,
+                "wait_share": round(wait / busy, 4) if busy else 0.0,
+                "job_wait_share": round(total / busy, 4) if busy else 0.0,
+                "busy_ms": busy,
+                "writes": counters.get(f"ratelimit.{b.name}.writes", 0),
+            }
+        )
+    return out
 
 
 def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
@@ -41,10 +72,7 @@ def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
             ]
         except ObjectNotFound:
             pass
-    buckets = [
-        {"name": b.name, "tokens_per_sec": b.rate, "burst": b.burst, "paused": b.paused}
-        for b in backend.state.list_buckets(job_id)
-    ]
+    buckets = rate_limits(backend.state.list_buckets(job_id), counters, time.time())
     out: dict[str, Any] = {
         "job_id": job.job_id,
         "status": str(shown_status(job)),
@@ -67,4 +95,5 @@ def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
         from slurmctl.executors.slurm import slurm_summary
 
         out["slurm"] = slurm_summary(backend, job_id)
+    out.update(progress_figures(job, counters, out))  # items/s, ETA, workers (bounded series)
     return out

@@ -29,6 +29,7 @@ from slurmctl.finalize.reconcile import reconcile
 from slurmctl.finalize.retry import RetryPlan
 from slurmctl.jobs import append_history, get_job, load_definition
 from slurmctl.layout import JobLayout
+from slurmctl.observe.alerts import evaluate_quietly
 from slurmctl.states import JobStatus, TaskStatus
 
 log = logging.getLogger("slurmctl.finalize")
@@ -44,6 +45,13 @@ class FinalizeResult:
 
 
 def finalize(backend: Backend, job_id: str) -> FinalizeResult:
+    try:
+        return _finalize(backend, job_id)
+    finally:
+        evaluate_quietly(backend, job_id)  # alerts (stalled, error rate, ...): once per episode
+
+
+def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
     job = get_job(backend, job_id)
     if job.status.terminal:
         return FinalizeResult(job.status, 0)
