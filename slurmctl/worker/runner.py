@@ -24,6 +24,7 @@ from slurmctl.config import JobDefinition
 from slurmctl.errors import BackendUnavailable, HandlerImportError, UserError
 from slurmctl.finalize.reconcile import reconcile
 from slurmctl.jobs import get_job, load_definition
+from slurmctl.observe.alerts import evaluate_quietly
 from slurmctl.observe.logs import install_worker_log
 from slurmctl.ratelimit.allocation import LEAVE_MARGIN_S, AllocationClock
 from slurmctl.ratelimit.limiter import DistributedRateLimiter, WorkerStopping
@@ -38,6 +39,9 @@ EXIT_STOPPED = 143
 EXIT_JOB_FAILED = 3
 EXIT_UNREACHABLE = 75  # EX_TEMPFAIL: try again later
 OUTAGE_LIMIT_S = 600.0
+ALERT_EVERY_S = 300.0
+"""Workers evaluate the job's alerts this often (finalize and `watch` do too); the alert claims in
+the object store make sure each episode is sent once."""
 POLL_S = 1.0
 
 
@@ -110,8 +114,9 @@ class Worker:
             limiter.throttled(retry_after)
 
     def _release_slots(self) -> None:
-        for limiter in self.limiters.values():
+        for name, limiter in self.limiters.items():
             limiter.release_unused_tokens()
+            log.info("worker %s: rate limiter %s: %s", self.worker_id, name, limiter.stats())
 
     def _while_paused(self) -> None:
         """Paused near the Slurm time limit: checkpoint and leave (like on a signal)."""
@@ -232,8 +237,12 @@ class Worker:
         last_reconcile = 0.0
         paused_logged = False
         idle_wait = 0.0
+        last_alerts = time.monotonic()
         while not self.should_stop():
             job = get_job(self.backend, self.job_id)
+            if time.monotonic() - last_alerts > ALERT_EVERY_S:  # alerts at a low frequency
+                last_alerts = time.monotonic()
+                evaluate_quietly(self.backend, self.job_id)
             if job.status.terminal:
                 log.info("worker %s: job is %s, leaving", self.worker_id, job.status)
                 return EXIT_OK

@@ -181,9 +181,9 @@ def test_moto_frozen_during_a_job_every_item_still_once(
     proc = popen(root, "submit", "--no-progress", str(config), env={"CALLS_FILE": str(calls)})
     try:
         wait_for(lambda: len(_calls(calls)) >= 150, what="progress", timeout=60)
-        moto_server.freeze()  # longer than the lease (3 s): leases expire meanwhile
+        moto_server.freeze()  # 10 s (issue 6), far longer than the lease (3 s)
         try:
-            time.sleep(4.0)
+            time.sleep(10.0)
         finally:
             moto_server.unfreeze()
         frozen_at = len(_calls(calls))

@@ -65,6 +65,63 @@ def test_requeued_element_resumes_its_task_from_the_uploaded_checkpoint(
     assert actions.count("workers") == 1, "the requeued element finished the job itself"
 
 
+def test_two_requeued_elements_resume_their_tasks(
+    tmp_path: Path, job_id: Callable[[str], str]
+) -> None:
+    """Preemption of two array elements at once: both release their tasks with checkpoints,
+    both come back, every item is accounted for exactly once."""
+    from slurmctl.backends import open_local
+
+    jid = job_id("requeue2")
+    log = tmp_path / "calls.txt"
+    config = make_job(
+        tmp_path / "job",
+        400,
+        handler=SLOW_HANDLER,
+        batch_size=100,
+        workers=2,
+        job_id=jid,
+        extra=util.SLURM_JOB + "checkpoint_every: 10\n",
+    )
+    root = tmp_path / "root"
+    out = cli(root, "submit", str(config), env={"CALLS_FILE": str(log), "ITEM_S": "0.03"})
+    assert out.returncode == 0, out.stderr
+    array = util.manifest(root, jid)["slurm_array_id"]
+    elements = [f"{array}_0", f"{array}_1"]
+    state = open_local(root).state
+
+    def running() -> list[str]:
+        return [t.task_id for t in state.iter_tasks(jid) if t.status == "RUNNING"]
+
+    wait_for(lambda: len(running()) == 2 and len(calls(log)) >= 40, timeout=60, what="2 busy")
+    held = running()
+    requeued_at = time.time()
+    for element in elements:
+        util.scontrol("requeue", element)
+
+    def released() -> bool:
+        tasks = [util.task(root, jid, t) for t in held]
+        return all(t.status == "PENDING" and t.checkpoint_key for t in tasks)
+
+    wait_for(released, timeout=30, what="both tasks released with their checkpoints")
+    wait_for(
+        lambda: (
+            {(e.state, e.reason) for e in util.elements(*elements)} == {("PENDING", "BeginTime")}
+        ),
+        timeout=30,
+        what="both elements pending on BeginTime",
+    )
+    wait_for(lambda: time.time() >= int(requeued_at) + 2, timeout=5, what="the next second")
+    for element in elements:
+        util.scontrol("update", f"JobId={element}", "StartTime=now")
+    util.wait_status(root, jid, "COMPLETED", timeout=180)
+    assert_exactly_once(root, jid, 400)
+    resumed = [m for m in util.task_manifests(root, jid) if m["task_id"] in held]
+    assert len(resumed) == 2
+    assert all(m["metrics"]["items_from_checkpoint"] >= 10 for m in resumed), resumed
+    assert len(calls(log)) <= 400 + 2 * 10, "more than one checkpoint interval redone per task"
+
+
 def test_time_limit_stops_workers_and_finalize_resubmits_them(
     tmp_path: Path, job_id: Callable[[str], str]
 ) -> None:
