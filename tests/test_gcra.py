@@ -55,12 +55,41 @@ def test_release_gives_back_exactly_the_tail(rate: float, n: int, unused: int) -
 
 def test_headroom_and_steady_spacing() -> None:
     times, tat = gcra.reserve(0.0, 10.0, 6, rate=10, burst=4)
-    # burst 4 minus one slot of headroom: three at once, then one every 100 ms
-    assert [round(t, 6) for t in times] == [10.0, 10.0, 10.0, 10.1, 10.2, 10.3]
+    # burst 4 minus two slots of headroom: two at once, then one every 100 ms
+    assert [round(t, 6) for t in times] == [10.0, 10.0, 10.1, 10.2, 10.3, 10.4]
     assert round(tat, 6) == 10.6
+    assert [gcra.headroom(b) for b in (1, 2, 3, 4, 10)] == [0, 1, 2, 2, 2]
 
 
 def test_lease_size_covers_a_quarter_second_shared_by_workers() -> None:
     assert gcra.lease_size(200, 4) == 12
     assert gcra.lease_size(10, 8) == 1
     assert gcra.lease_size(100_000, 1) == 25_000
+
+
+def test_a_cut_spaces_slots_wider_but_gives_no_new_burst() -> None:
+    _, tat = gcra.reserve(0.0, 10.0, 3, rate=10, burst=5)  # the burst used up
+    b = gcra.throttle(10, gcra.NO_BACKOFF, 10.0)
+    assert b.effective == 5.0 and b.changed_at == 10.0 and b.hold_until == 0.0
+    p = gcra.plan(tat, 10.0, 3, 10, 5, b)
+    # the tolerance stays that of the configured rate: no second burst at 10.0
+    assert [round(t, 6) for t in p.times] == [10.1, 10.3, 10.5] and p.rate == 5.0
+
+
+def test_backoff_numbers() -> None:
+    b = gcra.throttle(100, gcra.NO_BACKOFF, 0.0, retry_after=2)
+    assert (b.effective, b.hold_until) == (50.0, 2.0)
+    assert gcra.throttle(100, b, 0.5) == b  # within the cooldown: the same event
+    assert gcra.effective_rate(100, b, 4.0) == 50.0 + 5.0 * 4  # +5% of the rate a second
+    assert gcra.effective_rate(100, b, 60.0) == 100.0
+    assert gcra.plan(0.0, 1.0, 2, 100, 1, b).times == ()  # held until 2.0
+    for i in range(20):  # a cut every second: towards the floor, never under 5% of the rate
+        b = gcra.throttle(100, b, 10.0 + i)
+    assert 5.0 <= gcra.effective_rate(100, b, b.changed_at) < 5.1
+
+
+def test_lease_size_covers_two_round_trips_up_to_a_quarter_second() -> None:
+    assert gcra.lease_size(50, 8) == 1
+    assert gcra.lease_size(50, 8, rtt_s=0.1) == 2  # 6.25/s each, over 0.2 s
+    assert gcra.lease_size(50, 8, rtt_s=5.0) == 12  # never over 250 ms of the rate
+    assert gcra.lease_size(1, 8, rtt_s=5.0) == 1

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from slurmctl.ratelimit.gcra import Backoff, effective_rate
 from slurmctl.states import JobStatus, TaskStatus
 
 # Counter names. Phase-qualified task counters read `<phase>.tasks.<STATUS>`.
@@ -112,14 +113,29 @@ class TaskCommit:
 
 @dataclass(frozen=True)
 class Bucket:
-    """A rate-limit bucket: the shared schedule of DESIGN.md (GCRA)."""
+    """A rate-limit bucket: the shared schedule of DESIGN.md (GCRA) and its adaptive backoff."""
 
     job_id: str
     name: str
     rate: float
+    """The configured rate (`rate_limit`, or the last `set-rate`)."""
     burst: int
     tat: float = 0.0
     paused: bool = False
+    effective: float = 0.0
+    """The effective rate right after the last throttle cut; 0 when never cut. The rate in force
+    at a time is `effective_rate(now)` (it recovers additively, see ratelimit/gcra.py)."""
+    changed_at: float = 0.0
+    """When the last cut happened."""
+    hold_until: float = 0.0
+    """No slot is issued before this time (a Retry-After, job-wide)."""
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.effective, self.changed_at, self.hold_until)
+
+    def effective_rate(self, now: float) -> float:
+        return effective_rate(self.rate, self.backoff, now)
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,15 @@ class SlotGrant:
     tat: float = 0.0
     """The bucket's TAT right after this grant; a release succeeds only if it is still this."""
     paused: bool = False
+    rate: float = 0.0
+    """The effective rate the slots are spaced by: leases are sized from it, and a release moves
+    TAT back by one 1/rate per unused slot."""
+    configured_rate: float = 0.0
+    """The bucket's configured rate (a `set-rate` shows here within one lease)."""
+    hold_until: float = 0.0
+    """Set, with no times, while a Retry-After holds issuance: ask again at that time."""
+    writes: int = 0
+    """Bucket write attempts this grant took (conditional writes that lost a race included)."""
 
 
 class StateStore(ABC):
@@ -247,3 +272,18 @@ class StateStore(ABC):
 
     @abstractmethod
     def set_buckets_paused(self, job_id: str, paused: bool) -> None: ...
+
+    @abstractmethod
+    def set_bucket_rate(
+        self, job_id: str, name: str, rate: float, burst: int | None = None
+    ) -> Bucket | None:
+        """`set-rate`: a new configured rate (and burst, if given) for an existing bucket, TAT
+        kept; any backoff is cleared (the operator's rate wins), a Retry-After hold is kept.
+        Returns the bucket as it was before, None when there is no such bucket."""
+
+    @abstractmethod
+    def throttle_bucket(
+        self, job_id: str, name: str, now: float, retry_after: float | None = None
+    ) -> Bucket | None:
+        """The API throttled: apply `gcra.throttle` to the bucket (cut the effective rate, hold
+        issuance until now + retry_after). Returns the bucket after, None when absent."""

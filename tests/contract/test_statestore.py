@@ -157,7 +157,7 @@ def test_job_lease(backend: Backend) -> None:
 
 def test_buckets_schedule_pause_release(backend: Backend) -> None:
     _setup(backend)
-    backend.state.put_bucket(Bucket("j", "default", rate=10.0, burst=3))
+    backend.state.put_bucket(Bucket("j", "default", rate=10.0, burst=4))
     g = backend.state.reserve_slots("j", "default", 4, now=100.0)
     assert not g.paused
     assert [round(t, 6) for t in g.times] == [100.0, 100.0, 100.1, 100.2]
@@ -174,6 +174,48 @@ def test_buckets_schedule_pause_release(backend: Backend) -> None:
     b = backend.state.get_bucket("j", "default")
     assert b is not None and b.rate == 20.0 and b.burst == 1 and round(b.tat, 6) == 100.3
     assert [x.name for x in backend.state.list_buckets("j")] == ["default"]
+
+
+def test_bucket_grants_carry_rates_and_set_rate(backend: Backend) -> None:
+    _setup(backend)
+    backend.state.put_bucket(Bucket("j", "default", rate=10.0, burst=1))
+    g = backend.state.reserve_slots("j", "default", 2, now=100.0)
+    assert g.rate == 10.0 == g.configured_rate and g.writes >= 1 and g.hold_until == 0.0
+    before = backend.state.set_bucket_rate("j", "default", 40.0, burst=4)
+    assert before is not None and before.rate == 10.0 and before.burst == 1
+    b = backend.state.get_bucket("j", "default")
+    assert b is not None and (b.rate, b.burst) == (40.0, 4) and b.tat == g.tat  # TAT kept
+    g2 = backend.state.reserve_slots("j", "default", 2, now=100.0)
+    assert g2.configured_rate == 40.0 == g2.rate
+    assert [round(t, 6) for t in g2.times] == [100.175, 100.2]  # tau: one slot at 40/s
+    assert backend.state.set_bucket_rate("j", "nope", 1.0) is None
+    before = backend.state.set_bucket_rate("j", "default", 20.0)  # burst kept
+    assert before is not None and backend.state.get_bucket("j", "default").burst == 4  # type: ignore[union-attr]
+
+
+def test_bucket_throttle_cuts_holds_and_set_rate_clears(backend: Backend) -> None:
+    _setup(backend)
+    backend.state.put_bucket(Bucket("j", "default", rate=10.0, burst=1))
+    b = backend.state.throttle_bucket("j", "default", now=200.0, retry_after=2.0)
+    assert b is not None and (b.effective, b.changed_at, b.hold_until) == (5.0, 200.0, 202.0)
+    assert backend.state.get_bucket("j", "default") == b
+    # a second report within the cooldown: the same event, nothing written
+    assert backend.state.throttle_bucket("j", "default", now=200.5) == b
+    held = backend.state.reserve_slots("j", "default", 3, now=201.0)
+    assert held.times == () and held.hold_until == 202.0 and not held.paused
+    g = backend.state.reserve_slots("j", "default", 3, now=202.0)
+    assert g.rate == 5.0 + 0.5 * 2.0  # recovered by 5% of 10/s a second for 2 s
+    assert [round(t, 6) for t in g.times] == [202.0, round(202.0 + 1 / 6, 6), round(202 + 2 / 6, 6)]
+    # a release moves TAT back by the grant's own interval
+    assert backend.state.release_slots("j", "default", g.tat, g.tat - 1 / g.rate)
+    backend.state.set_bucket_rate("j", "default", 10.0)
+    b2 = backend.state.get_bucket("j", "default")
+    assert b2 is not None and b2.effective == 0.0 and b2.effective_rate(202.0) == 10.0
+    assert b2.hold_until == 202.0  # a Retry-After is the API's word: set-rate keeps it
+    assert backend.state.throttle_bucket("j", "nope", now=1.0) is None
+    backend.state.set_buckets_paused("j", True)
+    paused = backend.state.reserve_slots("j", "default", 1, now=300.0)
+    assert paused.paused and paused.times == () and paused.configured_rate == 10.0
 
 
 def test_delete_job(backend: Backend) -> None:

@@ -78,12 +78,20 @@ class RateBuckets:
 
     t: Table
     _seen_items: dict[tuple[str, str], Item]
+    _busy_seen: dict[tuple[str, str], bool]
 
     def _seen(self) -> dict[tuple[str, str], Item]:
         """The last state of each bucket this process saw (its settings drive the fast path)."""
         if not hasattr(self, "_seen_items"):
             self._seen_items = {}
         return self._seen_items
+
+    @property
+    def _busy(self) -> dict[tuple[str, str], bool]:
+        """Whether each bucket was busy (TAT ahead of now) at this process's last grant."""
+        if not hasattr(self, "_busy_seen"):
+            self._busy_seen = {}
+        return self._busy_seen
 
     def put_bucket(self, bucket: Bucket) -> None:
         self.t.call(  # the pointer under the job's pk: list_buckets and delete_job find it
@@ -187,32 +195,41 @@ class RateBuckets:
             jitter_sleep(attempt, base_s=0.002, cap_s=0.05)
         raise SlurmctlError(f"rate-limit bucket {name!r} of job {job_id}: too much contention")
 
-    def _reserve_busy(
+    def _reserve_blind(
         self, job_id: str, name: str, n: int, now: float, seen: Item
-    ) -> tuple[SlotGrant | None, Item | None]:
-        """The fast path: (the grant, None), or (None, the bucket as it is) when not busy."""
+    ) -> tuple[SlotGrant | None, Item | None, int]:
+        """Reserve without reading, from the settings last seen: TAT >= now, the addition
+        `tat + n/eff`; TAT < now, `tat = now + n/eff`. Returns (grant, None, writes), or (None,
+        the bucket as it is, writes) when its settings are not the ones seen."""
         b = bucket_from(job_id, seen)
         eff = gcra.effective_rate(b.rate, b.backoff, now)
-        add = _ceil9(n / eff)
-        e = Expr()
-        tat = e.n("tat")
-        conditions = [
-            *pinned(e, seen, SETTINGS),
-            f"{tat} >= {e.v(gcra.busy_threshold(now, b.rate, b.burst))}",
-        ]
-        ok, item = self._bucket_write(
-            job_id, name, f"SET {tat} = {tat} + {e.v(float(add))}", e, conditions
-        )
-        if not ok or item is None:
-            return None, item
-        times, _ = gcra.busy_slots(float(item["tat"]["N"]), n, b.rate, b.burst, eff)
-        return SlotGrant(
-            times=tuple(times),
-            tat=float(item["tat"]["N"]) + float(add),
-            rate=eff,
-            configured_rate=b.rate,
-            writes=1,
-        ), None
+        # busy (TAT ahead: an addition, never a conflict) or idle, as the last grant here found
+        busy = self._busy.get((job_id, name), True)
+        for attempt in range(RESERVE_RETRIES):
+            e = Expr()
+            tat, at = e.n("tat"), e.v(float(now))
+            if busy:
+                add = e.v(float(_ceil9(n / eff)))
+                update, cond = f"SET {tat} = {tat} + {add}", f"{tat} >= {at}"
+            else:  # idle: the grant does not depend on TAT
+                idle = gcra.reserve(now, now, n, b.rate, b.burst, eff)[1]
+                update, cond = f"SET {tat} = {e.v(float(idle))}", f"{tat} < {at}"
+            conditions = [*pinned(e, seen, SETTINGS), cond]
+            ok, item = self._bucket_write(job_id, name, update, e, conditions)
+            if item is None:
+                return None, None, attempt + 1
+            if ok:
+                old = float(item["tat"]["N"])
+                self._busy[(job_id, name)] = old >= now
+                times, new_tat = gcra.reserve(old, now, n, b.rate, b.burst, eff)
+                grant = SlotGrant(tuple(times), new_tat, rate=eff, configured_rate=b.rate)
+                return dataclasses.replace(grant, writes=attempt + 1), None, attempt + 1
+            if any(item.get(k) != seen.get(k) for k in SETTINGS):
+                return None, item, attempt + 1  # set-rate, pause, a throttle: compute from it
+            busy = float(item["tat"]["N"]) >= now  # lost a race to an idle write: try the other
+            if attempt:
+                jitter_sleep(attempt, base_s=0.002, cap_s=0.05)
+        raise SlurmctlError(f"rate-limit bucket {name!r} of job {job_id}: too much contention")
 
     def reserve_slots(self, job_id: str, name: str, n: int, now: float) -> SlotGrant:
         writes = 0
@@ -221,10 +238,9 @@ class RateBuckets:
         if seen is not None:
             b = bucket_from(job_id, seen)
             if not b.paused and b.hold_until <= now:
-                grant, item = self._reserve_busy(job_id, name, n, now, seen)
+                grant, item, writes = self._reserve_blind(job_id, name, n, now, seen)
                 if grant is not None:
                     return grant
-                writes = 1
         plans: list[gcra.Plan] = []
 
         def compute(item: Item) -> Mapping[str, Any] | None:

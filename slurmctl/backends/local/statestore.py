@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import astuple, fields
+from dataclasses import astuple, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,13 @@ CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks (job_id, phase, task_id)
 CREATE TABLE IF NOT EXISTS counters (job_id, name, value INTEGER NOT NULL,
     PRIMARY KEY (job_id, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS buckets (job_id, name, rate REAL, burst INTEGER, tat REAL,
-    paused INTEGER, PRIMARY KEY (job_id, name)) WITHOUT ROWID;
+    paused INTEGER, effective REAL DEFAULT 0, changed_at REAL DEFAULT 0,
+    hold_until REAL DEFAULT 0, PRIMARY KEY (job_id, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS job_leases (job_id PRIMARY KEY, holder, expires REAL)
 """
 
 _UNFINISHED = "status IN ('PENDING', 'RUNNING')"
+_BUCKET_COLS = [f.name for f in fields(Bucket)]
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
@@ -78,11 +80,16 @@ class SQLiteStateStore(StateStore):
     def _add_new_columns(self) -> None:
         """A state root written by an older slurmctl gains the columns added since."""
         with self.db.transaction() as conn:
-            for table, cols in (("jobs", _JOB_COLS), ("tasks", TASK_FIELDS)):
+            for table, cols in (
+                ("jobs", _JOB_COLS),
+                ("tasks", TASK_FIELDS),
+                ("buckets", _BUCKET_COLS),
+            ):
                 have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
                 for col in cols:
                     if col not in have:
-                        conn.execute(f'ALTER TABLE {table} ADD COLUMN "{col}"')
+                        default = " DEFAULT 0" if table == "buckets" else ""
+                        conn.execute(f'ALTER TABLE {table} ADD COLUMN "{col}"{default}')
 
     def close(self) -> None:
         self.db.close()
@@ -355,36 +362,29 @@ class SQLiteStateStore(StateStore):
     def put_bucket(self, bucket: Bucket) -> None:
         with self.db.transaction() as conn:
             conn.execute(
-                "INSERT INTO buckets VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, name) "
+                f"INSERT INTO buckets ({', '.join(_BUCKET_COLS)}) "
+                f"VALUES ({', '.join('?' * len(_BUCKET_COLS))}) ON CONFLICT (job_id, name) "
                 "DO UPDATE SET rate = excluded.rate, burst = excluded.burst",
-                (
-                    bucket.job_id,
-                    bucket.name,
-                    bucket.rate,
-                    bucket.burst,
-                    bucket.tat,
-                    int(bucket.paused),
-                ),
+                astuple(bucket),
             )
 
     @staticmethod
     def _bucket(row: sqlite3.Row) -> Bucket:
-        return Bucket(
-            job_id=row["job_id"],
-            name=row["name"],
-            rate=row["rate"],
-            burst=row["burst"],
-            tat=row["tat"],
-            paused=bool(row["paused"]),
-        )
+        d = {k: row[k] for k in _BUCKET_COLS}
+        d["paused"] = bool(d["paused"])
+        for k in ("effective", "changed_at", "hold_until"):
+            d[k] = float(d[k] or 0.0)
+        return Bucket(**d)
+
+    @staticmethod
+    def _row(conn: sqlite3.Connection, job_id: str, name: str) -> Bucket | None:
+        row = conn.execute(
+            "SELECT * FROM buckets WHERE job_id = ? AND name = ?", (job_id, name)
+        ).fetchone()
+        return SQLiteStateStore._bucket(row) if row else None
 
     def get_bucket(self, job_id: str, name: str) -> Bucket | None:
-        row = (
-            self.db.conn()
-            .execute("SELECT * FROM buckets WHERE job_id = ? AND name = ?", (job_id, name))
-            .fetchone()
-        )
-        return self._bucket(row) if row else None
+        return self._row(self.db.conn(), job_id, name)
 
     def list_buckets(self, job_id: str) -> list[Bucket]:
         rows = self.db.conn().execute(
@@ -394,18 +394,25 @@ class SQLiteStateStore(StateStore):
 
     def reserve_slots(self, job_id: str, name: str, n: int, now: float) -> SlotGrant:
         with self.db.transaction() as conn:
-            row = conn.execute(
-                "SELECT * FROM buckets WHERE job_id = ? AND name = ?", (job_id, name)
-            ).fetchone()
-            if row is None:
+            b = self._row(conn, job_id, name)
+            if b is None:
                 raise KeyError(f"no rate-limit bucket {name!r} for job {job_id}")
-            if row["paused"]:
-                return SlotGrant(paused=True, tat=row["tat"])
-            times, tat = gcra.reserve(row["tat"], now, n, row["rate"], row["burst"])
-            conn.execute(
-                "UPDATE buckets SET tat = ? WHERE job_id = ? AND name = ?", (tat, job_id, name)
+            if b.paused:
+                return SlotGrant(paused=True, tat=b.tat, configured_rate=b.rate)
+            p = gcra.plan(b.tat, now, n, b.rate, b.burst, b.backoff)
+            if p.times:
+                conn.execute(
+                    "UPDATE buckets SET tat = ? WHERE job_id = ? AND name = ?",
+                    (p.tat, job_id, name),
+                )
+            return SlotGrant(
+                times=p.times,
+                tat=p.tat,
+                rate=p.rate,
+                configured_rate=b.rate,
+                hold_until=p.hold_until,
+                writes=int(bool(p.times)),
             )
-            return SlotGrant(times=tuple(times), tat=tat)
 
     def release_slots(self, job_id: str, name: str, grant_tat: float, new_tat: float) -> bool:
         with self.db.transaction() as conn:
@@ -418,3 +425,38 @@ class SQLiteStateStore(StateStore):
     def set_buckets_paused(self, job_id: str, paused: bool) -> None:
         with self.db.transaction() as conn:
             conn.execute("UPDATE buckets SET paused = ? WHERE job_id = ?", (int(paused), job_id))
+
+    def set_bucket_rate(
+        self, job_id: str, name: str, rate: float, burst: int | None = None
+    ) -> Bucket | None:
+        with self.db.transaction() as conn:
+            before = self._row(conn, job_id, name)
+            if before is None:
+                return None
+            conn.execute(
+                "UPDATE buckets SET rate = ?, burst = ?, effective = 0, changed_at = 0 "
+                "WHERE job_id = ? AND name = ?",
+                (float(rate), before.burst if burst is None else int(burst), job_id, name),
+            )
+            return before
+
+    def throttle_bucket(
+        self, job_id: str, name: str, now: float, retry_after: float | None = None
+    ) -> Bucket | None:
+        with self.db.transaction() as conn:
+            b = self._row(conn, job_id, name)
+            if b is None:
+                return None
+            after = gcra.throttle(b.rate, b.backoff, now, retry_after)
+            if after != b.backoff:
+                conn.execute(
+                    "UPDATE buckets SET effective = ?, changed_at = ?, hold_until = ? "
+                    "WHERE job_id = ? AND name = ?",
+                    (after.effective, after.changed_at, after.hold_until, job_id, name),
+                )
+            return replace(
+                b,
+                effective=after.effective,
+                changed_at=after.changed_at,
+                hold_until=after.hold_until,
+            )
