@@ -32,6 +32,7 @@ from slurmctl.states import TaskStatus
 
 log = logging.getLogger("slurmctl.aggregate")
 MERGE_THREADS = max(1, min(4, os.cpu_count() or 1))
+ROW_GROUP_ROWS = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -95,14 +96,24 @@ def _merge(backend: Backend, parts: list[Part], key: str, work: Path) -> Part:
     schema = pa.unify_schemas(schemas, promote_options="permissive")
     out = work / "out.parquet"
     rows = 0
+    # Small row groups (one per task) are gathered into large ones: the writer keeps metadata
+    # per row group until it closes, which would grow with the number of tasks.
+    pending: list[pa.Table] = []
+    pending_rows = 0
     with pq.ParquetWriter(out, schema) as writer:
         for path in local:
             f = pq.ParquetFile(path)
             for i in range(f.num_row_groups):
                 table = f.read_row_group(i)
                 if table.num_rows:
-                    writer.write_table(_conform(table, schema))
+                    pending.append(_conform(table, schema))
+                    pending_rows += table.num_rows
                     rows += table.num_rows
+                if pending_rows >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+                    pending, pending_rows = [], 0
+        if pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
     expected = sum(p.rows for p in parts)
     if rows != expected:
         raise IntegrityError(f"{key}: merged {rows} rows, inputs record {expected}")

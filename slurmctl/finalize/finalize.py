@@ -92,7 +92,10 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
             job_id, {"status": JobStatus.AGGREGATING, "updated_at": time.time()}
         )
         try:
-            final = aggregate(backend, job_id, definition.output.fan_in)
+            scratch = Path(definition.scratch) if definition.scratch else None
+            if scratch is not None:
+                scratch.mkdir(parents=True, exist_ok=True)
+            final = aggregate(backend, job_id, definition.output.fan_in, scratch)
         except IntegrityError as e:
             backend.state.update_job(job_id, {"status": JobStatus.FAILED, "error": str(e)})
             append_history(backend, job_id, "failed", reason=str(e))
