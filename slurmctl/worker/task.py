@@ -36,6 +36,8 @@ from slurmctl.worker.handler import Handler
 
 log = logging.getLogger("slurmctl.worker")
 
+ITEM_KEEP = 4096
+"""Bytes of a permanently failed item kept in the failure manifest."""
 CHECKPOINT_MIN_INTERVAL_S = 0.05
 """A checkpoint commit costs a fraction of a millisecond: with a fast handler, wait for this much
 work before the next one. A killed worker redoes at most `checkpoint_every` items or this long
@@ -140,7 +142,7 @@ class TaskRunner:
             if stopped:
                 self._leave(task, token, ckpt, scratch)
                 return Outcome.STOPPED
-            commit = self._write_outputs(task, token, ckpt, scratch)
+            commit = self._write_outputs(task, token, ckpt, scratch, lines)
         finally:
             ckpt.close()
         commit = TaskCommit(**{**commit.__dict__, "end_time": time.time()})
@@ -248,6 +250,7 @@ class TaskRunner:
         token: str,
         ckpt: Checkpoint,
         scratch: Path,
+        lines: list[bytes],
     ) -> TaskCommit:
         rows: list[dict[str, Any]] = []
         errors: list[bytes] = []
@@ -275,6 +278,12 @@ class TaskRunner:
                         "message": message,
                         "signature": sig,
                         "attempt": task.attempts,
+                        # a permanent failure is logged once, with its input item
+                        **(
+                            {"item": lines[idx][:ITEM_KEEP].decode("utf-8", "replace")}
+                            if etype in PERMANENT
+                            else {}
+                        ),
                     },
                     sort_keys=True,
                 ).encode()

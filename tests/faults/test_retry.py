@@ -66,6 +66,8 @@ def test_transient_failures_are_retried_in_phases(tmp_path: Path) -> None:
     initial = json.loads((jobdir / "failures/initial.json").read_text())
     assert initial["count"] == 10 and initial["retried"] == len(flaky) + len(exhausted)
     assert {e["reason"] for e in initial["items"]} == {"permanent error"}
+    first = min(initial["items"], key=lambda e: int(e["item_id"]))
+    assert json.loads(first["item"]) == {"id": "3", "n": 3}, "logged with its input item"
     last = json.loads((jobdir / "failures/retry_2.json").read_text())
     assert last["count"] == 20 and {e["reason"] for e in last["items"]} == {"retries exhausted"}
     assert {e["error_type"] for e in last["items"]} == {"timeout"}
