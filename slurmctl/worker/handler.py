@@ -26,8 +26,10 @@ class Handler:
 def load_handler(spec: str, config_dir: Path) -> Handler:
     module_name, _, func_name = spec.partition(":")
     folder = str(config_dir)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)  # first: this job's module wins over a same-named one elsewhere
+    _forget_other(module_name, Path(folder))
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -55,3 +57,20 @@ def load_handler(spec: str, config_dir: Path) -> Handler:
     return Handler(
         process, setup if callable(setup) else None, teardown if callable(teardown) else None
     )
+
+
+def _forget_other(module_name: str, folder: Path) -> None:
+    """A module of that name imported earlier from another folder (another job's handler in the
+    same process: `try`, tests) must not stand in for this job's."""
+    top = module_name.split(".")[0]
+    loaded = sys.modules.get(top)
+    where = getattr(loaded, "__file__", None)
+    if loaded is None or where is None:
+        return
+    path = Path(where).resolve()
+    installed = (Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve())
+    if path.is_relative_to(folder.resolve()) or any(path.is_relative_to(p) for p in installed):
+        return  # this job's own module, or a library: leave it alone
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
