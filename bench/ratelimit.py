@@ -42,8 +42,32 @@ WARMUP_S = 1.0
 """The window opens this long after the last of the workers sent its first request."""
 GOAL_UTILISATION = 0.95
 
-NAIVE_HANDLER = """
-import json, time, urllib.request
+LATENCY = """
+import random, time
+
+def _work(item, ctx):
+    # the work after the request (the API's latency, parsing): exponential around latency_ms,
+    # the same for an item on either side
+    mean = float(ctx.params.get("latency_ms", 0)) / 1000
+    if mean:
+        time.sleep(random.Random(item["id"]).expovariate(1 / mean))
+"""
+
+SHARED_HANDLER = (
+    HANDLER.replace("def process(", "def _request(")
+    + LATENCY
+    + """
+def process(item, ctx):
+    out = _request(item, ctx)
+    _work(item, ctx)
+    return out
+"""
+)
+
+NAIVE_HANDLER = (
+    LATENCY
+    + """
+import json, urllib.request
 
 _next = [0.0]
 
@@ -58,8 +82,10 @@ def process(item, ctx):
     request = urllib.request.Request(url, headers={"X-Worker": ctx.worker_id})
     with urllib.request.urlopen(request, timeout=10) as r:
         json.loads(r.read())
+    _work(item, ctx)
     return {"id": item["id"], "ok": True}
 """
+)
 
 
 @contextlib.contextmanager
@@ -88,18 +114,21 @@ def run_side(
     folder.mkdir(parents=True, exist_ok=True)
     with RemoteAPI(rate, burst, folder) as api:
         if naive:
-            extra = f"params: {{base_url: '{api.url}', interval: {workers / rate!r}}}\n"
+            extra = (
+                f"params: {{base_url: '{api.url}', interval: {workers / rate!r}, "
+                f"latency_ms: {args.latency_ms}}}\n"
+            )
         else:
             extra = (
-                f"params: {{base_url: '{api.url}'}}\n"
+                f"params: {{base_url: '{api.url}', latency_ms: {args.latency_ms}}}\n"
                 f"rate_limit: {{tokens_per_sec: {rate}, burst: {burst}}}\n"
             )
         config = make_job(
             folder / "job",
             items,
-            handler=NAIVE_HANDLER if naive else HANDLER,
+            handler=NAIVE_HANDLER if naive else SHARED_HANDLER,
             extra=extra + "retry: {max_attempts: 1}\n" + aws_section,
-            batch_size=25,
+            batch_size=args.batch_size,
             workers=workers,
             job_id=JOB_ID,
         )
@@ -219,6 +248,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--burst", type=int, default=5)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=100, help="items per task")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="mean work after each request (exponential): uneven workers",
+    )
     parser.add_argument("--backends", default="local,aws")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--tmp", default=None)
@@ -228,7 +264,8 @@ def main() -> None:
     info = common.machine()
     common.header(
         f"rate limiter: {args.workers} workers, strict API {args.rate:g}/s burst {args.burst}, "
-        f"{args.duration:g} s windows",
+        f"{args.duration:g} s windows, batch_size {args.batch_size}, "
+        f"work after each request {args.latency_ms:g} ms (mean)",
         info,
     )
     base = common.work_dir(args.tmp, "ratelimit")
@@ -260,7 +297,8 @@ def main() -> None:
         ]
         result["goals_met"] = all(goals)
         print(f"   goals (>= {GOAL_UTILISATION} of the rate, no 429): {all(goals)}")
-        print(f"   saved {common.save('ratelimit', result)}")
+        name = "ratelimit" + (f"-latency{args.latency_ms:g}" if args.latency_ms else "")
+        print(f"   saved {common.save(name, result)}")
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

@@ -146,14 +146,16 @@ class DistributedRateLimiter:
         self.writes += 1
         for _ in range(unused):
             self._slots.pop()
+        if not ok:  # others reserved since: the slots are lost to the schedule
+            self.wasted += unused
         self._grant = None
         return ok
 
     def _drop_slots(self) -> None:
         """Give back (or, when others reserved since, forget) every slot held."""
-        if not self.release_unused_tokens():
-            self.wasted += len(self._slots)
-            self._slots.clear()
+        self.release_unused_tokens()
+        self.wasted += len(self._slots)
+        self._slots.clear()
 
     def _still_valid(self) -> bool:
         """Re-read the bucket while a far slot is waited for: is it still ours to use?"""

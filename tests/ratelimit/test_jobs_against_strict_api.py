@@ -154,6 +154,11 @@ def test_one_job_pause_set_rate_and_throttling(run: Run) -> None:
     wait_for(lambda: run.bucket()["busy_ms"] > 0, timeout=30, what="a task's metrics")
     b = run.bucket()
     assert 0 < b["wait_share"] <= 1.0 and b["wait_ms"] > 0 and b["writes"] > 0
+    if run.kind == "local":  # per task, in the task manifests
+        manifests = list((run.root / "objects/jobs/t1/tasks").glob("*.json"))
+        assert manifests
+        rl = json.loads(manifests[0].read_text())["metrics"]["handler"]["ratelimit"]
+        assert 0 < rl["wait_share"] <= 1 and rl["wait_s_by_bucket"]["default"] == rl["wait_s"]
     print(
         f"{run.kind}: steady {steady:.1f}/s, after the 429s {cut:.1f}/s (effective {e1:.1f} then "
         f"{e2:.1f}), after set-rate {after_set:.1f}/s, pause->silence {last - t_pause:.3f} s, "
