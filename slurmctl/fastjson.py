@@ -19,7 +19,13 @@ try:
         except orjson.JSONDecodeError:
             return json.loads(data)
 
+    def dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
 except ImportError:  # pragma: no cover - orjson is a dependency; this keeps a bare install working
 
     def loads(data: bytes | str) -> Any:
         return json.loads(data)
+
+    def dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()

@@ -30,27 +30,50 @@ def test_job_id_validation_refuses_escapes(bad: str) -> None:
     assert validate_job_id("backfill-2025.04_12") == "backfill-2025.04_12"
 
 
-def test_scanner_streams_and_quarantines(tmp_path: Path) -> None:
+@pytest.mark.parametrize("child_index", [False, True], ids=["in-process", "child-process"])
+def test_scanner_streams_and_quarantines(tmp_path: Path, child_index: bool) -> None:
     src = tmp_path / "in.jsonl"
     src.write_bytes(
         b'{"id": 1}\n\n{"id": "1"}\n{"id": 2, "x": [1]}\n{bad\n"str"\n{"id": null}\n\xff\xfe\n'
         + b"".join(b'{"id": %d}\n' % i for i in range(3, 5003))
     )
     quarantine = io.BytesIO()
-    scanner = InputScanner(src, "id", tmp_path / "work", quarantine)
+    scanner = InputScanner(src, "id", tmp_path / "work", quarantine, child_index=child_index)
     items = list(scanner.items())
     assert len(items) == 2 + 5000 and items[0] == b'{"id": 1}'
     assert scanner.stats.lines == 7 + 5000 and scanner.stats.quarantined == 5
     got = [json.loads(x) for x in quarantine.getvalue().splitlines()]
     assert [(q["line"], q["reason"].split(":")[0]) for q in got] == [
+        (3, "duplicate id"),  # in line order, although found when its chunk is checked
         (5, "invalid JSON"),
         (6, "not a JSON object"),
         (7, "missing id"),
         (8, "invalid JSON"),
-        (3, "duplicate id"),  # found when its chunk is checked against the on-disk index
     ]
-    assert "first seen on line 1" in got[-1]["reason"]
+    assert "first seen on line 1" in got[0]["reason"]
     assert not (tmp_path / "work" / "ids.sqlite").exists()
+
+
+@pytest.mark.parametrize("child_index", [False, True], ids=["in-process", "child-process"])
+def test_scanner_finds_duplicates_across_and_within_chunks(
+    tmp_path: Path, child_index: bool
+) -> None:
+    """Ids repeated 3 chunks later (the index answers behind the scan) and inside one chunk."""
+    ids = [str(i) for i in range(10_000)] + ["42", "9999", "x", "x", "7"]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "n": n}) + "\n" for n, i in enumerate(ids)))
+    quarantine = io.BytesIO()
+    scanner = InputScanner(src, "id", tmp_path / "work", quarantine, child_index=child_index)
+    kept = [json.loads(x)["n"] for x in scanner.items()]
+    assert kept == [*range(10_000), 10_002]  # the first of each id, in input order
+    got = [json.loads(x) for x in quarantine.getvalue().splitlines()]
+    assert [(q["line"], q["reason"]) for q in got] == [
+        (10_001, "duplicate id: '42' first seen on line 43"),
+        (10_002, "duplicate id: '9999' first seen on line 10000"),
+        (10_004, "duplicate id: 'x' first seen on line 10003"),
+        (10_005, "duplicate id: '7' first seen on line 8"),
+    ]
+    assert scanner.stats.items == 10_001 and scanner.stats.quarantined == 4
 
 
 def test_checkpoint_keeps_rows_across_reopen(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Streaming the input: each line a JSON object with a unique id, checked without holding the ids
-in memory (a SQLite index on disk), bad lines set aside with their line numbers.
+in memory (a SQLite index on disk, `idindex.py`), bad lines set aside with their line numbers.
 
 The input is a local file or any `InputSource`: something with a name (for messages) that yields
 the input's raw lines, each with its `\n`, e.g. `lines_of(chunks)` over an S3 object's body.
@@ -8,16 +8,21 @@ the input's raw lines, each with its `\n`, e.g. `lines_of(chunks)` over an S3 ob
 from __future__ import annotations
 
 import json
-import sqlite3
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
 from slurmctl import fastjson
+from slurmctl.coordinator.idindex import ChildIndex, Duplicate, LocalIndex
 from slurmctl.errors import InputError
 
 CHUNK_LINES = 2000
+DEPTH = 2
+"""Chunks sent to the id index and not yet answered, beyond the one being answered."""
+CHILD_INDEX_BYTES = 8 << 20
+"""From this input size on, the id index runs in a child process (a second core)."""
 TEXT_KEEP = 200
 
 
@@ -92,13 +97,16 @@ class InputScanner:
         work_dir: Path,
         quarantine: IO[bytes] | None,
         on_bytes: Callable[[int], None] | None = None,
+        child_index: bool | None = None,
     ) -> None:
+        """child_index: the id index in a child process (None: when the input is large)."""
         self.source: InputSource = FileSource(source) if isinstance(source, Path) else source
         self.name = self.source.name
         self.id_field = id_field
         self.work_dir = work_dir
         self.quarantine = quarantine
         self.on_bytes = on_bytes
+        self.child_index = child_index
         self.stats = ScanStats()
 
     def _reject(self, lineno: int, reason: str, raw: bytes) -> None:
@@ -110,77 +118,122 @@ class InputScanner:
             doc = {"line": lineno, "reason": reason, "text": text}
             self.quarantine.write(json.dumps(doc).encode() + b"\n")
 
+    def _index(self, db_path: Path) -> LocalIndex | ChildIndex:
+        child = self.child_index
+        if child is None:
+            try:
+                child = self.source.size() >= CHILD_INDEX_BYTES
+            except InputError:
+                child = False
+        if child:
+            try:
+                return ChildIndex(db_path, CHUNK_LINES, DEPTH)
+            except OSError:
+                pass  # no big enough pipe on this system: one core it is
+        return LocalIndex(db_path)
+
     def items(self) -> Iterator[bytes]:
+        """The valid lines in input order. A chunk's lines are yielded once the id index has
+        checked it; the index works on the next chunks meanwhile (at most DEPTH ahead)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         db_path = self.work_dir / "ids.sqlite"
         db_path.unlink(missing_ok=True)
-        db = sqlite3.connect(db_path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=OFF")
-        db.execute("PRAGMA synchronous=OFF")
-        db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+        index = self._index(db_path)
         raws: Iterator[bytes] | None = None
+        sent: deque[_Chunk] = deque()
+        loads, id_field, on_bytes = fastjson.loads, self.id_field, self.on_bytes  # the hot loop
         try:
             raws = self.source.lines()
-            chunk: list[tuple[int, bytes, str]] = []
+            chunk = _Chunk()
             lineno = 0
             for raw in raws:
                 lineno += 1
-                if self.on_bytes is not None:
-                    self.on_bytes(len(raw))
+                if on_bytes is not None:
+                    on_bytes(len(raw))
                 line = raw.rstrip(b"\r\n")
-                if not line.strip():
+                if not line or line.isspace():
                     continue  # blank lines are not items
                 self.stats.lines += 1
                 try:
-                    obj = fastjson.loads(line)
+                    obj = loads(line)
                 except json.JSONDecodeError as e:
-                    self._reject(lineno, f"invalid JSON: {e.msg} at column {e.colno}", line)
+                    chunk.bad(lineno, f"invalid JSON: {e.msg} at column {e.colno}", line)
                     continue
                 except UnicodeDecodeError:
-                    self._reject(lineno, "invalid JSON: not UTF-8 text", line)
+                    chunk.bad(lineno, "invalid JSON: not UTF-8 text", line)
                     continue
-                if not isinstance(obj, dict):
-                    self._reject(lineno, f"not a JSON object: a {type(obj).__name__}", line)
+                if type(obj) is not dict:
+                    chunk.bad(lineno, f"not a JSON object: a {type(obj).__name__}", line)
                     continue
-                key = obj.get(self.id_field)
-                if key is None or isinstance(key, dict | list | bool) or key == "":
-                    self._reject(lineno, f"missing id: no usable {self.id_field!r} field", line)
+                key = obj.get(id_field)
+                if type(key) is not str or not key.isascii():
+                    key = _usable_id(key)
+                if not key:
+                    chunk.bad(lineno, f"missing id: no usable {id_field!r} field", line)
                     continue
-                chunk.append((lineno, line, str(key)))
-                if len(chunk) >= CHUNK_LINES:
-                    yield from self._unique(db, chunk)
-                    chunk = []
-            yield from self._unique(db, chunk)
+                chunk.ids.append(key)
+                chunk.linenos.append(lineno)
+                chunk.lines.append(line)
+                if len(chunk.ids) >= CHUNK_LINES:
+                    index.send(chunk.ids, chunk.linenos)
+                    sent.append(chunk)
+                    chunk = _Chunk()
+                    if len(sent) > DEPTH:
+                        yield from self._settle(sent.popleft(), index.receive())
+            index.send(chunk.ids, chunk.linenos)
+            sent.append(chunk)
+            while sent:
+                yield from self._settle(sent.popleft(), index.receive())
         except UnicodeDecodeError as e:
             raise InputError(f"{self.name}: cannot read input: {e}") from None
         finally:
             close = getattr(raws, "close", None)  # a file, or a generator over a stream
             if close is not None:
                 close()
-            db.close()
+            index.close()
             db_path.unlink(missing_ok=True)
 
-    def _unique(
-        self, db: sqlite3.Connection, chunk: list[tuple[int, bytes, str]]
-    ) -> Iterator[bytes]:
-        if not chunk:
+    def _settle(self, chunk: _Chunk, duplicates: list[Duplicate]) -> Iterator[bytes]:
+        """The chunk's bad lines and duplicates to the quarantine, in line order; the rest out."""
+        dup = dict(duplicates)
+        rejects = list(chunk.rejects)
+        for position, first in duplicates:
+            reason = f"duplicate id: {chunk.ids[position]!r} first seen on line {first}"
+            rejects.append((chunk.linenos[position], reason, chunk.lines[position]))
+        rejects.sort(key=lambda r: r[0])
+        for lineno, reason, raw in rejects:
+            self._reject(lineno, reason, raw)
+        if not dup:
+            self.stats.items += len(chunk.lines)
+            yield from chunk.lines
             return
-        ids = [c[2] for c in chunk]
-        seen: dict[str, int] = {}
-        for start in range(0, len(ids), 500):
-            part = ids[start : start + 500]
-            marks = ",".join("?" * len(part))
-            seen.update(db.execute(f"SELECT id, line FROM ids WHERE id IN ({marks})", part))
-        fresh: list[tuple[str, int]] = []
-        for lineno, line, key in chunk:
-            first = seen.get(key)
-            if first is not None:
-                self._reject(lineno, f"duplicate id: {key!r} first seen on line {first}", line)
-                continue
-            seen[key] = lineno
-            fresh.append((key, lineno))
-            self.stats.items += 1
-            yield line
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO ids VALUES (?, ?)", fresh)
-        db.execute("COMMIT")
+        for position, line in enumerate(chunk.lines):
+            if position not in dup:
+                self.stats.items += 1
+                yield line
+
+
+def _usable_id(value: object) -> str:
+    """An id as text, or "" when the value cannot be one (absent, empty, an object, a list, a
+    boolean, or text with a lone surrogate from a "\\ud800" escape, which no store accepts)."""
+    if value is None or isinstance(value, dict | list | bool):
+        return ""
+    text = str(value)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return ""
+    return text
+
+
+@dataclass
+class _Chunk:
+    """Up to CHUNK_LINES valid lines, with the bad lines met among them."""
+
+    ids: list[str] = field(default_factory=list)
+    linenos: list[int] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+    rejects: list[tuple[int, str, bytes]] = field(default_factory=list)
+
+    def bad(self, lineno: int, reason: str, raw: bytes) -> None:
+        self.rejects.append((lineno, reason, raw))

@@ -33,6 +33,9 @@ from slurmctl.states import TaskStatus
 log = logging.getLogger("slurmctl.aggregate")
 MERGE_THREADS = max(1, min(4, os.cpu_count() or 1))
 ROW_GROUP_ROWS = 128 * 1024
+PART_OPTIONS: dict[str, Any] = {"use_dictionary": False}
+"""Intermediate parts are read once, by the next level: no dictionary pages, whose building is
+wasted on high-cardinality columns such as ids (the final output keeps pyarrow's defaults)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,9 @@ def _existing(backend: Backend, key: str, digest: str, work: Path) -> Part | Non
     return Part(key, str(done["sha256"]), int(done["rows"]))
 
 
-def _merge(backend: Backend, parts: list[Part], key: str, work: Path) -> Part:
+def _merge(
+    backend: Backend, parts: list[Part], key: str, work: Path, options: dict[str, Any]
+) -> Part:
     """Stream the inputs' row groups into one file under a schema unifying them all."""
     local: list[Path] = []
     fetched: list[Path] = []
@@ -100,7 +105,7 @@ def _merge(backend: Backend, parts: list[Part], key: str, work: Path) -> Part:
     # per row group until it closes, which would grow with the number of tasks.
     pending: list[pa.Table] = []
     pending_rows = 0
-    with pq.ParquetWriter(out, schema) as writer:
+    with pq.ParquetWriter(out, schema, **options) as writer:
         for path in local:
             f = pq.ParquetFile(path)
             for i in range(f.num_row_groups):
@@ -162,11 +167,13 @@ def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None =
             with ThreadPoolExecutor(max_workers=MERGE_THREADS) as pool:
                 parts = list(
                     pool.map(
-                        lambda g, k: _part(backend, g, k, work / k.rsplit("/", 1)[1]), groups, keys
+                        lambda g, k: _part(backend, g, k, work / k.rsplit("/", 1)[1], PART_OPTIONS),
+                        groups,
+                        keys,
                     )
                 )
             level += 1
-        final = _part(backend, parts, final_key, work)
+        final = _part(backend, parts, final_key, work, {})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if final.rows != expected_rows:
@@ -176,13 +183,15 @@ def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None =
     )
 
 
-def _part(backend: Backend, group: list[Part], key: str, work: Path) -> Part:
+def _part(
+    backend: Backend, group: list[Part], key: str, work: Path, options: dict[str, Any]
+) -> Part:
     """One merge of the hierarchy, skipped when an earlier run finished it (its `.done`)."""
     work.mkdir(parents=True, exist_ok=True)
     digest = _inputs_digest(group)
     part = _existing(backend, key, digest, work)
     if part is None:
-        part = _merge(backend, group, key, work) if group else _empty(backend, key, work)
+        part = _merge(backend, group, key, work, options) if group else _empty(backend, key, work)
         done = {
             "sha256": part.sha256,
             "rows": part.rows,
