@@ -44,11 +44,14 @@ class FinalizeResult:
     """When a retry phase's workers may start (its backoff)."""
 
 
-def finalize(backend: Backend, job_id: str) -> FinalizeResult:
+def finalize(backend: Backend, job_id: str, *, alerts: bool = True) -> FinalizeResult:
+    """alerts=False: the caller evaluates them once it has acted on the result (the Slurm
+    executor, which would otherwise see its own not-yet-queued workers as missing)."""
     try:
         return _finalize(backend, job_id)
     finally:
-        evaluate_quietly(backend, job_id)  # alerts (stalled, error rate, ...): once per episode
+        if alerts:
+            evaluate_quietly(backend, job_id)  # alerts (stalled, error rate, ...): once per episode
 
 
 def _finalize(backend: Backend, job_id: str) -> FinalizeResult:

@@ -49,6 +49,9 @@ def test_fifty_batches_over_four_array_elements(
     assert s["slurm"]["array_id"] == array and s["slurm"]["workers_running"] == 0
     batch = (root / "slurm" / jid / "worker.sbatch").read_text()
     assert re.search(r"^exec .*/python[\d.]* -m slurmctl --root .* worker --job-id ", batch, re.M)
+    # a healthy job raised no alert: not even at submit, before its array was queued
+    alerts = json.loads((root / "objects" / "jobs" / jid / "alerts.json").read_text())
+    assert alerts["events"] == [], alerts["events"]
 
 
 def test_workers_split_into_arrays_of_max_array_size(

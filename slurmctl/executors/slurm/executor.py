@@ -30,6 +30,7 @@ from slurmctl.executors.slurm.states import SlurmState
 from slurmctl.finalize.finalize import finalize
 from slurmctl.jobs import append_history, get_job, load_definition
 from slurmctl.layout import JobLayout
+from slurmctl.observe.alerts import evaluate_quietly
 from slurmctl.states import JobStatus
 
 log = logging.getLogger("slurmctl.slurm")
@@ -150,7 +151,11 @@ class SlurmExecutor(Executor):
         operator: asked by a person (submit, resume), not by a finalize job: never gives up.
         """
         with self._lease(job_id):
-            out = self._advance(job_id, operator)
+            try:
+                out = self._advance(job_id, operator)
+            finally:
+                # after the arrays it queued are recorded: they count as the job's workers
+                evaluate_quietly(self.backend, job_id)
             if self.own_id:
                 append_history(
                     self.backend,
@@ -165,7 +170,7 @@ class SlurmExecutor(Executor):
             return out
 
     def _advance(self, job_id: str, operator: bool) -> Advance:
-        result = finalize(self.backend, job_id)
+        result = finalize(self.backend, job_id, alerts=False)
         if not result.work_left:
             return Advance(result.status)
         ids = slurm_ids(self.backend, job_id)
