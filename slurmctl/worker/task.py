@@ -293,20 +293,13 @@ class TaskRunner:
             if rows
             else pa.table({self.id_field: pa.array([], pa.string())})
         )
-        # Beside the task folders, not in one: most tasks then never create a folder (the
-        # checkpoint's is made on its first durable write), which saved 14% of a no-op worker.
-        out_path = scratch.parent / f"{task.task_id}.{token}.parquet"
-        try:
-            try:
-                pq.write_table(table, out_path)
-            except FileNotFoundError:  # the scratch folder was removed under us
-                out_path.parent.mkdir(parents=True, exist_ok=True)
-                pq.write_table(table, out_path)
-            out = self.backend.objects.put_file(
-                self.layout.result(task.task_id, token), out_path, move=True
-            )
-        finally:
-            out_path.unlink(missing_ok=True)  # copied (another filesystem) or failed
+        # Encoded in memory (the table already is; its Parquet is smaller) and stored in one
+        # put: no scratch file to create, rename and read back for its checksum.
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        out = self.backend.objects.put_bytes(
+            self.layout.result(task.task_id, token), sink.getvalue().to_pybytes()
+        )
         err_key = err_sha = ""
         if errors:  # most tasks have none: no object for them
             err = self.backend.objects.put_bytes(
