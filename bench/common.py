@@ -149,7 +149,7 @@ def _describe(info: dict[str, Any]) -> str:
     args = info.get("cmdline") or []
     if not args:
         return f"kernel {info.get('name')}"
-    return " ".join([Path(args[0]).name, *args[1:4]])[:60]
+    return " ".join(" ".join([Path(args[0]).name, *args[1:4]]).split())[:60]  # one line
 
 
 class Monitor:
