@@ -4,6 +4,7 @@ from starting a second set of workers."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import subprocess
@@ -156,9 +157,11 @@ class LocalExecutor(Executor):
 
     def _wait(self, job_id: str) -> list[int]:
         try:
-            while any(p.poll() is None for p in self.procs):
+            while alive := [p for p in self.procs if p.poll() is None]:
                 self._report(job_id)
-                time.sleep(POLL_S)
+                # returns as soon as it exits: finalize starts without a poll's delay
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    alive[0].wait(timeout=POLL_S)
         except KeyboardInterrupt:
             self.stop_workers()
             raise

@@ -43,6 +43,7 @@ ALERT_EVERY_S = 300.0
 """Workers evaluate the job's alerts this often (finalize and `watch` do too); the alert claims in
 the object store make sure each episode is sent once."""
 POLL_S = 1.0
+LOCAL_POLL_S = 0.1
 
 
 class Worker:
@@ -285,7 +286,9 @@ class Worker:
             if left == 0:
                 log.info("worker %s: phase %s has no task left, leaving", self.worker_id, job.phase)
                 return EXIT_OK
-            idle_wait = self.poll_s
+            # Idle while others finish: the embedded store is polled often (a local read), so the
+            # last worker leaves, and finalize starts, within LOCAL_POLL_S of the last commit.
+            idle_wait = self.poll_s if self.backend.kind != "local" else LOCAL_POLL_S
             if time.monotonic() - last_reconcile > reconcile_every:
                 last_reconcile = time.monotonic()
                 reconcile(self.backend, self.job_id, job.phase)
