@@ -171,10 +171,12 @@ class TaskRunner:
         last_write = time.monotonic()
         if isolate:
             self._isolate(task, lines, done, ckpt)
+        should_stop, is_lost, every = self.should_stop, lost.is_set, self.checkpoint_every
+        append = pending.append  # the loop runs once per item: names bound once
         for idx, line in enumerate(lines):
             if idx in done:
                 continue
-            if self.should_stop() or lost.is_set():
+            if should_stop() or is_lost():
                 stopped = True
                 break
             item = loads(line)
@@ -183,7 +185,10 @@ class TaskRunner:
             if isolate:
                 ckpt.begin_item(idx)
             try:
-                out = _rows(process(item, ctx), id_field, item_id)
+                result = process(item, ctx)
+                out = [result] if type(result) is dict and id_field in result else None
+                if out is None:
+                    out = _rows(result, id_field, item_id)
             except WorkerStopping:
                 stopped = True
                 break
@@ -191,17 +196,17 @@ class TaskRunner:
                 c = classify(exc, self.rules)
                 ctx.note_error(c.type, exc)  # a `throttled` one slows the job's rate limiter
                 message = redact(c.message, self.secrets)
-                pending.append(
+                append(
                     (idx, item_id, False, None, c.type, message, redact(c.signature, self.secrets))
                 )
             else:
-                pending.append((idx, item_id, True, out, None, None, None))
+                append((idx, item_id, True, out, None, None, None))
             if isolate or (
-                len(pending) >= self.checkpoint_every
-                and time.monotonic() - last_write >= CHECKPOINT_MIN_INTERVAL_S
+                len(pending) >= every and time.monotonic() - last_write >= CHECKPOINT_MIN_INTERVAL_S
             ):
                 ckpt.write(pending)
                 pending = []
+                append = pending.append
                 last_write = time.monotonic()
         # the tail goes to disk only if the task does not finish now (stopped, lease lost)
         ckpt.write(pending, durable=stopped or lost.is_set())
