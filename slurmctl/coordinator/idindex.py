@@ -28,6 +28,7 @@ Duplicate = tuple[int, int]
 
 _LEN = struct.Struct("<I")
 SELECT_MAX = 500  # ids per `IN (...)` query, under SQLite's variable limit
+PIPE_BYTES = 1 << 20
 ANSWER_ROW_MAX = 24
 """Bytes of one duplicate in an answer at most: `[1999,12345678901234],`."""
 
@@ -107,6 +108,7 @@ class ChildIndex:
         self._in: IO[bytes] = self.proc.stdin
         self._out: IO[bytes] = self.proc.stdout
         need = (depth + 2) * chunk_ids * ANSWER_ROW_MAX
+        _pipe_size(self._in.fileno(), PIPE_BYTES)  # chunks queue up without blocking the scan
         if _pipe_size(self._out.fileno(), need) < need:
             self.close()
             raise OSError(f"cannot make a pipe of {need} bytes")
