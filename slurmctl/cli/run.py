@@ -44,18 +44,9 @@ def items_bar(enabled: bool, label: str) -> Iterator[Any]:
         yield update
 
 
-def run_job(
-    env: Env,
-    job_id: str,
-    *,
-    progress: bool = True,
-    follow: bool = True,
-    executor: LocalExecutor | None = None,
-) -> JobStatus:
+def run_job(env: Env, job_id: str, *, progress: bool = True, follow: bool = True) -> JobStatus:
     """Make the job progress. Local: in the foreground to the end. Slurm: queue workers and
-    finalize, then return (a non-terminal status) unless follow.
-
-    executor: the local executor that submit already started workers with."""
+    finalize, then return (a non-terminal status) unless follow."""
     job = get_job(env.backend, job_id)
     if job.executor == "slurm":
         from slurmctl.cli.slurm import run_slurm
@@ -64,8 +55,7 @@ def run_job(
     if job.executor != "local":
         raise UserError(f"job {job_id}: executor {job.executor!r} is not available in this version")
     with items_bar(progress, job_id) as update:
-        executor = executor or LocalExecutor(env.backend, env.root)
-        executor.progress = update
+        executor = LocalExecutor(env.backend, env.root, progress=update)
         try:
             return executor.run(job_id)
         except KeyboardInterrupt:

@@ -18,7 +18,6 @@ from slurmctl.cli.run import print_outcome, run_job, stderr
 from slurmctl.config import load_job_definition
 from slurmctl.coordinator.scan import InputScanner
 from slurmctl.coordinator.submit import open_input, plan, submit
-from slurmctl.executors.local import LocalExecutor
 from slurmctl.executors.slurm import preflight
 from slurmctl.ratelimit import gcra
 from slurmctl.worker.classify import classify
@@ -72,9 +71,7 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
     job_id = env.job_id = definition.effective_job_id()
     with _bytes_bar(not no_progress, "batching") as (on_size, on_bytes):
         backend = env.use(BackendSpec.for_definition(definition, env.root))
-        # local: the workers start (and import) while the input is batched
-        early = LocalExecutor(backend, env.root) if definition.executor == "local" else None
-        result = submit(backend, definition, progress=on_bytes, input_size=on_size, early=early)
+        result = submit(backend, definition, progress=on_bytes, input_size=on_size)
         env.remember(job_id)
     job_id = result.job_id
     if not result.created:
@@ -85,7 +82,7 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
         click.echo(f"job {job_id} exists: carrying on where it stopped")
     else:
         click.echo(f"job {job_id} submitted")
-    if run_job(env, job_id, progress=not no_progress, follow=follow, executor=early).terminal:
+    if run_job(env, job_id, progress=not no_progress, follow=follow).terminal:
         sys.exit(print_outcome(env, job_id))
 
 

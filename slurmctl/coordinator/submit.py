@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from slurmctl.backends import Backend
 from slurmctl.backends.statestore import (
@@ -160,17 +160,6 @@ class Submitted:
     status: JobStatus
 
 
-class EarlyStart(Protocol):
-    """Workers that start while the submit still writes (the local executor): they wait for
-    the job to be submitted before claiming anything."""
-
-    def start(self, job_id: str, workers: int) -> None: ...
-
-    def abandon(self, job_id: str) -> None:
-        """The submit failed: stop them before anything is removed."""
-        ...
-
-
 def submit(
     backend: Backend,
     definition: JobDefinition,
@@ -178,10 +167,8 @@ def submit(
     progress: Callable[[int], None] | None = None,
     input_size: Callable[[int], None] | None = None,
     job_id: str | None = None,
-    early: EarlyStart | None = None,
 ) -> Submitted:
-    """job_id: the id of a job whose submission is carried on (resume), else the definition's.
-    early: started once the job's definition is stored."""
+    """job_id: the id of a job whose submission is carried on (resume), else the definition's."""
     job_id = job_id or definition.effective_job_id()
     load_handler(definition.handler, definition.config_dir)
     source = open_input(definition, backend)
@@ -206,16 +193,10 @@ def submit(
             )
         )
     try:
-        _write(backend, definition, job_id, source, size, progress, early)
+        _write(backend, definition, job_id, source, size, progress)
     except UserError:
-        if early is not None:
-            early.abandon(job_id)
         if created:
             discard(backend, job_id)
-        raise
-    except BaseException:  # a crash or Ctrl-C: the job stays to be resumed, the workers go
-        if early is not None:
-            early.abandon(job_id)
         raise
     return Submitted(job_id, created, JobStatus.PENDING)
 
@@ -239,13 +220,10 @@ def _write(
     source: InputSource,
     size: int,
     progress: Callable[[int], None] | None,
-    early: EarlyStart | None,
 ) -> None:
     layout = JobLayout(job_id)
     store_definition(backend, job_id, definition)
     backend.queue.create_queue(job_id)
-    if early is not None:
-        early.start(job_id, definition.workers)
     work = Path(tempfile.mkdtemp(prefix=f"slurmctl-submit-{job_id}-"))
     try:
         qpath = work / "quarantine.jsonl"

@@ -48,8 +48,6 @@ class LocalExecutor(Executor):
         self.worker_args = list(worker_args or [])
         self.holder = local_holder()
         self.procs: list[subprocess.Popen[bytes]] = []
-        self._held: str | None = None
-        self._stop_keeper = threading.Event()
 
     def log_dir(self, job_id: str) -> Path:
         return self.root / "logs" / job_id
@@ -85,8 +83,7 @@ class LocalExecutor(Executor):
         while not stop.wait(LEASE_TTL_S / 3):
             self.backend.state.acquire_job_lease(job_id, self.holder, LEASE_TTL_S, time.time())
 
-    def _hold(self, job_id: str) -> None:
-        """Take the job-level lease and keep it renewed until _release."""
+    def run(self, job_id: str) -> JobStatus:
         state = self.backend.state
         live_lease_holder(self.backend, job_id)  # frees the lease of a dead holder
         if not state.acquire_job_lease(job_id, self.holder, LEASE_TTL_S, time.time()):
@@ -94,42 +91,14 @@ class LocalExecutor(Executor):
                 f"job {job_id} is being run by another slurmctl process; `slurmctl status "
                 f"{job_id}` follows it"
             )
-        self._stop_keeper = threading.Event()
-        keeper = threading.Thread(
-            target=self._keep_lease, args=(job_id, self._stop_keeper), daemon=True
-        )
+        stop = threading.Event()
+        keeper = threading.Thread(target=self._keep_lease, args=(job_id, stop), daemon=True)
         keeper.start()
-        self._held = job_id
-
-    def _release(self, job_id: str) -> None:
-        if self._held == job_id:
-            self._stop_keeper.set()
-            self.backend.state.release_job_lease(job_id, self.holder)
-            self._held = None
-
-    def start(self, job_id: str, workers: int) -> None:
-        """Start the workers while `submit` still writes the job: they import, load the handler
-        and wait for the job to be submitted, so the run begins without their start-up. They
-        claim nothing before the submission is complete (a refused one is never worked on).
-        Another process running the job: nothing is started here (run() will say so)."""
-        try:
-            self._hold(job_id)
-        except JobBusy:
-            return
-        self._spawn(job_id, workers, 1)
-
-    def abandon(self, job_id: str) -> None:
-        """The submit was refused or interrupted: the early workers leave, the lease is freed."""
-        self.stop_workers()
-        self._release(job_id)
-
-    def run(self, job_id: str) -> JobStatus:
-        if self._held != job_id:
-            self._hold(job_id)
         try:
             return self._drive(job_id)
         finally:
-            self._release(job_id)
+            stop.set()
+            state.release_job_lease(job_id, self.holder)
 
     def _drive(self, job_id: str) -> JobStatus:
         fruitless = 0
@@ -150,8 +119,7 @@ class LocalExecutor(Executor):
                 )
             before = self._done(job_id)
             run += 1
-            if not self.procs:  # else started early, beside the submit
-                self._spawn(job_id, min(job.workers, result.work_left), run)
+            self._spawn(job_id, min(job.workers, result.work_left), run)
             append_history(
                 self.backend, job_id, "workers", executor="local", count=len(self.procs), run=run
             )

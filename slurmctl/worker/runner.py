@@ -23,7 +23,7 @@ from slurmctl.backends.statestore import task_counter
 from slurmctl.config import JobDefinition
 from slurmctl.errors import BackendUnavailable, HandlerImportError, UserError
 from slurmctl.finalize.reconcile import reconcile
-from slurmctl.jobs import get_job, live_lease_holder, load_definition
+from slurmctl.jobs import get_job, load_definition
 from slurmctl.observe.alerts import evaluate_quietly
 from slurmctl.observe.logs import install_worker_log
 from slurmctl.ratelimit.allocation import LEAVE_MARGIN_S, AllocationClock
@@ -236,7 +236,7 @@ class Worker:
         lease_s = definition.lease.ttl_s
         reconcile_every = min(max(lease_s / 4, 2.0), 30.0)
         last_reconcile = 0.0
-        paused_logged = waiting_logged = False
+        paused_logged = False
         idle_wait = 0.0
         last_alerts = time.monotonic()
         while not self.should_stop():
@@ -255,15 +255,6 @@ class Worker:
                 time.sleep(self.poll_s / 4)
                 continue
             paused_logged = False
-            if not job.submitted:  # started beside the submit (local): nothing is claimable yet
-                if not waiting_logged:
-                    log.info("worker %s: waiting for the submit to finish", self.worker_id)
-                    waiting_logged = True
-                if live_lease_holder(self.backend, self.job_id) is None:
-                    log.info("worker %s: the submit stopped half way, leaving", self.worker_id)
-                    return EXIT_OK
-                time.sleep(LOCAL_POLL_S)
-                continue
             if job.not_before > time.time():  # a retry phase's backoff
                 time.sleep(min(self.poll_s, job.not_before - time.time()))
                 continue

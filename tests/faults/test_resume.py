@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 from pathlib import Path
 
-import psutil
-
 from tests.helpers import assert_exactly_once, cli, make_job, popen, status, wait_for
-from tests.test_faults_local import SLOW_HANDLER, _calls, _workers
+from tests.test_faults_local import SLOW_HANDLER, _calls
 
 
 def _batches(root: Path) -> int:
@@ -134,43 +131,3 @@ def test_clean_refuses_a_running_job(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert_exactly_once(root, "t1", 300)
-
-
-def test_early_workers_claim_nothing_and_leave_when_the_submit_dies(tmp_path: Path) -> None:
-    """The local executor starts its workers beside the submit; killed alone (not its process
-    group), the submit leaves them waiting on an unfinished job: they claim nothing and leave."""
-    config = make_job(tmp_path / "job", 60_000, batch_size=10, workers=2)
-    root = tmp_path / "root"
-    proc = popen(root, "submit", str(config), "--no-progress")
-    parent = psutil.Process(proc.pid)
-    logs = [root / "logs" / "t1" / f"local-1-{i}.log" for i in range(2)]
-
-    def gated() -> bool:  # both workers at the gate while tasks are already queued
-        waiting = all(p.exists() and "waiting for the submit" in p.read_text() for p in logs)
-        return waiting and _tasks(root) >= 500
-
-    wait_for(gated, what="early workers waiting while tasks exist")
-    workers = _workers(parent)
-    assert len(workers) == 2
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    gone, alive = psutil.wait_procs(workers, timeout=60)  # not our children: no exit code
-    assert len(gone) == 2 and not alive
-    for log in logs:
-        assert "the submit stopped half way, leaving" in log.read_text()
-    assert " committed" not in " ".join(p.read_text() for p in logs)
-    with sqlite3.connect(root / "state.sqlite") as db:
-        assert db.execute("SELECT COUNT(*) FROM tasks WHERE status != 'PENDING'").fetchone() == (0,)
-        assert db.execute("SELECT MAX(attempts) FROM tasks").fetchone() == (0,)
-    again = cli(root, "resume", "t1", "--no-progress")
-    assert again.returncode == 0, again.stderr
-    got = assert_exactly_once(root, "t1", 60_000)
-    assert len(got["failures"]) == 120
-
-
-def _tasks(root: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{root / 'state.sqlite'}?mode=ro", uri=True) as db:
-            return int(db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
-    except sqlite3.Error:
-        return 0
