@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -104,21 +105,19 @@ class CountRequests:
 def serve(port: int) -> None:
     sys.path.insert(0, str(common.REPO))
     os.environ.setdefault("MOTO_PORT", str(port))
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
     from werkzeug.serving import run_simple
 
-    from tests.moto_launch import SerialiseDynamoDB  # the tests' lock around DynamoDB
+    # The tests' app: moto patched (per-item transaction rollback, Items not kept by moto's
+    # instance tracker), DynamoDB requests under one lock.
+    from tests.moto_launch import make_app
 
     def stop(signum: int, frame: Any) -> None:
         sys.exit(0)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    app = CountRequests(SerialiseDynamoDB(DomainDispatcherApplication(create_backend_app)))
+    app = CountRequests(make_app())
     run_simple("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
 
 
@@ -235,10 +234,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         epoch0 = time.time()
         marks: dict[str, float | None] = {"start": epoch0, "submitted": None, "workers_gone": None}
-        peak_moto = 0.0
         with open(work / "submit.stderr", "wb") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
-            watch = WorkerWatch(proc.pid)
+            watch = WorkerWatch(proc.pid, server.rss_mb)
             assert proc.stdout is not None
             lines = []
             for raw in proc.stdout:
@@ -250,7 +248,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             code = proc.wait()
         wall = time.perf_counter() - t0
         marks["workers_gone"] = watch.close()
-        peak_moto = max(peak_moto, server.rss_mb())
+        end_moto = server.rss_mb()
+        peak_moto = max(watch.peak_rss_mb, end_moto)
         if code != 0:
             raise SystemExit(
                 f"submit failed ({code}):\n{(work / 'submit.stderr').read_text()[-3000:]}"
@@ -291,11 +290,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             k: (round(v - epoch0, 2) if v else None) for k, v in marks.items() if k != "start"
         },
         "moto_rss_mb": round(peak_moto, 1),
+        "moto_rss_end_mb": round(end_moto, 1),
         "requests": {k: dict(v.most_common()) for k, v in steps.items()},
         "requests_total": sum(total.values()),
         "by_service": dict(by_service),
         "per_item": {k: round(n / args.items, 4) for k, n in by_service.items()},
         "per_task": {k: round(n / tasks, 2) for k, n in by_service.items()},
+        "per_task_by_operation": {k: round(n / tasks, 3) for k, n in total.most_common()},
+        "per_item_by_operation": {k: round(n / args.items, 5) for k, n in total.most_common()},
         "per_task_by_step": {
             step: {k: round(n / tasks, 2) for k, n in c.most_common()} for step, c in steps.items()
         },
@@ -304,12 +306,17 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 class WorkerWatch:
-    """When the last worker subprocess of the submit process exited (epoch seconds)."""
+    """When the last worker subprocess of the submit process exited (epoch seconds); meanwhile
+    the moto server's peak RSS (sampled every second) and a progress line every few minutes."""
 
-    def __init__(self, pid: int) -> None:
+    PROGRESS_S = 300.0
+
+    def __init__(self, pid: int, rss_mb: Callable[[], float]) -> None:
         import psutil
 
         self.top = psutil.Process(pid)
+        self.rss_mb = rss_mb
+        self.peak_rss_mb = 0.0
         self.seen = False
         self.gone: float | None = None
         self.stop = threading.Event()
@@ -319,7 +326,16 @@ class WorkerWatch:
     def _run(self) -> None:
         import psutil
 
+        t0 = last = time.monotonic()
+        tick = 0
         while not self.stop.wait(0.2):
+            tick += 1
+            if tick % 5 == 0:
+                rss = self.rss_mb()
+                self.peak_rss_mb = max(self.peak_rss_mb, rss)
+                if time.monotonic() - last >= self.PROGRESS_S:
+                    last = time.monotonic()
+                    print(f"   {last - t0:.0f} s: moto RSS {rss:.0f} MB", flush=True)
             try:
                 kids = self.top.children(recursive=True)
                 workers = [p for p in kids if "worker" in p.cmdline()]
@@ -371,6 +387,9 @@ def main() -> None:
         f"{r['requests_total']:,} requests"
     )
     print(f"     meanwhile: {common.Monitor.describe(r['machine_load'])}")
+    print(
+        f"   moto RSS: peak {r['moto_rss_mb']:,.0f} MB, at the end {r['moto_rss_end_mb']:,.0f} MB"
+    )
     for svc in sorted(r["by_service"]):
         print(
             f"   {svc:9} {r['by_service'][svc]:>9,} requests, {r['per_item'][svc]:.4f} per item, "
