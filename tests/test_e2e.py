@@ -38,10 +38,14 @@ def test_10k_items_four_workers_every_item_once(tmp_path: Path) -> None:
         zip(table.column("id").to_pylist(), table.column("double").to_pylist(), strict=True)
     )
     assert doubles["42"] == 84 and "3" not in doubles
-    # the workers drained 100 tasks: more tasks than workers, all four took part
+    # four workers drained 100 tasks, several of them (one may start after the others are done:
+    # a task takes a few ms, a worker's start-up ~0.4 s on 2 busy cores)
     jobdir = root / "objects" / "jobs" / "t1"
     workers = {json.loads(p.read_text())["worker_id"] for p in (jobdir / "tasks").glob("*.json")}
-    assert len(workers) == 4
+    assert workers <= {f"local-1-{i}" for i in range(4)} and len(workers) >= 2, workers
+    history = [json.loads(x) for x in (jobdir / "history.jsonl").read_text().splitlines()]
+    [spawned] = [h for h in history if h["action"] == "workers"]
+    assert spawned["count"] == 4
     failures = json.loads((jobdir / "failures" / "initial.json").read_text())
     assert failures["count"] == 20
     assert failures["items"][0]["error_type"] == "validation"
