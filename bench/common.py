@@ -329,6 +329,30 @@ def pyspy_record(cmd: list[str], raw_out: Path, *, rate: int = 100, env: Any = N
     return proc.returncode
 
 
+def profile_run(cmd: list[str], raw_out: Path) -> dict[str, Any]:
+    """One untimed run of cmd under py-spy; prints and returns its hot spots."""
+    code = pyspy_record(cmd, raw_out)
+    if code != 0:
+        raise SystemExit(f"py-spy failed ({code})")
+    summary = summarize_profile(raw_out)
+    print_profile(summary, raw_out)
+    return summary
+
+
+def cli_json(root: Path, *args: str, env: Any = None, lines: bool = False) -> Any:
+    """`slurmctl --root ROOT ARGS... --json`, parsed; lines: JSON lines, as a list."""
+    out = subprocess.run(
+        [*slurmctl_cmd(), "--root", str(root), *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    if lines:
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+    return json.loads(out)
+
+
 def _frame_parts(frame: str) -> tuple[str, str]:
     """'func (path/file.py:12)' -> ('func', 'path/file.py:12')."""
     if frame.endswith(")") and " (" in frame:

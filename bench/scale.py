@@ -354,14 +354,7 @@ def run_slurmctl(folder: Path, count: int, args: argparse.Namespace) -> dict[str
     if code != 0:
         raise SystemExit(f"slurmctl submit failed ({code}):\n{stderr[-3000:]}")
     submitted = next((t for t, text in lines if text.endswith(" submitted")), None)
-    final = json.loads(
-        subprocess.run(
-            [*common.slurmctl_cmd(), "--root", str(root), "status", JOB_ID, "--json"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    final = common.cli_json(root, "status", JOB_ID)
     rows = sum(pq.read_metadata(o["path"]).num_rows for o in final["outputs"])
     final_bytes = sum(Path(o["path"]).stat().st_size for o in final["outputs"])
     row_groups = sum(pq.read_metadata(o["path"]).num_row_groups for o in final["outputs"])
@@ -612,12 +605,7 @@ def profile(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     raw = common.OUT / f"scale-{count}-profile.txt"
     cmd = [*common.slurmctl_cmd(), "--root", str(folder / "root"), "submit", str(config)]
     print(f"== profile: {count:,} items under py-spy (not timed)")
-    code = common.pyspy_record([*cmd, "--no-progress"], raw)
-    if code != 0:
-        raise SystemExit(f"py-spy failed ({code})")
-    summary = common.summarize_profile(raw)
-    common.print_profile(summary, raw)
-    return summary
+    return common.profile_run([*cmd, "--no-progress"], raw)
 
 
 if __name__ == "__main__":

@@ -254,15 +254,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             raise SystemExit(
                 f"submit failed ({code}):\n{(work / 'submit.stderr').read_text()[-3000:]}"
             )
-        status = json.loads(
-            subprocess.run(
-                [*common.slurmctl_cmd(), "--root", str(root), "status", JOB_ID, "--json"],
-                capture_output=True,
-                text=True,
-                env=env,
-                check=True,
-            ).stdout
-        )
+        status = common.cli_json(root, "status", JOB_ID, env=env)
         after = server.counts()
     finally:
         server.stop()

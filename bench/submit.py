@@ -161,12 +161,7 @@ def profile(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     raw = common.OUT / "submit-profile.txt"
     print(f"== profile: submit of {count:,} items under py-spy (not timed)")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--only-submit", str(folder)]
-    code = common.pyspy_record(cmd, raw)
-    if code != 0:
-        raise SystemExit(f"py-spy failed ({code})")
-    summary = common.summarize_profile(raw)
-    common.print_profile(summary, raw)
-    return summary
+    return common.profile_run(cmd, raw)
 
 
 if __name__ == "__main__":

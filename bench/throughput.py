@@ -180,22 +180,9 @@ def run_slurmctl(folder: Path, count: int) -> dict[str, Any]:
     if code != 0:
         raise SystemExit(f"slurmctl submit failed ({code}):\n{stderr[-3000:]}")
     submitted = next((t for t, text in lines if text.endswith(" submitted")), None)
-    status = json.loads(
-        subprocess.run(
-            [*common.slurmctl_cmd(), "--root", str(root), "status", JOB_ID, "--json"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    status = common.cli_json(root, "status", JOB_ID)
     rows = sum(pq.read_metadata(o["path"]).num_rows for o in status["outputs"])
-    history = subprocess.run(
-        [*common.slurmctl_cmd(), "--root", str(root), "history", JOB_ID, "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    actions = [json.loads(line) for line in history.splitlines() if line.strip()]
+    actions = common.cli_json(root, "history", JOB_ID, lines=True)
     aggregating = seen.get("AGGREGATING")
     completed = seen.get("COMPLETED")
     phases = {
@@ -345,12 +332,7 @@ def profile(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     raw = common.OUT / "throughput-profile.txt"
     cmd = [*common.slurmctl_cmd(), "--root", str(folder / "root"), "submit", str(config)]
     print(f"== profile: {count:,} items under py-spy (not timed)")
-    code = common.pyspy_record([*cmd, "--no-progress"], raw)
-    if code != 0:
-        raise SystemExit(f"py-spy failed ({code})")
-    summary = common.summarize_profile(raw)
-    common.print_profile(summary, raw)
-    return summary
+    return common.profile_run([*cmd, "--no-progress"], raw)
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ class TaskRunner:
             if stopped:
                 self._leave(task, token, ckpt, scratch)
                 return Outcome.STOPPED
-            commit = self._write_outputs(task, token, ckpt, scratch, lines)
+            commit = self._write_outputs(task, token, ckpt, lines)
         finally:
             ckpt.close()
         commit = TaskCommit(**{**commit.__dict__, "end_time": time.time()})
@@ -254,7 +254,6 @@ class TaskRunner:
         task: TaskRecord,
         token: str,
         ckpt: Checkpoint,
-        scratch: Path,
         lines: list[bytes],
     ) -> TaskCommit:
         rows: list[dict[str, Any]] = []
