@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,25 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def lines_of(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Split a stream of byte chunks into lines, as iterating a binary file does (on b"\n")."""
+    rest: list[bytes] = []
+    for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if rest:
+                rest.append(chunk[start : end + 1])
+                yield b"".join(rest)
+                rest = []
+            else:
+                yield chunk[start : end + 1]
+            start = end + 1
+        if start < len(chunk):
+            rest.append(chunk[start:])
+    if rest:
+        yield b"".join(rest)
 
 
 class ObjectStore(ABC):

@@ -2,46 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from slurmctl.cli import Env
+from slurmctl.cli.progress import items_bar
+from slurmctl.cli.slurm import run_slurm
 from slurmctl.errors import UserError
 from slurmctl.executors.local import LocalExecutor
 from slurmctl.jobs import get_job
 from slurmctl.states import JobStatus
 from slurmctl.status import job_status
-
-stderr = Console(stderr=True)
-
-
-@contextmanager
-def items_bar(enabled: bool, label: str) -> Iterator[Any]:
-    """Yields an update(counters) callback; a rich bar when stderr is a terminal."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("items"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=stderr, transient=False) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(c: dict[str, int]) -> None:
-            total = c.get("items.total", 0)
-            bar.update(task, total=total or None, completed=total - c.get("items.pending", 0))
-
-        yield update
 
 
 def run_job(env: Env, job_id: str, *, progress: bool = True, follow: bool = True) -> JobStatus:
@@ -49,8 +19,6 @@ def run_job(env: Env, job_id: str, *, progress: bool = True, follow: bool = True
     finalize, then return (a non-terminal status) unless follow."""
     job = get_job(env.backend, job_id)
     if job.executor == "slurm":
-        from slurmctl.cli.slurm import run_slurm
-
         return run_slurm(env, job_id, progress=progress, follow=follow)
     if job.executor != "local":
         raise UserError(f"job {job_id}: executor {job.executor!r} is not available in this version")

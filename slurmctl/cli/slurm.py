@@ -10,6 +10,7 @@ from collections import Counter
 import click
 
 from slurmctl.cli import Env, cli, pass_env
+from slurmctl.cli.progress import items_bar
 from slurmctl.errors import JobStateError, SlurmctlError
 from slurmctl.executors.slurm import Advance, SlurmExecutor, slurm_ids
 from slurmctl.executors.slurm.sbatch import SlurmClient
@@ -57,8 +58,6 @@ def describe(job_id: str, out: Advance) -> None:
 
 def follow_job(env: Env, job_id: str, client: SlurmClient, progress: bool) -> JobStatus:
     """Poll the counters until the job ends; fail loudly if no Slurm job of it is left."""
-    from slurmctl.cli.run import items_bar
-
     quiet = 0
     last_check = last_plain = time.monotonic()
     with items_bar(progress, job_id) as update:

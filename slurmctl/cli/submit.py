@@ -14,7 +14,8 @@ import click
 from slurmctl import secrets as secret_refs
 from slurmctl.backends.spec import BackendSpec
 from slurmctl.cli import Env, cli, pass_env
-from slurmctl.cli.run import print_outcome, run_job, stderr
+from slurmctl.cli.progress import stderr
+from slurmctl.cli.run import print_outcome, run_job
 from slurmctl.config import load_job_definition
 from slurmctl.coordinator.scan import InputScanner
 from slurmctl.coordinator.submit import open_input, plan, submit

@@ -2,14 +2,15 @@
 in memory (a SQLite index on disk, `idindex.py`), bad lines set aside with their line numbers.
 
 The input is a local file or any `InputSource`: something with a name (for messages) that yields
-the input's raw lines, each with its `\n`, e.g. `lines_of(chunks)` over an S3 object's body.
+the input's raw lines, each with its `\n`, e.g. `backends.objectstore.lines_of(chunks)` over an
+S3 object's body.
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -58,25 +59,6 @@ class FileSource:
             return open(self.path, "rb")  # the scanner closes it
         except OSError as e:
             raise InputError(f"{self.path}: cannot read input: {e.strerror}") from None
-
-
-def lines_of(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Split a stream of byte chunks into lines, as iterating a binary file does (on b"\n")."""
-    rest: list[bytes] = []
-    for chunk in chunks:
-        start = 0
-        while (end := chunk.find(b"\n", start)) >= 0:
-            if rest:
-                rest.append(chunk[start : end + 1])
-                yield b"".join(rest)
-                rest = []
-            else:
-                yield chunk[start : end + 1]
-            start = end + 1
-        if start < len(chunk):
-            rest.append(chunk[start:])
-    if rest:
-        yield b"".join(rest)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from slurmctl.backends import Backend
+from slurmctl.backends.reconcile import reconcile
 from slurmctl.backends.statestore import (
     ITEMS_FAILED_PERMANENT,
     ITEMS_FAILED_TRANSIENT,
@@ -25,7 +26,6 @@ from slurmctl.config import JobDefinition
 from slurmctl.errors import IntegrityError
 from slurmctl.finalize import retry
 from slurmctl.finalize.aggregate import aggregate
-from slurmctl.finalize.reconcile import reconcile
 from slurmctl.finalize.retry import RetryPlan
 from slurmctl.jobs import append_history, get_job, load_definition
 from slurmctl.layout import JobLayout

@@ -19,10 +19,10 @@ from types import FrameType
 
 from slurmctl import secrets as secret_refs
 from slurmctl.backends import Backend
+from slurmctl.backends.reconcile import reconcile
 from slurmctl.backends.statestore import task_counter
 from slurmctl.config import JobDefinition
 from slurmctl.errors import BackendUnavailable, HandlerImportError, UserError
-from slurmctl.finalize.reconcile import reconcile
 from slurmctl.jobs import get_job, load_definition
 from slurmctl.observe.alerts import evaluate_quietly
 from slurmctl.observe.logs import install_worker_log

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from slurmctl.coordinator.scan import InputScanner, lines_of
+from slurmctl.backends.objectstore import lines_of
+from slurmctl.coordinator.scan import InputScanner
 from slurmctl.coordinator.submit import UPLOAD_WINDOW, _in_order
 from slurmctl.errors import InputError
 from tests.aws.conftest import Aws

@@ -19,8 +19,7 @@ from slurmctl.backends.aws.session import (
     error_code,
     jitter_sleep,
 )
-from slurmctl.backends.objectstore import CHUNK
-from slurmctl.coordinator.scan import lines_of
+from slurmctl.backends.objectstore import CHUNK, lines_of
 from slurmctl.errors import InputError
 
 S3_URL = re.compile(r"^s3://(?P<bucket>[^/]+)/(?P<key>.+)$")

@@ -3,6 +3,9 @@
 PENDING tasks whose message was lost, and RUNNING tasks whose lease expired, found through the
 index of unfinished tasks (never a scan of all tasks). Duplicate messages are harmless: a claim is
 a conditional update and the second one fails.
+
+It lives beside the stores, not in finalize, because workers (while they wait for others) and
+finalize both run it: a protocol step over the Backend, below both (docs/architecture.md).
 """
 
 from __future__ import annotations
