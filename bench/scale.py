@@ -225,7 +225,7 @@ class StatusSampler:
 
     def _lib(self) -> None:
         from slurmctl.backends import open_local
-        from slurmctl.status import job_status
+        from slurmctl.observe.status import job_status
 
         if not self._wait_for_job():
             return

@@ -83,7 +83,7 @@ def time_library(roots: dict[int, Path], calls: int) -> dict[int, dict[str, Any]
     """job_status() on one opened backend per size: the first call (connection opened), then
     `calls` more, alternating between the sizes call by call so that both see the same load."""
     from slurmctl.backends import open_local
-    from slurmctl.status import job_status
+    from slurmctl.observe.status import job_status
 
     backends = {size: open_local(root) for size, root in roots.items()}
     out: dict[int, dict[str, Any]] = {}

@@ -15,6 +15,7 @@ import click
 
 from slurmctl.backends import Backend
 from slurmctl.backends.spec import BackendSpec, Registry
+from slurmctl.cli import wiring
 from slurmctl.errors import IntegrityError, SlurmctlError, UserError
 
 EXIT_USER_ERROR = 2
@@ -111,6 +112,7 @@ def cli(ctx: click.Context, root: Path, log_level: str, backend_url: str | None)
     for chatty in ("botocore", "boto3", "urllib3"):  # "Found credentials in ...": noise
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     override = BackendSpec.parse(backend_url) if backend_url else None
+    wiring.install()  # the observers and the executors' status sections, before any command
     ctx.obj = Env(root=root.absolute(), override=override)
 
 

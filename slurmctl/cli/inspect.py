@@ -15,8 +15,8 @@ from slurmctl.backends import Backend
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.errors import UserError
 from slurmctl.jobs import read_history
+from slurmctl.observe.status import ITEM_KEYS, job_status, shown_status
 from slurmctl.observe.timeseries import format_duration, progress_bar
-from slurmctl.status import ITEM_KEYS, job_status, shown_status
 
 
 def _status_table(s: dict[str, Any]) -> Table:

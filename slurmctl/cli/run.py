@@ -10,8 +10,8 @@ from slurmctl.cli.slurm import run_slurm
 from slurmctl.errors import UserError
 from slurmctl.executors.local import LocalExecutor
 from slurmctl.jobs import get_job
+from slurmctl.observe.status import job_status
 from slurmctl.states import JobStatus
-from slurmctl.status import job_status
 
 
 def run_job(env: Env, job_id: str, *, progress: bool = True, follow: bool = True) -> JobStatus:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slurmctl import hooks
 from slurmctl.backends import Backend
 from slurmctl.backends.reconcile import reconcile
 from slurmctl.backends.statestore import (
@@ -29,7 +30,6 @@ from slurmctl.finalize.aggregate import aggregate
 from slurmctl.finalize.retry import RetryPlan
 from slurmctl.jobs import append_history, get_job, load_definition
 from slurmctl.layout import JobLayout
-from slurmctl.observe.alerts import evaluate_quietly
 from slurmctl.states import JobStatus, TaskStatus
 
 log = logging.getLogger("slurmctl.finalize")
@@ -44,14 +44,14 @@ class FinalizeResult:
     """When a retry phase's workers may start (its backoff)."""
 
 
-def finalize(backend: Backend, job_id: str, *, alerts: bool = True) -> FinalizeResult:
-    """alerts=False: the caller evaluates them once it has acted on the result (the Slurm
-    executor, which would otherwise see its own not-yet-queued workers as missing)."""
+def finalize(backend: Backend, job_id: str, *, notify: bool = True) -> FinalizeResult:
+    """notify=False: the caller runs the `after_finalize` hooks once it has acted on the result
+    (the Slurm executor: alerts would otherwise see its not-yet-queued workers as missing)."""
     try:
         return _finalize(backend, job_id)
     finally:
-        if alerts:
-            evaluate_quietly(backend, job_id)  # alerts (stalled, error rate, ...): once per episode
+        if notify:
+            hooks.registry.after_finalize(backend, job_id)  # e.g. alerts, once per episode
 
 
 def _finalize(backend: Backend, job_id: str) -> FinalizeResult:

@@ -1,6 +1,7 @@
 """Alerts: rules over the counters and the status, sent once per episode, resolved when cleared.
 
-Evaluated by `slurmctl watch` (every interval) and by finalize (each time it runs). Settings come
+Evaluated by `slurmctl watch` (every interval), and through the hooks (`AlertsObserver`) after
+each finalize and by the workers every ALERT_EVERY_S. Settings come
 from the job definition's `params.alerts` (see `AlertSettings`); the webhook URL is a secret
 reference (`${NAME}` or `${file:PATH}`) resolved in the evaluating process's environment and
 never written anywhere.
@@ -26,9 +27,11 @@ from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import JobRecord
 from slurmctl.config import JobDefinition
 from slurmctl.errors import UserError
+from slurmctl.hooks import Hooks, WorkerInfo
 from slurmctl.jobs import get_job, load_definition
 from slurmctl.layout import JobLayout
 from slurmctl.observe import timeseries
+from slurmctl.observe.status import job_status
 from slurmctl.observe.timeseries import format_duration
 from slurmctl.states import JobStatus
 
@@ -293,8 +296,6 @@ def evaluate(
     send: Sender = post_webhook,
 ) -> Evaluation:
     """Run the rules, deliver what changed, store the episode state; returns the events."""
-    from slurmctl.status import job_status
-
     now = time.time() if now is None else now
     job = get_job(backend, job_id)
     status = status if status is not None else job_status(backend, job_id)
@@ -397,6 +398,28 @@ def evaluate_quietly(backend: Backend, job_id: str) -> None:
         evaluate(backend, job_id)
     except Exception as e:  # noqa: BLE001 - whatever it is, finalize carries on
         log.warning("alerts of %s not evaluated: %s", job_id, e)
+
+
+ALERT_EVERY_S = 300.0
+"""Workers evaluate the job's alerts this often (finalize and `watch` do too); the alert claims in
+the object store make sure each episode is sent once."""
+
+
+class AlertsObserver(Hooks):
+    """Alerts through the hooks: after every finalize, and from each worker every ALERT_EVERY_S."""
+
+    def __init__(self) -> None:
+        self.last: dict[tuple[str, str], float] = {}
+
+    def on_worker_poll(self, worker: WorkerInfo) -> None:
+        key, now = (worker.job_id, worker.worker_id), time.monotonic()
+        last = self.last.setdefault(key, now)  # the first evaluation one interval after start
+        if now - last > ALERT_EVERY_S:
+            self.last[key] = now
+            evaluate_quietly(worker.backend, worker.job_id)
+
+    def after_finalize(self, backend: Backend, job_id: str) -> None:
+        evaluate_quietly(backend, job_id)
 
 
 def _iso(ts: float) -> str:

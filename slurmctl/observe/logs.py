@@ -7,6 +7,9 @@ Each worker writes `<scratch>/job_<job_id>/logs/<worker_id>.jsonl`, one JSON obj
 output when `SHIP_INTERVAL_S` has passed since the last shipment, and when the worker exits; past
 `PART_BYTES` the file is shipped once more as a numbered part and started afresh, so a shipment
 never uploads more than a part.
+
+`WorkerLogObserver` plugs this into the worker through the hooks (`slurmctl.hooks`): installed
+at the worker's start, shipped after each task's commit, closed when the worker leaves.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.errors import SlurmctlError
+from slurmctl.hooks import Hooks, TaskCommitted, WorkerInfo
 from slurmctl.layout import JobLayout
 from slurmctl.secrets import redact
 
@@ -33,8 +37,6 @@ SHIP_INTERVAL_S = float(os.environ.get("SLURMCTL_LOG_SHIP_S", "30"))
 PART_BYTES = 8 << 20
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TASK_RE = re.compile(r"^(?:r(\d+)-)?task-(\d+)$")
-
-_current: WorkerLog | None = None
 
 
 def phase_and_batch(task_id: str | None) -> tuple[str | None, str | None]:
@@ -172,12 +174,10 @@ class WorkerLog:
         self.path.write_bytes(data)
 
     def install(self, logger: logging.Logger | None = None) -> WorkerLog:
-        global _current
         root = logger or logging.getLogger()
         for h in root.handlers:  # the text log on stderr gets the same redaction
             h.addFilter(self.redactor)
         root.addHandler(self.handler)
-        _current = self
         return self
 
     def ship(self, force: bool = False) -> None:
@@ -208,19 +208,12 @@ class WorkerLog:
                 logging.getLogger("slurmctl.observe").warning("log not shipped: %s", e)
 
     def close(self) -> None:
-        global _current
         self.ship(force=True)
         root = logging.getLogger()
         root.removeHandler(self.handler)
         for h in root.handlers:
             h.removeFilter(self.redactor)
         self.handler.close()
-        if _current is self:
-            _current = None
-
-
-def current_worker_log() -> WorkerLog | None:
-    return _current
 
 
 def install_worker_log(
@@ -231,15 +224,39 @@ def install_worker_log(
     secrets: Sequence[str],
     ctx: Any = None,
 ) -> WorkerLog:
-    """Called by `Worker.run`: the JSON log, redaction on every handler, the metrics baselines."""
-    from slurmctl.observe.metrics import task_observer
-
-    task_observer(backend, job_id, worker_id)  # I/O baseline from the worker's start
+    """At the worker's start: the JSON log, and redaction on every handler."""
     worker_log = WorkerLog(backend, job_id, worker_id, scratch_root, secrets, ctx).install()
     logging.getLogger("slurmctl.worker").info(
         "worker %s started on %s (pid %d)", worker_id, socket.gethostname(), os.getpid()
     )
     return worker_log
+
+
+class WorkerLogObserver(Hooks):
+    """The worker's JSON log through the hooks: one per worker, shipped as tasks commit."""
+
+    def __init__(self) -> None:
+        self.logs: dict[tuple[str, str], WorkerLog] = {}
+
+    def after_worker_start(self, worker: WorkerInfo) -> None:
+        self.logs[(worker.job_id, worker.worker_id)] = install_worker_log(
+            worker.backend,
+            worker.job_id,
+            worker.worker_id,
+            worker.scratch_root,
+            worker.secrets,
+            worker.ctx,
+        )
+
+    def after_task_committed(self, task: TaskCommitted) -> None:
+        worker_log = self.logs.get((task.job_id, task.worker_id))
+        if worker_log is not None:
+            worker_log.ship()  # when SHIP_INTERVAL_S has passed since the last shipment
+
+    def before_worker_stop(self, worker: WorkerInfo) -> None:
+        worker_log = self.logs.pop((worker.job_id, worker.worker_id), None)
+        if worker_log is not None:
+            worker_log.close()  # the last shipment
 
 
 def _safe(worker_id: str) -> str:

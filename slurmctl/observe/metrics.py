@@ -5,6 +5,9 @@ cost: CPU time, peak RSS, /proc/self/io bytes. A commit then moves a handful of 
 (`obs.*`: sums of those figures, failures by error type, the time series in
 `slurmctl.observe.timeseries`) in one extra state-store update, so the dashboard and `/metrics`
 read per-job resource use from the counters, never from the task manifests.
+
+`MetricsObserver` plugs this into the worker through the hooks (`slurmctl.hooks`): the worker
+never imports this module, and it does not know about the worker's log (`observe.logs`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from typing import Any
 from slurmctl.backends import Backend
 from slurmctl.backends.statestore import TaskCommit, TaskRecord
 from slurmctl.errors import SlurmctlError
+from slurmctl.hooks import Hooks, TaskCommitted, WorkerInfo
 from slurmctl.observe import timeseries
-from slurmctl.observe.http import summarise
+from slurmctl.worker.http import summarise
 
 log = logging.getLogger("slurmctl.observe")
 
@@ -156,7 +160,7 @@ class TaskObserver:
         return {k: v for k, v in deltas.items() if v}
 
     def committed(self, task: TaskRecord, metrics: dict[str, Any]) -> None:
-        """After the task manifest: record the commit in the job counters, ship the log.
+        """After the task manifest: record the commit in the job counters.
 
         Best effort: the commit already counted, so a failure here is logged, never raised.
         """
@@ -181,11 +185,6 @@ class TaskObserver:
             self.backend.state.update_job(self.job_id, {}, counter_deltas=deltas)
         except Exception as e:  # noqa: BLE001 - observability must not fail a committed task
             log.warning("%s: metrics not recorded: %s", task.task_id, e)
-        from slurmctl.observe.logs import current_worker_log
-
-        worker_log = current_worker_log()
-        if worker_log is not None:
-            worker_log.ship()
 
 
 _observers: dict[tuple[str, str], TaskObserver] = {}
@@ -199,6 +198,20 @@ def task_observer(backend: Backend, job_id: str, worker_id: str) -> TaskObserver
         if obs is None or obs.backend is not backend:
             obs = _observers[(job_id, worker_id)] = TaskObserver(backend, job_id, worker_id)
         return obs
+
+
+class MetricsObserver(Hooks):
+    """The task manifest's metrics and the job's sums and time series, through the hooks."""
+
+    def after_worker_start(self, worker: WorkerInfo) -> None:
+        task_observer(worker.backend, worker.job_id, worker.worker_id)  # I/O baseline
+
+    def before_task_manifest(self, task: TaskCommitted) -> None:
+        observer = task_observer(task.backend, task.job_id, task.worker_id)
+        task.metrics = observer.task_metrics(task.ctx, task.commit, task.metrics)
+
+    def after_task_committed(self, task: TaskCommitted) -> None:
+        task_observer(task.backend, task.job_id, task.worker_id).committed(task.task, task.metrics)
 
 
 def job_resources(counters: dict[str, int]) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slurmctl.errors import UserError
-from slurmctl.observe.http import HttpSession
 from slurmctl.ratelimit.signals import retry_after_of
+from slurmctl.worker.http import HttpSession
 
 DEFAULT_BUCKET = "default"
 

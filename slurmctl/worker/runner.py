@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from slurmctl import hooks
 from slurmctl import secrets as secret_refs
 from slurmctl.backends import Backend
 from slurmctl.backends.reconcile import reconcile
@@ -24,12 +25,10 @@ from slurmctl.backends.statestore import task_counter
 from slurmctl.config import JobDefinition
 from slurmctl.errors import BackendUnavailable, HandlerImportError, UserError
 from slurmctl.jobs import get_job, load_definition
-from slurmctl.observe.alerts import evaluate_quietly
-from slurmctl.observe.logs import install_worker_log
 from slurmctl.ratelimit.allocation import LEAVE_MARGIN_S, AllocationClock
-from slurmctl.ratelimit.limiter import DistributedRateLimiter, WorkerStopping
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import load_handler
+from slurmctl.worker.limiter import DistributedRateLimiter, WorkerStopping
 from slurmctl.worker.task import Outcome, TaskRunner
 
 log = logging.getLogger("slurmctl.worker")
@@ -39,9 +38,6 @@ EXIT_STOPPED = 143
 EXIT_JOB_FAILED = 3
 EXIT_UNREACHABLE = 75  # EX_TEMPFAIL: try again later
 OUTAGE_LIMIT_S = 600.0
-ALERT_EVERY_S = 300.0
-"""Workers evaluate the job's alerts this often (finalize and `watch` do too); the alert claims in
-the object store make sure each episode is sent once."""
 POLL_S = 1.0
 LOCAL_POLL_S = 0.1
 
@@ -169,9 +165,10 @@ class Worker:
             throttled=self._throttled,
         )
         runner = self._runner(definition, handler, ctx, hidden)
-        worker_log = install_worker_log(  # JSON lines in scratch, secrets redacted, shipped
+        self.info = hooks.WorkerInfo(
             self.backend, self.job_id, self.worker_id, runner.scratch_root, hidden, ctx
         )
+        hooks.registry.after_worker_start(self.info)  # e.g. the JSON log, secrets redacted
         if handler.setup is not None:
             handler.setup(ctx)
         try:
@@ -180,7 +177,7 @@ class Worker:
             self._release_slots()
             if handler.teardown is not None:
                 handler.teardown(ctx)
-            worker_log.close()  # the last shipment
+            hooks.registry.before_worker_stop(self.info)  # e.g. the log's last shipment
 
     def _runner(
         self, definition: JobDefinition, handler: object, ctx: Context, hidden: list[str]
@@ -238,12 +235,9 @@ class Worker:
         last_reconcile = 0.0
         paused_logged = False
         idle_wait = 0.0
-        last_alerts = time.monotonic()
         while not self.should_stop():
             job = get_job(self.backend, self.job_id)
-            if time.monotonic() - last_alerts > ALERT_EVERY_S:  # alerts at a low frequency
-                last_alerts = time.monotonic()
-                evaluate_quietly(self.backend, self.job_id)
+            hooks.registry.on_worker_poll(self.info)  # e.g. alerts, at their own low pace
             if job.status.terminal:
                 log.info("worker %s: job is %s, leaving", self.worker_id, job.status)
                 return EXIT_OK

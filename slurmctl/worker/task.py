@@ -20,19 +20,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from slurmctl import hooks
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import TaskCommit, TaskRecord
 from slurmctl.errors import IntegrityError
 from slurmctl.fastjson import loads
 from slurmctl.layout import JobLayout, done_marker
-from slurmctl.observe.metrics import task_observer
-from slurmctl.ratelimit.limiter import WorkerStopping
 from slurmctl.secrets import redact
 from slurmctl.worker.checkpoint import Checkpoint, Row
 from slurmctl.worker.classify import PERMANENT, Rule, classify
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import Handler
+from slurmctl.worker.limiter import WorkerStopping
 
 log = logging.getLogger("slurmctl.worker")
 
@@ -340,7 +340,6 @@ class TaskRunner:
             done_marker(commit.output_key),
             f"{commit.output_sha256} {commit.output_rows}\n".encode(),
         )
-        observer = task_observer(self.backend, self.job_id, self.worker_id)
         base = {
             "items": task.items,
             "items_processed": calls,
@@ -355,7 +354,11 @@ class TaskRunner:
             "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "handler": self.ctx.metrics.snapshot(),
         }
-        metrics = observer.task_metrics(self.ctx, commit, base)
+        event = hooks.TaskCommitted(
+            self.backend, self.job_id, self.worker_id, task, commit, self.ctx, base
+        )
+        hooks.registry.before_task_manifest(event)  # e.g. I/O, HTTP and failure figures
+        metrics = event.metrics
         self.ctx.metrics.reset()
         manifest = {
             "job_id": self.job_id,
@@ -380,7 +383,7 @@ class TaskRunner:
             "error": None,
         }
         objects.put_json(self.layout.task_manifest(task.task_id), manifest)
-        observer.committed(task, metrics)  # the job's time series and sums; the worker log
+        hooks.registry.after_task_committed(event)  # e.g. the job's time series; the log
 
 
 SLURM_VARS = frozenset(

@@ -17,11 +17,11 @@ from slurmctl.backends.statestore import JobRecord
 from slurmctl.observe import alerts, timeseries
 from slurmctl.observe.alerts import AlertSettings
 from slurmctl.observe.errors import Tally, hot_spots, normalise, worker_place
-from slurmctl.observe.http import HttpError, HttpSession, summarise
 from slurmctl.observe.metrics import TaskObserver
 from slurmctl.states import JobStatus
 from slurmctl.worker.classify import classify
 from slurmctl.worker.context import Metrics
+from slurmctl.worker.http import HttpError, HttpSession, summarise
 from tests.observe.conftest import Recorder
 
 

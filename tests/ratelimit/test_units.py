@@ -22,9 +22,9 @@ from slurmctl.backends.statestore import Bucket
 from slurmctl.errors import TransientError, UserError
 from slurmctl.ratelimit import gcra
 from slurmctl.ratelimit.allocation import AllocationClock, parse_end_time
-from slurmctl.ratelimit.limiter import DistributedRateLimiter, WorkerStopping
 from slurmctl.ratelimit.signals import parse_retry_after, retry_after_of
 from slurmctl.worker.context import Context
+from slurmctl.worker.limiter import DistributedRateLimiter, WorkerStopping
 
 
 def _http_error(code: int, headers: dict[str, str]) -> urllib.error.HTTPError:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slurmctl import hooks
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.errors import JobStateError, SlurmctlError
@@ -30,7 +31,6 @@ from slurmctl.executors.slurm.states import SlurmState
 from slurmctl.finalize.finalize import finalize
 from slurmctl.jobs import append_history, get_job, load_definition
 from slurmctl.layout import JobLayout
-from slurmctl.observe.alerts import evaluate_quietly
 from slurmctl.states import JobStatus
 
 log = logging.getLogger("slurmctl.slurm")
@@ -155,7 +155,7 @@ class SlurmExecutor(Executor):
                 out = self._advance(job_id, operator)
             finally:
                 # after the arrays it queued are recorded: they count as the job's workers
-                evaluate_quietly(self.backend, job_id)
+                hooks.registry.after_finalize(self.backend, job_id)
             if self.own_id:
                 append_history(
                     self.backend,
@@ -170,7 +170,7 @@ class SlurmExecutor(Executor):
             return out
 
     def _advance(self, job_id: str, operator: bool) -> Advance:
-        result = finalize(self.backend, job_id, alerts=False)
+        result = finalize(self.backend, job_id, notify=False)
         if not result.work_left:
             return Advance(result.status)
         ids = slurm_ids(self.backend, job_id)

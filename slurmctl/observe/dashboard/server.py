@@ -30,7 +30,7 @@ from slurmctl.observe import prometheus, timeseries
 from slurmctl.observe.alerts import read_state
 from slurmctl.observe.errors import analyze
 from slurmctl.observe.metrics import job_resources
-from slurmctl.status import job_status, shown_status
+from slurmctl.observe.status import job_status, shown_status
 
 log = logging.getLogger("slurmctl.dashboard")
 

@@ -1,8 +1,15 @@
-"""What `status` shows, built from the counters only (DESIGN.md invariant 5: O(1) in tasks)."""
+"""What `status` shows, built from the counters only (O(1) in tasks: docs/architecture.md,
+invariant "status reads counters").
+
+An executor adds its own section (the Slurm ids and how many workers are queued) through a
+summary registered here by the CLI (`register_summary`), so this module, which alerts and the
+dashboard read, imports no executor.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from slurmctl.backends import Backend
@@ -14,6 +21,16 @@ from slurmctl.observe.timeseries import progress_figures
 from slurmctl.states import JobStatus, TaskStatus
 
 ITEM_KEYS = ("total", "succeeded", "failed_permanent", "failed_transient", "quarantined", "pending")
+
+Summary = Callable[[Backend, str], dict[str, Any]]
+"""An executor's section of `status`: (backend, job_id) -> shown under the executor's name."""
+
+_summaries: dict[str, Summary] = {}
+
+
+def register_summary(executor: str, summary: Summary) -> None:
+    """`status` of a job run by `executor` shows `summary(backend, job_id)` under that name."""
+    _summaries[executor] = summary
 
 
 def shown_status(job: JobRecord) -> JobStatus:
@@ -91,9 +108,8 @@ def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
         "created_at": job.created_at,
         "updated_at": job.updated_at,
     }
-    if job.executor == "slurm":  # ids from the manifest, workers from one squeue call
-        from slurmctl.executors.slurm import slurm_summary
-
-        out["slurm"] = slurm_summary(backend, job_id)
+    summary = _summaries.get(job.executor)
+    if summary is not None:  # Slurm: ids from the manifest, workers from one squeue call
+        out[job.executor] = summary(backend, job_id)
     out.update(progress_figures(job, counters, out))  # items/s, ETA, workers (bounded series)
     return out
