@@ -1,6 +1,6 @@
-"""`status` latency against the number of tasks (DESIGN.md invariant 5: O(1), under a second
-at 100k tasks): the library call `job_status()` and the CLI `status --json`, at two job sizes,
-with `slurmctl --version` as the CLI's start-up baseline.
+"""`status` latency against the number of tasks (docs/architecture.md invariant 5: O(1), under a
+second at 100k tasks): the library call `job_status()` and the CLI `status --json`, at two job
+sizes, with `slurmctl --version` as the CLI's start-up baseline.
 
     .venv/bin/python bench/status_latency.py            # 1,000 and 100,000 tasks
     .venv/bin/python bench/status_latency.py --quick    # 1,000 and 10,000 tasks, < 60 s

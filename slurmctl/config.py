@@ -1,4 +1,4 @@
-"""The job definition (DESIGN.md "Names users type"): pydantic models and a YAML loader.
+"""The job definition (the README's "The job definition"): pydantic models and a YAML loader.
 
 Every mistake in a definition becomes one ConfigError line naming the file, the line when known,
 the field, what was expected and what was found (invariant 7): a user fixes it without reading a

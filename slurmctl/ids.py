@@ -42,7 +42,7 @@ def task_id(phase: str, index: int, width: int = ID_WIDTH) -> str:
 
 
 def group_for_phase(phase: str) -> str:
-    """The task group of the batch tasks of a phase (DESIGN.md's words)."""
+    """The task group of the batch tasks of a phase (docs/architecture.md, "The words")."""
     if phase == "initial":
         return "initial_batch"
     if phase.startswith("retry_"):

@@ -1,4 +1,4 @@
-"""Where each of a job's objects lives in the object store (DESIGN.md's "Manifests").
+"""Where each of a job's objects lives in the object store (docs/architecture.md, "Manifests").
 
 One place for every key, so the code, the docs and `clean` agree.
 """

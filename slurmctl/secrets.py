@@ -1,4 +1,4 @@
-"""Secrets in params (DESIGN.md invariant 8).
+"""Secrets in params (docs/architecture.md, invariant 8).
 
 A job definition names secrets by reference, `${NAME}` (an environment variable) or `${file:PATH}`,
 and only workers resolve them, at run time, so no resolved value is ever written to a manifest, a

@@ -108,7 +108,7 @@ def accounted_ids(root: Path, job_id: str) -> dict[str, list[str]]:
 
 
 def assert_exactly_once(root: Path, job_id: str, count: int) -> dict[str, list[str]]:
-    """DESIGN.md invariant 1, item by item."""
+    """docs/architecture.md invariant 1, item by item."""
     got = accounted_ids(root, job_id)
     everything = got["output"] + got["failures"]
     assert len(everything) == len(set(everything)), "an item is accounted for twice"

@@ -1,5 +1,5 @@
 """Every case of tests/corpus/ through the real CLI: one line on stderr naming the problem,
-exit code 2, no traceback, and no job left behind (DESIGN.md invariant 7)."""
+exit code 2, no traceback, and no job left behind (docs/architecture.md, invariant 7)."""
 
 from __future__ import annotations
 

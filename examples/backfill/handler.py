@@ -1,6 +1,6 @@
 """The backfill example's handler: fetch one user from the API and return a flat row.
 
-Contract (see DESIGN.md, "Handler contract"): `process(item, ctx)` with `ctx.params`,
+Contract (see the README, "The handler contract"): `process(item, ctx)` with `ctx.params`,
 `ctx.acquire(n=1)`, `ctx.metrics.incr(name, n=1)`, `ctx.metrics.timer(name)` and `ctx.log`.
 `ctx.acquire()` is called immediately before every HTTP request, retries included, so the
 job-wide rate limit holds however many workers run.

@@ -1,8 +1,8 @@
 """The state store interface: the truth about jobs, tasks, leases, counters and rate buckets.
 
 Every transition is one conditional update or transaction, and the counters it moves change in
-that same transaction (DESIGN.md's commit protocol). Implementations: SQLite (`BEGIN IMMEDIATE`)
-and DynamoDB (one table, `TransactWriteItems`).
+that same transaction (docs/architecture.md, "The task protocol"). Implementations: SQLite
+(`BEGIN IMMEDIATE`) and DynamoDB (one table, `TransactWriteItems`).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class TaskCommit:
 
 @dataclass(frozen=True)
 class Bucket:
-    """A rate-limit bucket: the shared schedule of DESIGN.md (GCRA) and its adaptive backoff."""
+    """A rate-limit bucket: the shared schedule (GCRA) and its adaptive backoff."""
 
     job_id: str
     name: str

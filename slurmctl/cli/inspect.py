@@ -59,7 +59,7 @@ def _status_table(s: dict[str, Any]) -> Table:
 
 @cli.command("status")
 @click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object (DESIGN.md's fields).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (fields: see the README).")
 @click.option("--watch", is_flag=True, help="Refresh in place until the job ends.")
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
 @pass_env

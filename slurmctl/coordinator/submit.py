@@ -2,7 +2,7 @@
 
 Idempotent: the batches are a pure function of the input, stored put-if-absent, and tasks are
 inserted only when missing, so a submit that died half way carries on when run again. A refused
-submission removes everything it wrote (DESIGN.md invariant 7).
+submission removes everything it wrote (docs/architecture.md, invariant 7).
 
 The input is a local file or, with the AWS backend, an S3 object read as a stream. On AWS the
 batches are uploaded by a small thread pool (a bounded window of batches in flight, task records

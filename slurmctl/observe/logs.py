@@ -3,10 +3,10 @@
 Each worker writes `<scratch>/job_<job_id>/logs/<worker_id>.jsonl`, one JSON object a line:
 `ts`, `level`, `logger`, `event`, `job_id`, `worker_id`, `task_id`, `batch_id`, `phase` (and
 `exc` for a traceback). Every text goes through `secrets.redact` with the job's secret values
-(DESIGN.md invariant 8). The file is shipped to `jobs/<job_id>/logs/<worker_id>.jsonl` with a task's
-output when `SHIP_INTERVAL_S` has passed since the last shipment, and when the worker exits; past
-`PART_BYTES` the file is shipped once more as a numbered part and started afresh, so a shipment
-never uploads more than a part.
+(docs/architecture.md invariant 8). The file is shipped to `jobs/<job_id>/logs/<worker_id>.jsonl`
+with a task's output when `SHIP_INTERVAL_S` has passed since the last shipment, and when the
+worker exits; past `PART_BYTES` the file is shipped once more as a numbered part and started
+afresh, so a shipment never uploads more than a part.
 
 `WorkerLogObserver` plugs this into the worker through the hooks (`slurmctl.hooks`): installed
 at the worker's start, shipped after each task's commit, closed when the worker leaves.

@@ -12,7 +12,7 @@ Sample = tuple[dict[str, str], float]
 
 FAMILIES: list[tuple[str, str, str]] = [
     ("slurmctl_job_info", "gauge", "1 for each job, with its status, phase and executor."),
-    ("slurmctl_items", "gauge", "Items of the job by state (DESIGN.md's items keys)."),
+    ("slurmctl_items", "gauge", "Items of the job by state (the `items` keys of `status --json`)."),
     ("slurmctl_tasks", "gauge", "Tasks by phase and status."),
     ("slurmctl_items_per_second", "gauge", "Processing rate: window=now or average."),
     ("slurmctl_eta_seconds", "gauge", "Estimated seconds to the end of the phase."),

@@ -1,4 +1,4 @@
-"""Classify a handler's exception into one of DESIGN.md's error types.
+"""Classify a handler's exception into one of the error types.
 
 The job's own `error_rules` are tried first, then the defaults: our own exception types, HTTP
 status codes found on the exception (urllib's `code`, requests' `response.status_code`), and the

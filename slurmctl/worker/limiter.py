@@ -1,6 +1,6 @@
 """The worker's side of the shared schedule: leases of send slots, waited for one by one.
 
-The PRD's shape (`DistributedRateLimiter(job_id, tokens_per_sec, client)`,
+The original interface (`DistributedRateLimiter(job_id, tokens_per_sec, client)`,
 `acquire_token_lease`, `release_unused_tokens`) over any state store. Each grant brings the
 bucket's effective and configured rates back, so a `set-rate` or a throttle cut resizes the next
 lease; a slot far ahead (a low rate shared by many workers) is waited for in short naps that

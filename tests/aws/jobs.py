@@ -116,7 +116,7 @@ def s3_accounted_ids(root: Path, place: AwsPlace, job_id: str) -> dict[str, list
 def assert_exactly_once_s3(
     root: Path, place: AwsPlace, job_id: str, count: int
 ) -> dict[str, list[str]]:
-    """DESIGN.md invariant 1, item by item, from what the job left in S3."""
+    """docs/architecture.md invariant 1, item by item, from what the job left in S3."""
     got = s3_accounted_ids(root, place, job_id)
     everything = got["output"] + got["failures"]
     assert len(everything) == len(set(everything)), "an item is accounted for twice"

@@ -1,5 +1,5 @@
 """Fault injection on real jobs (local executor). Each test injects one fault, deterministic
-(seeded), then checks DESIGN.md's invariant 1 item by item."""
+(seeded), then checks docs/architecture.md's invariant 1 item by item."""
 
 from __future__ import annotations
 

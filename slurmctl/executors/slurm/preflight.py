@@ -1,6 +1,6 @@
 """Checks made before submit writes anything, so a refused job leaves nothing behind
-(DESIGN.md invariant 7): reserved sbatch arguments, the partition, the embedded backend on a
-multi-node partition, and Slurm's own verdict on the options (`sbatch --test-only`)."""
+(docs/architecture.md, invariant 7): reserved sbatch arguments, the partition, the embedded
+backend on a multi-node partition, and Slurm's own verdict on the options (`sbatch --test-only`)."""
 
 from __future__ import annotations
 
