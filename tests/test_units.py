@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ import pytest
 from slurmctl.coordinator.scan import InputScanner
 from slurmctl.errors import HandlerImportError, UserError
 from slurmctl.ids import batch_id, id_width, task_id, validate_job_id
-from slurmctl.worker.checkpoint import Checkpoint
+from slurmctl.worker.checkpoint import Checkpoint, CheckpointRefused, Stamp
+from slurmctl.worker.classify import PERMANENT
 from slurmctl.worker.context import Metrics
 from slurmctl.worker.handler import load_handler
 
@@ -78,16 +81,61 @@ def test_scanner_finds_duplicates_across_and_within_chunks(
 
 def test_checkpoint_keeps_rows_across_reopen(tmp_path: Path) -> None:
     path = tmp_path / "c" / "checkpoint.sqlite"
-    ckpt = Checkpoint(path)
+    stamp = Stamp("1.5", "ab" * 32, "tok1")
+    ckpt = Checkpoint(path, stamp)
+    big = 2**63 - 1
     ckpt.write(
-        [(0, "a", 1, '[{"id": "a"}]', None, None, None), (2, "c", 0, None, "server", "m", "s")]
+        [
+            (0, "a", True, [{"id": "a", "v": big, "f": 0.1}], None, None, None),
+            (2, "c", False, None, "server", "m", "s"),
+        ]
     )
     ckpt.close()
-    again = Checkpoint(path)
+    again = Checkpoint(path, stamp)
     assert again.done() == {0, 2}
-    assert [r[1] for r in again.rows()] == ["a", "c"]
+    assert list(again.rows()) == [
+        (0, "a", True, [{"id": "a", "v": big, "f": 0.1}], None, None, None),
+        (2, "c", False, None, "server", "m", "s"),
+    ]
     snap = again.snapshot(tmp_path / "snap.sqlite")
-    assert Checkpoint(snap).done() == {0, 2}
+    assert (
+        oct(snap.stat().st_mode & 0o777) == "0o600" and oct(path.stat().st_mode & 0o777) == "0o600"
+    )
+    with pytest.raises(CheckpointRefused, match="not Stamp"):
+        Checkpoint(snap, Stamp("1.5", "ab" * 32, "tok2"))  # another attempt's own file
+    mine = Checkpoint(tmp_path / "d" / "checkpoint.sqlite", Stamp("1.5", "ab" * 32, "tok2"))
+    assert mine.adopt(snap) and mine.done() == {0, 2}  # taken over explicitly: allowed
+    other_job = Checkpoint(tmp_path / "e" / "checkpoint.sqlite", Stamp("2.5", "ab" * 32, "t3"))
+    assert not other_job.adopt(snap) and other_job.done() == set()
+    other_batch = Checkpoint(tmp_path / "f" / "checkpoint.sqlite", Stamp("1.5", "cd" * 32, "t3"))
+    assert not other_batch.adopt(snap) and other_batch.done() == set()
+
+
+def test_checkpoint_refuses_a_pickle_and_fails_unstorable_values_as_schema(tmp_path: Path) -> None:
+    old = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(old)
+    conn.execute("CREATE TABLE chunks (first INTEGER PRIMARY KEY, rows BLOB)")
+    conn.execute("INSERT INTO chunks VALUES (0, ?)", (pickle.dumps([(0, "a", True, None)]),))
+    conn.commit()
+    conn.close()
+    ckpt = Checkpoint(tmp_path / "new" / "checkpoint.sqlite", Stamp("1", "ab", "t"))
+    assert not ckpt.adopt(old)  # an unstamped (pickled) checkpoint is never read
+    recorded = ckpt.write(
+        [
+            (0, "a", True, [{"id": "a", "v": 1}], None, None, None),
+            (1, "b", True, [{"id": "b", "v": object()}], None, None, None),
+            (2, "c", True, [{"id": "c", "v": "text"}], None, None, None),
+            (3, "d", True, [{"id": "d", "v": 2**64}], None, None, None),
+        ]
+    )
+    assert [(r[1], r[2], r[4]) for r in recorded] == [
+        ("a", True, None),
+        ("b", False, "schema"),
+        ("c", False, "schema"),
+        ("d", False, "schema"),
+    ]
+    assert [r[1] for r in ckpt.rows() if r[2]] == ["a"]
+    assert "schema" in PERMANENT
 
 
 def test_metrics_counters_and_timers() -> None:

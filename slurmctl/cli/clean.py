@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import click
 
@@ -14,6 +12,7 @@ from slurmctl.cli import Env, cli, pass_env
 from slurmctl.coordinator.submit import discard
 from slurmctl.errors import JobStateError
 from slurmctl.jobs import get_job, live_lease_holder, load_definition
+from slurmctl.scratch import scratch_root
 from slurmctl.states import TaskStatus
 
 
@@ -42,7 +41,7 @@ def clean_cmd(env: Env, job_id: str, everything: bool, yes: bool) -> None:
     if why:
         raise JobStateError(f"job {job_id} is running ({why}); `slurmctl pause` or wait first")
     definition = load_definition(env.backend, job_id)
-    scratch = Path(definition.scratch or tempfile.gettempdir()) / f"job_{job_id}"
+    scratch = scratch_root(definition.scratch) / f"job_{job_id}"
     what = f"scratch {scratch}" + (
         ", and every object, record and log of the job" if everything else ""
     )

@@ -1,70 +1,204 @@
-"""The scratch checkpoint: a SQLite file per task so a resumed task skips the items done.
+"""The scratch checkpoint: a SQLite file per attempt so a resumed task skips the items done.
 
 Written in chunks (`checkpoint_every` items per row and transaction, no fsync): a worker killed
 mid-batch redoes at most one chunk. The file is created on the first durable write only: a task
 that finishes before its first checkpoint is due (a fast handler) never touches SQLite, its rows
 go from memory to the output. It can be uploaded to the object store when a worker is preempted.
-Chunks are pickled: the file is ours, and a copy fetched from the object store is verified
-against the sha256 its worker recorded when it released the task.
+
+Each file belongs to one attempt and says so: its `stamp` table records the job, the batch's
+sha256 and the attempt's lease token, and a file whose stamp is not the attempt's is refused. A
+later attempt takes over an earlier one's rows only by `adopt`, which copies them into its own
+file after checking the job and the batch (so a leftover of another job with the same id, or of
+another batch, is never trusted). Nothing is unpickled: the item outcomes are JSON and the output
+rows an Arrow IPC stream, the same types the output's Parquet stores. An output value Arrow cannot
+store fails its item as `schema` (permanent) instead of the whole attempt.
 """
 
 from __future__ import annotations
 
-import pickle
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from slurmctl.errors import IntegrityError
+from slurmctl.scratch import create_private
 
 # (line index, item id, ok, output rows or None, error type, message, signature)
 Row = tuple[int, str, bool, list[dict[str, Any]] | None, str | None, str | None, str | None]
 
+UNSTORABLE = (pa.ArrowException, OverflowError, TypeError, ValueError)
+"""What `pa.Table.from_pylist` raises for a value it cannot store."""
+
+
+class CheckpointRefused(IntegrityError):
+    """A checkpoint file stamped for another job, batch or attempt."""
+
+
+@dataclass(frozen=True)
+class Stamp:
+    job: str
+    """The job's identity beyond its id (its creation time): a new job with the same id differs."""
+    batch_sha256: str
+    attempt: str
+    """The lease token of the attempt that writes the file."""
+
+
+def to_table(rows: Sequence[Row]) -> tuple[pa.Table, list[Row]]:
+    """The output rows of `rows` as one table; items whose rows Arrow cannot store (alone, or
+    beside the items before them) become `schema` failures in the returned rows."""
+    results = [r for row in rows if row[2] and row[3] for r in row[3]]
+    try:
+        return pa.Table.from_pylist(results), list(rows)
+    except UNSTORABLE:
+        pass
+    kept: list[dict[str, Any]] = []
+    out: list[Row] = []
+    for row in rows:
+        idx, item_id, ok, result, *_ = row
+        if ok and result:
+            try:
+                pa.Table.from_pylist([*kept, *result])
+            except UNSTORABLE as e:
+                message = f"output value cannot be stored: {type(e).__name__}: {e}"
+                out.append((idx, item_id, False, None, "schema", message, "schema: " + message))
+                continue
+            kept.extend(result)
+        out.append(row)
+    return pa.Table.from_pylist(kept), out
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _decode(outcomes: bytes, blob: bytes | None) -> list[Row]:
+    results = pa.ipc.open_stream(blob).read_all().to_pylist() if blob else []
+    rows: list[Row] = []
+    at = 0
+    for idx, item_id, ok, n, etype, message, sig in orjson.loads(outcomes):
+        rows.append((idx, item_id, ok, results[at : at + n] if ok else None, etype, message, sig))
+        at += n
+    return rows
+
 
 class Checkpoint:
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, stamp: Stamp, make_parent: Callable[[], object] | None = None
+    ) -> None:
         self.path = path
+        self.stamp = stamp
+        self._make_parent = make_parent or (lambda: path.parent.mkdir(parents=True, exist_ok=True))
         self._conn: sqlite3.Connection | None = None
         self._memory: list[Row] = []
         if path.exists():
             self._db()
+            found = read_stamp(self._db())
+            if found != stamp:
+                self.close()
+                raise CheckpointRefused(
+                    f"checkpoint {path} is stamped {found}, not {stamp}: refused"
+                )
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not self.path.exists()
+            if fresh:
+                self._make_parent()
+                create_private(self.path)  # 0600, no symlink followed; SQLite's -wal inherits it
             conn = sqlite3.connect(self.path, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")  # a commit appends: no journal file churn
             conn.execute("PRAGMA synchronous=OFF")  # survives the process dying, not the node
-            conn.execute("CREATE TABLE IF NOT EXISTS chunks (first INTEGER PRIMARY KEY, rows BLOB)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS chunks (first INTEGER PRIMARY KEY, outcomes BLOB, "
+                "rows BLOB)"
+            )
             conn.execute("CREATE TABLE IF NOT EXISTS inflight (idx INTEGER PRIMARY KEY)")
+            conn.execute("CREATE TABLE IF NOT EXISTS stamp (job, batch_sha256, attempt)")
+            if fresh:
+                s = self.stamp
+                conn.execute(
+                    "INSERT INTO stamp VALUES (?, ?, ?)", (s.job, s.batch_sha256, s.attempt)
+                )
             self._conn = conn
         return self._conn
 
+    def adopt(self, source: Path) -> bool:
+        """Take over the rows of an earlier attempt's file (uploaded, or left on this node);
+        False (nothing taken) when it is not this job's checkpoint of this batch."""
+        try:
+            src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return False
+        try:
+            found = read_stamp(src)
+            if found is None or (found.job, found.batch_sha256) != (
+                self.stamp.job,
+                self.stamp.batch_sha256,
+            ):
+                return False
+            conn = self._db()
+            conn.execute("BEGIN")
+            conn.execute("DELETE FROM chunks")
+            conn.execute("DELETE FROM inflight")
+            conn.executemany(
+                "INSERT INTO chunks VALUES (?, ?, ?)",
+                src.execute("SELECT first, outcomes, rows FROM chunks"),
+            )
+            conn.executemany(
+                "INSERT INTO inflight VALUES (?)", src.execute("SELECT idx FROM inflight")
+            )
+            conn.execute("COMMIT")
+            return True
+        except sqlite3.Error:
+            return False
+        finally:
+            src.close()
+
     def rows(self) -> Iterator[Row]:
         if self._conn is not None:
-            for (blob,) in self._conn.execute("SELECT rows FROM chunks ORDER BY first"):
-                yield from pickle.loads(blob)
+            for outcomes, blob in self._conn.execute(
+                "SELECT outcomes, rows FROM chunks ORDER BY first"
+            ):
+                yield from _decode(outcomes, blob)
         yield from self._memory
 
     def done(self) -> set[int]:
         return {row[0] for row in self.rows()}
 
-    def write(self, rows: Sequence[Row], *, durable: bool = True) -> None:
-        """Record rows; durable ones survive the worker dying, the others only feed the output."""
+    def write(self, rows: Sequence[Row], *, durable: bool = True) -> list[Row]:
+        """Record rows; durable ones survive the worker dying, the others only feed the output.
+        Returns the rows recorded (an unstorable output turned into a `schema` failure)."""
         if not durable:
             self._memory.extend(rows)
-            return
+            return list(rows)
         rows = [*self._memory, *rows]
         self._memory = []
         if not rows:
-            return
+            return []
+        table, rows = to_table(rows)
+        outcomes = orjson.dumps(
+            [
+                (idx, item_id, ok, len(result or ()) if ok else 0, etype, message, sig)
+                for idx, item_id, ok, result, etype, message, sig in rows
+            ]
+        )
         conn = self._db()
         conn.execute("BEGIN")
         conn.execute(
-            "INSERT OR REPLACE INTO chunks VALUES (?, ?)",
-            (rows[0][0], pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)),
+            "INSERT INTO chunks VALUES (?, ?, ?)",
+            (rows[0][0], outcomes, _ipc(table) if table.num_rows else None),
         )
         conn.execute("DELETE FROM inflight")
         conn.execute("COMMIT")
+        return rows
 
     def begin_item(self, idx: int) -> None:
         """Isolation mode: mark the item in flight before the handler sees it, so the next
@@ -85,6 +219,7 @@ class Checkpoint:
         """A consistent copy of the checkpoint (for upload) while it stays open."""
         self.write([])  # memory rows become durable first
         dest.unlink(missing_ok=True)
+        create_private(dest)
         target = sqlite3.connect(dest)
         try:
             self._db().backup(target)
@@ -96,3 +231,11 @@ class Checkpoint:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def read_stamp(conn: sqlite3.Connection) -> Stamp | None:
+    try:
+        row = conn.execute("SELECT job, batch_sha256, attempt FROM stamp").fetchone()
+    except sqlite3.Error:  # no stamp table: not a checkpoint of this format
+        return None
+    return Stamp(*row) if row else None

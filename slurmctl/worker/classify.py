@@ -19,7 +19,7 @@ from slurmctl.errors import PermanentError, TransientError
 TRANSIENT = frozenset(
     {"network", "timeout", "throttled", "server", "preempted", "crash", "unknown"}
 )
-PERMANENT = frozenset({"not_found", "client", "validation", "poison"})
+PERMANENT = frozenset({"not_found", "client", "validation", "poison", "schema"})
 
 
 class Rule(Protocol):

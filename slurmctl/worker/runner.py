@@ -12,7 +12,6 @@ import os
 import secrets
 import signal
 import socket
-import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -26,6 +25,7 @@ from slurmctl.config import JobDefinition
 from slurmctl.errors import BackendUnavailable, HandlerImportError, UserError
 from slurmctl.jobs import get_job, load_definition
 from slurmctl.ratelimit.allocation import LEAVE_MARGIN_S, AllocationClock
+from slurmctl.scratch import ScratchRefused, ensure_private_dir, scratch_root
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import load_handler
 from slurmctl.worker.limiter import DistributedRateLimiter, WorkerStopping
@@ -164,7 +164,11 @@ class Worker:
             self.worker_id,
             throttled=self._throttled,
         )
-        runner = self._runner(definition, handler, ctx, hidden)
+        try:
+            runner = self._runner(definition, handler, ctx, hidden, job.created_at)
+        except ScratchRefused as e:
+            self._fail_job(str(e))
+            return EXIT_JOB_FAILED
         self.info = hooks.WorkerInfo(
             self.backend, self.job_id, self.worker_id, runner.scratch_root, hidden, ctx
         )
@@ -180,9 +184,14 @@ class Worker:
             hooks.registry.before_worker_stop(self.info)  # e.g. the log's last shipment
 
     def _runner(
-        self, definition: JobDefinition, handler: object, ctx: Context, hidden: list[str]
+        self,
+        definition: JobDefinition,
+        handler: object,
+        ctx: Context,
+        hidden: list[str],
+        created_at: float,
     ) -> TaskRunner:
-        scratch = self.scratch or Path(definition.scratch or tempfile.gettempdir())
+        scratch = ensure_private_dir(self.scratch or scratch_root(definition.scratch))
         return TaskRunner(
             backend=self.backend,
             job_id=self.job_id,
@@ -198,6 +207,7 @@ class Worker:
             rules=definition.error_rules,
             secrets=hidden,
             should_stop=self.should_stop,
+            job_stamp=repr(created_at),
         )
 
     def _loop_through_outages(self, runner: TaskRunner, definition: JobDefinition) -> int:

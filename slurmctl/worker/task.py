@@ -20,15 +20,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slurmctl import hooks
+from slurmctl import faults, hooks
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import TaskCommit, TaskRecord
-from slurmctl.errors import IntegrityError
+from slurmctl.errors import BackendUnavailable, IntegrityError
 from slurmctl.fastjson import loads
 from slurmctl.layout import JobLayout, done_marker
+from slurmctl.scratch import private_dirs
 from slurmctl.secrets import redact
-from slurmctl.worker.checkpoint import Checkpoint, Row
+from slurmctl.worker.checkpoint import Checkpoint, Row, Stamp, to_table
 from slurmctl.worker.classify import PERMANENT, Rule, classify
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import Handler
@@ -68,6 +69,8 @@ class TaskRunner:
     rules: Sequence[Rule] = ()
     secrets: Sequence[str] = ()
     should_stop: Callable[[], bool] = lambda: False
+    job_stamp: str = ""
+    """The job's identity beyond its id (its creation time), recorded in every checkpoint."""
     layout: JobLayout = field(init=False)
 
     def __post_init__(self) -> None:
@@ -76,8 +79,15 @@ class TaskRunner:
         self._beating: tuple[str, str, threading.Event, float] | None = None
         self._beat_thread: threading.Thread | None = None
 
-    def scratch_dir(self, task_id: str) -> Path:
+    def task_dir(self, task_id: str) -> Path:
         return self.scratch_root / f"job_{self.job_id}" / f"task_{task_id}"
+
+    def scratch_dir(self, task_id: str, token: str) -> Path:
+        """One folder per attempt: two attempts of a task never share a file."""
+        return self.task_dir(task_id) / token
+
+    def _make_scratch(self, task_id: str, token: str) -> Path:
+        return private_dirs(self.scratch_root, f"job_{self.job_id}", f"task_{task_id}", token)
 
     # --- the attempt --------------------------------------------------------------------------
     def run(self, task: TaskRecord) -> Outcome:
@@ -95,52 +105,99 @@ class TaskRunner:
                 self._beating = None
 
     def _heartbeat(self) -> None:
-        """One thread per worker extends the lease of whatever task it runs."""
+        """One thread per worker extends the lease of whatever task it runs. A store error is
+        retried with backoff; when no heartbeat got through for a whole lease, the lease has
+        lapsed (another worker may hold the task): the task stops as lost."""
+        failures = 0
         while True:
-            time.sleep(min(self.heartbeat_s, 1.0))
+            time.sleep(
+                min(0.05 * 2**failures, self.heartbeat_s)
+                if failures
+                else min(self.heartbeat_s, 1.0)
+            )
             with self._beat_lock:
                 current = self._beating
-            if current is None or time.monotonic() - current[3] < self.heartbeat_s:
+            if current is None:
+                failures = 0
                 continue
-            task_id, token, lost, _ = current
-            alive = self.backend.state.heartbeat(
-                self.job_id, task_id, token, self.lease_s, time.time()
-            )
+            task_id, token, lost, renewed = current
+            if lost.is_set() or (not failures and time.monotonic() - renewed < self.heartbeat_s):
+                continue
+            asked = time.monotonic()
+            try:
+                faults.inject("heartbeat")
+                alive = self.backend.state.heartbeat(
+                    self.job_id, task_id, token, self.lease_s, time.time()
+                )
+            except Exception as e:  # noqa: BLE001 - a store error must not end the heartbeats
+                failures += 1
+                self._beat_failed(current, e, failures)
+                continue
+            failures = 0
             with self._beat_lock:
                 if self._beating is not current:
                     continue  # the task ended meanwhile: its commit decided
-                self._beating = (task_id, token, lost, time.monotonic())
+                self._beating = (task_id, token, lost, asked)
             if not alive:
                 log.warning("lease on %s lost: another worker took the task over", task_id)
                 lost.set()
 
+    def _beat_failed(
+        self, current: tuple[str, str, threading.Event, float], e: Exception, failures: int
+    ) -> None:
+        task_id, _, lost, renewed = current
+        silent = time.monotonic() - renewed
+        store_error = isinstance(e, (TimeoutError, ConnectionError, BackendUnavailable))
+        if silent >= self.lease_s:
+            log.warning(
+                "%s: lease lapsed: no heartbeat got through for %.1f s (%s: %s): stopping the task",
+                task_id,
+                silent,
+                type(e).__name__,
+                e,
+                exc_info=not store_error,
+            )
+            lost.set()
+            return
+        log.warning(
+            "%s: heartbeat failed (%s: %s): retry %d in %.2f s",
+            task_id,
+            type(e).__name__,
+            e,
+            failures,
+            min(0.05 * 2**failures, self.heartbeat_s),
+            exc_info=not store_error,  # an unexpected error: its traceback, once per failure
+        )
+
     def _attempt(self, task: TaskRecord, token: str, lost: threading.Event) -> Outcome:
         t0, cpu0 = time.time(), time.process_time()
-        scratch = self.scratch_dir(task.task_id)
-        ckpt_path = scratch / "checkpoint.sqlite"
-        if not ckpt_path.exists() and task.checkpoint_key:
-            try:
-                self.backend.objects.get_file(
-                    task.checkpoint_key, ckpt_path, sha256=task.checkpoint_sha256
-                )
-                log.info("%s: resuming from the uploaded checkpoint", task.task_id)
-            except (ObjectNotFound, IntegrityError) as e:
-                log.warning("%s: uploaded checkpoint unusable (%s): starting over", task.task_id, e)
         try:
             batch = self.backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)
         except (ObjectNotFound, IntegrityError) as e:
             self.backend.state.fail_task(self.job_id, task.task_id, token, str(e), time.time())
             log.error("%s: batch unusable: %s", task.task_id, e)
             return Outcome.FAILED
-        lines = batch.splitlines()
-        ckpt = Checkpoint(ckpt_path)
+        # split on newlines only: a CR is JSON whitespace, it may sit inside a valid line
+        lines = batch.split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        scratch = self.scratch_dir(task.task_id, token)
+        stamp = Stamp(self.job_stamp, task.batch_sha256, token)
+        ckpt = Checkpoint(
+            scratch / "checkpoint.sqlite",
+            stamp,
+            make_parent=lambda: self._make_scratch(task.task_id, token),
+        )
         try:
+            self._resume(task, ckpt, scratch)
             done = ckpt.done()
             calls, stopped = self._items(task, lines, done, ckpt, lost)
             if lost.is_set():
+                ckpt.close()
+                shutil.rmtree(scratch, ignore_errors=True)  # this attempt writes nothing more
                 return Outcome.LEASE_LOST
             if stopped:
-                self._leave(task, token, ckpt, scratch)
+                self._leave(task, token, ckpt, lost)
                 return Outcome.STOPPED
             commit = self._write_outputs(task, token, ckpt, lines)
         finally:
@@ -148,10 +205,56 @@ class TaskRunner:
         commit = TaskCommit(**{**commit.__dict__, "end_time": time.time()})
         if not self.backend.state.commit_task(self.job_id, task.task_id, token, commit):
             log.warning("%s: commit refused: the lease moved on; output discarded", task.task_id)
+            shutil.rmtree(scratch, ignore_errors=True)
             return Outcome.LEASE_LOST
         self._after_commit(task, token, commit, t0, cpu0, calls, len(done))
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(self.task_dir(task.task_id), ignore_errors=True)  # and dead attempts' files
         return Outcome.COMMITTED
+
+    def _resume(self, task: TaskRecord, ckpt: Checkpoint, scratch: Path) -> None:
+        """Take over the rows of an earlier attempt of this task: one that died on this node
+        (its folder is still here), else the one uploaded by a worker that left on a signal.
+        Either must be this job's checkpoint of this very batch (`Checkpoint.adopt`)."""
+        mine = scratch.name
+        task_dir = self.task_dir(task.task_id)
+        earlier = (
+            sorted(
+                (p for p in task_dir.glob("*/checkpoint.sqlite") if p.parent.name != mine),
+                key=lambda p: p.stat().st_mtime,
+                reverse=True,
+            )
+            if task_dir.is_dir()
+            else []
+        )
+        for path in earlier:
+            if ckpt.adopt(path):
+                log.info(
+                    "%s: resuming from attempt %s's checkpoint", task.task_id, path.parent.name
+                )
+                return
+            log.warning(
+                "%s: checkpoint %s is not this job's of this batch: ignored", task.task_id, path
+            )
+        if not task.checkpoint_key:
+            return
+        incoming = self._make_scratch(task.task_id, mine) / "checkpoint.incoming.sqlite"
+        try:
+            self.backend.objects.get_file(
+                task.checkpoint_key, incoming, sha256=task.checkpoint_sha256
+            )
+        except (ObjectNotFound, IntegrityError) as e:
+            log.warning("%s: uploaded checkpoint unusable (%s): starting over", task.task_id, e)
+            return
+        try:
+            if ckpt.adopt(incoming):
+                log.info("%s: resuming from the uploaded checkpoint", task.task_id)
+            else:
+                log.warning(
+                    "%s: uploaded checkpoint is not this job's of this batch: starting over",
+                    task.task_id,
+                )
+        finally:
+            incoming.unlink(missing_ok=True)
 
     def _items(
         self,
@@ -201,15 +304,20 @@ class TaskRunner:
                 )
             else:
                 append((idx, item_id, True, out, None, None, None))
-            if isolate or (
-                len(pending) >= every and time.monotonic() - last_write >= CHECKPOINT_MIN_INTERVAL_S
-            ):
+            if (
+                isolate
+                or (
+                    len(pending) >= every
+                    and time.monotonic() - last_write >= CHECKPOINT_MIN_INTERVAL_S
+                )
+            ) and not is_lost():
                 ckpt.write(pending)
                 pending = []
                 append = pending.append
                 last_write = time.monotonic()
-        # the tail goes to disk only if the task does not finish now (stopped, lease lost)
-        ckpt.write(pending, durable=stopped or lost.is_set())
+        # the tail goes to disk only if the task stops now; a lost lease writes nothing more
+        if not lost.is_set():
+            ckpt.write(pending, durable=stopped)
         return calls, stopped
 
     def _isolate(
@@ -235,9 +343,11 @@ class TaskRunner:
         done.add(idx)
         log.error("%s: item %s is poison: failed permanently", task.task_id, item_id)
 
-    def _leave(self, task: TaskRecord, token: str, ckpt: Checkpoint, scratch: Path) -> None:
+    def _leave(self, task: TaskRecord, token: str, ckpt: Checkpoint, lost: threading.Event) -> None:
         """Stopping on a signal: upload the checkpoint so any node can resume, release the lease."""
-        scratch.mkdir(parents=True, exist_ok=True)
+        if lost.is_set():
+            return  # another attempt holds the task: nothing of this one is uploaded
+        scratch = self._make_scratch(task.task_id, token)
         snap = ckpt.snapshot(scratch / "checkpoint.upload.sqlite")
         key = self.layout.checkpoint(task.task_id)
         info = self.backend.objects.put_file(key, snap)
@@ -256,14 +366,12 @@ class TaskRunner:
         ckpt: Checkpoint,
         lines: list[bytes],
     ) -> TaskCommit:
-        rows: list[dict[str, Any]] = []
         errors: list[bytes] = []
         succeeded = permanent = transient = 0
-        for idx, item_id, ok, result, etype, message, sig in ckpt.rows():
+        table, outcomes = to_table(list(ckpt.rows()))  # an unstorable value: a `schema` failure
+        for idx, item_id, ok, _, etype, message, sig in outcomes:
             if ok:
                 succeeded += 1
-                if result:
-                    rows.extend(result)
                 continue
             if etype in PERMANENT:
                 permanent += 1
@@ -292,11 +400,8 @@ class TaskRunner:
                     sort_keys=True,
                 ).encode()
             )
-        table = (
-            pa.Table.from_pylist(rows)
-            if rows
-            else pa.table({self.id_field: pa.array([], pa.string())})
-        )
+        if not table.num_rows:
+            table = pa.table({self.id_field: pa.array([], pa.string())})
         # Encoded in memory (the table already is; its Parquet is smaller) and stored in one
         # put: no scratch file to create, rename and read back for its checksum.
         sink = pa.BufferOutputStream()
