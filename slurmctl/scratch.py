@@ -91,3 +91,13 @@ def create_private(path: Path) -> None:
         os.fchmod(fd, PRIVATE_FILE)
     finally:
         os.close(fd)
+
+
+def private_folder(path: Path) -> Path:
+    """A folder of the user's own choosing (the state root) made private: created 0700, or
+    tightened to 0700 when it is the user's. Its files are created 0600 (`open_private`)."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != PRIVATE_DIR:
+        os.chmod(path, PRIVATE_DIR)
+    return path

@@ -34,9 +34,9 @@ def open_local(root: Path) -> Backend:
     from slurmctl.backends.local.objectstore import FolderObjectStore
     from slurmctl.backends.local.queue import SQLiteQueue
     from slurmctl.backends.local.statestore import SQLiteStateStore
+    from slurmctl.scratch import private_folder
 
-    root = root.resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    root = private_folder(root.resolve())  # the state root is the user's only: 0700
     return Backend(
         kind="local",
         objects=FolderObjectStore(root / "objects"),

@@ -24,13 +24,14 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.errors import SlurmctlError
 from slurmctl.hooks import Hooks, TaskCommitted, WorkerInfo
 from slurmctl.layout import JobLayout
+from slurmctl.scratch import ScratchRefused, open_private, private_dirs
 from slurmctl.secrets import redact
 
 SHIP_INTERVAL_S = float(os.environ.get("SLURMCTL_LOG_SHIP_S", "30"))
@@ -66,6 +67,21 @@ class RedactFilter(logging.Filter):
         return True
 
 
+def _open_log(path: Path, mode: int) -> TextIO:
+    """The worker log, 0600 and never through a symlink (one planted in its place could copy a
+    file of the user into the shipped log object)."""
+    try:
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | mode)
+    except OSError as e:
+        raise ScratchRefused(f"worker log {path}: {e.strerror}: refusing it") from None
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def _read_log(path: Path) -> bytes:
+    with os.fdopen(open_private(path, os.O_RDONLY), "rb") as f:
+        return f.read()
+
+
 class JsonLinesHandler(logging.Handler):
     def __init__(
         self, path: Path, job_id: str, worker_id: str, secrets: Sequence[str], ctx: Any = None
@@ -77,9 +93,8 @@ class JsonLinesHandler(logging.Handler):
         self.secrets = list(secrets)
         self.ctx = ctx
         """The handler context: its `task_id` names the task being (or last) run."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        self.size = path.stat().st_size
+        self.stream = _open_log(path, os.O_APPEND)
+        self.size = os.fstat(self.stream.fileno()).st_size
 
     def line(self, record: logging.LogRecord) -> str:
         task_id = getattr(record, "task_id", None) or getattr(self.ctx, "task_id", None)
@@ -114,7 +129,7 @@ class JsonLinesHandler(logging.Handler):
 
     def reopen(self) -> None:
         self.stream.close()
-        self.stream = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+        self.stream = _open_log(self.path, os.O_TRUNC)
         self.size = 0
 
     def close(self) -> None:
@@ -143,7 +158,9 @@ class WorkerLog:
         self.job_id = job_id
         self.worker_id = worker_id
         self.key = JobLayout(job_id).logs(worker_id)
-        self.path = scratch_root / f"job_{job_id}" / "logs" / f"{_safe(worker_id)}.jsonl"
+        self.path = (
+            private_dirs(scratch_root, f"job_{job_id}", "logs") / f"{_safe(worker_id)}.jsonl"
+        )
         self.secrets = list(secrets)
         self.part = self._next_part()
         self._continue_shipped()
@@ -170,8 +187,8 @@ class WorkerLog:
             data = self.backend.objects.get_bytes(self.key)
         except (ObjectNotFound, SlurmctlError):
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_bytes(data)
+        with _open_log(self.path, os.O_TRUNC) as f:
+            f.buffer.write(data)
 
     def install(self, logger: logging.Logger | None = None) -> WorkerLog:
         root = logger or logging.getLogger()
@@ -192,7 +209,7 @@ class WorkerLog:
                 if h.stream.closed:
                     return
                 h.stream.flush()
-                data = self.path.read_bytes()
+                data = _read_log(self.path)
                 rotate = h.size >= PART_BYTES
                 if rotate:
                     h.reopen()

@@ -164,15 +164,15 @@ class Worker:
             self.worker_id,
             throttled=self._throttled,
         )
-        try:
+        try:  # the scratch root private to this user, verified, before anything is put in it
             runner = self._runner(definition, handler, ctx, hidden, job.created_at)
+            self.info = hooks.WorkerInfo(
+                self.backend, self.job_id, self.worker_id, runner.scratch_root, hidden, ctx
+            )
+            hooks.registry.after_worker_start(self.info)  # e.g. the JSON log, secrets redacted
         except ScratchRefused as e:
             self._fail_job(str(e))
             return EXIT_JOB_FAILED
-        self.info = hooks.WorkerInfo(
-            self.backend, self.job_id, self.worker_id, runner.scratch_root, hidden, ctx
-        )
-        hooks.registry.after_worker_start(self.info)  # e.g. the JSON log, secrets redacted
         if handler.setup is not None:
             handler.setup(ctx)
         try:

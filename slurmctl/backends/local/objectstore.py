@@ -1,6 +1,9 @@
 """The embedded object store: a folder, every write a temp file + rename (or link, for
 put-if-absent).
 
+The folder is the user's only (0700) and every object file is created 0600: item data, logs and
+checkpoints are nobody else's to read.
+
 Each object's sha256 travels with it in an extended attribute (`user.slurmctl.sha256`), set on
 the temp file before the rename so data and checksum appear together. On a filesystem without
 user xattrs it falls back to a sidecar under `.meta/`.
@@ -15,9 +18,11 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from slurmctl.backends.objectstore import CHUNK, ObjectInfo, ObjectNotFound, ObjectStore
 from slurmctl.errors import IntegrityError, SlurmctlError
+from slurmctl.scratch import PRIVATE_FILE, open_private, private_folder
 
 META = ".meta"
 XATTR = "user.slurmctl.sha256"
@@ -36,6 +41,11 @@ def check_key(key: str) -> str:
     return key
 
 
+def _create(path: Path) -> BinaryIO:
+    """A new file, mode 0600, never through a symlink."""
+    return os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb")
+
+
 def _sha_file(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
@@ -48,8 +58,7 @@ def _sha_file(path: Path) -> tuple[str, int]:
 
 class FolderObjectStore(ObjectStore):
     def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_folder(root.resolve())  # 0700, its files 0600
         self._xattrs: bool | None = None
 
     def path(self, key: str) -> Path:
@@ -75,7 +84,8 @@ class FolderObjectStore(ObjectStore):
         meta = self._meta_path(info.key)
         meta.parent.mkdir(parents=True, exist_ok=True)
         side = self._tmp(meta)
-        side.write_text(f"{info.sha256} {info.size}\n")
+        with _create(side) as f:
+            f.write(f"{info.sha256} {info.size}\n".encode())
         os.replace(side, meta)
 
     def _install(self, tmp: Path, info: ObjectInfo, if_absent: bool) -> ObjectInfo | None:
@@ -106,7 +116,7 @@ class FolderObjectStore(ObjectStore):
         tmp = self._open_tmp(key, if_absent)
         if tmp is None:
             return None
-        with open(tmp, "xb") as f:
+        with _create(tmp) as f:
             f.write(data)
         return self._install(
             tmp, ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest()), if_absent
@@ -124,11 +134,12 @@ class FolderObjectStore(ObjectStore):
             except OSError:
                 pass
             else:
+                os.chmod(tmp, PRIVATE_FILE)
                 sha, size = _sha_file(tmp)
                 return self._install(tmp, ObjectInfo(key, size, sha), if_absent)
         h = hashlib.sha256()
         size = 0
-        with open(tmp, "xb") as out, open(path, "rb") as src:
+        with _create(tmp) as out, open(path, "rb") as src:
             while chunk := src.read(CHUNK):
                 h.update(chunk)
                 size += len(chunk)
@@ -181,7 +192,7 @@ class FolderObjectStore(ObjectStore):
         h = hashlib.sha256()
         size = 0
         try:
-            with open(tmp, "xb") as out, open(src, "rb") as f:
+            with _create(tmp) as out, open(src, "rb") as f:
                 while chunk := f.read(CHUNK):
                     h.update(chunk)
                     size += len(chunk)

@@ -1,12 +1,16 @@
-"""Shared SQLite plumbing: one connection per thread, WAL, `BEGIN IMMEDIATE` transactions."""
+"""Shared SQLite plumbing: one connection per thread, WAL, `BEGIN IMMEDIATE` transactions; the
+database file is created 0600 in a 0700 folder (the state is the user's only)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from slurmctl.scratch import open_private, private_folder
 
 BUSY_TIMEOUT_MS = 60_000
 
@@ -18,7 +22,8 @@ class SQLiteDB:
         self.path = path
         self._local = threading.local()
         self._schema = schema
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)  # the state root: 0700
+        os.close(open_private(path, os.O_RDWR | os.O_CREAT))  # 0600; SQLite's -wal/-shm copy it
         with self.transaction() as conn:
             for stmt in schema.split(";"):
                 if stmt.strip():
