@@ -11,9 +11,13 @@ from __future__ import annotations
 import copy
 import os
 import re
+import sys
+import threading
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from slurmctl.errors import ConfigError, UserError
@@ -21,6 +25,13 @@ from slurmctl.errors import ConfigError, UserError
 SECRET_NAME_RE = re.compile(
     r"token|secret|passw(?:or)?d|key|webhook|credential|authorization", re.IGNORECASE
 )
+QUANTITY_NAME_RE = re.compile(
+    r"(?:^|[_\W])(?:max|min|num|n|count|total|limit|size|len|length|per|ttl|timeout)(?:[_\W]|$)"
+    r"|(?:tokens|keys|secrets|passwords|credentials)(?:[_\W]|$)",
+    re.IGNORECASE,
+)
+"""A secret-like name that counts something (`max_tokens`, `key_size`): a number under it is a
+quantity, not a secret."""
 _TOKEN_RE = re.compile(r"\$\$\{|\$\{([^}]*)(\}?)")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SYNTAX_HINT = "write ${NAME}, ${file:PATH}, or $${ for a literal ${"
@@ -93,6 +104,23 @@ def _strings(value: Any, path: PathParts = ()) -> Iterator[tuple[PathParts, str]
             yield from _strings(item, (*path, index))
 
 
+def _scalars(value: Any, path: PathParts = ()) -> Iterator[tuple[PathParts, Any]]:
+    """Every scalar (not a mapping or a list) in a nested structure, with its path."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _scalars(item, (*path, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _scalars(item, (*path, index))
+    else:
+        yield path, value
+
+
+def _quantity(path: PathParts) -> bool:
+    keys = [p for p in path if isinstance(p, str)]
+    return bool(keys) and QUANTITY_NAME_RE.search(keys[-1]) is not None
+
+
 def _suggested_name(path: PathParts) -> str:
     keys = [p for p in path if isinstance(p, str)]
     name = re.sub(r"\W", "_", keys[-1] if keys else "SECRET").upper()
@@ -100,25 +128,37 @@ def _suggested_name(path: PathParts) -> str:
 
 
 def check_no_literal_secrets(params: Mapping[str, Any], where: str = "params") -> None:
-    """Refuse a literal string under a secret-like name (and malformed references anywhere).
+    """Refuse a literal under a secret-like name (and malformed references anywhere).
 
     A string counts as a reference when it contains at least one `${NAME}` / `${file:PATH}`, so
-    `"Bearer ${TOKEN}"` is accepted. The message never contains the value.
+    `"Bearer ${TOKEN}"` is accepted. Any other scalar under a secret-like name is refused too
+    (YAML reads `api_key: 8412763395561230` as a number just as readily), except a boolean or
+    null, which carry no secret, and a number under a name that counts (`max_tokens: 100`).
+    The message never contains the value.
     """
-    for path, text in _strings(params):
-        try:
-            parts = _parse(text)
-        except _Malformed as exc:
-            raise ParamsError(where, path, str(exc)) from None
+    for path, value in _scalars(params):
         secret_like = any(isinstance(p, str) and SECRET_NAME_RE.search(p) for p in path)
-        if secret_like and text.strip() and not any(isinstance(p, _Ref) for p in parts):
-            name = _suggested_name(path)
-            raise ParamsError(
-                where,
-                path,
-                f'looks like a secret written literally; write "${{{name}}}" and export {name} '
-                'in the workers\' environment (or "${file:/path}")',
+        if isinstance(value, str):
+            try:
+                parts = _parse(value)
+            except _Malformed as exc:
+                raise ParamsError(where, path, str(exc)) from None
+            if not secret_like or not value.strip() or any(isinstance(p, _Ref) for p in parts):
+                continue
+            kind = ""
+        elif value is None or isinstance(value, bool) or not secret_like or _quantity(path):
+            continue
+        else:
+            kind = (
+                " (a number)" if isinstance(value, int | float) else f" (a {type(value).__name__})"
             )
+        name = _suggested_name(path)
+        raise ParamsError(
+            where,
+            path,
+            f'looks like a secret written literally{kind}; write "${{{name}}}" and export {name} '
+            'in the workers\' environment (or "${file:/path}")',
+        )
 
 
 def _read_secret_file(target: str, base_dir: Path | None) -> str:
@@ -217,6 +257,23 @@ def redact(text: str, secrets: Sequence[str]) -> str:
     for needle in sorted(needles, key=len, reverse=True):
         text = text.replace(needle, "***")
     return text
+
+
+def redact_uncaught(secrets: Sequence[str]) -> None:
+    """An exception nobody caught (in the worker's main thread or any other) is printed with the
+    resolved secrets replaced by `***`: Python's own traceback printer knows nothing of them."""
+    hidden = list(secrets)
+
+    def show(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        text = "".join(traceback.format_exception(kind, value, tb))
+        sys.stderr.write(redact(text, hidden))
+
+    def show_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None:
+            show(args.exc_type, args.exc_value, args.exc_traceback)
+
+    sys.excepthook = show
+    threading.excepthook = show_thread
 
 
 def unresolved_refs(

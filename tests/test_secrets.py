@@ -53,12 +53,23 @@ def test_references_and_harmless_values_pass() -> None:
             "password": "${file:/run/secrets/db}",
             "auth_header_token": "Bearer ${TOKEN}",
             "max_tokens": 100,
+            "key_size": 2048,
+            "verify_token": True,
             "webhook": None,
             "secret": "",
             "base_url": "https://example.com",
             "note": "costs $${5}",
         }
     )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"api_key": 8412763395561230}, {"auth": {"password": 1234.5}}, {"headers": [{"token": 42}]}],
+)
+def test_a_number_under_a_secret_like_name_is_refused(params: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match="looks like a secret written literally \\(a number\\)"):
+        check_no_literal_secrets(params)
 
 
 def test_escaped_reference_is_literal() -> None:

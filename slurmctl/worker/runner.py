@@ -13,6 +13,7 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -26,6 +27,8 @@ from slurmctl.errors import BackendUnavailable, HandlerImportError, UserError
 from slurmctl.jobs import get_job, load_definition
 from slurmctl.ratelimit.allocation import LEAVE_MARGIN_S, AllocationClock
 from slurmctl.scratch import ScratchRefused, ensure_private_dir, scratch_root
+from slurmctl.secrets import redact, redact_uncaught
+from slurmctl.worker.classify import classify
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import load_handler
 from slurmctl.worker.limiter import DistributedRateLimiter, WorkerStopping
@@ -37,6 +40,9 @@ EXIT_OK = 0
 EXIT_STOPPED = 143
 EXIT_JOB_FAILED = 3
 EXIT_UNREACHABLE = 75  # EX_TEMPFAIL: try again later
+EXIT_SETUP_FAILED = 1
+SETUP_TRANSIENT = frozenset({"network", "timeout", "throttled", "server"})
+"""A `setup()` failing like this ends the worker only; any other failure fails the job."""
 OUTAGE_LIMIT_S = 600.0
 POLL_S = 1.0
 LOCAL_POLL_S = 0.1
@@ -156,6 +162,7 @@ class Worker:
             return EXIT_JOB_FAILED
         params = secret_refs.resolve(definition.params)
         hidden = secret_refs.collect_secret_values(definition.params)
+        redact_uncaught(hidden)  # from here on, no traceback shows a resolved secret
         ctx = Context(
             params,
             self._acquire,
@@ -173,15 +180,50 @@ class Worker:
         except ScratchRefused as e:
             self._fail_job(str(e))
             return EXIT_JOB_FAILED
-        if handler.setup is not None:
-            handler.setup(ctx)
+        if handler.setup is not None and not self._setup(handler.setup, ctx, hidden, definition):
+            hooks.registry.before_worker_stop(self.info)  # the log's last shipment
+            return EXIT_SETUP_FAILED
         try:
             return self._loop_through_outages(runner, definition)
         finally:
             self._release_slots()
             if handler.teardown is not None:
-                handler.teardown(ctx)
+                self._teardown(handler.teardown, ctx, hidden)
             hooks.registry.before_worker_stop(self.info)  # e.g. the log's last shipment
+
+    def _setup(
+        self,
+        setup: Callable[[Context], object],
+        ctx: Context,
+        hidden: list[str],
+        definition: JobDefinition,
+    ) -> bool:
+        """The handler's `setup()`: an exception is logged with its traceback, the resolved
+        secrets redacted (the log filters do it); a network-like one ends this worker (another
+        run may succeed), any other fails the job with the redacted reason."""
+        try:
+            setup(ctx)
+        except Exception as exc:  # the user's setup: classified, logged, reported
+            c = classify(exc, definition.error_rules)
+            reason = redact(f"handler setup() failed: {type(exc).__name__}: {exc}", hidden)
+            log.error("worker %s: %s", self.worker_id, reason, exc_info=True)
+            if c.type not in SETUP_TRANSIENT:
+                self._fail_job(reason)
+            return False
+        return True
+
+    def _teardown(
+        self, teardown: Callable[[Context], object], ctx: Context, hidden: list[str]
+    ) -> None:
+        try:
+            teardown(ctx)
+        except Exception as exc:  # the user's teardown: logged, the work is done
+            log.error(
+                "worker %s: %s",
+                self.worker_id,
+                redact(f"handler teardown() failed: {type(exc).__name__}: {exc}", hidden),
+                exc_info=True,
+            )
 
     def _runner(
         self,
