@@ -194,8 +194,15 @@ def watch_cmd(env: Env, job_id: str, interval: float, once: bool) -> None:
     show_default=True,
     help="Address to listen on; anything but loopback shows your jobs to the network.",
 )
+@click.option(
+    "--allow-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Another name the dashboard is reached by (a proxy's); loopback and --host always are.",
+)
 @pass_env
-def dashboard_cmd(env: Env, port: int, host: str) -> None:
+def dashboard_cmd(env: Env, port: int, host: str, allowed_hosts: tuple[str, ...]) -> None:
     """A web dashboard of the jobs: progress, rate, errors, alerts, resources (read-only)."""
     from slurmctl.observe.dashboard import JobSources, make_server
 
@@ -203,7 +210,7 @@ def dashboard_cmd(env: Env, port: int, host: str) -> None:
         openers = [env.override.open]
     else:
         openers = [env.spec().open, *(spec.open for spec in env.registry.specs())]
-    server = make_server(JobSources(openers), host, port)
+    server = make_server(JobSources(openers), host, port, allowed_hosts)
     bound_host, bound_port = server.server_address[:2]
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}: anyone who can reach it sees the jobs", err=True)

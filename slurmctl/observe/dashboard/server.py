@@ -2,9 +2,10 @@
 
 Pages: `/` (the jobs) and `/job/<id>`; API: `/api/jobs`, `/api/jobs/<id>`,
 `/api/jobs/<id>/errors` (the error analysis, cached `ERRORS_TTL_S`: it reads every committed
-task); `/metrics` for Prometheus. It only reads, through the Backend interface, so it shows
-embedded and AWS jobs alike. Nothing on the pages comes from elsewhere: the chart is drawn by
-the bundled `chart.js` as SVG.
+task); `/metrics` for Prometheus. A request whose Host header is not one of the server's own
+names (loopback, the bound address, `--allow-host`) is refused with 421 (DNS rebinding). It
+only reads, through the Backend interface, so it shows embedded and AWS jobs alike. Nothing on
+the pages comes from elsewhere: the chart is drawn by the bundled `chart.js` as SVG.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import html
 import json
 import logging
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -210,6 +212,14 @@ class Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
+        if not self.server.host_allowed(self.headers.get("Host")):
+            # DNS rebinding: a page of another site, its name pointed at this address, would
+            # read the jobs through the visitor's browser. Only our own names are answered.
+            self._json(
+                {"error": "this dashboard answers only for its own host names"},
+                HTTPStatus.MISDIRECTED_REQUEST,
+            )
+            return
         path = unquote(urlsplit(self.path).path)
         app = self.server.app
         try:
@@ -262,13 +272,55 @@ class Handler(BaseHTTPRequestHandler):
         return job_id
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+WILDCARD = ("", "0.0.0.0", "::")
+
+
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], app: Dashboard) -> None:
+    def __init__(
+        self, address: tuple[str, int], app: Dashboard, allowed_hosts: Sequence[str] = ()
+    ) -> None:
         super().__init__(address, Handler)
         self.app = app
+        bound = str(address[0])
+        names = {*LOOPBACK_NAMES, bound, *allowed_hosts} - set(WILDCARD)
+        if bound in WILDCARD:  # every interface: the machine's own names too
+            names |= {socket.gethostname(), socket.getfqdn()}
+        self.allowed_names = frozenset(_name(n) for n in names)
+        self.port = int(self.server_address[1])
+
+    def host_allowed(self, header: str | None) -> bool:
+        """The Host header names this server: one of its names or addresses, with its port."""
+        if not header:
+            return False
+        name, port = _split_host(header.strip())
+        return _name(name) in self.allowed_names and port == self.port
 
 
-def make_server(sources: JobSources, host: str = "127.0.0.1", port: int = 8765) -> DashboardServer:
-    return DashboardServer((host, port), Dashboard(sources))
+def _name(host: str) -> str:
+    return host.strip("[]").rstrip(".").lower()
+
+
+def _split_host(header: str) -> tuple[str, int | None]:
+    """'localhost:8765' -> ('localhost', 8765); '[::1]:80' -> ('::1', 80); no port: 80."""
+    if header.startswith("["):
+        name, _, rest = header[1:].partition("]")
+        port = rest.removeprefix(":") if rest.startswith(":") else ""
+    elif header.count(":") == 1:
+        name, port = header.split(":")
+    else:
+        name, port = header, ""
+    if not port:
+        return name, 80
+    return (name, int(port)) if port.isdigit() else (name, None)
+
+
+def make_server(
+    sources: JobSources,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    allowed_hosts: Sequence[str] = (),
+) -> DashboardServer:
+    return DashboardServer((host, port), Dashboard(sources), allowed_hosts)
