@@ -172,7 +172,9 @@ class AwsOptions(_Section):
 
 class RateLimit(_Section):
     tokens_per_sec: float = Field(gt=0)
-    burst: int = Field(default=1, ge=1)
+    burst: int = Field(default=3, ge=1)
+    """3 by default: two spare tokens absorb the send jitter (docs/ratelimit.md); an API that
+    allows no burst at all is `burst: 1`, sent at rate / 1.2."""
 
 
 class RetryOptions(_Section):

@@ -9,7 +9,8 @@ allows) are the API's spare tokens while the job runs at full rate: they absorb 
 leaves up to one interval after its slot time (scheduling jitter, clock skew between nodes:
 workers never use a slot later than that) and, with a second one, as much again of jitter on the
 way to the API (a loaded machine, a slow connection). They cost burst, not rate: the steady
-spacing is T whatever H.
+spacing is T whatever H. A burst under 3 leaves fewer: the missing ones are made up by spacing
+the slots SLACK_SHARE of an interval further apart each (`paced_rate`), a cost in rate.
 
 Adaptive backoff: when the API throttles, the bucket's *effective* rate is cut multiplicatively
 (x BACKOFF_FACTOR, never below BACKOFF_FLOOR of the configured rate) and recovers additively
@@ -26,6 +27,11 @@ import math
 from dataclasses import dataclass
 
 MAX_HEADROOM = 2
+SLACK_SHARE = 0.1
+"""A burst under 3 cannot keep both spare tokens back: for each one missing, the slots are spaced
+this share of an interval further apart, and with none left (burst 1) a worker sends at most this
+share of an interval after its slot time. That absorbs the common send jitter (about a
+millisecond on an idle machine, see docs/ratelimit.md) at a cost in rate, not in burst."""
 BACKOFF_FACTOR = 0.5
 BACKOFF_FLOOR = 0.05
 """The effective rate never falls below this share of the configured rate."""
@@ -49,7 +55,7 @@ def reserve(
     commutes with other reservations), and when tat <= now the result does not depend on tat.
     """
     eff = rate if effective is None else min(max(effective, 1e-9), rate)
-    interval = 1.0 / eff
+    interval = 1.0 / min(eff, paced_rate(rate, burst))
     tau = tolerance(rate, burst)
     times: list[float] = []
     for _ in range(n):
@@ -62,6 +68,18 @@ def reserve(
 def headroom(burst: int) -> int:
     """Slots of the burst kept back as the API's spare tokens: 2, or what a small burst allows."""
     return max(0, min(MAX_HEADROOM, burst - 1))
+
+
+def paced_rate(rate: float, burst: int) -> float:
+    """The fastest slots are spaced: the configured rate, less SLACK_SHARE per spare token a
+    small burst cannot keep (burst 1: rate / 1.2, burst 2: rate / 1.1)."""
+    return rate / (1 + (MAX_HEADROOM - headroom(burst)) * SLACK_SHARE)
+
+
+def late_allowed(rate: float, burst: int) -> float:
+    """How long after its slot time a worker may still send: one interval when a spare token
+    absorbs it, only the slack when the burst leaves none (burst 1)."""
+    return (1.0 if headroom(burst) >= 1 else SLACK_SHARE) / rate
 
 
 def tolerance(rate: float, burst: int) -> float:
@@ -150,7 +168,7 @@ def plan(
     tat: float, now: float, n: int, rate: float, burst: int, backoff: Backoff = NO_BACKOFF
 ) -> Plan:
     """A reservation on a bucket that is not paused: the whole computation both stores run."""
-    eff = effective_rate(rate, backoff, now)
+    eff = min(effective_rate(rate, backoff, now), paced_rate(rate, burst))
     if backoff.hold_until > now:
         return Plan((), tat, eff, backoff.hold_until)
     times, new_tat = reserve(tat, now, n, rate, burst, eff)

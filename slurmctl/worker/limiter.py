@@ -42,6 +42,7 @@ class DistributedRateLimiter:
         client: StateStore,
         *,
         bucket: str = "default",
+        burst: int = gcra.MAX_HEADROOM + 1,
         active_workers: int = 1,
         should_stop: Callable[[], bool] = lambda: False,
         on_paused: Callable[[], None] = lambda: None,
@@ -53,6 +54,8 @@ class DistributedRateLimiter:
         """The effective rate of the last grant (lower after a throttle): sizes the leases."""
         self.client = client
         self.bucket = bucket
+        self.burst = burst
+        """The bucket's burst: how late a slot may still be used (`gcra.late_allowed`)."""
         self.active_workers = active_workers
         self.should_stop = should_stop
         self.on_paused = on_paused
@@ -160,6 +163,8 @@ class DistributedRateLimiter:
     def _still_valid(self) -> bool:
         """Re-read the bucket while a far slot is waited for: is it still ours to use?"""
         b = self.client.get_bucket(self.job_id, self.bucket)
+        if b is not None:
+            self.burst = b.burst
         return not (
             b is None or b.paused or b.rate != self.configured or b.hold_until > time.time()
         )
@@ -190,7 +195,7 @@ class DistributedRateLimiter:
         while got < n:
             if self.should_stop():
                 raise WorkerStopping
-            late = 1.0 / self.configured  # the headroom covers one interval of the configured rate
+            late = gcra.late_allowed(self.configured, self.burst)  # what the headroom absorbs
             now = time.time()
             while self._slots and self._slots[0] < now - late:
                 self._slots.popleft()  # too late to use it safely: see gcra.headroom
@@ -224,8 +229,8 @@ class DistributedRateLimiter:
         b = self.client.throttle_bucket(self.job_id, self.bucket, now, retry_after)
         self.writes += 1
         if b is not None:
-            self.configured = b.rate
-            self.rate = b.effective_rate(now)
+            self.configured, self.burst = b.rate, b.burst
+            self.rate = min(b.effective_rate(now), gcra.paced_rate(b.rate, b.burst))
             self._hold_until = b.hold_until
             log.info(
                 "rate limiter %s: throttled by the API; effective rate now %.3g/s%s",

@@ -100,6 +100,7 @@ class Worker:
                 b.rate,
                 self.backend.state,
                 bucket=name,
+                burst=b.burst,
                 active_workers=self._workers,
                 should_stop=self.should_stop,
                 on_paused=self._while_paused,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -109,6 +110,30 @@ def test_never_more_than_rate_times_t_plus_burst(
 
 @settings(max_examples=300, deadline=None)
 @given(
+    rate=st.floats(min_value=0.5, max_value=1000),
+    n=st.integers(min_value=2, max_value=200),
+    late=st.lists(st.floats(0, 1), min_size=2, max_size=50),
+    path=st.lists(st.floats(0, 1), min_size=2, max_size=50),
+)
+def test_burst_1_never_sends_two_requests_closer_than_an_interval(
+    rate: float, n: int, late: list[float], path: list[float]
+) -> None:
+    """Issue 13 (hole 14): a bucket that allows no burst refuses a request that comes even a
+    little early. Each send leaves up to `late_allowed` after its slot and takes up to
+    SLACK_SHARE of an interval more on its way: two arrive at least one interval apart."""
+    times, _ = gcra.reserve(100.0, 100.0, n, rate, 1)
+    allowed = gcra.late_allowed(rate, 1)
+    assert allowed == pytest.approx(gcra.SLACK_SHARE / rate)
+    arrivals = [
+        t + late[i % len(late)] * allowed + path[i % len(path)] * gcra.SLACK_SHARE / rate
+        for i, t in enumerate(times)
+    ]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert min(gaps) >= 1 / rate - 1e-9
+
+
+@settings(max_examples=300, deadline=None)
+@given(
     rate=st.floats(min_value=1, max_value=1000),
     burst=st.integers(min_value=1, max_value=20),
     script=events,
@@ -128,8 +153,8 @@ def test_hold_and_spacing_of_every_grant(
                 assert sim.backoff.hold_until >= now + k - 1e-9
             continue
         p = sim.reserve(now, max(k, 1))
-        eff = gcra.effective_rate(rate, sim.backoff, now)
-        assert gcra.BACKOFF_FLOOR * rate - 1e-9 <= p.rate == eff <= rate + 1e-9
+        eff = min(gcra.effective_rate(rate, sim.backoff, now), gcra.paced_rate(rate, burst))
+        assert gcra.BACKOFF_FLOOR * rate / 1.2 - 1e-9 <= p.rate == eff <= rate + 1e-9
         if sim.backoff.hold_until > now:
             assert p.times == () and p.hold_until == sim.backoff.hold_until
             continue
@@ -226,7 +251,7 @@ def test_workers_that_keep_asking_use_the_whole_rate(rate: float, burst: int, wo
         p = sim.reserve(ends[w], lease)
         ends[w] = p.times[-1]
     used = [t for t in sim.slots if t < 100.0 + duration]
-    assert len(used) >= rate * duration - 1
+    assert len(used) >= gcra.paced_rate(rate, burst) * duration - 1  # burst < 3: less, by design
     assert len(used) <= rate * duration + burst
 
 
@@ -244,7 +269,7 @@ def test_reservations_a_store_can_write_blind(
     """DynamoDB's writes without a read: TAT >= now, the new TAT is the addition TAT + n/eff;
     TAT <= now, the grant is the one from TAT = now, whatever TAT was."""
     now = 1_800_000_000.0
-    tat, eff = now + offset, rate * cut
+    tat, eff = now + offset, min(rate * cut, gcra.paced_rate(rate, burst))  # as the stores do
     times, new_tat = gcra.reserve(tat, now, n, rate, burst, eff)
     ulps = 1e-5  # float rounding: an ulp is 2.4e-7 s at this epoch, times n additions
     if tat >= now:

@@ -125,14 +125,14 @@ def test_ctx_reports_throttling_and_accounts_waits() -> None:
 
 
 # --- the worker-side limiter against the embedded store ---------------------------------------
-def _store(tmp_path: Path, rate: float, burst: int = 1) -> SQLiteStateStore:
+def _store(tmp_path: Path, rate: float, burst: int = 3) -> SQLiteStateStore:
     state = SQLiteStateStore(tmp_path / "state.sqlite")
     state.put_bucket(Bucket("j", "default", rate=rate, burst=burst))
     return state
 
 
 def test_limiter_follows_set_rate_and_throttle(tmp_path: Path) -> None:
-    state = _store(tmp_path, rate=100.0, burst=1)
+    state = _store(tmp_path, rate=100.0, burst=3)
     lim = DistributedRateLimiter("j", 100.0, state, active_workers=1)
     lim.acquire()
     assert lim.rate == 100.0 and lim._lease_size() == 25
@@ -217,13 +217,13 @@ def test_dynamodb_bucket_of_an_older_slurmctl(moto_endpoint: str) -> None:
                 "sk": {"S": "B"},
                 "name": {"S": "default"},
                 "rate": {"N": "10.0"},
-                "burst": {"N": "1"},
+                "burst": {"N": "3"},
                 "tat": {"N": "0.0"},
                 "paused": {"BOOL": False},
             },
         )
         state = aws.backend.state
-        assert state.get_bucket("j", "default") == Bucket("j", "default", 10.0, 1)
+        assert state.get_bucket("j", "default") == Bucket("j", "default", 10.0, 3)
         assert state.reserve_slots("j", "default", 2, now=5.0).times == (5.0, 5.1)
         b = state.throttle_bucket("j", "default", now=5.0, retry_after=1)
         assert b is not None and (b.effective, b.hold_until) == (5.0, 6.0)
@@ -247,7 +247,7 @@ def test_set_rate_refuses_what_cannot_be(tmp_path: Path) -> None:
     bad = cli(tmp_path / "root", "set-rate", "t1", "--rate", "0")
     assert bad.returncode == 2 and "--rate" in bad.stderr
     ok = cli(tmp_path / "root", "set-rate", "t1", "--rate", "7.5", "--burst", "2")
-    assert ok.returncode == 0 and "now 7.5/s burst 2 (was 5/s burst 1)" in ok.stdout
+    assert ok.returncode == 0 and "now 7.5/s burst 2 (was 5/s burst 3)" in ok.stdout
     b = backend.state.get_bucket("t1", "default")
     assert b is not None and (b.rate, b.burst) == (7.5, 2)
     assert gcra.effective_rate(b.rate, b.backoff, time.time()) == 7.5

@@ -202,7 +202,8 @@ class RateBuckets:
         `tat + n/eff`; TAT < now, `tat = now + n/eff`. Returns (grant, None, writes), or (None,
         the bucket as it is, writes) when its settings are not the ones seen."""
         b = bucket_from(job_id, seen)
-        eff = gcra.effective_rate(b.rate, b.backoff, now)
+        # the spacing `gcra.plan` uses: the effective rate, paced for a burst under 3
+        eff = min(gcra.effective_rate(b.rate, b.backoff, now), gcra.paced_rate(b.rate, b.burst))
         # busy (TAT ahead: an addition, never a conflict) or idle, as the last grant here found
         busy = self._busy.get((job_id, name), True)
         for attempt in range(RESERVE_RETRIES):
