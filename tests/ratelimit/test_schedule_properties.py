@@ -8,6 +8,7 @@ in any window t, also when each send leaves up to one interval after its slot (t
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import pytest
@@ -128,7 +129,7 @@ def test_burst_1_never_sends_two_requests_closer_than_an_interval(
         t + late[i % len(late)] * allowed + path[i % len(path)] * gcra.SLACK_SHARE / rate
         for i, t in enumerate(times)
     ]
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert min(gaps) >= 1 / rate - 1e-9
 
 
