@@ -13,7 +13,7 @@ import pytest
 from slurmctl.coordinator.scan import InputScanner
 from slurmctl.errors import HandlerImportError, UserError
 from slurmctl.ids import batch_id, id_width, task_id, validate_job_id
-from slurmctl.worker.checkpoint import Checkpoint, CheckpointRefused, Stamp
+from slurmctl.worker.checkpoint import Checkpoint, CheckpointRefused, Stamp, to_table
 from slurmctl.worker.classify import PERMANENT
 from slurmctl.worker.context import Metrics
 from slurmctl.worker.handler import load_handler
@@ -128,13 +128,22 @@ def test_checkpoint_refuses_a_pickle_and_fails_unstorable_values_as_schema(tmp_p
             (3, "d", True, [{"id": "d", "v": 2**64}], None, None, None),
         ]
     )
+    # alone, b and d fit no column; c fits one, a string column beside a's integers: kept here,
+    # the output decides for the whole task (the first item of a column sets its type)
     assert [(r[1], r[2], r[4]) for r in recorded] == [
         ("a", True, None),
         ("b", False, "schema"),
-        ("c", False, "schema"),
+        ("c", True, None),
         ("d", False, "schema"),
     ]
-    assert [r[1] for r in ckpt.rows() if r[2]] == ["a"]
+    assert list(ckpt.rows())[2] == (2, "c", True, [{"id": "c", "v": "text"}], None, None, None)
+    table, outcomes = to_table(list(ckpt.rows()))
+    assert table.to_pylist() == [{"id": "a", "v": 1}]
+    assert [(r[1], r[4]) for r in outcomes if not r[2]] == [
+        ("b", "schema"),
+        ("c", "schema"),
+        ("d", "schema"),
+    ]
     assert "schema" in PERMANENT
 
 

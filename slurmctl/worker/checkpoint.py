@@ -50,7 +50,8 @@ class Stamp:
 
 def to_table(rows: Sequence[Row]) -> tuple[pa.Table, list[Row]]:
     """The output rows of `rows` as one table; items whose rows Arrow cannot store (alone, or
-    beside the items before them) become `schema` failures in the returned rows."""
+    beside the items before them: the first item of a column decides its type) become `schema`
+    failures in the returned rows."""
     results = [r for row in rows if row[2] and row[3] for r in row[3]]
     try:
         return pa.Table.from_pylist(results), list(rows)
@@ -59,17 +60,49 @@ def to_table(rows: Sequence[Row]) -> tuple[pa.Table, list[Row]]:
     kept: list[dict[str, Any]] = []
     out: list[Row] = []
     for row in rows:
-        idx, item_id, ok, result, *_ = row
-        if ok and result:
-            try:
-                pa.Table.from_pylist([*kept, *result])
-            except UNSTORABLE as e:
-                message = f"output value cannot be stored: {type(e).__name__}: {e}"
-                out.append((idx, item_id, False, None, "schema", message, "schema: " + message))
+        if row[2] and row[3]:
+            problem = _unstorable([*kept, *row[3]])
+            if problem is not None:
+                out.append(_schema_failure(row, problem))
                 continue
-            kept.extend(result)
+            kept.extend(row[3])
         out.append(row)
     return pa.Table.from_pylist(kept), out
+
+
+def _runs(rows: Sequence[Row]) -> list[tuple[pa.Table, list[Row]]]:
+    """`rows` in consecutive runs whose outputs fit one table each: a checkpoint keeps what a
+    type conflict between items would refuse, so that the output decides it for the whole task
+    (as `to_table` does from memory); an item that no table can hold fails as `schema` here."""
+    results = [r for row in rows if row[2] and row[3] for r in row[3]]
+    try:
+        return [(pa.Table.from_pylist(results), list(rows))]
+    except UNSTORABLE:
+        pass
+    runs: list[tuple[list[dict[str, Any]], list[Row]]] = [([], [])]
+    for row in rows:
+        if row[2] and row[3]:
+            problem = _unstorable(row[3])
+            if problem is not None:
+                runs[-1][1].append(_schema_failure(row, problem))
+                continue
+            if _unstorable([*runs[-1][0], *row[3]]) is not None:
+                runs.append(([], []))
+            runs[-1][0].extend(row[3])
+        runs[-1][1].append(row)
+    return [(pa.Table.from_pylist(results), part) for results, part in runs if part]
+
+
+def _unstorable(results: list[dict[str, Any]]) -> str | None:
+    try:
+        pa.Table.from_pylist(results)
+    except UNSTORABLE as e:
+        return f"output value cannot be stored: {type(e).__name__}: {e}"
+    return None
+
+
+def _schema_failure(row: Row, message: str) -> Row:
+    return (row[0], row[1], False, None, "schema", message, "schema: " + message)
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -183,22 +216,23 @@ class Checkpoint:
         self._memory = []
         if not rows:
             return []
-        table, rows = to_table(rows)
-        outcomes = orjson.dumps(
-            [
-                (idx, item_id, ok, len(result or ()) if ok else 0, etype, message, sig)
-                for idx, item_id, ok, result, etype, message, sig in rows
-            ]
-        )
+        runs = _runs(rows)
         conn = self._db()
         conn.execute("BEGIN")
-        conn.execute(
-            "INSERT INTO chunks VALUES (?, ?, ?)",
-            (rows[0][0], outcomes, _ipc(table) if table.num_rows else None),
-        )
+        for table, part in runs:
+            outcomes = orjson.dumps(
+                [
+                    (idx, item_id, ok, len(result or ()) if ok else 0, etype, message, sig)
+                    for idx, item_id, ok, result, etype, message, sig in part
+                ]
+            )
+            conn.execute(
+                "INSERT INTO chunks VALUES (?, ?, ?)",
+                (part[0][0], outcomes, _ipc(table) if table.num_rows else None),
+            )
         conn.execute("DELETE FROM inflight")
         conn.execute("COMMIT")
-        return rows
+        return [row for _, part in runs for row in part]
 
     def begin_item(self, idx: int) -> None:
         """Isolation mode: mark the item in flight before the handler sees it, so the next

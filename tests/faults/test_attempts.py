@@ -239,3 +239,46 @@ def test_a_leftover_checkpoint_is_not_trusted_by_a_new_job_with_the_same_id(
     rows = pq.read_table(out["path"]).to_pylist()
     stale = [r["id"] for r in rows if r["n"] != 1000 + int(r["id"])]
     assert stale == [], f"{len(stale)} rows of the old input in the new output"
+
+
+UNSTORABLE = """
+import time
+
+def process(item, ctx):
+    time.sleep(float(ctx.params["sleep"]))
+    i = int(item["id"])
+    if i == 7:
+        return {"id": item["id"], "v": 2**70}  # beyond 64 bits: no Arrow type holds it
+    if i == 20:
+        return {"id": item["id"], "v": "twenty"}  # a string where the others are integers
+    return {"id": item["id"], "v": i}
+"""
+
+
+def test_an_output_value_that_cannot_be_stored_fails_its_item_as_schema(tmp_path: Path) -> None:
+    """Both ways an output reaches the result: through the checkpoint (durable chunks) and from
+    memory (a task that finishes before its first checkpoint)."""
+    for name, sleep, every in (("chunks", 0.01, 1), ("memory", 0, 1000)):
+        config = make_job(
+            tmp_path / name,
+            40,
+            handler=UNSTORABLE,
+            batch_size=40,
+            workers=1,
+            extra=f"checkpoint_every: {every}\nparams: {{sleep: {sleep}}}\n",
+        )
+        root = tmp_path / name / "root"
+        run = cli(root, "submit", str(config), "--no-progress")
+        assert run.returncode == 0, run.stderr
+        s = status(root, "t1")
+        assert s["status"] == "COMPLETED"
+        assert (s["items"]["succeeded"], s["items"]["failed_permanent"]) == (38, 2)
+        got = assert_exactly_once(root, "t1", 40)
+        assert sorted(got["failures"]) == ["20", "7"]
+        failures = json.loads((root / "objects/jobs/t1/failures/initial.json").read_text())
+        assert {(f["item_id"], f["error_type"]) for f in failures["items"]} == {
+            ("7", "schema"),
+            ("20", "schema"),
+        }
+        [out] = s["outputs"]
+        assert pq.read_table(out["path"]).column("v").to_pylist()[:3] == [0, 1, 2]
