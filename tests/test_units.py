@@ -107,6 +107,12 @@ def test_checkpoint_keeps_rows_across_reopen(tmp_path: Path) -> None:
     assert mine.adopt(snap) and mine.done() == {0, 2}  # taken over explicitly: allowed
     other_job = Checkpoint(tmp_path / "e" / "checkpoint.sqlite", Stamp("2.5", "ab" * 32, "t3"))
     assert not other_job.adopt(snap) and other_job.done() == set()
+    garbage = tmp_path / "g" / "checkpoint.sqlite"
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(CheckpointRefused, match="not a checkpoint"):
+        Checkpoint(garbage, stamp)
+    assert not Checkpoint(tmp_path / "h" / "c.sqlite", stamp).adopt(garbage)
     other_batch = Checkpoint(tmp_path / "f" / "checkpoint.sqlite", Stamp("1.5", "cd" * 32, "t3"))
     assert not other_batch.adopt(snap) and other_batch.done() == set()
 

@@ -132,8 +132,13 @@ class Checkpoint:
         self._conn: sqlite3.Connection | None = None
         self._memory: list[Row] = []
         if path.exists():
-            self._db()
-            found = read_stamp(self._db())
+            try:
+                found = read_stamp(self._db())
+            except sqlite3.DatabaseError as e:
+                self.close()
+                raise CheckpointRefused(
+                    f"checkpoint {path}: not a checkpoint ({e}): refused"
+                ) from None
             if found != stamp:
                 self.close()
                 raise CheckpointRefused(

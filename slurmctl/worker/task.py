@@ -3,6 +3,7 @@ write the attempt-unique output, and make it count with the fenced commit."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from slurmctl.fastjson import loads
 from slurmctl.layout import JobLayout, done_marker
 from slurmctl.scratch import private_dirs
 from slurmctl.secrets import redact
-from slurmctl.worker.checkpoint import Checkpoint, Row, Stamp, to_table
+from slurmctl.worker.checkpoint import Checkpoint, CheckpointRefused, Row, Stamp, to_table
 from slurmctl.worker.classify import PERMANENT, Rule, classify
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import Handler
@@ -111,9 +112,7 @@ class TaskRunner:
         failures = 0
         while True:
             time.sleep(
-                min(0.05 * 2**failures, self.heartbeat_s)
-                if failures
-                else min(self.heartbeat_s, 1.0)
+                _backoff(failures, self.heartbeat_s) if failures else min(self.heartbeat_s, 1.0)
             )
             with self._beat_lock:
                 current = self._beating
@@ -165,7 +164,7 @@ class TaskRunner:
             type(e).__name__,
             e,
             failures,
-            min(0.05 * 2**failures, self.heartbeat_s),
+            _backoff(failures, self.heartbeat_s),
             exc_info=not store_error,  # an unexpected error: its traceback, once per failure
         )
 
@@ -183,11 +182,7 @@ class TaskRunner:
             lines.pop()
         scratch = self.scratch_dir(task.task_id, token)
         stamp = Stamp(self.job_stamp, task.batch_sha256, token)
-        ckpt = Checkpoint(
-            scratch / "checkpoint.sqlite",
-            stamp,
-            make_parent=lambda: self._make_scratch(task.task_id, token),
-        )
+        ckpt = self._checkpoint(scratch / "checkpoint.sqlite", stamp, task.task_id, token)
         try:
             self._resume(task, ckpt, scratch)
             done = ckpt.done()
@@ -211,22 +206,24 @@ class TaskRunner:
         shutil.rmtree(self.task_dir(task.task_id), ignore_errors=True)  # and dead attempts' files
         return Outcome.COMMITTED
 
+    def _checkpoint(self, path: Path, stamp: Stamp, task_id: str, token: str) -> Checkpoint:
+        """This attempt's checkpoint (new: the folder is named by the attempt's token); a file
+        found there that is not stamped for this attempt is refused and replaced."""
+        make_parent = functools.partial(self._make_scratch, task_id, token)
+        try:
+            return Checkpoint(path, stamp, make_parent=make_parent)
+        except CheckpointRefused as e:
+            log.warning("%s: %s; starting a new one", task_id, e)
+            path.unlink(missing_ok=True)
+            return Checkpoint(path, stamp, make_parent=make_parent)
+
     def _resume(self, task: TaskRecord, ckpt: Checkpoint, scratch: Path) -> None:
         """Take over the rows of an earlier attempt of this task: one that died on this node
         (its folder is still here), else the one uploaded by a worker that left on a signal.
         Either must be this job's checkpoint of this very batch (`Checkpoint.adopt`)."""
         mine = scratch.name
         task_dir = self.task_dir(task.task_id)
-        earlier = (
-            sorted(
-                (p for p in task_dir.glob("*/checkpoint.sqlite") if p.parent.name != mine),
-                key=lambda p: p.stat().st_mtime,
-                reverse=True,
-            )
-            if task_dir.is_dir()
-            else []
-        )
-        for path in earlier:
+        for path in _earlier_checkpoints(task_dir, mine):
             if ckpt.adopt(path):
                 log.info(
                     "%s: resuming from attempt %s's checkpoint", task.task_id, path.parent.name
@@ -494,6 +491,26 @@ class TaskRunner:
 SLURM_VARS = frozenset(
     {"SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME"}
 )
+
+
+def _backoff(failures: int, cap_s: float) -> float:
+    """Seconds before heartbeat retry `failures`: 0.1, 0.2, 0.4 ... up to cap_s."""
+    return float(min(0.05 * 2 ** min(failures, 16), cap_s))
+
+
+def _earlier_checkpoints(task_dir: Path, mine: str) -> list[Path]:
+    """Checkpoints of the task's other attempts on this node, newest first (a folder removed
+    meanwhile, by an attempt that ended, is skipped)."""
+    found: list[tuple[float, Path]] = []
+    if task_dir.is_dir():
+        for path in task_dir.glob("*/checkpoint.sqlite"):
+            if path.parent.name == mine:
+                continue
+            try:
+                found.append((path.stat().st_mtime, path))
+            except FileNotFoundError:
+                continue
+    return [p for _, p in sorted(found, reverse=True)]
 
 
 def _rows(out: Any, id_field: str, item_id: str) -> list[dict[str, Any]]:
