@@ -148,8 +148,11 @@ def process(item, ctx):
 
 def test_one_store_timeout_in_a_heartbeat_does_not_end_the_heartbeats(tmp_path: Path) -> None:
     """The store times out on each worker's third heartbeat: the heartbeats go on, no healthy
-    task is taken over, the counters add up."""
-    config = _job(tmp_path, 400, handler=STEADY, batch_size=100, workers=2, extra=SHORT_LEASE)
+    task is taken over, the counters add up. Tasks of 3 s, a lease of 2 s: a worker whose
+    heartbeats stopped loses its task; a loaded machine does not (a beat every 0.2 s)."""
+    lease = "lease: {ttl_s: 2, heartbeat_s: 0.2}\ncheckpoint_every: 5\n"
+    handler = STEADY.replace("0.02", "0.03")
+    config = _job(tmp_path, 400, handler=handler, batch_size=100, workers=2, extra=lease)
     root = tmp_path / "root"
     run = cli(root, "submit", str(config), "--no-progress", env={"SLURMCTL_FAULT": "heartbeat@3"})
     assert run.returncode == 0, run.stderr
