@@ -44,7 +44,9 @@ def test_default_scratch_and_the_state_root_are_the_users_only(tmp_path: Path) -
     scratch = tmp_path / "tmp" / f"slurmctl-{os.geteuid()}"
     assert _mode(scratch) == 0o700 and os.lstat(scratch).st_uid == os.geteuid()
     assert _mode(root) == 0o700 and _mode(root / "objects") == 0o700
-    files = [root / "state.sqlite", *(p for p in (root / "objects").rglob("*") if p.is_file())]
+    databases = [p for p in root.glob("*.sqlite*") if p.is_file()]
+    assert {p.name for p in databases} >= {"state.sqlite", "queue.sqlite"}
+    files = [*databases, *(p for p in (root / "objects").rglob("*") if p.is_file())]
     assert len(files) > 10
     assert {str(p): oct(_mode(p)) for p in files if _mode(p) != 0o600} == {}
 
