@@ -23,6 +23,9 @@ ITEMS_FAILED_TRANSIENT = "items.failed_transient"
 ITEMS_QUARANTINED = "items.quarantined"
 ITEMS_PENDING = "items.pending"
 OUTPUT_ROWS = "rows"
+WORKERS_LOST = "workers.lost"
+"""Leases freed because their holder was known dead (`release_dead`): the executors' fruitless-
+runs rule counts a run that freed one as a run that did something."""
 
 
 def task_counter(phase: str, status: TaskStatus | str) -> str:
@@ -88,6 +91,10 @@ class TaskRecord:
     start_time: float | None = None
     end_time: float | None = None
     error: str | None = None
+    holder: str | None = None
+    """Who claimed the task last: host, pid and Slurm ids (slurmctl/holders.py), so an executor
+    that knows that process dead frees the lease at once (`release_dead`). Last, so a state
+    root written before it gains it as its last column."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -204,9 +211,18 @@ class StateStore(ABC):
 
     @abstractmethod
     def claim_task(
-        self, job_id: str, task_id: str, worker_id: str, token: str, lease_s: float, now: float
+        self,
+        job_id: str,
+        task_id: str,
+        worker_id: str,
+        token: str,
+        lease_s: float,
+        now: float,
+        *,
+        holder: str | None = None,
     ) -> TaskRecord | None:
-        """PENDING, or RUNNING with an expired lease, becomes RUNNING under token.
+        """PENDING, or RUNNING with an expired lease, becomes RUNNING under token (held by
+        worker_id, whose process `holder` describes).
 
         Returns the claimed record, or None if the task is not claimable (someone else holds it,
         or it is finished).
@@ -228,6 +244,13 @@ class StateStore(ABC):
     ) -> bool:
         """RUNNING under token becomes PENDING again (a worker leaving on a signal); it does not
         count as a worker loss."""
+
+    @abstractmethod
+    def release_dead(self, job_id: str, task_id: str, token: str) -> bool:
+        """RUNNING under token becomes PENDING at once: its holder is known dead (its executor
+        saw it exit, or Slurm reports its array element ended). Counts a worker loss, on the task
+        (as the takeover of an expired lease does: poison isolation) and on the job
+        (`workers.lost`)."""
 
     @abstractmethod
     def commit_task(self, job_id: str, task_id: str, token: str, commit: TaskCommit) -> bool:

@@ -5,6 +5,7 @@ from slurmctl.backends.statestore import (
     ITEMS_PENDING,
     ITEMS_SUCCEEDED,
     OUTPUT_ROWS,
+    WORKERS_LOST,
     Bucket,
     JobRecord,
     TaskCommit,
@@ -123,6 +124,35 @@ def test_release_and_fail(backend: Backend) -> None:
     assert c[task_counter("initial", "FAILED")] == 1
     assert c[task_counter("initial", "PENDING")] == 2
     assert c[task_counter("initial", "RUNNING")] == 0
+
+
+def test_release_dead_frees_a_dead_holders_lease_and_counts_a_loss(backend: Backend) -> None:
+    _setup(backend)
+    holder = '{"host":"n1","pid":4242}'
+    a = backend.state.claim_task("j", "task-000001", "w1", "t1", 1000, now=100.0, holder=holder)
+    assert a is not None and a.holder == holder
+    got = backend.state.get_task("j", "task-000001")
+    assert got is not None and got.holder == holder and got.worker_id == "w1"
+    assert not backend.state.release_dead("j", "task-000001", "wrong")  # fenced by the token
+    assert backend.state.release_dead("j", "task-000001", "t1")
+    assert not backend.state.release_dead("j", "task-000001", "t1")  # once only
+    t = backend.state.get_task("j", "task-000001")
+    assert t is not None and t.status == TaskStatus.PENDING and t.worker_losses == 1
+    assert t.lease_token is None and t.lease_expires is None and t.worker_id is None
+    c = backend.state.counters("j")
+    assert c[task_counter("initial", "PENDING")] == 3
+    assert c[task_counter("initial", "RUNNING")] == 0
+    assert c[WORKERS_LOST] == 1
+    assert [x.task_id for x in backend.state.unfinished_tasks("j")] == [
+        f"task-{i:06d}" for i in range(3)
+    ]
+    # claimable at once (long before the lease would have expired); no second loss counted
+    b = backend.state.claim_task("j", "task-000001", "w2", "t2", 1000, now=101.0)
+    assert b is not None and b.attempts == 2 and b.worker_losses == 1 and b.holder is None
+    # a holder that finished is never released: the commit is final
+    assert backend.state.commit_task("j", "task-000001", "t2", _commit())
+    assert not backend.state.release_dead("j", "task-000001", "t2")
+    assert backend.state.counters("j")[WORKERS_LOST] == 1
 
 
 def test_unfinished_index(backend: Backend) -> None:

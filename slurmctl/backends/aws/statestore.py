@@ -46,6 +46,7 @@ from slurmctl.backends.statestore import (
     ITEMS_SUCCEEDED,
     JOB_FIELDS,
     OUTPUT_ROWS,
+    WORKERS_LOST,
     JobRecord,
     StateStore,
     TaskCommit,
@@ -221,7 +222,15 @@ class DynamoStateStore(RateBuckets, StateStore):
         return task_from(job_id, item) if item else None
 
     def claim_task(
-        self, job_id: str, task_id: str, worker_id: str, token: str, lease_s: float, now: float
+        self,
+        job_id: str,
+        task_id: str,
+        worker_id: str,
+        token: str,
+        lease_s: float,
+        now: float,
+        *,
+        holder: str | None = None,
     ) -> TaskRecord | None:
         k = task_key(job_id, task_id)
         for _ in range(CLAIM_ROUNDS):
@@ -237,6 +246,7 @@ class DynamoStateStore(RateBuckets, StateStore):
                 status=RUNNING,
                 lease_token=token,
                 worker_id=worker_id,
+                holder=holder,
                 lease_expires=float(now + lease_s),
                 attempts=rec.attempts + 1,
                 worker_losses=rec.worker_losses + int(taking_over),
@@ -255,7 +265,7 @@ class DynamoStateStore(RateBuckets, StateStore):
             elif taking_over:
                 pins["lease_expires"] = None
             changed = ("status", "lease_token", "worker_id", "lease_expires", "attempts")
-            sets = {f: getattr(new, f) for f in (*changed, "worker_losses", "start_time")}
+            sets = {f: getattr(new, f) for f in (*changed, "holder", "worker_losses", "start_time")}
             ops = [self.t.update_op(k, e.update(sets), e, e.cond(pins, *extra))]
             if not taking_over:  # a takeover leaves the counters as they are: RUNNING stays 1
                 moves = {task_counter(rec.phase, PENDING): -1, task_counter(rec.phase, RUNNING): 1}
@@ -324,6 +334,29 @@ class DynamoStateStore(RateBuckets, StateStore):
             token,
             sets,
             lambda phase: {task_counter(phase, RUNNING): -1, task_counter(phase, PENDING): 1},
+        )
+
+    def release_dead(self, job_id: str, task_id: str, token: str) -> bool:
+        def sets(rec: TaskRecord) -> dict[str, Any]:
+            # the condition pins the token: worker_losses cannot change under it
+            return {
+                "status": PENDING,
+                "lease_token": None,
+                "lease_expires": None,
+                "worker_id": None,
+                "worker_losses": rec.worker_losses + 1,
+            }
+
+        return self._fenced(
+            job_id,
+            task_id,
+            token,
+            sets,
+            lambda phase: {
+                task_counter(phase, RUNNING): -1,
+                task_counter(phase, PENDING): 1,
+                WORKERS_LOST: 1,
+            },
         )
 
     def commit_task(self, job_id: str, task_id: str, token: str, commit: TaskCommit) -> bool:

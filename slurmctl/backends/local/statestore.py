@@ -18,6 +18,7 @@ from slurmctl.backends.statestore import (
     JOB_FIELDS,
     OUTPUT_ROWS,
     TASK_FIELDS,
+    WORKERS_LOST,
     Bucket,
     JobRecord,
     SlotGrant,
@@ -187,7 +188,15 @@ class SQLiteStateStore(StateStore):
         return _task(row) if row else None
 
     def claim_task(
-        self, job_id: str, task_id: str, worker_id: str, token: str, lease_s: float, now: float
+        self,
+        job_id: str,
+        task_id: str,
+        worker_id: str,
+        token: str,
+        lease_s: float,
+        now: float,
+        *,
+        holder: str | None = None,
     ) -> TaskRecord | None:
         with self.db.transaction() as conn:
             row = conn.execute(
@@ -201,11 +210,11 @@ class SQLiteStateStore(StateStore):
             if status != TaskStatus.PENDING and not taking_over:
                 return None
             conn.execute(
-                "UPDATE tasks SET status = 'RUNNING', lease_token = ?, worker_id = ?, "
+                "UPDATE tasks SET status = 'RUNNING', lease_token = ?, worker_id = ?, holder = ?, "
                 "lease_expires = ?, attempts = attempts + 1, "
                 "worker_losses = worker_losses + ?, start_time = COALESCE(start_time, ?) "
                 "WHERE job_id = ? AND task_id = ?",
-                (token, worker_id, now + lease_s, int(taking_over), now, job_id, task_id),
+                (token, worker_id, holder, now + lease_s, int(taking_over), now, job_id, task_id),
             )
             if not taking_over:
                 _bump(
@@ -276,6 +285,21 @@ class SQLiteStateStore(StateStore):
                 job_id,
                 {task_counter(phase, "RUNNING"): -1, task_counter(phase, "PENDING"): 1},
             )
+            return True
+
+    def release_dead(self, job_id: str, task_id: str, token: str) -> bool:
+        sets = {"status": "PENDING", "lease_token": None, "lease_expires": None, "worker_id": None}
+        with self.db.transaction() as conn:
+            phase = self._fenced(conn, job_id, task_id, token, sets)
+            if phase is None:
+                return False
+            conn.execute(
+                "UPDATE tasks SET worker_losses = worker_losses + 1 "
+                "WHERE job_id = ? AND task_id = ?",
+                (job_id, task_id),
+            )
+            moves = {task_counter(phase, "RUNNING"): -1, task_counter(phase, "PENDING"): 1}
+            _bump(conn, job_id, {**moves, WORKERS_LOST: 1})
             return True
 
     def commit_task(self, job_id: str, task_id: str, token: str, commit: TaskCommit) -> bool:
