@@ -1,38 +1,67 @@
 """The local executor: W `slurmctl worker` subprocesses on this machine, then finalize, in the
 foreground until the job ends. Holding the job-level lease meanwhile keeps a second `resume`
-from starting a second set of workers."""
+from starting a second set of workers.
+
+It waits on its workers, so it knows at once when one dies: the dead worker's lease is freed
+(the base class's `release_dead`) and a new worker takes its place, instead of the task waiting
+a lease TTL while the remaining workers idle.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from slurmctl.backends import Backend
-from slurmctl.errors import JobBusy
-from slurmctl.executors.base import Executor
-from slurmctl.finalize.finalize import finalize
-from slurmctl.jobs import append_history, get_job, live_lease_holder, local_holder
+from slurmctl.errors import JobBusy, SlurmctlError
+from slurmctl.executors.base import Executor, Liveness, Marker, Run, RunEnd, StartRequest
+from slurmctl.jobs import append_history, local_holder
 from slurmctl.states import JobStatus
 
 log = logging.getLogger("slurmctl.executor")
 
-LEASE_TTL_S = 30.0
 POLL_S = 0.25
-MAX_FRUITLESS_RUNS = 5
 STOP_GRACE_S = 60.0
+STOPPED_CODES = frozenset({143, -signal.SIGTERM, -signal.SIGINT, 130})
+"""A worker stopped by a signal at a checkpoint (or before it could install its handler)."""
 
 Progress = Callable[[dict[str, int]], None]
 
 
-class LocalExecutor(Executor):
+@dataclass
+class LocalRun:
+    """One start of workers: their processes and the marker they started from."""
+
+    marker: Marker
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def as_run(self) -> Run:
+        codes = [p.returncode for p in self.procs]
+        if any(c is None for c in codes):
+            return Run(self.marker, RunEnd.RUNNING)
+        done = tuple(c for c in codes if c is not None)
+        if all(c == 0 for c in done):
+            end = RunEnd.OK
+        elif any(c in STOPPED_CODES for c in done):
+            end = RunEnd.STOPPED
+        else:
+            end = RunEnd.FAILED
+        return Run(self.marker, end, done)
+
+
+class LocalExecutor(Executor[Liveness, list[str]]):
     name = "local"
+    max_fruitless = 5
+    top_up = True
 
     def __init__(
         self,
@@ -42,147 +71,148 @@ class LocalExecutor(Executor):
         progress: Progress | None = None,
         worker_args: list[str] | None = None,
     ) -> None:
-        self.backend = backend
-        self.root = root
+        super().__init__(backend, root)
         self.progress = progress
         self.worker_args = list(worker_args or [])
         self.holder = local_holder()
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.runs: list[LocalRun] = []
+        self.dead: set[int] = set()
+        """Pids of the workers this executor saw exit (reaped: certainly gone)."""
 
-    def log_dir(self, job_id: str) -> Path:
-        return self.root / "logs" / job_id
+    @property
+    def procs(self) -> list[subprocess.Popen[bytes]]:
+        return [p for r in self.runs for p in r.procs]
 
-    def _spawn(self, job_id: str, count: int, run: int) -> None:
-        logs = self.log_dir(job_id)
-        logs.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            worker_id = f"local-{run}-{i}"
-            where = ["--backend", self.backend.url] if self.backend.kind != "local" else []
-            cmd = [
-                sys.executable,
-                "-m",
-                "slurmctl",
-                "--root",
-                str(self.root),
-                *where,
-                "worker",
-                "--job-id",
-                job_id,
-                "--worker-id",
-                worker_id,
-                *self.worker_args,
-            ]
-            with open(logs / f"{worker_id}.log", "ab") as out:
-                self.procs.append(
-                    subprocess.Popen(
-                        cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-                    )
-                )
+    # --- Executor -----------------------------------------------------------------------------
+    def lease_holder(self) -> str:
+        return self.holder
 
-    def _keep_lease(self, job_id: str, stop: threading.Event) -> None:
-        while not stop.wait(LEASE_TTL_S / 3):
-            self.backend.state.acquire_job_lease(job_id, self.holder, LEASE_TTL_S, time.time())
+    def busy(self, job_id: str) -> SlurmctlError:
+        return JobBusy(
+            f"job {job_id} is being run by another slurmctl process; `slurmctl status "
+            f"{job_id}` follows it"
+        )
 
     def run(self, job_id: str) -> JobStatus:
-        state = self.backend.state
-        live_lease_holder(self.backend, job_id)  # frees the lease of a dead holder
-        if not state.acquire_job_lease(job_id, self.holder, LEASE_TTL_S, time.time()):
-            raise JobBusy(
-                f"job {job_id} is being run by another slurmctl process; `slurmctl status "
-                f"{job_id}` follows it"
-            )
-        stop = threading.Event()
-        keeper = threading.Thread(target=self._keep_lease, args=(job_id, stop), daemon=True)
-        keeper.start()
-        try:
-            return self._drive(job_id)
-        finally:
-            stop.set()
-            state.release_job_lease(job_id, self.holder)
+        with self.job_lease(job_id):
+            try:
+                return self._drive(job_id)
+            except KeyboardInterrupt:
+                self.stop_workers()
+                raise
 
     def _drive(self, job_id: str) -> JobStatus:
-        fruitless = 0
-        run = 0
         while True:
-            result = finalize(self.backend, job_id)
-            if not result.work_left:
+            step = self.step(job_id)
+            if step.status.terminal or not step.work_left:
                 self._report(job_id)
-                return result.status
-            wait = result.begin_at - time.time()
-            if wait > 0:
-                log.info("%s: phase workers start in %.0f s (retry backoff)", job_id, wait)
-                self._sleep_until(job_id, result.begin_at)
-            job = get_job(self.backend, job_id)
-            if job.status in (JobStatus.PENDING, JobStatus.AGGREGATING):
-                self.backend.state.update_job(
-                    job_id, {"status": JobStatus.RUNNING, "run": job.run + 1}
-                )
-            before = self._done(job_id)
-            run += 1
-            self._spawn(job_id, min(job.workers, result.work_left), run)
-            append_history(
-                self.backend, job_id, "workers", executor="local", count=len(self.procs), run=run
-            )
-            codes = self._wait(job_id)
-            job = get_job(self.backend, job_id)
-            if job.status.terminal:
-                return job.status
-            if self._done(job_id) == before and any(codes):
-                fruitless += 1
-                if fruitless >= MAX_FRUITLESS_RUNS:
-                    reason = (
-                        f"workers exited with codes {sorted(set(codes))} {fruitless} times "
-                        f"without progress; see {self.log_dir(job_id)}"
-                    )
-                    self.backend.state.update_job(
-                        job_id, {"status": JobStatus.FAILED, "error": reason}
-                    )
-                    append_history(self.backend, job_id, "failed", reason=reason)
-                    return JobStatus.FAILED
+                self._reap_all()
+                return step.status
+            self._wait_for_an_exit(job_id)
+
+    def liveness(self, job_id: str) -> Liveness:
+        alive = 0
+        for p in self.procs:
+            if p.poll() is None:
+                alive += 1
             else:
-                fruitless = 0
+                self.dead.add(p.pid)
+        host, dead = socket.gethostname(), self.dead
+        return Liveness(
+            alive,
+            lambda h: h.host == host and h.pid in dead,
+            [r.as_run() for r in self.runs],
+        )
+
+    def start_workers(self, job_id: str, request: StartRequest) -> list[str]:
+        self._sleep_until(job_id, request.begin_at)
+        number = len(self.runs) + 1
+        run = LocalRun(request.marker)
+        logs = self.log_dir(job_id)
+        logs.mkdir(parents=True, exist_ok=True)
+        ids = [f"local-{number}-{i}" for i in range(request.count)]
+        for worker_id in ids:
+            run.procs.append(self._spawn(job_id, worker_id, logs))
+        self.runs.append(run)
+        append_history(
+            self.backend, job_id, "workers", executor="local", count=len(ids), run=number
+        )
+        return ids
+
+    def summary(self, job_id: str) -> dict[str, Any]:
+        procs = self.procs
+        return {
+            "workers_running": sum(p.poll() is None for p in procs),
+            "workers_started": len(procs),
+            "workers_lost": len(self.dead),
+        }
+
+    def cancel(self, job_id: str) -> None:
+        self.stop_workers()
+
+    # --- processes ----------------------------------------------------------------------------
+    def _spawn(self, job_id: str, worker_id: str, logs: Path) -> subprocess.Popen[bytes]:
+        where = ["--backend", self.backend.url] if self.backend.kind != "local" else []
+        cmd = [
+            sys.executable,
+            "-m",
+            "slurmctl",
+            "--root",
+            str(self.root),
+            *where,
+            "worker",
+            "--job-id",
+            job_id,
+            "--worker-id",
+            worker_id,
+            *self.worker_args,
+        ]
+        with open(logs / f"{worker_id}.log", "ab") as out:
+            return subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    def _wait_for_an_exit(self, job_id: str) -> None:
+        """Until one of the workers exits (returns at once: a dead worker's lease is freed and
+        its place taken without a poll's delay)."""
+        while alive := [p for p in self.procs if p.poll() is None]:
+            self._report(job_id)
+            before = len(alive)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                alive[0].wait(timeout=POLL_S)
+            if sum(p.poll() is None for p in self.procs) < before:
+                break
+        self._report(job_id)
+
+    def _reap_all(self) -> None:
+        """The job ended: the workers leave by themselves within a poll; wait for them."""
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=STOP_GRACE_S)
 
     def _sleep_until(self, job_id: str, when: float) -> None:
+        if when > time.time():
+            log.info(
+                "%s: phase workers start in %.0f s (retry backoff)", job_id, when - time.time()
+            )
         while (left := when - time.time()) > 0:
             self._report(job_id)
             time.sleep(min(POLL_S, left))
-
-    def _done(self, job_id: str) -> int:
-        c = self.backend.state.counters(job_id)
-        return c.get("items.total", 0) - c.get("items.pending", 0)
 
     def _report(self, job_id: str) -> None:
         if self.progress is not None:
             self.progress(self.backend.state.counters(job_id))
 
-    def _wait(self, job_id: str) -> list[int]:
-        try:
-            while alive := [p for p in self.procs if p.poll() is None]:
-                self._report(job_id)
-                # returns as soon as it exits: finalize starts without a poll's delay
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    alive[0].wait(timeout=POLL_S)
-        except KeyboardInterrupt:
-            self.stop_workers()
-            raise
-        self._report(job_id)
-        codes = [p.returncode for p in self.procs]
-        self.procs = []
-        return codes
-
     def stop_workers(self) -> None:
         """Ask every worker to stop at a checkpoint, and wait for them."""
-        for p in self.procs:
+        procs = self.procs
+        for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        for p in self.procs:
+        for p in procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        self.procs = []
-
-    def cancel(self, job_id: str) -> None:
-        self.stop_workers()

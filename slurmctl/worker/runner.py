@@ -24,6 +24,7 @@ from slurmctl.backends.reconcile import reconcile
 from slurmctl.backends.statestore import task_counter
 from slurmctl.config import JobDefinition
 from slurmctl.errors import BackendUnavailable, HandlerImportError, UserError
+from slurmctl.holders import Holder
 from slurmctl.jobs import get_job, load_definition
 from slurmctl.ratelimit.allocation import LEAVE_MARGIN_S, AllocationClock
 from slurmctl.scratch import ScratchRefused, ensure_private_dir, scratch_root
@@ -60,6 +61,8 @@ class Worker:
         self.backend = backend
         self.job_id = job_id
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.holder = Holder.here().encode()
+        """Recorded with each claim: the executor that sees this process die frees its lease."""
         self.scratch = scratch
         self.poll_s = poll_s
         self.stop_signal: int | None = None
@@ -314,7 +317,13 @@ class Worker:
                 msg = msgs[0]
                 token = secrets.token_hex(8)
                 task = state.claim_task(
-                    self.job_id, msg.body, self.worker_id, token, lease_s, time.time()
+                    self.job_id,
+                    msg.body,
+                    self.worker_id,
+                    token,
+                    lease_s,
+                    time.time(),
+                    holder=self.holder,
                 )
                 queue.delete(self.job_id, [msg.receipt])  # claimed or stale: the hint is used up
                 if task is None:

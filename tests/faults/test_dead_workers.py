@@ -153,19 +153,24 @@ def process(item, ctx):
 """
 
 
-@pytest.mark.parametrize("lease", [SHORT_LEASE, LONG_LEASE], ids=["lease-3s", "lease-120s"])
-def test_poison_item_that_sigkills_its_worker_is_isolated_with_four_task_failures(
-    tmp_path: Path, lease: str
+@pytest.mark.parametrize(
+    ("workers", "max_task_failures", "lease"),
+    [(2, 4, LONG_LEASE), (1, 6, SHORT_LEASE)],
+    ids=["4-failures-lease-120s", "6-failures-1-worker-lease-3s"],
+)
+def test_poison_item_that_sigkills_its_worker_is_isolated(
+    tmp_path: Path, workers: int, max_task_failures: int, lease: str
 ) -> None:
-    """Every death frees the lease and counts a worker loss, so no run is fruitless until the
-    item is isolated (a 3 s lease: the fruitless-runs rule; 120 s: no wait for the lease)."""
+    """Every death frees the lease at once and counts a worker loss, so no run that ends in
+    one is fruitless, and isolation gets its chance (a 120 s lease: no wait for its expiry; one
+    worker, a 3 s lease: before, each death made a fruitless run and the job FAILED first)."""
     config = make_job(
         tmp_path / "job",
         400,
         handler=POISON_KILL,
         batch_size=20,
-        workers=2,
-        extra="retry: {max_task_failures: 4, backoff_s: 0.1}\n",
+        workers=workers,
+        extra=f"retry: {{max_task_failures: {max_task_failures}, backoff_s: 0.1}}\n",
     )
     _lease(config, lease)
     root = tmp_path / "root"
@@ -179,7 +184,7 @@ def test_poison_item_that_sigkills_its_worker_is_isolated_with_four_task_failure
     assert poison["error_type"] == "poison"
     assert poison["message"].startswith("poison: the worker died while this item was in flight")
     task = json.loads((root / "objects/jobs/t1/tasks/task-000006.json").read_text())
-    assert task["attempts"] >= 5  # four deaths before the items are isolated one by one
+    assert task["attempts"] > max_task_failures  # the deaths, then the isolating attempts
     others = [
         json.loads(p.read_text())
         for p in (root / "objects/jobs/t1/tasks").glob("*.json")

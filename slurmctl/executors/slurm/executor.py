@@ -12,10 +12,7 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +21,12 @@ from slurmctl import hooks
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.errors import JobStateError, SlurmctlError
-from slurmctl.executors.base import Executor
+from slurmctl.executors.base import Executor, Liveness, Marker, Run, RunEnd, StartRequest, Step
 from slurmctl.executors.slurm import scripts
 from slurmctl.executors.slurm.sbatch import Element, SlurmClient
 from slurmctl.executors.slurm.states import SlurmState
-from slurmctl.finalize.finalize import finalize
-from slurmctl.jobs import append_history, get_job, load_definition
+from slurmctl.holders import Holder
+from slurmctl.jobs import append_history, load_definition
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus
 
@@ -114,8 +111,28 @@ def slurm_summary(
     return out
 
 
-class SlurmExecutor(Executor):
+@dataclass
+class SlurmLiveness(Liveness):
+    """The job's Slurm jobs as squeue/sacct see them (our own finalize job left out)."""
+
+    elements: list[Element] = field(default_factory=list)
+    """Alive worker elements."""
+    waiting: list[str] = field(default_factory=list)
+    """Finalize jobs queued or running."""
+
+
+@dataclass(frozen=True)
+class Submitted:
+    arrays: list[str]
+    finalize: str
+
+
+class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
     name = "slurm"
+    max_fruitless = MAX_FRUITLESS_RUNS
+    finalize_alerts = False  # evaluated once the arrays queued now are recorded
+    lease_ttl_s = LEASE_TTL_S
+    lease_wait_s = LEASE_WAIT_S
 
     def __init__(
         self,
@@ -125,17 +142,14 @@ class SlurmExecutor(Executor):
         client: SlurmClient | None = None,
         own_id: str | None = None,
     ) -> None:
-        self.backend = backend
-        self.root = root.absolute()
+        super().__init__(backend, root.absolute())
         self.client = client or SlurmClient()
         self.own_id = own_id
         """The finalize job we run in, if any: not a job to wait for."""
         self.holder = f"slurm-{socket.gethostname()}-{os.getpid()}"
+        self._chained: str | None = None
 
-    def log_dir(self, job_id: str) -> Path:
-        return self.root / "logs" / job_id
-
-    # --- Executor ---------------------------------------------------------------------------
+    # --- Executor -----------------------------------------------------------------------------
     def run(self, job_id: str) -> JobStatus:
         return self.advance(job_id).status
 
@@ -143,16 +157,102 @@ class SlurmExecutor(Executor):
         """scancel every Slurm job of the job: TERM makes workers checkpoint and leave."""
         self.client.scancel([i for i in slurm_ids(self.backend, job_id).all if i != self.own_id])
 
+    def lease_holder(self) -> str:
+        return self.holder
+
+    def busy(self, job_id: str) -> SlurmctlError:
+        return JobStateError(
+            f"job {job_id} is being acted on by another slurmctl process; "
+            f"`slurmctl status {job_id}` follows it"
+        )
+
+    def summary(self, job_id: str) -> dict[str, Any]:
+        return slurm_summary(self.backend, job_id, self.client)
+
+    def liveness(self, job_id: str) -> SlurmLiveness:
+        """One squeue (and sacct for what squeue forgot): an ended element's leases are dead."""
+        ids = slurm_ids(self.backend, job_id)
+        elements = [e for e in self.client.elements(ids.all) if e.job_id != self.own_id]
+        workers = [e for e in elements if e.job_id in ids.arrays]
+        alive = [e for e in workers if e.state.alive]
+        ended = {e.element_id for e in workers if not e.state.alive}
+        known = {e.job_id for e in workers}
+        forgotten = {a for a in ids.arrays if a not in known}  # long gone: no element alive
+
+        def dead(h: Holder) -> bool:
+            element = h.slurm_element
+            return element is not None and (
+                element in ended or element.split("_", 1)[0] in forgotten
+            )
+
+        waiting = sorted({e.job_id for e in elements if e.job_id in ids.finalize and e.state.alive})
+        now = Marker.of(self.backend.state.counters(job_id))
+        return SlurmLiveness(
+            len(alive), dead, _runs(self.backend, job_id, workers, now), alive, waiting
+        )
+
+    def while_alive(self, job_id: str, live: SlurmLiveness) -> None:
+        if not live.waiting:  # its finalize was cancelled or failed: chain a new one
+            self._chained = self._submit_finalize(job_id, sorted({e.job_id for e in live.elements}))
+            self._record(job_id, [], self._chained, None)
+
+    def start_workers(self, job_id: str, request: StartRequest) -> Submitted:
+        # a retry phase's backoff: its workers wait in the queue, not on a node
+        now = time.time()
+        begin_s = math.ceil(request.begin_at - now) if request.begin_at > now + 1 else None
+        definition = load_definition(self.backend, job_id)
+        logs = self.log_dir(job_id)
+        logs.mkdir(parents=True, exist_ok=True)
+        script = self._script(job_id, "worker.sbatch")
+        arrays: list[str] = []
+        plan = scripts.split(
+            request.count, self.client.max_array_size(), definition.slurm.array_parallelism
+        )
+        try:
+            for size, parallelism in plan:
+                args = scripts.worker_args(
+                    definition.slurm, job_id, logs, size, parallelism, begin_s
+                )
+                arrays.append(self.client.sbatch(args, script))
+            fin = self._submit_finalize(job_id, arrays)
+        except SlurmctlError:
+            if arrays:  # record what is queued: `resume` chains a finalize to it
+                self._record(job_id, arrays, None, request.count, request)
+            raise
+        self._record(job_id, arrays, fin, request.count, request)
+        append_history(
+            self.backend,
+            job_id,
+            "workers",
+            executor="slurm",
+            array=arrays[0],
+            arrays=arrays,
+            count=request.count,
+            finalize=fin,
+            run=request.run,
+            begin_in_s=begin_s,
+        )
+        log.info("job %s: %d workers in arrays %s, finalize %s", job_id, request.count, arrays, fin)
+        return Submitted(arrays, fin)
+
+    def fruitless_reason(self, job_id: str, count: int, codes: list[int]) -> str:
+        return (
+            f"Slurm workers ended (exit codes {codes}) {count} times without progress; "
+            f"see {self.log_dir(job_id)}"
+        )
+
     # --- the decision -----------------------------------------------------------------------
     def advance(self, job_id: str, *, operator: bool = False) -> Advance:
-        """Reconcile; then queue workers + finalize if work remains and none is alive, or a
-        finalize if workers are alive without one; or (phase done) let finalize aggregate.
+        """Reconcile; free the leases of ended elements; then queue workers + finalize if work
+        remains and none is alive, or a finalize if workers are alive without one; or (phase
+        done) let finalize aggregate.
 
         operator: asked by a person (submit, resume), not by a finalize job: never gives up.
         """
-        with self._lease(job_id):
+        with self.job_lease(job_id):
+            self._chained = None
             try:
-                out = self._advance(job_id, operator)
+                out = self._advance_of(self.step(job_id, operator=operator))
             finally:
                 # after the arrays it queued are recorded: they count as the job's workers
                 hooks.registry.after_finalize(self.backend, job_id)
@@ -169,73 +269,26 @@ class SlurmExecutor(Executor):
                 )
             return out
 
-    def _advance(self, job_id: str, operator: bool) -> Advance:
-        result = finalize(self.backend, job_id, notify=False)
-        if not result.work_left:
-            return Advance(result.status)
-        ids = slurm_ids(self.backend, job_id)
-        elements = [e for e in self.client.elements(ids.all) if e.job_id != self.own_id]
-        alive = [e for e in elements if e.job_id in ids.arrays and e.state.alive]
-        waiting = sorted({e.job_id for e in elements if e.job_id in ids.finalize and e.state.alive})
-        job = get_job(self.backend, job_id)
-        if alive:
-            out = Advance(job.status, result.work_left, alive=alive, waiting=waiting)
-            if not waiting:  # its finalize was cancelled or failed: chain a new one
-                out.finalize = self._submit_finalize(job_id, sorted({e.job_id for e in alive}))
-                self._record(job_id, [], out.finalize, None)
-            return out
-        if not operator and self._give_up(job_id, elements):
-            return Advance(JobStatus.FAILED)
-        # a retry phase's backoff: its workers wait in the queue, not on a node
-        begin_at: float = getattr(result, "begin_at", 0.0)
-        begin_s = math.ceil(begin_at - time.time()) if begin_at > time.time() + 1 else None
-        return self._submit(job_id, result.work_left, operator, begin_s)
-
-    def _submit(self, job_id: str, work_left: int, operator: bool, begin_s: int | None) -> Advance:
-        job = get_job(self.backend, job_id)
-        definition = load_definition(self.backend, job_id)
-        count = min(job.workers, work_left)
-        logs = self.log_dir(job_id)
-        logs.mkdir(parents=True, exist_ok=True)
-        script = self._script(job_id, "worker.sbatch")
-        arrays = []
-        plan = scripts.split(
-            count, self.client.max_array_size(), definition.slurm.array_parallelism
-        )
-        fin: str | None = None
-        try:
-            for size, parallelism in plan:
-                args = scripts.worker_args(
-                    definition.slurm, job_id, logs, size, parallelism, begin_s
-                )
-                arrays.append(self.client.sbatch(args, script))
-            fin = self._submit_finalize(job_id, arrays)
-        except SlurmctlError:
-            if arrays:  # record what is queued: `resume` chains a finalize to it
-                self._record(job_id, arrays, None, count, operator)
-            raise
-        run = job.run
-        if job.status in (JobStatus.PENDING, JobStatus.AGGREGATING):
-            run += 1
-            self.backend.state.update_job(
-                job_id, {"status": JobStatus.RUNNING, "run": run, "updated_at": time.time()}
+    def _advance_of(self, step: Step[SlurmLiveness, Submitted]) -> Advance:
+        if not step.work_left or step.live is None:
+            return Advance(step.status)
+        if step.started is not None:
+            return Advance(
+                step.status,
+                step.work_left,
+                submitted=step.started.arrays,
+                finalize=step.started.finalize,
             )
-        self._record(job_id, arrays, fin, count, operator)
-        append_history(
-            self.backend,
-            job_id,
-            "workers",
-            executor="slurm",
-            array=arrays[0],
-            arrays=arrays,
-            count=count,
-            finalize=fin,
-            run=run,
-            begin_in_s=begin_s,
+        if step.status == JobStatus.FAILED:
+            return Advance(JobStatus.FAILED)
+        live = step.live
+        return Advance(
+            step.status,
+            step.work_left,
+            alive=live.elements,
+            waiting=live.waiting,
+            finalize=self._chained,
         )
-        log.info("job %s: %d workers in arrays %s, finalize %s", job_id, count, arrays, fin)
-        status = get_job(self.backend, job_id).status
-        return Advance(status, work_left, submitted=arrays, finalize=fin)
 
     def _submit_finalize(self, job_id: str, after: list[str]) -> str:
         definition = load_definition(self.backend, job_id)
@@ -261,20 +314,22 @@ class SlurmExecutor(Executor):
         arrays: list[str],
         fin: str | None,
         workers: int | None,
-        operator: bool = False,
+        request: StartRequest | None = None,
     ) -> None:
-        """Read-modify-write of the job manifest (under the job lease): every Slurm id."""
+        """Read-modify-write of the job manifest (under the job lease): every Slurm id, and each
+        run with the marker it started from (the fruitless-runs rule reads them back)."""
         key = JobLayout(job_id).manifest
         doc = read_manifest(self.backend, job_id)
-        counters = self.backend.state.counters(job_id)
+        marker = request.marker if request else Marker.of(self.backend.state.counters(job_id))
         doc.setdefault("slurm_runs", []).append(
             {
                 "arrays": arrays,
                 "finalize": fin,
                 "workers": workers,
                 "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "done_before": _done(counters),
-                "operator": operator,
+                "done_before": marker.done,
+                "lost_before": marker.lost,
+                "operator": bool(request and request.operator),
             }
         )
         ids = doc.setdefault("slurm_job_ids", [])
@@ -283,61 +338,27 @@ class SlurmExecutor(Executor):
             doc["slurm_array_id"] = arrays[0]
         self.backend.objects.put_json(key, doc)
 
-    def _give_up(self, job_id: str, elements: list[Element]) -> bool:
-        """FAILED after MAX_FRUITLESS_RUNS runs in a row whose workers neither committed
-        anything nor were stopped from outside (time limit, requeue, scancel: no one's fault)."""
-        doc = read_manifest(self.backend, job_id)
-        runs = [r for r in doc.get("slurm_runs", []) if r.get("arrays")]
-        done = _done(self.backend.state.counters(job_id))
-        fruitless = 0
-        for run in reversed(runs):
-            if run.get("done_before") != done:
-                break
-            mine = [e for e in elements if e.job_id in run["arrays"]]
-            if not mine or any(_stopped(e) for e in mine):
-                break
-            fruitless += 1
-            if run.get("operator"):  # a resume starts the count afresh
-                break
-        if fruitless < MAX_FRUITLESS_RUNS:
-            return False
-        codes = sorted({e.exit_code for e in elements if e.exit_code is not None})
-        reason = (
-            f"Slurm workers ended (exit codes {codes}) {fruitless} times without progress; "
-            f"see {self.log_dir(job_id)}"
-        )
-        self.backend.state.update_job(
-            job_id, {"status": JobStatus.FAILED, "error": reason, "updated_at": time.time()}
-        )
-        append_history(self.backend, job_id, "failed", reason=reason)
-        return True
 
-    @contextmanager
-    def _lease(self, job_id: str) -> Iterator[None]:
-        """The job-level lease, kept alive while we act (aggregation may take a while)."""
-        state = self.backend.state
-        deadline = time.monotonic() + LEASE_WAIT_S
-        while not state.acquire_job_lease(job_id, self.holder, LEASE_TTL_S, time.time()):
-            if time.monotonic() > deadline:
-                raise JobStateError(
-                    f"job {job_id} is being acted on by another slurmctl process; "
-                    f"`slurmctl status {job_id}` follows it"
-                )
-            time.sleep(0.5)
-        stop = threading.Event()
-
-        def keep() -> None:
-            while not stop.wait(LEASE_TTL_S / 3):
-                state.acquire_job_lease(job_id, self.holder, LEASE_TTL_S, time.time())
-
-        keeper = threading.Thread(target=keep, daemon=True)
-        keeper.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            keeper.join()
-            state.release_job_lease(job_id, self.holder)
+def _runs(backend: Backend, job_id: str, workers: list[Element], now: Marker) -> list[Run]:
+    """The manifest's runs, judged by how their elements ended: a time limit, requeue or
+    scancel (or an array Slurm forgot) is no one's fault; exit 0 is a clean leave."""
+    out = []
+    for r in read_manifest(backend, job_id).get("slurm_runs", []):
+        if not r.get("arrays"):
+            continue
+        marker = Marker(r.get("done_before", -1), r.get("lost_before", now.lost))
+        mine = [e for e in workers if e.job_id in r["arrays"]]
+        codes = tuple(e.exit_code for e in mine if e.exit_code is not None)
+        if any(e.state.alive for e in mine):
+            end = RunEnd.RUNNING
+        elif not mine or any(_stopped(e) for e in mine):
+            end = RunEnd.STOPPED
+        elif all(e.state is SlurmState.COMPLETED for e in mine):
+            end = RunEnd.OK
+        else:
+            end = RunEnd.FAILED
+        out.append(Run(marker, end, codes, bool(r.get("operator"))))
+    return out
 
 
 def _stopped(e: Element) -> bool:
@@ -346,7 +367,3 @@ def _stopped(e: Element) -> bool:
         or e.exit_code == EXIT_STOPPED
         or e.state in (SlurmState.UNKNOWN, SlurmState.OUT_OF_MEMORY)
     )
-
-
-def _done(counters: dict[str, int]) -> int:
-    return counters.get("items.total", 0) - counters.get("items.pending", 0)
