@@ -24,6 +24,9 @@ class Holder:
     """SLURM_JOB_ID: the element's own job id (unique per array element)."""
     slurm_element: str | None = None
     """`<SLURM_ARRAY_JOB_ID>_<SLURM_ARRAY_TASK_ID>`, as squeue names the element."""
+    pidns: str | None = None
+    """The pid namespace (`/proc/self/ns/pid`): a pid means something only inside it (a
+    container on the same host has its own)."""
 
     @classmethod
     def here(cls, environ: dict[str, str] | None = None) -> Holder:
@@ -34,6 +37,7 @@ class Holder:
             os.getpid(),
             env.get("SLURM_JOB_ID"),
             f"{array}_{index}" if array and index else None,
+            _pidns(),
         )
 
     def encode(self) -> str:
@@ -52,14 +56,16 @@ class Holder:
                 int(doc["pid"]),
                 doc.get("slurm_job_id"),
                 doc.get("slurm_element"),
+                doc.get("pidns"),
             )
         except (ValueError, KeyError, TypeError):
             return None
 
     def process_gone(self) -> bool:
-        """True when the holder ran on this host and no process has its pid any more (a pid
-        still in use, perhaps by another process, counts as alive: the lease then expires)."""
-        if self.host != socket.gethostname():
+        """True when the holder ran on this host, in this pid namespace, and no process has its
+        pid any more (a pid still in use, perhaps by another process, counts as alive: the lease
+        then expires as it would have)."""
+        if self.host != socket.gethostname() or self.pidns is None or self.pidns != _pidns():
             return False
         try:
             os.kill(self.pid, 0)
@@ -68,3 +74,10 @@ class Holder:
         except PermissionError:
             return False
         return False
+
+
+def _pidns() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None

@@ -6,15 +6,24 @@ a conditional update and the second one fails.
 
 It lives beside the stores, not in finalize, because workers (while they wait for others) and
 finalize both run it: a protocol step over the Backend, below both (docs/architecture.md).
+
+A lease whose holder is known dead need not wait for its expiry: `release_dead_holders` frees it
+at once (the executors know their dead workers; any process on the embedded backend's host can
+tell a holder process that is gone).
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from slurmctl.backends import Backend
+from slurmctl.holders import Holder
 from slurmctl.states import TaskStatus
+
+log = logging.getLogger("slurmctl.reconcile")
 
 
 @dataclass(frozen=True)
@@ -51,3 +60,26 @@ def reconcile(backend: Backend, job_id: str, phase: str, *, now: float | None = 
     for start in range(0, len(requeue + pending_ids), 1000):
         backend.queue.send(job_id, (requeue + pending_ids)[start : start + 1000])
     return Reconciled(len(pending_ids), expired, running)
+
+
+def release_dead_holders(
+    backend: Backend, job_id: str, phase: str, dead: Callable[[Holder], bool]
+) -> list[str]:
+    """Free every lease of the phase whose holder is dead, and hint the queue. Fenced by the
+    token read: a holder that committed, or lost its lease, meanwhile is left alone."""
+    state = backend.state
+    freed = []
+    # read to the end first: no write inside an open read (SQLite's snapshot would refuse it)
+    for task in list(state.unfinished_tasks(job_id, phase)):
+        if task.status != TaskStatus.RUNNING or not task.lease_token:
+            continue
+        holder = Holder.decode(task.holder)
+        if holder is None or not dead(holder):
+            continue
+        if state.release_dead(job_id, task.task_id, task.lease_token):
+            freed.append(task.task_id)
+    for start in range(0, len(freed), 1000):
+        backend.queue.send(job_id, freed[start : start + 1000])
+    if freed:
+        log.info("%s: freed the leases of dead workers on %s", job_id, ", ".join(freed))
+    return freed

@@ -39,12 +39,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from slurmctl.backends import Backend
+from slurmctl.backends.reconcile import release_dead_holders
 from slurmctl.backends.statestore import ITEMS_PENDING, ITEMS_TOTAL, WORKERS_LOST
 from slurmctl.errors import SlurmctlError
 from slurmctl.finalize.finalize import finalize
 from slurmctl.holders import Holder
 from slurmctl.jobs import append_history, get_job, live_lease_holder
-from slurmctl.states import JobStatus, TaskStatus
+from slurmctl.states import JobStatus
 
 log = logging.getLogger("slurmctl.executor")
 
@@ -216,24 +217,13 @@ class Executor(ABC, Generic[LiveT, StartT]):
         return step
 
     def release_dead(self, job_id: str, phase: str, live: Liveness) -> int:
-        """Free at once every lease of the phase whose holder is known dead, and hint the queue
-        (a fenced transition: a holder that committed or lost its lease meanwhile is left)."""
-        state = self.backend.state
-        freed = []
-        # read to the end first: no write inside an open read (SQLite's snapshot would refuse)
-        for task in list(state.unfinished_tasks(job_id, phase)):
-            if task.status != TaskStatus.RUNNING or not task.lease_token:
-                continue
-            holder = Holder.decode(task.holder)
-            if holder is None or not (live.dead(holder) or holder.process_gone()):
-                continue
-            if state.release_dead(job_id, task.task_id, task.lease_token):
-                freed.append(task.task_id)
-        for start in range(0, len(freed), 1000):
-            self.backend.queue.send(job_id, freed[start : start + 1000])
-        if freed:
-            log.info("%s: freed the leases of dead workers on %s", job_id, ", ".join(freed))
-        return len(freed)
+        """Free at once the leases of holders the executor knows dead, or whose process is gone
+        from this host."""
+        return len(
+            release_dead_holders(
+                self.backend, job_id, phase, lambda h: live.dead(h) or h.process_gone()
+            )
+        )
 
     def _give_up(self, job_id: str, runs: list[Run], now: Marker) -> bool:
         count, codes = fruitless(runs, now)

@@ -20,7 +20,7 @@ from types import FrameType
 from slurmctl import hooks
 from slurmctl import secrets as secret_refs
 from slurmctl.backends import Backend
-from slurmctl.backends.reconcile import reconcile
+from slurmctl.backends.reconcile import reconcile, release_dead_holders
 from slurmctl.backends.statestore import task_counter
 from slurmctl.config import JobDefinition
 from slurmctl.errors import BackendUnavailable, HandlerImportError, UserError
@@ -47,6 +47,9 @@ SETUP_TRANSIENT = frozenset({"network", "timeout", "throttled", "server"})
 OUTAGE_LIMIT_S = 600.0
 POLL_S = 1.0
 LOCAL_POLL_S = 0.1
+DEAD_EVERY_S = 1.0
+"""An idle worker on the embedded backend looks for leases of dead processes this often (a
+local read): a sibling killed on the same host holds up nobody for a lease TTL."""
 
 
 class Worker:
@@ -288,7 +291,7 @@ class Worker:
         state, queue = self.backend.state, self.backend.queue
         lease_s = definition.lease.ttl_s
         reconcile_every = min(max(lease_s / 4, 2.0), 30.0)
-        last_reconcile = 0.0
+        last_reconcile = last_dead = 0.0
         paused_logged = False
         idle_wait = 0.0
         while not self.should_stop():
@@ -345,6 +348,10 @@ class Worker:
             # Idle while others finish: the embedded store is polled often (a local read), so the
             # last worker leaves, and finalize starts, within LOCAL_POLL_S of the last commit.
             idle_wait = self.poll_s if self.backend.kind != "local" else LOCAL_POLL_S
+            if self.backend.kind == "local" and time.monotonic() - last_dead > DEAD_EVERY_S:
+                # one host: a holder whose process is gone is dead, whoever started it
+                last_dead = time.monotonic()
+                release_dead_holders(self.backend, self.job_id, job.phase, Holder.process_gone)
             if time.monotonic() - last_reconcile > reconcile_every:
                 last_reconcile = time.monotonic()
                 reconcile(self.backend, self.job_id, job.phase)

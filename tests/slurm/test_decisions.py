@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 
 from slurmctl.backends import open_local
+from slurmctl.backends.statestore import WORKERS_LOST
 from slurmctl.config import load_job_definition
 from slurmctl.coordinator.submit import submit
 from slurmctl.errors import ConfigError
 from slurmctl.executors.slurm import SlurmExecutor, preflight
 from slurmctl.executors.slurm.sbatch import Element, Partition, SlurmClient
 from slurmctl.executors.slurm.states import SlurmState
+from slurmctl.holders import Holder
 from slurmctl.jobs import get_job, read_history
-from slurmctl.states import JobStatus
+from slurmctl.states import JobStatus, TaskStatus
 from tests.helpers import make_job
 
 
@@ -96,3 +98,42 @@ def test_workers_that_never_progress_fail_the_job_after_three_runs(tmp_path: Pat
     backend.state.update_job("t1", {"status": JobStatus.RUNNING, "error": None})
     crashed[-1] = Element(crashed[-1].element_id, SlurmState.TIMEOUT, "TimeLimit", 143)
     assert SlurmExecutor(backend, tmp_path / "root", client=fake).advance("t1").submitted
+
+
+def test_finalize_frees_the_leases_of_ended_elements_at_once(tmp_path: Path) -> None:
+    """An element Slurm reports ended holds no lease any more: its task is PENDING again at the
+    next advance (not a lease TTL later), counted as a worker loss, and the run that lost it is
+    not fruitless. A live element's lease is left alone."""
+    backend = open_local(tmp_path / "root")
+    config = make_job(tmp_path / "job", 40, batch_size=10, workers=2, extra="executor: slurm\n")
+    _lease = "lease: {ttl_s: 3, heartbeat_s: 1}\n"
+    config.write_text(config.read_text().replace(_lease, "lease: {ttl_s: 600, heartbeat_s: 60}\n"))
+    submit(backend, load_job_definition(config))
+    elements: list[Element] = []
+    fake = FakeSlurm(CLUSTER, elements)
+    assert SlurmExecutor(backend, tmp_path / "root", client=fake).advance("t1", operator=True)
+    state = backend.state
+    for task_id, element in (("task-000000", "101_0"), ("task-000001", "101_1")):
+        holder = Holder("node1", 999_999, "77", element).encode()
+        assert state.claim_task("t1", task_id, element, "tok" + element, 600, 1e10, holder=holder)
+    elements += [
+        Element("101_0", SlurmState.FAILED, "NonZeroExitCode", 137),  # SIGKILLed on its node
+        Element("101_1", SlurmState.RUNNING),
+    ]
+    out = SlurmExecutor(backend, tmp_path / "root", client=fake, own_id="x").advance("t1")
+    assert out.alive and not out.submitted  # 101_1 still works: nothing to submit
+    dead, live = state.get_task("t1", "task-000000"), state.get_task("t1", "task-000001")
+    assert dead is not None and dead.status == TaskStatus.PENDING and dead.worker_losses == 1
+    assert live is not None and live.status == TaskStatus.RUNNING and live.lease_token == "tok101_1"
+    assert state.counters("t1")[WORKERS_LOST] == 1
+    # three fruitless-looking ends in a row, but each freed a lease: never given up
+    for run in range(3):
+        array = str(100 + len(fake.submitted) - 1 if run else 101)
+        elements[:] = [Element(f"{array}_{i}", SlurmState.FAILED, "", 137) for i in (0, 1)]
+        task = next(iter(state.unfinished_tasks("t1")))
+        holder = Holder("node1", 999_999, "77", f"{array}_0").encode()
+        claimed = state.claim_task("t1", task.task_id, "w", f"t{run}", 600, 1e10, holder=holder)
+        assert claimed is not None
+        out = SlurmExecutor(backend, tmp_path / "root", client=fake, own_id="x").advance("t1")
+        assert out.status != JobStatus.FAILED and out.submitted, run
+    assert state.counters("t1")[WORKERS_LOST] == 5  # 101_1's task too, once 101_1 ended

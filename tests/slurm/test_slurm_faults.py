@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 from tests.helpers import assert_exactly_once, cli, make_job, wait_for
 from tests.slurm import util
@@ -201,3 +204,107 @@ def test_cancel_then_resume_completes_the_job(tmp_path: Path, job_id: Callable[[
     actions = [h["action"] for h in util.history(root, jid)]
     assert actions.index("cancel") < actions.index("resume") < actions.index("completed")
     assert len(util.manifest(root, jid)["slurm_job_ids"]) == 4
+
+
+LONG_LEASE = "lease: {ttl_s: 120, heartbeat_s: 10}\n"
+
+
+def _sigkill_a_holder(root: Path, jid: str) -> tuple[str, str]:
+    """SIGKILL the worker process that holds a task (found by the worker id it claimed with):
+    (task id, its array element)."""
+    from slurmctl.backends import open_local
+
+    backend = open_local(root)
+    try:
+        running = [t for t in backend.state.unfinished_tasks(jid) if t.status == "RUNNING"]
+    finally:
+        backend.close()
+    worker_id = running[0].worker_id
+    assert worker_id is not None
+    [proc] = [p for p in psutil.process_iter(["cmdline"]) if worker_id in (p.info["cmdline"] or [])]
+    proc.send_signal(signal.SIGKILL)
+    return running[0].task_id, worker_id.split("@", 1)[0]
+
+
+def _has_running_task(root: Path, jid: str) -> bool:
+    from slurmctl.backends import open_local
+
+    backend = open_local(root)
+    try:
+        return any(t.status == "RUNNING" for t in backend.state.unfinished_tasks(jid))
+    finally:
+        backend.close()
+
+
+def test_sigkilled_element_finalize_frees_its_lease_at_once(
+    tmp_path: Path, job_id: Callable[[str], str]
+) -> None:
+    """The only worker is SIGKILLed holding a task with a 120 s lease: finalize (after the
+    array) sees the element ended, frees the lease, and the next worker takes the task at once:
+    COMPLETED well within one lease."""
+    jid = job_id("killed")
+    log = tmp_path / "calls.txt"
+    config = make_job(
+        tmp_path / "job",
+        200,
+        handler=SLOW_HANDLER,
+        batch_size=50,
+        workers=1,
+        job_id=jid,
+        extra=util.SLURM_JOB + "checkpoint_every: 5\n",
+    )
+    config.write_text(config.read_text().replace("lease: {ttl_s: 3, heartbeat_s: 1}\n", LONG_LEASE))
+    root = tmp_path / "root"
+    out = cli(root, "submit", str(config), env={"CALLS_FILE": str(log), "ITEM_S": "0.02"})
+    assert out.returncode == 0, out.stderr
+    wait_for(
+        lambda: len(calls(log)) >= 20 and _has_running_task(root, jid),
+        timeout=60,
+        what="the worker busy with a task",
+    )
+    task_id, element = _sigkill_a_holder(root, jid)
+    util.wait_status(root, jid, "COMPLETED", timeout=90)
+    assert_exactly_once(root, jid, 200)
+    [ended] = util.elements(element)
+    assert ended.state == "FAILED", ended
+    t = util.task(root, jid, task_id)
+    assert t.worker_losses == 1 and t.attempts == 2
+    history = util.history(root, jid)
+    assert [h["action"] for h in history].count("workers") == 2
+    resubmitted = [h for h in history if h["action"] == "finalize" and h["submitted"]]
+    assert len(resubmitted) == 1, "finalize freed the lease and resubmitted, no fruitless run"
+
+
+def test_sigkilled_element_its_sibling_takes_the_task_at_once(
+    tmp_path: Path, job_id: Callable[[str], str]
+) -> None:
+    """Two elements on one node, the embedded backend: one is SIGKILLed holding a task with a
+    120 s lease; the other, idle at the phase's end, sees the holder's process gone and frees
+    the lease, and the job completes without a second array."""
+    jid = job_id("sibling")
+    log = tmp_path / "calls.txt"
+    config = make_job(
+        tmp_path / "job",
+        400,
+        handler=SLOW_HANDLER,
+        batch_size=50,
+        workers=2,
+        job_id=jid,
+        extra=util.SLURM_JOB + "checkpoint_every: 5\n",
+    )
+    config.write_text(config.read_text().replace("lease: {ttl_s: 3, heartbeat_s: 1}\n", LONG_LEASE))
+    root = tmp_path / "root"
+    out = cli(root, "submit", str(config), env={"CALLS_FILE": str(log), "ITEM_S": "0.01"})
+    assert out.returncode == 0, out.stderr
+    wait_for(
+        lambda: len(calls(log)) >= 20 and _has_running_task(root, jid),
+        timeout=60,
+        what="the workers busy",
+    )
+    task_id, _ = _sigkill_a_holder(root, jid)
+    util.wait_status(root, jid, "COMPLETED", timeout=90)
+    assert_exactly_once(root, jid, 400)
+    t = util.task(root, jid, task_id)
+    assert t.worker_losses == 1 and t.attempts == 2
+    actions = [h["action"] for h in util.history(root, jid)]
+    assert actions.count("workers") == 1, "the live sibling finished the killed one's task"
