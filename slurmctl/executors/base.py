@@ -28,6 +28,8 @@ that kills its workers.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -41,7 +43,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from slurmctl.backends import Backend
 from slurmctl.backends.reconcile import release_dead_holders
 from slurmctl.backends.statestore import ITEMS_PENDING, ITEMS_TOTAL, WORKERS_LOST
-from slurmctl.errors import SlurmctlError
+from slurmctl.errors import JobBusy, SlurmctlError
 from slurmctl.finalize.finalize import finalize
 from slurmctl.holders import Holder
 from slurmctl.jobs import append_history, get_job, live_lease_holder
@@ -146,6 +148,9 @@ class Executor(ABC, Generic[LiveT, StartT]):
     def __init__(self, backend: Backend, root: Path) -> None:
         self.backend = backend
         self.root = root
+        self.holder = f"{self.name}-{socket.gethostname()}-{os.getpid()}"
+        """This process's name on the job-level lease (host and pid: a dead one is recognisable,
+        see jobs.live_lease_holder)."""
 
     def log_dir(self, job_id: str) -> Path:
         return self.root / "logs" / job_id
@@ -173,13 +178,12 @@ class Executor(ABC, Generic[LiveT, StartT]):
     def summary(self, job_id: str) -> dict[str, Any]:
         """For `status`: the executor's own view of the workers."""
 
-    @abstractmethod
-    def lease_holder(self) -> str:
-        """This process's name on the job-level lease."""
-
-    @abstractmethod
     def busy(self, job_id: str) -> SlurmctlError:
         """The error when another process holds the job lease."""
+        return JobBusy(
+            f"job {job_id} is being run by another slurmctl process; `slurmctl status "
+            f"{job_id}` follows it"
+        )
 
     def while_alive(self, job_id: str, live: LiveT) -> None:
         """Called when enough workers are alive and nothing is started."""
@@ -247,7 +251,7 @@ class Executor(ABC, Generic[LiveT, StartT]):
     def job_lease(self, job_id: str) -> Iterator[None]:
         """The job-level lease, kept alive while we act: a second `resume` (or a finalize job)
         never acts at the same time. A dead holder's lease on this host is freed first."""
-        state, holder = self.backend.state, self.lease_holder()
+        state, holder = self.backend.state, self.holder
         live_lease_holder(self.backend, job_id)
         deadline = time.monotonic() + self.lease_wait_s
         while not state.acquire_job_lease(job_id, holder, self.lease_ttl_s, time.time()):

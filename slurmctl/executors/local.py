@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from slurmctl.backends import Backend
-from slurmctl.errors import JobBusy, SlurmctlError
 from slurmctl.executors.base import Executor, Liveness, Marker, Run, RunEnd, StartRequest
-from slurmctl.jobs import append_history, local_holder
+from slurmctl.jobs import append_history
 from slurmctl.states import JobStatus
 
 log = logging.getLogger("slurmctl.executor")
@@ -74,7 +73,6 @@ class LocalExecutor(Executor[Liveness, list[str]]):
         super().__init__(backend, root)
         self.progress = progress
         self.worker_args = list(worker_args or [])
-        self.holder = local_holder()
         self.runs: list[LocalRun] = []
         self.dead: set[int] = set()
         """Pids of the workers this executor saw exit (reaped: certainly gone)."""
@@ -84,15 +82,6 @@ class LocalExecutor(Executor[Liveness, list[str]]):
         return [p for r in self.runs for p in r.procs]
 
     # --- Executor -----------------------------------------------------------------------------
-    def lease_holder(self) -> str:
-        return self.holder
-
-    def busy(self, job_id: str) -> SlurmctlError:
-        return JobBusy(
-            f"job {job_id} is being run by another slurmctl process; `slurmctl status "
-            f"{job_id}` follows it"
-        )
-
     def run(self, job_id: str) -> JobStatus:
         with self.job_lease(job_id):
             try:

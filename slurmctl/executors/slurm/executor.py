@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +144,6 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         self.client = client or SlurmClient()
         self.own_id = own_id
         """The finalize job we run in, if any: not a job to wait for."""
-        self.holder = f"slurm-{socket.gethostname()}-{os.getpid()}"
         self._chained: str | None = None
 
     # --- Executor -----------------------------------------------------------------------------
@@ -156,9 +153,6 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
     def cancel(self, job_id: str) -> None:
         """scancel every Slurm job of the job: TERM makes workers checkpoint and leave."""
         self.client.scancel([i for i in slurm_ids(self.backend, job_id).all if i != self.own_id])
-
-    def lease_holder(self) -> str:
-        return self.holder
 
     def busy(self, job_id: str) -> SlurmctlError:
         return JobStateError(
