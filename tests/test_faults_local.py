@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from slurmctl.backends import open_local
+from slurmctl.backends.statestore import WORKERS_LOST
 from slurmctl.config import load_job_definition
 from slurmctl.coordinator.submit import submit
 from slurmctl.finalize.finalize import finalize
@@ -41,7 +42,7 @@ def _calls(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def test_sigkilled_worker_task_is_taken_over_after_lease_expiry(tmp_path: Path) -> None:
+def test_sigkilled_worker_task_is_freed_at_once_and_taken_over(tmp_path: Path) -> None:
     calls = tmp_path / "calls.txt"
     config = make_job(
         tmp_path / "job",
@@ -66,6 +67,14 @@ def test_sigkilled_worker_task_is_taken_over_after_lease_expiry(tmp_path: Path) 
     manifests = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
     taken_over = [m for m in manifests if m["attempts"] >= 2]
     assert len(taken_over) == 1, "the killed worker's task was claimed again"
+    # freed by release_dead (the executor saw the worker die), not by its lease expiring
+    backend = open_local(root)
+    try:
+        assert backend.state.counters("t1")[WORKERS_LOST] == 1
+        task = backend.state.get_task("t1", taken_over[0]["task_id"])
+        assert task is not None and task.worker_losses == 1
+    finally:
+        backend.close()
     # nothing but committed outputs reached the final dataset
     final = json.loads((root / "objects/jobs/t1/final/manifest.json").read_text())
     assert final["rows"] == 400 and final["inputs"] == 8
