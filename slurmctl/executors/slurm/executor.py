@@ -164,20 +164,18 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         return slurm_summary(self.backend, job_id, self.client)
 
     def liveness(self, job_id: str) -> SlurmLiveness:
-        """One squeue (and sacct for what squeue forgot): an ended element's leases are dead."""
+        """One squeue (and sacct for what squeue forgot): the leases of an element Slurm reports
+        ended are dead."""
         ids = slurm_ids(self.backend, job_id)
         elements = [e for e in self.client.elements(ids.all) if e.job_id != self.own_id]
         workers = [e for e in elements if e.job_id in ids.arrays]
         alive = [e for e in workers if e.state.alive]
+        # only what Slurm reports ended: an element it does not list (forgotten, or a squeue
+        # that answered short) may still run, and its lease then expires as it would have
         ended = {e.element_id for e in workers if not e.state.alive}
-        known = {e.job_id for e in workers}
-        forgotten = {a for a in ids.arrays if a not in known}  # long gone: no element alive
 
         def dead(h: Holder) -> bool:
-            element = h.slurm_element
-            return element is not None and (
-                element in ended or element.split("_", 1)[0] in forgotten
-            )
+            return h.slurm_element is not None and h.slurm_element in ended
 
         waiting = sorted({e.job_id for e in elements if e.job_id in ids.finalize and e.state.alive})
         now = Marker.of(self.backend.state.counters(job_id))
