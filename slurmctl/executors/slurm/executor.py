@@ -173,6 +173,7 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         # only what Slurm reports ended: an element it does not list (forgotten, or a squeue
         # that answered short) may still run, and its lease then expires as it would have
         ended = {e.element_id for e in workers if not e.state.alive}
+        ended -= {e.element_id for e in alive}  # a requeued element is alive again
 
         def dead(h: Holder) -> bool:
             return h.slurm_element is not None and h.slurm_element in ended
