@@ -40,6 +40,7 @@ M = Marker(100, 2)
 def test_fruitless_counts_failed_runs_since_the_marker_last_moved() -> None:
     failed = Run(M, RunEnd.FAILED, (1,))
     assert fruitless([failed] * 5, M) == (5, {1})
+    assert fruitless([failed] * 7, M, limit=5) == (5, {1})  # the rule's limit, however many ended
     # an older marker: progress (an item done, or a lease freed from a dead worker) since then
     assert fruitless([failed, Run(Marker(100, 1), RunEnd.FAILED, (-9,)), failed], M) == (1, {1})
     assert fruitless([Run(Marker(99, 2), RunEnd.FAILED)] * 3, M) == (0, set())

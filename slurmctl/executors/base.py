@@ -230,7 +230,7 @@ class Executor(ABC, Generic[LiveT, StartT]):
         )
 
     def _give_up(self, job_id: str, runs: list[Run], now: Marker) -> bool:
-        count, codes = fruitless(runs, now)
+        count, codes = fruitless(runs, now, self.max_fruitless)
         if count < self.max_fruitless:
             return False
         reason = self.fruitless_reason(job_id, count, sorted(codes))
@@ -274,11 +274,14 @@ class Executor(ABC, Generic[LiveT, StartT]):
             state.release_job_lease(job_id, holder)
 
 
-def fruitless(runs: list[Run], now: Marker) -> tuple[int, set[int]]:
-    """How many of the latest runs were fruitless in a row, and their exit codes. Runs still
-    going are skipped (not judged yet); an operator's run is the last one counted."""
+def fruitless(runs: list[Run], now: Marker, limit: int | None = None) -> tuple[int, set[int]]:
+    """How many of the latest runs were fruitless in a row (at most limit), and their exit
+    codes. Runs still going are skipped (not judged yet); an operator's run is the last one
+    counted."""
     count, codes = 0, set()
     for run in reversed(runs):
+        if limit is not None and count >= limit:
+            break
         if run.end is RunEnd.RUNNING:
             continue
         if run.end is not RunEnd.FAILED or run.marker != now:
