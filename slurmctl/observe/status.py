@@ -14,7 +14,7 @@ from typing import Any
 
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
-from slurmctl.backends.statestore import Bucket, JobRecord
+from slurmctl.backends.statestore import WORKERS_LOST, Bucket, JobRecord
 from slurmctl.jobs import get_job
 from slurmctl.layout import JobLayout
 from slurmctl.observe.timeseries import progress_figures
@@ -102,6 +102,7 @@ def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
         "outputs": outputs,
         "rate_limits": buckets,
         "workers": job.workers,
+        "workers_lost": counters.get(WORKERS_LOST, 0),
         "executor": job.executor,
         "backend": job.backend,
         "error": job.error,

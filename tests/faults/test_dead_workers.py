@@ -49,6 +49,7 @@ def test_chaos_a_worker_sigkilled_every_3s_and_a_flaky_api(
     assert all(flaky_api.calls[i] >= 2 for i in flaky), "each flaky id failed once, then passed"
     s = status(root, "t1")
     assert set(s["phases"]) == {"initial", "retry_1"} and s["items"]["failed_transient"] == 0
+    assert 1 <= s["workers_lost"] <= run.kills  # a kill between two tasks holds no lease
 
 
 POISON_KILL = """
