@@ -104,8 +104,10 @@ def test_poison_item_that_sigkills_its_worker_is_isolated(
 
 
 SETUP_CRASH = """
+import os
+
 def setup(ctx):
-    raise RuntimeError("cannot reach the database")
+    os._exit(1)  # the worker dies at start (a missing library, a node without the venv)
 
 def process(item, ctx):
     return {"id": item["id"]}
