@@ -12,6 +12,7 @@ from slurmctl.backends.statestore import (
     TaskRecord,
     task_counter,
 )
+from slurmctl.ratelimit import gcra
 from slurmctl.states import JobStatus, TaskStatus
 
 
@@ -210,14 +211,17 @@ def test_bucket_grants_carry_rates_and_set_rate(backend: Backend) -> None:
     _setup(backend)
     backend.state.put_bucket(Bucket("j", "default", rate=10.0, burst=1))
     g = backend.state.reserve_slots("j", "default", 2, now=100.0)
-    assert g.rate == 10.0 == g.configured_rate and g.writes >= 1 and g.hold_until == 0.0
+    # burst 1 keeps no spare token: its slots are paced with slack (gcra.paced_rate)
+    assert g.configured_rate == 10.0 and g.rate == gcra.paced_rate(10.0, 1) < 10.0
+    assert g.writes >= 1 and g.hold_until == 0.0
     before = backend.state.set_bucket_rate("j", "default", 40.0, burst=4)
     assert before is not None and before.rate == 10.0 and before.burst == 1
     b = backend.state.get_bucket("j", "default")
     assert b is not None and (b.rate, b.burst) == (40.0, 4) and b.tat == g.tat  # TAT kept
     g2 = backend.state.reserve_slots("j", "default", 2, now=100.0)
     assert g2.configured_rate == 40.0 == g2.rate
-    assert [round(t, 6) for t in g2.times] == [100.175, 100.2]  # tau: one slot at 40/s
+    # tau: one slot at 40/s behind the TAT the first grant left
+    assert [round(t, 6) for t in g2.times] == [round(g.tat - 0.025, 6), round(g.tat, 6)]
     assert backend.state.set_bucket_rate("j", "nope", 1.0) is None
     before = backend.state.set_bucket_rate("j", "default", 20.0)  # burst kept
     assert before is not None and backend.state.get_bucket("j", "default").burst == 4  # type: ignore[union-attr]
