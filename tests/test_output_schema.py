@@ -405,3 +405,34 @@ def process(item, ctx):
         batch = i // 2
         assert rows[str(i)][f"c{batch % 6}"] == (batch if batch < 8 else batch + 0.5)
         assert rows[str(i)]["x"] == i
+
+
+def test_keys_missing_from_a_checkpoint_chunks_first_row_survive_it(tmp_path: Path) -> None:
+    """Rows through durable checkpoint chunks keep every key, as rows from memory do."""
+    handler = """
+import time
+
+def process(item, ctx):
+    time.sleep(0.02)
+    i = int(item["id"])
+    row = {"id": item["id"], "n": i}
+    if i % 3 == 2:
+        row["email"] = "u%d@x" % i  # never the first row of a chunk of three
+    return row
+"""
+    config = make_job(
+        tmp_path / "job",
+        12,
+        handler=handler,
+        batch_size=12,
+        workers=1,
+        extra="checkpoint_every: 3\n",
+    )
+    root = tmp_path / "root"
+    run = cli(root, "submit", str(config), "--no-progress")
+    assert "Traceback" not in run.stderr
+    assert run.returncode == 0, run.stderr
+    rows = _rows_by_id(_final(root))
+    assert {k: r["email"] for k, r in rows.items() if r["email"]} == {
+        str(i): f"u{i}@x" for i in range(12) if i % 3 == 2
+    }
