@@ -10,7 +10,8 @@ sha256 and the attempt's lease token, and a file whose stamp is not the attempt'
 later attempt takes over an earlier one's rows only by `adopt`, which copies them into its own
 file after checking the job and the batch (so a leftover of another job with the same id, or of
 another batch, is never trusted). Nothing is unpickled: the item outcomes are JSON and the output
-rows an Arrow IPC stream, the same types the output's Parquet stores. An output value Arrow cannot
+rows an Arrow IPC stream of every key of every row (`worker/output.py`'s `table_of`), the types
+the output's Parquet stores. An output value Arrow cannot
 store fails its item as `schema` (permanent) instead of the whole attempt.
 """
 
