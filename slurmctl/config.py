@@ -12,7 +12,7 @@ import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -42,10 +42,11 @@ ERROR_TYPES = (
     "client",
     "validation",
     "poison",
+    "schema",
     "unknown",
 )
 TRANSIENT_TYPES = ("network", "timeout", "throttled", "server", "preempted", "crash", "unknown")
-PERMANENT_TYPES = ("not_found", "client", "validation", "poison")
+PERMANENT_TYPES = ("not_found", "client", "validation", "poison", "schema")
 ErrorType = Literal[
     "network",
     "timeout",
@@ -57,9 +58,13 @@ ErrorType = Literal[
     "client",
     "validation",
     "poison",
+    "schema",
     "unknown",
 ]
 assert set(get_args(ErrorType)) == set(ERROR_TYPES) == set(TRANSIENT_TYPES + PERMANENT_TYPES)
+
+if TYPE_CHECKING:
+    from slurmctl.output_schema import Pin
 
 _IDENT_RE = re.compile(r"^[A-Za-z_]\w*$", re.ASCII)
 _TIME_RE = re.compile(r"^(?:\d+-\d{1,2}|\d+)(?::\d{1,2}){0,2}$")
@@ -187,6 +192,30 @@ class RetryOptions(_Section):
 class OutputOptions(_Section):
     format: Literal["parquet"] = "parquet"
     fan_in: int = Field(default=10, ge=2, le=1000)
+    schema_: dict[str, str] | None = Field(default=None, alias="schema")
+    """Pinned column types (output_schema.py's names); the other columns are inferred."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    @field_validator("schema_")
+    @classmethod
+    def _check_schema(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        from slurmctl.output_schema import parse_type  # pyarrow: not for `status`
+
+        for name, text in (value or {}).items():
+            if not name.strip():
+                raise FieldProblem("expected a column name", (name,))
+            try:
+                parse_type(text)
+            except ValueError as exc:
+                raise FieldProblem(str(exc), (name,)) from None
+        return value
+
+    def pins(self) -> dict[str, Pin]:
+        """The pinned columns, parsed."""
+        from slurmctl.output_schema import Pin, parse_type
+
+        return {n: Pin(*parse_type(t)) for n, t in (self.schema_ or {}).items()}
 
 
 class LeaseOptions(_Section):
@@ -281,6 +310,16 @@ class JobDefinition(_Section):
         return value
 
     @model_validator(mode="after")
+    def _id_column_is_text_or_int(self) -> JobDefinition:
+        pinned = (self.output.schema_ or {}).get(self.id_field)
+        if pinned is not None and pinned.strip() not in ("string", "int64"):
+            raise FieldProblem(
+                "expected string or int64: the id column holds ids, which are text or integers",
+                ("output", "schema", self.id_field),
+            )
+        return self
+
+    @model_validator(mode="after")
     def _aws_needs_bucket_and_table(self) -> JobDefinition:
         if self.backend == "aws":
             for name in ("bucket", "table"):
@@ -336,7 +375,7 @@ class JobDefinition(_Section):
 
     def to_stored_dict(self) -> dict[str, Any]:
         """Every field with its effective value, JSON-ready; references stay `${NAME}`."""
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", by_alias=True)
 
 
 def load_job_definition(path: Path) -> JobDefinition:

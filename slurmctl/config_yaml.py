@@ -188,7 +188,9 @@ def _schema_at(model: type[BaseModel], loc: Loc) -> tuple[Any, FieldInfo | None]
     for part in loc:
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
-            info = tp.model_fields.get(str(part))
+            info = tp.model_fields.get(str(part)) or next(
+                (f for f in tp.model_fields.values() if f.alias == str(part)), None
+            )
             if info is None:
                 return None, None
             tp = info.annotation
@@ -268,7 +270,7 @@ def _describe(model: type[BaseModel], err: Any, root: Any, data: Any) -> tuple[i
     if kind == "extra_forbidden":
         section, _ = _schema_at(model, loc[:-1])
         is_model = isinstance(section, type) and issubclass(section, BaseModel)
-        valid = list(section.model_fields) if is_model else []
+        valid = [f.alias or n for n, f in section.model_fields.items()] if is_model else []
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         text = f"unknown key {str(loc[-1])!r} {_in(loc[:-1])}{hint}; valid keys: {', '.join(valid)}"

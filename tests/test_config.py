@@ -178,8 +178,8 @@ VALID_TOP = (
         (
             "error_rules:\n  - {type: network, status: 503}\n  - {type: flaky, status: 500}\n",
             ":7: error_rules[1].type: expected 'network', 'timeout', 'throttled', 'server', "
-            "'preempted', 'crash', 'not_found', 'client', 'validation', 'poison' or 'unknown', "
-            "found 'flaky'",
+            "'preempted', 'crash', 'not_found', 'client', 'validation', 'poison', 'schema' or "
+            "'unknown', found 'flaky'",
         ),
         (
             "error_rules:\n  - {type: client, message: '('}\n",

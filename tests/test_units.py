@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from slurmctl import fastjson
 from slurmctl.coordinator.scan import InputScanner
 from slurmctl.errors import HandlerImportError, UserError
 from slurmctl.ids import batch_id, id_width, task_id, validate_job_id
@@ -177,3 +178,37 @@ def test_handler_loading_errors_name_the_problem(tmp_path: Path) -> None:
         load_handler("h_boom:process", tmp_path)
     with pytest.raises(HandlerImportError, match=r"No module named 'not_installed_pkg'"):
         load_handler("h_dep:process", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "value", [2**63 - 1, 2**63, 2**64 - 1, 2**64 + 1, -(2**63) - 1, 10**30, -(10**40)]
+)
+def test_fastjson_keeps_integers_beyond_64_bits_exact(value: int) -> None:
+    line = json.dumps({"id": value, "x": [value, 1.5]})
+    for data in (line, line.encode()):
+        got = fastjson.loads(data)
+        assert got == {"id": value, "x": [value, 1.5]} and type(got["id"]) is int
+
+
+def test_fastjson_long_digit_strings_and_floats_decode_as_before() -> None:
+    assert fastjson.loads(b'{"phone": "12345678901234567890", "f": 0.12345678901234567891}') == {
+        "phone": "12345678901234567890",
+        "f": 0.12345678901234567891,
+    }
+    assert fastjson.loads(b'{"a": 1, "s": "\\ud800"}') == {"a": 1, "s": "\ud800"}
+
+
+def test_scanner_keeps_integer_ids_beyond_64_bits_distinct(tmp_path: Path) -> None:
+    big = [2**64 + k for k in range(1, 6)]
+    src = tmp_path / "in.jsonl"
+    lines = [{"id": b} for b in big] + [{"id": str(big[2])}, {"id": -(2**63) - 1}, {"id": 1e20}]
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    quarantine = io.BytesIO()
+    scanner = InputScanner(src, "id", tmp_path / "work", quarantine, child_index=False)
+    kept = [json.loads(x)["id"] for x in scanner.items()]
+    assert kept == [*big, -(2**63) - 1]
+    got = [json.loads(x) for x in quarantine.getvalue().splitlines()]
+    assert [(q["line"], q["reason"]) for q in got] == [
+        (6, f"duplicate id: '{big[2]}' first seen on line 3"),
+        (8, "bad id: 'id' is a float (1e+20); ids are strings or integers"),
+    ]

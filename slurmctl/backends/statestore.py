@@ -310,3 +310,27 @@ class StateStore(ABC):
     ) -> Bucket | None:
         """The API throttled: apply `gcra.throttle` to the bucket (cut the effective rate, hold
         issuance until now + retry_after). Returns the bucket after, None when absent."""
+
+    # --- versioned documents (the job's output schema) ----------------------------------------
+    # Small, self-contained: a named document per job, replaced by compare-and-swap on its
+    # version, so concurrent writers (workers widening the output schema) never lose an update.
+    @abstractmethod
+    def get_versioned(self, job_id: str, name: str) -> Versioned | None:
+        """The document `name` of the job (read consistently), None when never written."""
+
+    @abstractmethod
+    def put_versioned(self, job_id: str, name: str, value: bytes, expect_version: int) -> bool:
+        """Store value as version expect_version + 1 if the stored version is expect_version
+        (0: the document does not exist yet); False, and nothing written, otherwise."""
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A document of `get_versioned`: its bytes and version (1 for the first write)."""
+
+    version: int
+    value: bytes
+
+
+OUTPUT_SCHEMA_DOC = "output_schema"
+"""The versioned document holding the job's recorded output schema (slurmctl/output_schema.py)."""

@@ -123,7 +123,9 @@ class InputScanner:
         index = self._index(db_path)
         raws: Iterator[bytes] | None = None
         sent: deque[_Chunk] = deque()
-        loads, id_field, on_bytes = fastjson.loads, self.id_field, self.on_bytes  # the hot loop
+        # the hot loop: only the id matters here, and an id orjson turned into a float (an
+        # integer beyond 64 bits) is read again exactly
+        loads, id_field, on_bytes = fastjson.loads_unchecked, self.id_field, self.on_bytes
         try:
             raws = self.source.lines()
             chunk = _Chunk()
@@ -149,9 +151,11 @@ class InputScanner:
                     continue
                 key = obj.get(id_field)
                 if type(key) is not str or not key.isascii():
-                    key = _usable_id(key)
+                    if type(key) is float:
+                        obj = json.loads(line)
+                    key = id_text(obj.get(id_field))
                 if not key:
-                    chunk.bad(lineno, f"missing id: no usable {id_field!r} field", line)
+                    chunk.bad(lineno, _bad_id(obj.get(id_field), id_field), line)
                     continue
                 chunk.ids.append(key)
                 chunk.linenos.append(lineno)
@@ -195,17 +199,38 @@ class InputScanner:
                 yield line
 
 
-def _usable_id(value: object) -> str:
-    """An id as text, or "" when the value cannot be one (absent, empty, an object, a list, a
-    boolean, or text with a lone surrogate from a "\\ud800" escape, which no store accepts)."""
-    if value is None or isinstance(value, dict | list | bool):
+def id_text(value: object) -> str:
+    """An id's canonical form, its text: ids are strings or integers (of any size, exact), so
+    `1` and `"1"` are the same id. "" when the value cannot be an id: absent, empty, a float, a
+    boolean, an object, a list, or text with a lone surrogate from a "\\ud800" escape (no
+    store accepts it)."""
+    if type(value) is int:
+        return str(value)
+    if type(value) is not str:
         return ""
-    text = str(value)
     try:
-        text.encode()
+        value.encode()
     except UnicodeEncodeError:
         return ""
-    return text
+    return value
+
+
+def _bad_id(value: object, id_field: str) -> str:
+    if value is None or value == "":
+        return f"missing id: no usable {id_field!r} field"
+    if isinstance(value, str):
+        what = "text that is not valid Unicode (a lone surrogate)"
+    elif isinstance(value, bool):
+        what = "true" if value else "false"
+    elif isinstance(value, float):
+        what = f"a float ({value!r})"
+    elif isinstance(value, dict):
+        what = "an object"
+    elif isinstance(value, list):
+        what = "a list"
+    else:
+        what = type(value).__name__
+    return f"bad id: {id_field!r} is {what}; ids are strings or integers"
 
 
 @dataclass

@@ -5,6 +5,11 @@ against the sha256 recorded at commit. Level 1 merges groups of `fan_in` task ou
 groups of level-1 parts, and so on until one part is left. Each part is written atomically with a
 `.done` naming its sha256, rows and inputs; a rerun skips the parts whose `.done` matches, and
 rebuilds a part whose bytes no longer match its `.done`.
+
+Types never crash a merge: every part is cast to the job's recorded output schema
+(output_schema.py), which every committed output fits by construction. Outputs that still do not
+fit (a job without a recorded schema, a record changed by hand) raise `OutputConflict`, one line
+naming the field and the tasks, and the job fails with it instead of a traceback.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import pyarrow.parquet as pq
 
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
-from slurmctl.backends.statestore import OUTPUT_ROWS
-from slurmctl.errors import IntegrityError
+from slurmctl.backends.statestore import OUTPUT_ROWS, OUTPUT_SCHEMA_DOC
+from slurmctl.errors import IntegrityError, SlurmctlError
 from slurmctl.layout import JobLayout, done_marker
+from slurmctl.output_schema import Conflict, JobSchema, type_name, widen
 from slurmctl.states import TaskStatus
 
 log = logging.getLogger("slurmctl.aggregate")
@@ -36,6 +42,10 @@ ROW_GROUP_ROWS = 128 * 1024
 PART_OPTIONS: dict[str, Any] = {"use_dictionary": False}
 """Intermediate parts are read once, by the next level: no dictionary pages, whose building is
 wasted on high-cardinality columns such as ids (the final output keeps pyarrow's defaults)."""
+
+
+class OutputConflict(SlurmctlError):
+    """Committed outputs whose types cannot be merged into one schema (names field and tasks)."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +95,14 @@ def _existing(backend: Backend, key: str, digest: str, work: Path) -> Part | Non
 
 
 def _merge(
-    backend: Backend, parts: list[Part], key: str, work: Path, options: dict[str, Any]
+    backend: Backend,
+    parts: list[Part],
+    key: str,
+    work: Path,
+    options: dict[str, Any],
+    target: JobSchema | None,
 ) -> Part:
-    """Stream the inputs' row groups into one file under a schema unifying them all."""
+    """Stream the inputs' row groups into one file under the job's schema (`_target`)."""
     local: list[Path] = []
     fetched: list[Path] = []
     for i, p in enumerate(parts):
@@ -98,7 +113,7 @@ def _merge(
             fetched.append(path)
         local.append(path)
     schemas = [pq.read_schema(path) for path in local]
-    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    schema = _target(target, schemas, [p.key for p in parts])
     out = work / "out.parquet"
     rows = 0
     # Small row groups (one per task) are gathered into large ones: the writer keeps metadata
@@ -129,11 +144,72 @@ def _merge(
     return Part(key, info.sha256, rows)
 
 
+def _source(key: str) -> str:
+    """The task (or aggregate part) an input key belongs to, for messages."""
+    folders = key.split("/")
+    return folders[-2] if "/results/" in key else key.rsplit("/", 2)[-2] + "/" + folders[-1]
+
+
+def _target(target: JobSchema | None, schemas: list[pa.Schema], keys: list[str]) -> pa.Schema:
+    """The schema of the merged part: the job's recorded one, after checking that every input
+    fits it; without a record, the inputs' own schemas unified."""
+    if target is None:
+        try:
+            return pa.unify_schemas(schemas, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            target = _widened(schemas, keys)  # raises OutputConflict naming the inputs
+    recorded = target.arrow()
+    for schema, k in zip(schemas, keys, strict=True):
+        for f in schema:
+            column = target.columns.get(f.name)
+            try:
+                if column is None:
+                    raise Conflict(f.name, None, f.type)
+                if widen(column, f.type, f.name, frozen=True)[0] != column:
+                    raise Conflict(f.name, column, f.type)
+            except Conflict as c:
+                known = (
+                    f"the job's schema has {type_name(c.column)}"
+                    if c.column
+                    else "the job's schema has no such column"
+                )
+                who = target.who(c.path) if c.column else ""
+                raise OutputConflict(
+                    f"output field {c.path!r}: cannot merge {_source(k)} ({type_name(c.found)}): "
+                    f"{known}{f' (fixed by {who})' if who else ''}"
+                ) from None
+    return recorded
+
+
+def _widened(schemas: list[pa.Schema], keys: list[str]) -> JobSchema:
+    """The inputs' schemas widened in order (output_schema.py's rule), for a job that recorded
+    none; OutputConflict names the field, the input that conflicts and the one that fixed it."""
+    target = JobSchema()
+    for schema, k in zip(schemas, keys, strict=True):
+        for f in schema:
+            old = target.columns.get(f.name, pa.null())
+            try:
+                new, paths = widen(old, f.type, f.name)
+            except Conflict as c:
+                raise OutputConflict(
+                    f"output field {c.path!r}: cannot merge {_source(k)} ({type_name(c.found)}) "
+                    f"with {target.who(c.path)} ({type_name(c.column or pa.null())})"
+                ) from None
+            target.columns[f.name] = new
+            target.fixed_by.update(dict.fromkeys(paths, _source(k)))
+    return target
+
+
+def recorded_schema(backend: Backend, job_id: str) -> JobSchema | None:
+    doc = backend.state.get_versioned(job_id, OUTPUT_SCHEMA_DOC)
+    return JobSchema.from_bytes(doc.value, doc.version) if doc else None
+
+
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     columns = []
     for field in schema:
         if field.name in table.column_names:
-            columns.append(table.column(field.name).cast(field.type))
+            columns.append(table.column(field.name).cast(field.type, safe=False))
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(columns, schema=schema)
@@ -156,6 +232,7 @@ def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None =
             f"job {job_id}: committed outputs hold {sum(p.rows for p in inputs)} rows, "
             f"the counters {expected_rows}"
         )
+    target = recorded_schema(backend, job_id)
     work = Path(tempfile.mkdtemp(prefix=f"slurmctl-agg-{job_id}-", dir=scratch))
     final_key = layout.final_output()
     try:
@@ -167,13 +244,15 @@ def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None =
             with ThreadPoolExecutor(max_workers=MERGE_THREADS) as pool:
                 parts = list(
                     pool.map(
-                        lambda g, k: _part(backend, g, k, work / k.rsplit("/", 1)[1], PART_OPTIONS),
+                        lambda g, k: _part(
+                            backend, g, k, work / k.rsplit("/", 1)[1], PART_OPTIONS, target
+                        ),
                         groups,
                         keys,
                     )
                 )
             level += 1
-        final = _part(backend, parts, final_key, work, {})
+        final = _part(backend, parts, final_key, work, {}, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if final.rows != expected_rows:
@@ -184,14 +263,22 @@ def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None =
 
 
 def _part(
-    backend: Backend, group: list[Part], key: str, work: Path, options: dict[str, Any]
+    backend: Backend,
+    group: list[Part],
+    key: str,
+    work: Path,
+    options: dict[str, Any],
+    target: JobSchema | None,
 ) -> Part:
     """One merge of the hierarchy, skipped when an earlier run finished it (its `.done`)."""
     work.mkdir(parents=True, exist_ok=True)
     digest = _inputs_digest(group)
     part = _existing(backend, key, digest, work)
     if part is None:
-        part = _merge(backend, group, key, work, options) if group else _empty(backend, key, work)
+        if group:
+            part = _merge(backend, group, key, work, options, target)
+        else:
+            part = _empty(backend, key, work)
         done = {
             "sha256": part.sha256,
             "rows": part.rows,

@@ -26,7 +26,7 @@ from slurmctl.backends.statestore import (
 from slurmctl.config import JobDefinition
 from slurmctl.errors import IntegrityError
 from slurmctl.finalize import retry
-from slurmctl.finalize.aggregate import aggregate
+from slurmctl.finalize.aggregate import OutputConflict, aggregate
 from slurmctl.finalize.retry import RetryPlan
 from slurmctl.jobs import append_history, get_job, load_definition
 from slurmctl.layout import JobLayout
@@ -99,7 +99,7 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
             if scratch is not None:
                 scratch.mkdir(parents=True, exist_ok=True)
             final = aggregate(backend, job_id, definition.output.fan_in, scratch)
-        except IntegrityError as e:
+        except (IntegrityError, OutputConflict) as e:
             backend.state.update_job(job_id, {"status": JobStatus.FAILED, "error": str(e)})
             append_history(backend, job_id, "failed", reason=str(e))
             raise

@@ -10,7 +10,8 @@ sha256 and the attempt's lease token, and a file whose stamp is not the attempt'
 later attempt takes over an earlier one's rows only by `adopt`, which copies them into its own
 file after checking the job and the batch (so a leftover of another job with the same id, or of
 another batch, is never trusted). Nothing is unpickled: the item outcomes are JSON and the output
-rows an Arrow IPC stream, the same types the output's Parquet stores. An output value Arrow cannot
+rows an Arrow IPC stream of every key of every row (`worker/output.py`'s `table_of`), the types
+the output's Parquet stores. An output value Arrow cannot
 store fails its item as `schema` (permanent) instead of the whole attempt.
 """
 
@@ -27,12 +28,13 @@ import pyarrow as pa
 
 from slurmctl.errors import IntegrityError
 from slurmctl.scratch import create_private
+from slurmctl.worker.output import signature, table_of, why_unstorable
 
 # (line index, item id, ok, output rows or None, error type, message, signature)
 Row = tuple[int, str, bool, list[dict[str, Any]] | None, str | None, str | None, str | None]
 
-UNSTORABLE = (pa.ArrowException, OverflowError, TypeError, ValueError)
-"""What `pa.Table.from_pylist` raises for a value it cannot store."""
+UNSTORABLE = (pa.ArrowException, OverflowError, TypeError, ValueError, UnicodeError)
+"""What Arrow raises for a value it cannot store."""
 
 
 class CheckpointRefused(IntegrityError):
@@ -54,7 +56,7 @@ def to_table(rows: Sequence[Row]) -> tuple[pa.Table, list[Row]]:
     failures in the returned rows."""
     results = [r for row in rows if row[2] and row[3] for r in row[3]]
     try:
-        return pa.Table.from_pylist(results), list(rows)
+        return table_of(results), list(rows)
     except UNSTORABLE:
         pass
     kept: list[dict[str, Any]] = []
@@ -67,7 +69,7 @@ def to_table(rows: Sequence[Row]) -> tuple[pa.Table, list[Row]]:
                 continue
             kept.extend(row[3])
         out.append(row)
-    return pa.Table.from_pylist(kept), out
+    return table_of(kept), out
 
 
 def _runs(rows: Sequence[Row]) -> list[tuple[pa.Table, list[Row]]]:
@@ -76,7 +78,7 @@ def _runs(rows: Sequence[Row]) -> list[tuple[pa.Table, list[Row]]]:
     (as `to_table` does from memory); an item that no table can hold fails as `schema` here."""
     results = [r for row in rows if row[2] and row[3] for r in row[3]]
     try:
-        return [(pa.Table.from_pylist(results), list(rows))]
+        return [(table_of(results), list(rows))]
     except UNSTORABLE:
         pass
     runs: list[tuple[list[dict[str, Any]], list[Row]]] = [([], [])]
@@ -90,19 +92,19 @@ def _runs(rows: Sequence[Row]) -> list[tuple[pa.Table, list[Row]]]:
                 runs.append(([], []))
             runs[-1][0].extend(row[3])
         runs[-1][1].append(row)
-    return [(pa.Table.from_pylist(results), part) for results, part in runs if part]
+    return [(table_of(results), part) for results, part in runs if part]
 
 
 def _unstorable(results: list[dict[str, Any]]) -> str | None:
     try:
-        pa.Table.from_pylist(results)
+        table_of(results)  # every key of every row (worker/output.py)
     except UNSTORABLE as e:
-        return f"output value cannot be stored: {type(e).__name__}: {e}"
+        return why_unstorable(results) or f"output value cannot be stored: {type(e).__name__}: {e}"
     return None
 
 
 def _schema_failure(row: Row, message: str) -> Row:
-    return (row[0], row[1], False, None, "schema", message, "schema: " + message)
+    return (row[0], row[1], False, None, "schema", message, signature(message))
 
 
 def _ipc(table: pa.Table) -> bytes:

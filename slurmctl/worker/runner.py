@@ -248,6 +248,7 @@ class Worker:
             handler=handler,  # type: ignore[arg-type]
             ctx=ctx,
             id_field=definition.id_field,
+            pins=definition.output.pins(),
             lease_s=definition.lease.ttl_s,
             heartbeat_s=definition.lease.heartbeat_s,
             checkpoint_every=definition.checkpoint_every,

@@ -24,17 +24,19 @@ import pyarrow.parquet as pq
 from slurmctl import faults, hooks
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
-from slurmctl.backends.statestore import TaskCommit, TaskRecord
-from slurmctl.errors import BackendUnavailable, IntegrityError
-from slurmctl.fastjson import loads
+from slurmctl.backends.statestore import OUTPUT_SCHEMA_DOC, TaskCommit, TaskRecord
+from slurmctl.errors import BackendUnavailable, IntegrityError, SlurmctlError
+from slurmctl.fastjson import loads_for
 from slurmctl.layout import JobLayout, done_marker
+from slurmctl.output_schema import JobSchema, Pin, with_rules
 from slurmctl.scratch import private_dirs
 from slurmctl.secrets import redact
-from slurmctl.worker.checkpoint import Checkpoint, CheckpointRefused, Row, Stamp, to_table
+from slurmctl.worker.checkpoint import Checkpoint, CheckpointRefused, Row, Stamp
 from slurmctl.worker.classify import PERMANENT, Rule, classify
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import Handler
 from slurmctl.worker.limiter import WorkerStopping
+from slurmctl.worker.output import Encoded, encode, rows_of, signature
 
 log = logging.getLogger("slurmctl.worker")
 
@@ -44,6 +46,8 @@ CHECKPOINT_MIN_INTERVAL_S = 0.05
 """A checkpoint commit costs a fraction of a millisecond: with a fast handler, wait for this much
 work before the next one. A killed worker redoes at most `checkpoint_every` items or this long
 of work, whichever is more."""
+SCHEMA_ROUNDS = 100
+"""Attempts at recording a widened output schema while other workers widen it too."""
 
 
 class Outcome(Enum):
@@ -72,6 +76,8 @@ class TaskRunner:
     should_stop: Callable[[], bool] = lambda: False
     job_stamp: str = ""
     """The job's identity beyond its id (its creation time), recorded in every checkpoint."""
+    pins: dict[str, Pin] = field(default_factory=dict)
+    """`output.schema`: the pinned column types."""
     layout: JobLayout = field(init=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +85,8 @@ class TaskRunner:
         self._beat_lock = threading.Lock()
         self._beating: tuple[str, str, threading.Event, float] | None = None
         self._beat_thread: threading.Thread | None = None
+        self._schema: JobSchema | None = None
+        """The job's output schema as this worker last saw it (it only ever widens)."""
 
     def task_dir(self, task_id: str) -> Path:
         return self.scratch_root / f"job_{self.job_id}" / f"task_{task_id}"
@@ -263,6 +271,7 @@ class TaskRunner:
     ) -> tuple[int, bool]:
         """Run the handler on every item not in the checkpoint; returns (calls, stopped)."""
         process, ctx, id_field = self.handler.process, self.ctx, self.id_field
+        loads = loads_for(b"\n".join(lines))  # one check for long integers, not one per item
         ctx.task_id = task.task_id
         pending: list[Row] = []
         calls = 0
@@ -288,7 +297,7 @@ class TaskRunner:
                 result = process(item, ctx)
                 out = [result] if type(result) is dict and id_field in result else None
                 if out is None:
-                    out = _rows(result, id_field, item_id)
+                    out = rows_of(result, id_field, item_id)
             except WorkerStopping:
                 stopped = True
                 break
@@ -363,42 +372,43 @@ class TaskRunner:
         ckpt: Checkpoint,
         lines: list[bytes],
     ) -> TaskCommit:
+        rows: list[dict[str, Any]] = []
+        owners: list[int] = []
         errors: list[bytes] = []
         succeeded = permanent = transient = 0
-        table, outcomes = to_table(list(ckpt.rows()))  # an unstorable value: a `schema` failure
-        for idx, item_id, ok, _, etype, message, sig in outcomes:
+        for idx, item_id, ok, result, etype, message, sig in ckpt.rows():
             if ok:
                 succeeded += 1
+                if result:
+                    rows.extend(result)
+                    if len(result) == 1:
+                        owners.append(idx)
+                    else:
+                        owners.extend([idx] * len(result))
                 continue
             if etype in PERMANENT:
                 permanent += 1
             else:
                 transient += 1
-            errors.append(
-                json.dumps(
-                    {
-                        "item_id": item_id,
-                        "index": idx,
-                        "task_id": task.task_id,
-                        "batch_id": task.batch_id,
-                        "phase": task.phase,
-                        "error_type": etype,
-                        "permanent": etype in PERMANENT,
-                        "message": message,
-                        "signature": sig,
-                        "attempt": task.attempts,
-                        # a permanent failure is logged once, with its input item
-                        **(
-                            {"item": lines[idx][:ITEM_KEEP].decode("utf-8", "replace")}
-                            if etype in PERMANENT
-                            else {}
-                        ),
-                    },
-                    sort_keys=True,
-                ).encode()
+            errors.append(self._error_record(task, idx, item_id, etype, message, sig, lines))
+        encoded = self._encode(task, rows, owners)
+        if encoded.failed:  # values that cannot be stored: those items fail, the rest commits
+            ids = {idx: item_id for idx, item_id, *_ in ckpt.rows() if idx in encoded.failed}
+            for idx, text in sorted(encoded.failed.items()):
+                message = redact(text, self.secrets)  # the value may echo a secret
+                sig = signature(message)
+                errors.append(
+                    self._error_record(task, idx, ids[idx], "schema", message, sig, lines)
+                )
+            succeeded -= len(encoded.failed)
+            permanent += len(encoded.failed)
+            log.warning(
+                "%s: %d items failed as schema, e.g. %s",
+                task.task_id,
+                len(encoded.failed),
+                redact(next(iter(encoded.failed.values())), self.secrets),
             )
-        if not table.num_rows:
-            table = pa.table({self.id_field: pa.array([], pa.string())})
+        table = encoded.table
         # Encoded in memory (the table already is; its Parquet is smaller) and stored in one
         # put: no scratch file to create, rename and read back for its checksum.
         sink = pa.BufferOutputStream()
@@ -425,6 +435,58 @@ class TaskRunner:
             failed_transient=transient,
             end_time=0.0,
         )
+
+    def _error_record(
+        self,
+        task: TaskRecord,
+        idx: int,
+        item_id: str,
+        etype: str | None,
+        message: str | None,
+        sig: str | None,
+        lines: list[bytes],
+    ) -> bytes:
+        permanent = etype in PERMANENT
+        record = {
+            "item_id": item_id,
+            "index": idx,
+            "task_id": task.task_id,
+            "batch_id": task.batch_id,
+            "phase": task.phase,
+            "error_type": etype,
+            "permanent": permanent,
+            "message": message if message is None else redact(message, self.secrets),
+            "signature": sig if sig is None else redact(sig, self.secrets),
+            "attempt": task.attempts,
+        }
+        if permanent:  # a permanent failure is logged once, with its input item
+            record["item"] = lines[idx][:ITEM_KEEP].decode("utf-8", "replace")
+        return json.dumps(record, sort_keys=True).encode()
+
+    def _encode(self, task: TaskRecord, rows: list[dict[str, Any]], owners: list[int]) -> Encoded:
+        """The task's table under the job's output schema. A widened schema is recorded (a
+        compare-and-swap on its version) before the commit, so every committed output fits the
+        recorded schema; a worker that lost the race encodes again against the winner's."""
+        schema = self._schema if self._schema is not None else self._load_schema()
+        for _ in range(SCHEMA_ROUNDS):
+            encoded = encode(rows, owners, schema, self.pins, self.id_field, task.task_id)
+            if not rows or (not encoded.changed and schema.version):
+                break
+            if self.backend.state.put_versioned(
+                self.job_id, OUTPUT_SCHEMA_DOC, encoded.schema.to_bytes(), schema.version
+            ):
+                encoded.schema.version = schema.version + 1
+                break
+            schema = self._load_schema()
+        else:
+            raise SlurmctlError(f"{task.task_id}: the output schema kept changing under it")
+        self._schema = encoded.schema
+        return encoded
+
+    def _load_schema(self) -> JobSchema:
+        doc = self.backend.state.get_versioned(self.job_id, OUTPUT_SCHEMA_DOC)
+        recorded = JobSchema.from_bytes(doc.value, doc.version) if doc else JobSchema()
+        return with_rules(recorded, self.pins, self.id_field)
 
     def _after_commit(
         self,
@@ -511,22 +573,6 @@ def _earlier_checkpoints(task_dir: Path, mine: str) -> list[Path]:
             except FileNotFoundError:
                 continue
     return [p for _, p in sorted(found, reverse=True)]
-
-
-def _rows(out: Any, id_field: str, item_id: str) -> list[dict[str, Any]]:
-    if type(out) is dict:  # the common case, kept fast: one dict with its id
-        return [out] if id_field in out else [{id_field: item_id, **out}]
-    if out is None:
-        return []
-    rows = [out] if isinstance(out, dict) else list(out)
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict):
-            raise TypeError(
-                f"handler returned {type(r).__name__}, expected dict, list of dicts or None"
-            )
-        if id_field not in r:
-            rows[i] = {id_field: item_id, **r}
-    return rows
 
 
 def _as_url(location: str) -> str:

@@ -10,6 +10,7 @@ from slurmctl.backends.statestore import (
     JobRecord,
     TaskCommit,
     TaskRecord,
+    Versioned,
     task_counter,
 )
 from slurmctl.ratelimit import gcra
@@ -260,3 +261,26 @@ def test_delete_job(backend: Backend) -> None:
     assert list(backend.state.iter_tasks("j")) == []
     assert backend.state.counters("j") == {}
     assert backend.state.list_buckets("j") == []
+
+
+def test_versioned_document_is_compare_and_swap(backend: Backend) -> None:
+    state = backend.state
+    assert state.get_versioned("j", "output_schema") is None
+    assert not state.put_versioned("j", "output_schema", b"v1", 1)  # no version 1 to replace
+    assert state.put_versioned("j", "output_schema", b"v1", 0)
+    assert not state.put_versioned("j", "output_schema", b"lost", 0)  # it exists now
+    assert state.get_versioned("j", "output_schema") == Versioned(1, b"v1")
+    assert state.put_versioned("j", "output_schema", b"\x00v2" * 1000, 1)
+    assert not state.put_versioned("j", "output_schema", b"stale", 1)  # a writer that read v1
+    assert state.get_versioned("j", "output_schema") == Versioned(2, b"\x00v2" * 1000)
+    assert (
+        state.get_versioned("j", "other") is None
+        and state.get_versioned("k", "output_schema") is None
+    )
+
+
+def test_delete_job_removes_versioned_documents(backend: Backend) -> None:
+    _setup(backend)
+    assert backend.state.put_versioned("j", "output_schema", b"x", 0)
+    backend.state.delete_job("j")
+    assert backend.state.get_versioned("j", "output_schema") is None

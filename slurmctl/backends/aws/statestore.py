@@ -9,6 +9,7 @@ in the condition, so a racing claim fails the condition instead of moving the co
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -51,6 +52,7 @@ from slurmctl.backends.statestore import (
     StateStore,
     TaskCommit,
     TaskRecord,
+    Versioned,
     task_counter,
 )
 from slurmctl.states import UNFINISHED, JobStatus, TaskStatus
@@ -461,3 +463,27 @@ class DynamoStateStore(RateBuckets, StateStore):
                 if name not in ("pk", "sk"):
                     out[name] = out.get(name, 0) + int(value["N"])
         return out
+
+    # --- versioned documents (the job's output schema) ----------------------------------------
+    # One item per document, `JOB#<job_id>` / `DOC#<name>` (so `delete_job`'s query finds it),
+    # the value as base64 text (every attribute of the table stays text or a number); the
+    # version is the condition of every write.
+    def get_versioned(self, job_id: str, name: str) -> Versioned | None:
+        item = self.t.get(key(job_pk(job_id), f"DOC#{name}"))
+        if item is None:
+            return None
+        return Versioned(int(item["version"]["N"]), base64.b64decode(item["value"]["S"]))
+
+    def put_versioned(self, job_id: str, name: str, value: bytes, expect_version: int) -> bool:
+        cond = "attribute_not_exists(pk)" if expect_version == 0 else "version = :v"
+        values = {} if expect_version == 0 else {":v": {"N": str(expect_version)}}
+        return self.t.conditional(
+            "put_item",
+            Item={
+                **key(job_pk(job_id), f"DOC#{name}"),
+                "version": {"N": str(expect_version + 1)},
+                "value": {"S": base64.b64encode(value).decode()},
+            },
+            ConditionExpression=cond,
+            **({"ExpressionAttributeValues": values} if values else {}),
+        )

@@ -25,6 +25,7 @@ from slurmctl.backends.statestore import (
     StateStore,
     TaskCommit,
     TaskRecord,
+    Versioned,
     task_counter,
 )
 from slurmctl.ratelimit import gcra
@@ -44,7 +45,9 @@ CREATE TABLE IF NOT EXISTS counters (job_id, name, value INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS buckets (job_id, name, rate REAL, burst INTEGER, tat REAL,
     paused INTEGER, effective REAL DEFAULT 0, changed_at REAL DEFAULT 0,
     hold_until REAL DEFAULT 0, PRIMARY KEY (job_id, name)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS job_leases (job_id PRIMARY KEY, holder, expires REAL)
+CREATE TABLE IF NOT EXISTS job_leases (job_id PRIMARY KEY, holder, expires REAL);
+CREATE TABLE IF NOT EXISTS versioned (job_id, name, version INTEGER NOT NULL, value BLOB,
+    PRIMARY KEY (job_id, name)) WITHOUT ROWID
 """
 
 _UNFINISHED = "status IN ('PENDING', 'RUNNING')"
@@ -142,7 +145,7 @@ class SQLiteStateStore(StateStore):
 
     def delete_job(self, job_id: str) -> None:
         with self.db.transaction() as conn:
-            for table in ("tasks", "counters", "buckets", "job_leases", "jobs"):
+            for table in ("tasks", "counters", "buckets", "job_leases", "versioned", "jobs"):
                 conn.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
 
     def acquire_job_lease(self, job_id: str, holder: str, ttl_s: float, now: float) -> bool:
@@ -484,3 +487,28 @@ class SQLiteStateStore(StateStore):
                 changed_at=after.changed_at,
                 hold_until=after.hold_until,
             )
+
+    # --- versioned documents (the job's output schema) ----------------------------------------
+    def get_versioned(self, job_id: str, name: str) -> Versioned | None:
+        row = (
+            self.db.conn()
+            .execute(
+                "SELECT version, value FROM versioned WHERE job_id = ? AND name = ?", (job_id, name)
+            )
+            .fetchone()
+        )
+        return Versioned(int(row["version"]), bytes(row["value"])) if row else None
+
+    def put_versioned(self, job_id: str, name: str, value: bytes, expect_version: int) -> bool:
+        with self.db.transaction() as conn:
+            if expect_version == 0:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO versioned VALUES (?, ?, 1, ?)", (job_id, name, value)
+                )
+            else:
+                cur = conn.execute(
+                    "UPDATE versioned SET version = version + 1, value = ? "
+                    "WHERE job_id = ? AND name = ? AND version = ?",
+                    (value, job_id, name, expect_version),
+                )
+            return cur.rowcount == 1
