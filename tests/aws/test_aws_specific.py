@@ -176,7 +176,8 @@ def test_rate_bucket_race_retries_from_the_new_state(
     aws: Aws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b = aws.backend.state, _other(aws).state
-    a.put_bucket(Bucket("j", "default", rate=100.0, burst=1))
+    # burst 3 keeps its spare tokens: no pacing slack, the slots are exactly 1/rate apart
+    a.put_bucket(Bucket("j", "default", rate=100.0, burst=3))
     real_call = a.t.call  # type: ignore[attr-defined]
     raced: list[bool] = []
 
