@@ -341,13 +341,16 @@ def profile_run(cmd: list[str], raw_out: Path) -> dict[str, Any]:
 
 def cli_json(root: Path, *args: str, env: Any = None, lines: bool = False) -> Any:
     """`slurmctl --root ROOT ARGS... --json`, parsed; lines: JSON lines, as a list."""
-    out = subprocess.run(
+    done = subprocess.run(
         [*slurmctl_cmd(), "--root", str(root), *args, "--json"],
         capture_output=True,
         text=True,
         env=env,
-        check=True,
-    ).stdout
+        check=False,
+    )
+    if done.returncode not in (0, 1, 3) or not done.stdout.strip():  # 1, 3: FAILED, PAUSED
+        raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+    out = done.stdout
     if lines:
         return [json.loads(line) for line in out.splitlines() if line.strip()]
     return json.loads(out)

@@ -147,6 +147,12 @@ ExceptionName = Annotated[
 HttpUrl = Annotated[str, _matching(r"^https?://\S+$", "expected an http:// or https:// URL")]
 
 
+DEFAULT_MAX_FAILURE_SHARE = 0.5
+"""A job where more than half the items failed is broken, not noisy: it ends FAILED (exit 1)
+rather than COMPLETED. Set `max_failure_share` to tighten it, or null to turn the share off (a
+job whose every item failed is FAILED whatever this says)."""
+
+
 class _Section(BaseModel):
     """Strict: YAML already types values, so `workers: yes` or `batch_size: "10"` is a mistake."""
 
@@ -218,6 +224,15 @@ class OutputOptions(_Section):
         return {n: Pin(*parse_type(t)) for n, t in (self.schema_ or {}).items()}
 
 
+class BreakerOptions(_Section):
+    """The circuit breaker (worker/breaker.py): pause the job when, of the last `window` items
+    attempted job-wide, a `share` or more failed with one error type."""
+
+    enabled: bool = True
+    window: int = Field(default=200, ge=10, le=100_000)
+    share: float = Field(default=0.9, gt=0, le=1)
+
+
 class LeaseOptions(_Section):
     ttl_s: float = Field(default=120.0, ge=1)
     heartbeat_s: float = Field(default=30.0, gt=0)
@@ -266,7 +281,8 @@ class JobDefinition(_Section):
     retry: RetryOptions = Field(default_factory=RetryOptions)
     output: OutputOptions = Field(default_factory=OutputOptions)
     max_quarantine_share: float = Field(default=0.01, ge=0, le=1)
-    max_failure_share: float | None = Field(default=None, ge=0, le=1)
+    max_failure_share: float | None = Field(default=DEFAULT_MAX_FAILURE_SHARE, ge=0, le=1)
+    breaker: BreakerOptions = Field(default_factory=BreakerOptions)
     lease: LeaseOptions = Field(default_factory=LeaseOptions)
     checkpoint_every: int = Field(default=100, ge=1)
     error_rules: list[ErrorRule] = Field(default_factory=list)

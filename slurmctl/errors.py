@@ -6,6 +6,10 @@ exits with code 2, never a traceback. Everything else is ours or the infrastruct
 
 from __future__ import annotations
 
+FRAMEWORK_ERROR = "framework error"
+"""How a task that slurmctl's own code failed is named: in its reason, the job's, and as its
+group's error type in `analyze-errors` (`framework`)."""
+
 
 class SlurmctlError(Exception):
     """Root of every error slurmctl raises on purpose."""

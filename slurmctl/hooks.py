@@ -73,6 +73,9 @@ class Hooks:
     def after_task_committed(self, task: TaskCommitted) -> None:
         """After the task manifest is written (the commit counted already)."""
 
+    def after_job_paused(self, backend: Backend, job_id: str, reason: str) -> None:
+        """The job paused itself (the circuit breaker tripped), with this reason."""
+
     def after_finalize(self, backend: Backend, job_id: str) -> None:
         """Finalize ran and its result was acted on (workers queued, phase flipped, job ended).
 
@@ -120,6 +123,10 @@ class Registry(Hooks):
     def after_task_committed(self, task: TaskCommitted) -> None:
         for h in self._hooks:
             h.after_task_committed(task)
+
+    def after_job_paused(self, backend: Backend, job_id: str, reason: str) -> None:
+        for h in self._hooks:
+            h.after_job_paused(backend, job_id, reason)
 
     def after_finalize(self, backend: Backend, job_id: str) -> None:
         for h in self._hooks:

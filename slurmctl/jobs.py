@@ -67,6 +67,55 @@ def append_history(backend: Backend, job_id: str, action: str, **details: Any) -
     backend.objects.put_bytes(key, old + json.dumps(entry, sort_keys=True).encode() + b"\n")
 
 
+SUPERVISOR_ENV = "SLURMCTL_SUPERVISOR_PID"
+"""Set by the local executor for its workers: a worker whose parent is no longer this process
+(the foreground `submit` was killed) stops at a checkpoint instead of running on unsupervised."""
+BREAKER_PREFIX = "paused by the breaker: "
+"""The job's `error` while the circuit breaker holds it paused (see worker/breaker.py)."""
+
+
+def pause_job(
+    backend: Backend, job_id: str, *, reason: str | None = None, by: str = "operator"
+) -> bool:
+    """The one pause transition (`slurmctl pause` and the circuit breaker): the job's flag, then
+    its rate-limit buckets (a worker waiting for a slot stops at its next acquire), then history.
+
+    Conditional on the job not being paused already: of several workers tripping the breaker at
+    once, one pauses the job and records it; the others get False.
+    """
+    changes: dict[str, Any] = {"paused": True, "updated_at": time.time()}
+    if reason is not None:
+        changes["error"] = reason
+    if not backend.state.update_job(job_id, changes, expect={"paused": False}):
+        return False
+    backend.state.set_buckets_paused(job_id, True)
+    details = {"by": by, **({"reason": reason} if reason else {})}
+    append_history(backend, job_id, "pause", **details)
+    return True
+
+
+def lift_pause(backend: Backend, job_id: str, job: JobRecord) -> str | None:
+    """`resume`'s half of the pause: clear the flag (and a breaker's reason), unpause the
+    buckets. Returns what was lifted ("pause" or "breaker"), None when the job was not paused."""
+    if not job.paused:
+        return None
+    lifted = "breaker" if breaker_reason(job) else "pause"
+    changes: dict[str, Any] = {"paused": False, "updated_at": time.time()}
+    if lifted == "breaker":
+        changes["error"] = None
+    backend.state.update_job(job_id, changes)
+    backend.state.set_buckets_paused(job_id, False)
+    append_history(backend, job_id, "resume", lifted=lifted)
+    return lifted
+
+
+def breaker_reason(job: JobRecord) -> str | None:
+    """The breaker's line while it holds the job paused, else None."""
+    if job.paused and job.error and job.error.startswith(BREAKER_PREFIX):
+        return job.error
+    return None
+
+
 def read_history(backend: Backend, job_id: str) -> list[dict[str, Any]]:
     try:
         data = backend.objects.get_bytes(JobLayout(job_id).history)
@@ -103,7 +152,35 @@ def live_lease_holder(backend: Backend, job_id: str) -> str | None:
             os.kill(int(holder.removeprefix(prefix)), 0)
         except ProcessLookupError:
             backend.state.release_job_lease(job_id, holder)
+            _record_dead_holder(backend, job_id, holder)
             return None
         except (PermissionError, ValueError):
             pass
     return holder
+
+
+def _record_dead_holder(backend: Backend, job_id: str, holder: str) -> None:
+    """A killed foreground process could not say it stopped: the first command to notice says it
+    in the history, once (a put-if-absent claim per holder)."""
+    claim = JobLayout(job_id).root + f"interruptions/{holder}"
+    if backend.objects.put_bytes(claim, b"", if_absent=True) is None:
+        return
+    job = backend.state.get_job(job_id)
+    if job is None or job.status.terminal:
+        return
+    pid = holder.rsplit("-", 1)[-1]
+    append_history(
+        backend,
+        job_id,
+        "interrupted",
+        reason=f"slurmctl process {pid} died (killed)",
+        holder=holder,
+    )
+
+
+def local_job_stopped(backend: Backend, job: JobRecord) -> bool:
+    """A local-executor job is run by the foreground process holding its job lease: unfinished,
+    submitted and with no live holder, nobody runs it (Ctrl-C, a killed `submit`)."""
+    if job.executor != "local" or job.status.terminal or not job.submitted:
+        return False
+    return live_lease_holder(backend, job.job_id) is None

@@ -22,6 +22,9 @@ class JobStatus(StrEnum):
     """The job cannot finish (integrity error beyond repair, handler not importable, ...)."""
     CANCELLED = "CANCELLED"
     """Stopped by `slurmctl cancel`; `resume` carries on from where it stopped."""
+    STOPPED = "STOPPED"
+    """Shown for a local-executor job nobody runs: its foreground `submit` or `resume` was
+    interrupted (Ctrl-C) or killed. `resume` carries on from where it stopped."""
 
     @property
     def terminal(self) -> bool:

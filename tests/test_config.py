@@ -51,7 +51,8 @@ def test_defaults(tmp_path: Path) -> None:
     }
     assert (job.output.format, job.output.fan_in) == ("parquet", 10)
     assert (job.lease.ttl_s, job.lease.heartbeat_s, job.checkpoint_every) == (120.0, 30.0, 100)
-    assert job.max_quarantine_share == 0.01 and job.max_failure_share is None
+    assert job.max_quarantine_share == 0.01 and job.max_failure_share == 0.5
+    assert (job.breaker.enabled, job.breaker.window, job.breaker.share) == (True, 200, 0.9)
     assert job.aws.prefix == "slurmctl/" and job.slurm.extra_args == []
     assert job.config_path == tmp_path / "job.yaml" and job.config_dir == tmp_path
     assert job.resolved_input() == str(tmp_path / "users.jsonl")
@@ -100,7 +101,7 @@ def test_error_type_constants() -> None:
 VALID_TOP = (
     "job_id, job_type, handler, input, id_field, batch_size, params, workers, executor, slurm, "
     "backend, aws, scratch, rate_limit, rate_limits, retry, output, max_quarantine_share, "
-    "max_failure_share, lease, checkpoint_every, error_rules"
+    "max_failure_share, breaker, lease, checkpoint_every, error_rules"
 )
 
 

@@ -18,8 +18,17 @@ from slurmctl.backends.spec import BackendSpec, Registry
 from slurmctl.cli import wiring
 from slurmctl.errors import IntegrityError, SlurmctlError, UserError
 
+# The exit codes of `submit`, `status`, `resume`, `retry` and `aggregate` (README's table).
+EXIT_OK = 0
+"""COMPLETED (failures within max_failure_share), or still in progress (`status`)."""
+EXIT_FAILED = 1
+"""FAILED, including items failed beyond max_failure_share."""
 EXIT_USER_ERROR = 2
+"""A user's mistake: bad definition, input or job id, a refused resubmission."""
+EXIT_PAUSED = 3
+"""PAUSED (the circuit breaker, `pause`), CANCELLED, or a local job nobody is running."""
 EXIT_INTERRUPTED = 130
+"""Ctrl-C."""
 
 
 @dataclass
@@ -147,7 +156,7 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
     except IntegrityError as e:
         click.echo(f"integrity error: {e}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     except SlurmctlError as e:
         click.echo(f"slurmctl: {e}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)

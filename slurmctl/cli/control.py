@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from slurmctl.backends.statestore import task_counter
 from slurmctl.cli import Env, cli, pass_env
-from slurmctl.cli.run import print_outcome, run_job
+from slurmctl.cli.run import finished, print_outcome, run_job
 from slurmctl.coordinator.submit import submit
 from slurmctl.errors import JobBusy, JobStateError
 from slurmctl.finalize.finalize import finalize
-from slurmctl.jobs import append_history, get_job, live_lease_holder, load_definition
+from slurmctl.jobs import (
+    append_history,
+    breaker_reason,
+    get_job,
+    lift_pause,
+    live_lease_holder,
+    load_definition,
+    pause_job,
+)
 from slurmctl.states import JobStatus
+from slurmctl.worker.breaker import reset_breaker
 
 
 @cli.command("pause")
@@ -26,9 +34,9 @@ def pause_cmd(env: Env, job_id: str) -> None:
     job = get_job(env.backend, job_id)
     if job.status.terminal:
         raise JobStateError(f"job {job_id} is {job.status}: nothing to pause")
-    env.backend.state.update_job(job_id, {"paused": True, "updated_at": time.time()})
-    env.backend.state.set_buckets_paused(job_id, True)
-    append_history(env.backend, job_id, "pause")
+    if not pause_job(env.backend, job_id):
+        click.echo(f"job {job_id} is already paused; `slurmctl resume {job_id}` lifts it")
+        return
     click.echo(f"job {job_id} paused; `slurmctl resume {job_id}` lifts it")
 
 
@@ -44,15 +52,16 @@ def resume_cmd(env: Env, job_id: str, no_progress: bool, follow: bool) -> None:
     job = get_job(env.backend, job_id)
     if job.status.terminal and job.status.value == "COMPLETED":
         click.echo(f"job {job_id} is COMPLETED: nothing to resume")
-        print_outcome(env, job_id)
-        return
+        sys.exit(print_outcome(env, job_id))
     if not job.submitted:  # submit died half way: its definition was stored first
         click.echo(f"job {job_id} was not fully submitted: carrying on with the submission")
         submit(env.backend, load_definition(env.backend, job_id), job_id=job_id)
-    if job.paused:
-        env.backend.state.update_job(job_id, {"paused": False, "updated_at": time.time()})
-        env.backend.state.set_buckets_paused(job_id, False)
-        append_history(env.backend, job_id, "resume", lifted="pause")
+    if breaker_reason(job):  # the window starts again before any worker may run
+        reset_breaker(env.backend, job_id)
+    lifted = lift_pause(env.backend, job_id, job)
+    if lifted == "breaker":
+        click.echo(f"job {job_id}: breaker closed ({job.error})")
+    elif lifted:
         click.echo(f"job {job_id}: pause lifted")
     if live_lease_holder(env.backend, job_id) is not None:
         click.echo(
@@ -69,7 +78,7 @@ def resume_cmd(env: Env, job_id: str, no_progress: bool, follow: bool) -> None:
             f"job {job_id} is being resumed by another slurmctl process; it carries on there"
         )
         return
-    if status.terminal:
+    if finished(status):
         sys.exit(print_outcome(env, job_id))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
@@ -13,8 +14,9 @@ from rich.table import Table
 
 from slurmctl.backends import Backend
 from slurmctl.cli import Env, cli, pass_env
+from slurmctl.cli.run import exit_code
 from slurmctl.errors import UserError
-from slurmctl.jobs import read_history
+from slurmctl.jobs import local_job_stopped, read_history
 from slurmctl.observe.status import ITEM_KEYS, job_status, shown_status
 from slurmctl.observe.timeseries import format_duration, progress_bar
 
@@ -28,10 +30,11 @@ def _status_table(s: dict[str, Any]) -> Table:
     table.add_column("value", justify="right")
     table.add_row("progress", f"{done}/{items['total']} items ({100 * done / total:.1f}%)")
     table.add_row("", progress_bar(done / total))
-    if "items_per_s" in s:  # observe: from the bounded time series of the counters
+    if s["status"] != "STOPPED" and "items_per_s" in s:  # observe: the bounded time series
         rate = s["items_per_s"]
         table.add_row("items/s", f"{rate['now']:.1f} now, {rate['average']:.1f} on average")
-        table.add_row("ETA", format_duration(s.get("eta_s")))
+        if s["status"] != "PAUSED":
+            table.add_row("ETA", format_duration(s.get("eta_s")))
         table.add_row("workers running", str(s.get("workers_running", "-")))
     if len(s.get("phases", {})) > 1:
         for phase, counts in s["phases"].items():
@@ -68,17 +71,23 @@ def status_cmd(env: Env, job_id: str, as_json: bool, watch: bool, interval: floa
     s = job_status(env.backend, job_id)
     if as_json and not watch:
         click.echo(json.dumps(s, indent=2, sort_keys=True))
-        return
+        sys.exit(exit_code(s["status"]))
     if not watch:
         Console().print(_status_table(s))
-        return
+        if s["status"] == "STOPPED":
+            click.echo(
+                f"job {job_id} is stopped: no slurmctl process runs it; "
+                f"`slurmctl resume {job_id}` carries on"
+            )
+        sys.exit(exit_code(s["status"]))
     with Live(_status_table(s), refresh_per_second=4) as live:
-        while s["status"] not in ("COMPLETED", "FAILED", "CANCELLED"):
+        while s["status"] not in ("COMPLETED", "FAILED", "CANCELLED", "STOPPED"):
             time.sleep(interval)
             s = job_status(env.backend, job_id)
             live.update(_status_table(s))
             if as_json:
                 click.echo(json.dumps(s, sort_keys=True))
+    sys.exit(exit_code(s["status"]))
 
 
 @cli.command("list")
@@ -102,7 +111,7 @@ def list_cmd(env: Env, as_json: bool) -> None:
     rows = [
         {
             "job_id": j.job_id,
-            "status": str(shown_status(j)),
+            "status": str(shown_status(j, kind == "local" and local_job_stopped(env.backend, j))),
             "phase": j.phase,
             "tasks": j.task_count,
             "items": j.item_count,

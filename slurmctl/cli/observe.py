@@ -12,7 +12,7 @@ from slurmctl.cli import Env, cli, pass_env
 from slurmctl.errors import UserError
 from slurmctl.jobs import get_job, load_definition
 from slurmctl.observe import alerts
-from slurmctl.observe.errors import analyze
+from slurmctl.observe.errors import TASK_GROUPS, analyze
 from slurmctl.observe.logs import LEVELS, read_logs
 from slurmctl.observe.timeseries import format_duration
 
@@ -90,7 +90,8 @@ def analyze_errors_cmd(env: Env, job_id: str, as_json: bool, max_groups: int) ->
             + ", ".join(f"{p} {n}" for p, n in g["phases"].items())
         )
         click.echo(f"          {g['signature']}")
-        click.echo(f"          e.g. items {', '.join(g['sample_item_ids'])}")
+        what = "tasks" if g["error_type"] in TASK_GROUPS else "items"
+        click.echo(f"          e.g. {what} {', '.join(g['sample_item_ids'])}")
     if len(result["groups"]) > max_groups:
         click.echo(f"... and {len(result['groups']) - max_groups} more groups (--groups, --json)")
     click.echo("")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from slurmctl.cli import Env
+from slurmctl.cli import EXIT_FAILED, EXIT_OK, EXIT_PAUSED, Env
 from slurmctl.cli.progress import items_bar
 from slurmctl.cli.slurm import run_slurm
 from slurmctl.errors import UserError
 from slurmctl.executors.local import LocalExecutor
-from slurmctl.jobs import get_job
+from slurmctl.jobs import append_history, get_job
 from slurmctl.observe.status import job_status
 from slurmctl.states import JobStatus
 
@@ -27,12 +27,29 @@ def run_job(env: Env, job_id: str, *, progress: bool = True, follow: bool = True
         try:
             return executor.run(job_id)
         except KeyboardInterrupt:
+            append_history(env.backend, job_id, "interrupted", reason="Ctrl-C (SIGINT)")
             click.echo(f"stopped at a checkpoint; `slurmctl resume {job_id}` carries on", err=True)
             raise
 
 
+def finished(status: JobStatus) -> bool:
+    """run_job is done with the job: it ended, or it stopped where only `resume` carries on
+    (the breaker paused it). A Slurm job merely queued is not."""
+    return status.terminal or status in (JobStatus.PAUSED, JobStatus.STOPPED)
+
+
+def exit_code(status: str) -> int:
+    """The exit code a status means (README's table): 0 COMPLETED (or in progress), 1 FAILED,
+    3 PAUSED, STOPPED or CANCELLED."""
+    if status == JobStatus.FAILED:
+        return EXIT_FAILED
+    if status in (JobStatus.PAUSED, JobStatus.STOPPED, JobStatus.CANCELLED):
+        return EXIT_PAUSED
+    return EXIT_OK
+
+
 def print_outcome(env: Env, job_id: str) -> int:
-    """One closing summary; the exit code is 0 for COMPLETED, 1 otherwise."""
+    """One closing summary; returns its exit code (`exit_code`)."""
     s = job_status(env.backend, job_id)
     items = s["items"]
     click.echo(
@@ -42,6 +59,11 @@ def print_outcome(env: Env, job_id: str) -> int:
     )
     for out in s["outputs"]:
         click.echo(f"output: {out['path']} ({out['rows']} rows, sha256 {out['sha256'][:12]}…)")
-    if s["error"]:
+    if s["status"] == JobStatus.PAUSED:
+        why = s["error"] or "paused"
+        click.echo(f"job {job_id}: {why}; `slurmctl resume {job_id}` carries on", err=True)
+    elif s["status"] == JobStatus.STOPPED:
+        click.echo(f"job {job_id}: stopped; `slurmctl resume {job_id}` carries on", err=True)
+    elif s["error"]:
         click.echo(f"error: {s['error']}", err=True)
-    return 0 if s["status"] == JobStatus.COMPLETED else 1
+    return exit_code(s["status"])

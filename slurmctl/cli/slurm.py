@@ -14,7 +14,7 @@ from slurmctl.cli.progress import items_bar
 from slurmctl.errors import JobStateError, SlurmctlError
 from slurmctl.executors.slurm import Advance, SlurmExecutor, slurm_ids
 from slurmctl.executors.slurm.sbatch import SlurmClient
-from slurmctl.jobs import append_history, get_job
+from slurmctl.jobs import append_history, breaker_reason, get_job
 from slurmctl.states import JobStatus
 
 FOLLOW_POLL_S = 0.25
@@ -68,6 +68,8 @@ def follow_job(env: Env, job_id: str, client: SlurmClient, progress: bool) -> Jo
                 update(counters)
             if job.status.terminal:
                 return job.status
+            if breaker_reason(job):  # workers wait, paused, for `resume`: stop following
+                return JobStatus.PAUSED
             now = time.monotonic()
             if update is None and progress and now - last_plain >= PLAIN_EVERY_S:
                 last_plain = now

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +14,20 @@ import click
 
 from slurmctl import secrets as secret_refs
 from slurmctl.backends.spec import BackendSpec
-from slurmctl.cli import Env, cli, pass_env
+from slurmctl.cli import EXIT_FAILED, Env, cli, pass_env
 from slurmctl.cli.progress import stderr
-from slurmctl.cli.run import print_outcome, run_job
-from slurmctl.config import load_job_definition
-from slurmctl.coordinator.scan import InputScanner
+from slurmctl.cli.run import finished, print_outcome, run_job
+from slurmctl.config import JobDefinition, load_job_definition
+from slurmctl.coordinator.scan import InputScanner, InputSource
 from slurmctl.coordinator.submit import open_input, plan, submit
+from slurmctl.errors import ConfigError, UserError
 from slurmctl.executors.slurm import preflight
+from slurmctl.output_schema import JobSchema, with_rules
 from slurmctl.ratelimit import gcra
 from slurmctl.worker.classify import classify
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import load_handler
+from slurmctl.worker.output import encode, rows_of
 
 CONFIG = click.Path(path_type=Path, dir_okay=False)
 
@@ -78,12 +82,11 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
     if not result.created:
         if result.status.terminal:
             click.echo(f"job {job_id} already {result.status}; `slurmctl status {job_id}` shows it")
-            print_outcome(env, job_id)
-            return
+            sys.exit(print_outcome(env, job_id))
         click.echo(f"job {job_id} exists: carrying on where it stopped")
     else:
         click.echo(f"job {job_id} submitted")
-    if run_job(env, job_id, progress=not no_progress, follow=follow).terminal:
+    if finished(run_job(env, job_id, progress=not no_progress, follow=follow)):
         sys.exit(print_outcome(env, job_id))
 
 
@@ -155,17 +158,25 @@ class _LocalPacer:
 @click.option("--items", "count", default=5, show_default=True, type=click.IntRange(1))
 @pass_env
 def try_cmd(env: Env, config: Path, count: int) -> None:
-    """Run the handler on the first items of the input, in this process; write no state."""
+    """Run the handler on the first items of the input, in this process; write no state.
+
+    Checks what `submit` and the workers would: the id field, the secrets, the return of
+    `process` (a row, a list of rows or None; never a coroutine) and the column types across
+    the tried items. Exits 1 when any tried item failed, 2 on a user's mistake."""
     import tempfile
 
     definition = load_job_definition(config)
     handler = load_handler(definition.handler, definition.config_dir)
-    params = secret_refs.resolve(definition.params)
-    hidden = secret_refs.collect_secret_values(definition.params)
+    try:
+        params = secret_refs.resolve(definition.params, base_dir=definition.config_dir)
+    except UserError as e:
+        raise ConfigError(f"{config}: {e}") from None
+    hidden = secret_refs.collect_secret_values(definition.params, base_dir=definition.config_dir)
     limit = definition.rate_limit
     pacer = _LocalPacer(limit.tokens_per_sec if limit else None, limit.burst if limit else 1)
     ctx = Context(params, pacer, logging.getLogger("slurmctl.handler"), "try", "try")
-    source = open_input(definition)
+    source = _FirstLines(open_input(definition), count + TRY_LOOKAHEAD)
+    columns = _TriedColumns(definition)
     ok = failed = 0
     if handler.setup is not None:
         handler.setup(ctx)
@@ -176,21 +187,102 @@ def try_cmd(env: Env, config: Path, count: int) -> None:
                 if n >= count:
                     break
                 item = json.loads(line)
-                item_id = item[definition.id_field]
-                try:
-                    out = handler.process(item, ctx)
-                except Exception as exc:  # noqa: BLE001 - shown to the user, classified
-                    c = classify(exc, definition.error_rules)
-                    failed += 1
-                    message = secret_refs.redact(c.message, hidden)
-                    click.echo(
-                        f"{item_id}\t{c.type}{' (permanent)' if c.permanent else ''}\t{message}"
-                    )
-                else:
+                item_id = str(item[definition.id_field])
+                kind, text = _try_one(handler.process, item, item_id, ctx, definition, columns)
+                if kind == "ok":
                     ok += 1
-                    text = secret_refs.redact(json.dumps(out, default=str), hidden)
-                    click.echo(f"{item_id}\tok\t{text}")
+                else:
+                    failed += 1
+                click.echo(f"{item_id}\t{kind}\t{secret_refs.redact(text, hidden)}")
+            _check_id_field(config, definition.id_field, scanner, source, ok + failed)
     finally:
         if handler.teardown is not None:
             handler.teardown(ctx)
     click.echo(f"{ok} ok, {failed} failed; metrics {json.dumps(ctx.metrics.snapshot())}")
+    if failed:
+        sys.exit(EXIT_FAILED)
+
+
+TRY_LOOKAHEAD = 1000
+"""`try` reads at most this many lines past the items it tries (bad lines are skipped)."""
+
+
+def _try_one(
+    process: Any,
+    item: dict[str, Any],
+    item_id: str,
+    ctx: Context,
+    definition: JobDefinition,
+    columns: _TriedColumns,
+) -> tuple[str, str]:
+    """("ok", the rows as JSON) or (the failure's type, its message), as the worker would: the
+    worker's contract check (a ContractViolation is `validation`) and its encoding under the
+    output schema, which the tried items fix and widen as committed tasks would."""
+    try:
+        out = process(item, ctx)
+        rows = rows_of(out, definition.id_field, item_id)
+    except Exception as exc:  # noqa: BLE001 - shown to the user, classified
+        c = classify(exc, definition.error_rules)
+        return f"{c.type}{' (permanent)' if c.permanent else ''}", c.message
+    conflict = columns.add(rows, f"item {item_id}")
+    if conflict is not None:
+        return "schema (permanent)", conflict
+    return "ok", json.dumps(out, default=str)
+
+
+class _TriedColumns:
+    """The output schema as the tried items fix it (`output.schema` pins included)."""
+
+    def __init__(self, definition: JobDefinition) -> None:
+        self.pins = definition.output.pins()
+        self.id_field = definition.id_field
+        self.schema = with_rules(JobSchema(), self.pins, self.id_field)
+
+    def add(self, rows: list[dict[str, Any]], who: str) -> str | None:
+        """None when the rows fit (the schema widened by them); else the `schema` message."""
+        if not rows:
+            return None
+        encoded = encode(rows, [0] * len(rows), self.schema, self.pins, self.id_field, who)
+        if encoded.failed:
+            return next(iter(encoded.failed.values()))
+        self.schema = encoded.schema
+        return None
+
+
+class _FirstLines:
+    """The input's first lines only: `try` never reads a whole large input."""
+
+    def __init__(self, source: InputSource, limit: int) -> None:
+        self.source, self.limit = source, limit
+        self.name = source.name
+        self.first: bytes | None = None
+
+    def size(self) -> int:
+        return self.source.size()
+
+    def lines(self) -> Iterator[bytes]:
+        for n, line in enumerate(self.source.lines()):
+            if n >= self.limit:
+                return
+            if self.first is None and line.strip():
+                self.first = line
+            yield line
+
+
+def _check_id_field(
+    config: Path, id_field: str, scanner: InputScanner, source: _FirstLines, tried: int
+) -> None:
+    """No item to try because no line has the id field: the definition's mistake (exit 2)."""
+    if tried or not scanner.stats.reasons.get("missing id"):
+        return
+    keys = ""
+    try:
+        first = json.loads(source.first or b"")
+        if isinstance(first, dict):
+            keys = f" (the first line has {', '.join(map(str, first)) or 'no keys'})"
+    except ValueError:
+        pass
+    raise ConfigError(
+        f"{config}: id_field: no usable {id_field!r} field in the first "
+        f"{scanner.stats.lines} input lines{keys}"
+    )

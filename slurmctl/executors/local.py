@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any
 
 from slurmctl.backends import Backend
 from slurmctl.executors.base import Executor, Liveness, Marker, Run, RunEnd, StartRequest
-from slurmctl.jobs import append_history
+from slurmctl.jobs import SUPERVISOR_ENV, append_history, breaker_reason, get_job
 from slurmctl.states import JobStatus
 
 log = logging.getLogger("slurmctl.executor")
@@ -97,7 +98,8 @@ class LocalExecutor(Executor[Liveness, list[str]]):
                 self._report(job_id)
                 self._reap_all()
                 return step.status
-            self._wait_for_an_exit(job_id)
+            if self._wait_for_an_exit(job_id):
+                return JobStatus.PAUSED  # the breaker: `resume` carries on
 
     def liveness(self, job_id: str) -> Liveness:
         alive = 0
@@ -156,22 +158,29 @@ class LocalExecutor(Executor[Liveness, list[str]]):
             worker_id,
             *self.worker_args,
         ]
+        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}  # orphans stop (jobs.py)
         with open(logs / f"{worker_id}.log", "ab") as out:
             return subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             )
 
-    def _wait_for_an_exit(self, job_id: str) -> None:
+    def _wait_for_an_exit(self, job_id: str) -> bool:
         """Until one of the workers exits (returns at once: a dead worker's lease is freed and
-        its place taken without a poll's delay)."""
+        its place taken without a poll's delay). True when the circuit breaker paused the job:
+        its workers are then stopped at a checkpoint, and the foreground command ends."""
         while alive := [p for p in self.procs if p.poll() is None]:
             self._report(job_id)
+            if breaker_reason(get_job(self.backend, job_id)):
+                log.warning("%s: the breaker paused the job: stopping the workers", job_id)
+                self.stop_workers()
+                return True
             before = len(alive)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 alive[0].wait(timeout=POLL_S)
             if sum(p.poll() is None for p in self.procs) < before:
                 break
         self._report(job_id)
+        return False
 
     def _reap_all(self) -> None:
         """The job ended: the workers leave by themselves within a poll; wait for them."""

@@ -167,12 +167,14 @@ def _plan_retry(
 
 
 def _failure_share_exceeded(definition: JobDefinition, counters: dict[str, int]) -> str | None:
+    """A job whose every item failed is FAILED whatever max_failure_share says (null included);
+    otherwise it is FAILED when the failed share is over max_failure_share."""
     share = definition.max_failure_share
     total = counters.get(ITEMS_TOTAL, 0)
-    if share is None or not total:
-        return None
     failed = counters.get(ITEMS_FAILED_PERMANENT, 0) + counters.get(ITEMS_FAILED_TRANSIENT, 0)
-    if failed / total <= share:
+    if total > 0 and failed >= total:
+        return f"all {failed} items failed"
+    if share is None or not total or failed / total <= share:
         return None
     return (
         f"{failed} of {total} items failed ({failed / total:.1%}), over max_failure_share {share:g}"

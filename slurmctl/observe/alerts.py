@@ -28,7 +28,7 @@ from slurmctl.backends.statestore import JobRecord
 from slurmctl.config import JobDefinition
 from slurmctl.errors import UserError
 from slurmctl.hooks import Hooks, WorkerInfo
-from slurmctl.jobs import get_job, load_definition
+from slurmctl.jobs import breaker_reason, get_job, load_definition
 from slurmctl.layout import JobLayout
 from slurmctl.observe import timeseries
 from slurmctl.observe.status import job_status
@@ -43,6 +43,7 @@ TITLES = {
     "rate_limit": "rate limit exhausted",
     "infrastructure": "infrastructure failure",
     "job_failed": "job failed",
+    "breaker": "circuit breaker tripped",
 }
 MAX_EVENTS = 50
 WEBHOOK_TIMEOUT_S = 10.0
@@ -238,6 +239,13 @@ def infrastructure(
     )
 
 
+def breaker(job: JobRecord) -> Condition:
+    """The circuit breaker paused the job (worker/breaker.py): fires at once, by the worker that
+    tripped it; resolved when `resume` closes it."""
+    reason = breaker_reason(job)
+    return Condition(reason is not None, reason or "")
+
+
 def job_failed(job: JobRecord) -> Condition:
     if job.status != JobStatus.FAILED:
         return Condition(False)
@@ -322,6 +330,7 @@ def evaluate(
         "rate_limit": rate_limit(settings, job, counters, sample, now),
         "infrastructure": infrastructure(settings, job, status, now),
         "job_failed": job_failed(job),
+        "breaker": breaker(job),
     }
     out = Evaluation(job_id, status=status)
     webhook: tuple[str | None, str] | None = None
@@ -382,13 +391,14 @@ def _resolution(rule: str, job: JobRecord, progressed: bool) -> str:
         return "items are completing again"
     if job.status.terminal and rule != "job_failed":
         return f"the job is {job.status}"
-    if job.paused:
+    if job.paused and rule != "breaker":
         return "the job is paused"
     return {
         "error_rate": "the error rate is back under the threshold",
         "rate_limit": "workers are no longer held back by the rate limit",
         "infrastructure": "workers are running or queued again",
         "job_failed": f"the job is {job.status} again",
+        "breaker": "the job was resumed: the breaker is closed",
     }.get(rule, "cleared")
 
 
@@ -406,7 +416,8 @@ the object store make sure each episode is sent once."""
 
 
 class AlertsObserver(Hooks):
-    """Alerts through the hooks: after every finalize, and from each worker every ALERT_EVERY_S."""
+    """Alerts through the hooks: after every finalize, when the breaker pauses the job, and from
+    each worker every ALERT_EVERY_S."""
 
     def __init__(self) -> None:
         self.last: dict[tuple[str, str], float] = {}
@@ -420,6 +431,9 @@ class AlertsObserver(Hooks):
 
     def after_finalize(self, backend: Backend, job_id: str) -> None:
         evaluate_quietly(backend, job_id)
+
+    def after_job_paused(self, backend: Backend, job_id: str, reason: str) -> None:
+        evaluate_quietly(backend, job_id)  # the breaker alert, at once
 
 
 def _iso(ts: float) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slurmctl.backends import Backend
+from slurmctl.errors import FRAMEWORK_ERROR
 from slurmctl.finalize.retry import phase_name, phase_number, read_failures
 from slurmctl.jobs import get_job
 from slurmctl.states import TaskStatus
@@ -92,7 +93,7 @@ class Group:
     def as_dict(self) -> dict[str, Any]:
         return {
             "error_type": self.error_type,
-            "permanent": self.error_type in PERMANENT,
+            "permanent": self.error_type in PERMANENT or self.error_type in TASK_GROUPS,
             "signature": self.signature,
             "count": self.count,
             "final": self.final,
@@ -117,6 +118,11 @@ class Tally:
             return
         self.items[key] = self.items.get(key, 0) + items
         self.failures[key] = self.failures.get(key, 0) + failures
+
+
+TASK_GROUPS = ("framework", "task_failed")
+"""The group types of tasks that could not run (their samples are task ids, not item ids):
+slurmctl's own code failed, or the task could not start (a corrupt batch)."""
 
 
 def worker_place(worker_id: str | None) -> tuple[str | None, str | None]:
@@ -201,6 +207,17 @@ def analyze(backend: Backend, job_id: str) -> dict[str, Any]:
             g.seen(task.end_time)
             if len(g.samples) < SAMPLES:
                 g.samples.append(str(entry.get("item_id")))
+    for task in backend.state.iter_tasks(job_id, status=TaskStatus.FAILED):
+        tasks += 1  # a task that could not run: its reason is the group's example
+        error = str(task.error or "")
+        kind = TASK_GROUPS[0] if f": {FRAMEWORK_ERROR}: " in error else TASK_GROUPS[1]
+        g = group({"error_type": kind, "message": error.split(": ", 1)[-1]})
+        g.count += 1
+        g.final += 1
+        g.phases[task.phase] = g.phases.get(task.phase, 0) + 1
+        g.seen(task.end_time)
+        if len(g.samples) < SAMPLES:
+            g.samples.append(task.task_id)
     final = 0
     for number in range(phase_number(job.phase) + 1):
         doc = read_failures(backend, job_id, phase_name(number))

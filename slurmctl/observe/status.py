@@ -15,7 +15,7 @@ from typing import Any
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import WORKERS_LOST, Bucket, JobRecord
-from slurmctl.jobs import get_job
+from slurmctl.jobs import get_job, local_job_stopped
 from slurmctl.layout import JobLayout
 from slurmctl.observe.timeseries import progress_figures
 from slurmctl.states import JobStatus, TaskStatus
@@ -33,9 +33,13 @@ def register_summary(executor: str, summary: Summary) -> None:
     _summaries[executor] = summary
 
 
-def shown_status(job: JobRecord) -> JobStatus:
+def shown_status(job: JobRecord, stopped: bool = False) -> JobStatus:
+    """The stored status, or PAUSED while the pause flag is set, or STOPPED for a local job
+    that nobody runs (`jobs.local_job_stopped`)."""
     if job.paused and not job.status.terminal:
         return JobStatus.PAUSED
+    if stopped and not job.status.terminal:
+        return JobStatus.STOPPED
     return job.status
 
 
@@ -70,6 +74,7 @@ def rate_limits(
 
 def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
     job = get_job(backend, job_id)
+    stopped = local_job_stopped(backend, job)
     counters = backend.state.counters(job_id)
     tasks = {str(s): 0 for s in TaskStatus}
     phases: dict[str, dict[str, int]] = {}
@@ -92,7 +97,7 @@ def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
     buckets = rate_limits(backend.state.list_buckets(job_id), counters, time.time())
     out: dict[str, Any] = {
         "job_id": job.job_id,
-        "status": str(shown_status(job)),
+        "status": str(shown_status(job, stopped)),
         "phase": job.phase,
         "paused": job.paused,
         "tasks": tasks,
@@ -113,4 +118,8 @@ def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
     if summary is not None:  # Slurm: ids from the manifest, workers from one squeue call
         out[job.executor] = summary(backend, job_id)
     out.update(progress_figures(job, counters, out))  # items/s, ETA, workers (bounded series)
+    if stopped or job.paused:  # nobody works on it: no ETA; a stopped job runs no worker
+        out["eta_s"] = None
+    if stopped:
+        out["workers_running"] = 0
     return out

@@ -23,12 +23,13 @@ from slurmctl.backends import Backend
 from slurmctl.backends.reconcile import reconcile, release_dead_holders
 from slurmctl.backends.statestore import task_counter
 from slurmctl.config import JobDefinition
-from slurmctl.errors import BackendUnavailable, HandlerImportError, UserError
+from slurmctl.errors import FRAMEWORK_ERROR, BackendUnavailable, HandlerImportError, UserError
 from slurmctl.holders import Holder
-from slurmctl.jobs import get_job, load_definition
+from slurmctl.jobs import SUPERVISOR_ENV, get_job, load_definition
 from slurmctl.ratelimit.allocation import LEAVE_MARGIN_S, AllocationClock
 from slurmctl.scratch import ScratchRefused, ensure_private_dir, scratch_root
 from slurmctl.secrets import redact, redact_uncaught
+from slurmctl.worker.breaker import Breaker
 from slurmctl.worker.classify import classify
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import load_handler
@@ -46,6 +47,8 @@ SETUP_TRANSIENT = frozenset({"network", "timeout", "throttled", "server"})
 """A `setup()` failing like this ends the worker only; any other failure fails the job."""
 OUTAGE_LIMIT_S = 600.0
 POLL_S = 1.0
+SUPERVISOR_CHECK_S = 0.25
+"""A local worker looks this often whether the `submit` that started it is still alive."""
 LOCAL_POLL_S = 0.1
 DEAD_EVERY_S = 1.0
 """An idle worker on the embedded backend looks for leases of dead processes this often (a
@@ -73,6 +76,10 @@ class Worker:
         self.limiters: dict[str, DistributedRateLimiter] = {}
         self.allocation = AllocationClock()
         self._writes: dict[str, int] = {}
+        self.breaker: Breaker | None = None
+        supervisor = os.environ.get(SUPERVISOR_ENV, "")
+        self._supervisor = int(supervisor) if supervisor.isdigit() else 0
+        self._next_check = 0.0
 
     # --- signals ----------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -85,7 +92,27 @@ class Worker:
         self.stop_signal = signum
 
     def should_stop(self) -> bool:
+        if self._supervisor and time.monotonic() >= self._next_check:  # once per item: cheap
+            self._next_check = time.monotonic() + SUPERVISOR_CHECK_S
+            self.check_supervisor()
         return self.stop_signal is not None
+
+    def check_supervisor(self) -> None:
+        """A local worker whose `submit` died (killed) stops at a checkpoint: nobody would
+        finalize what it does, and `status` says the job is stopped."""
+        if self._supervisor and self.stop_signal is None and os.getppid() != self._supervisor:
+            log.warning(
+                "worker %s: the slurmctl process that started it (%d) is gone: stopping at a "
+                "checkpoint",
+                self.worker_id,
+                self._supervisor,
+            )
+            self.stop_signal = signal.SIGHUP
+
+    def task_should_stop(self) -> bool:
+        """Stop the task in hand: the worker stops, or the breaker tripped (the worker then
+        waits, paused, for `resume`)."""
+        return self.should_stop() or (self.breaker is not None and self.breaker.tripped)
 
     def install_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
@@ -108,7 +135,7 @@ class Worker:
                 bucket=name,
                 burst=b.burst,
                 active_workers=self._workers,
-                should_stop=self.should_stop,
+                should_stop=self.task_should_stop,
                 on_paused=self._while_paused,
             )
             self.limiters[name] = limiter
@@ -167,7 +194,11 @@ class Worker:
         except HandlerImportError as e:
             self._fail_job(f"handler cannot be imported on the worker: {e}")
             return EXIT_JOB_FAILED
-        params = secret_refs.resolve(definition.params)
+        try:
+            params = secret_refs.resolve(definition.params)
+        except UserError as e:  # a secret unset where the workers run: the job's reason
+            self._fail_job(f"worker {self.worker_id}: {e}")
+            return EXIT_JOB_FAILED
         hidden = secret_refs.collect_secret_values(definition.params)
         redact_uncaught(hidden)  # from here on, no traceback shows a resolved secret
         ctx = Context(
@@ -178,6 +209,7 @@ class Worker:
             self.worker_id,
             throttled=self._throttled,
         )
+        self.breaker = Breaker(self.backend, self.job_id, definition.breaker, job.workers)
         try:  # the scratch root private to this user, verified, before anything is put in it
             runner = self._runner(definition, handler, ctx, hidden, job.created_at)
             self.info = hooks.WorkerInfo(
@@ -192,6 +224,13 @@ class Worker:
             return EXIT_SETUP_FAILED
         try:
             return self._loop_through_outages(runner, definition)
+        except Exception as e:  # slurmctl's own code, outside a task: logged, the job's reason
+            log.exception("worker %s: %s: %s", self.worker_id, type(e).__name__, e)
+            self._fail_job(
+                f"worker {self.worker_id}: {FRAMEWORK_ERROR}: "
+                f"{redact(f'{type(e).__name__}: {e}', hidden)}"
+            )
+            return EXIT_JOB_FAILED
         finally:
             self._release_slots()
             if handler.teardown is not None:
@@ -256,8 +295,9 @@ class Worker:
             scratch_root=scratch,
             rules=definition.error_rules,
             secrets=hidden,
-            should_stop=self.should_stop,
+            should_stop=self.task_should_stop,
             job_stamp=repr(created_at),
+            breaker=self.breaker,
         )
 
     def _loop_through_outages(self, runner: TaskRunner, definition: JobDefinition) -> int:
@@ -296,11 +336,15 @@ class Worker:
         paused_logged = False
         idle_wait = 0.0
         while not self.should_stop():
+            self.check_supervisor()
             job = get_job(self.backend, self.job_id)
             hooks.registry.on_worker_poll(self.info)  # e.g. alerts, at their own low pace
             if job.status.terminal:
                 log.info("worker %s: job is %s, leaving", self.worker_id, job.status)
                 return EXIT_OK
+            if self.breaker is not None and self.breaker.tripped and not job.paused:
+                log.info("worker %s: the job was resumed: the breaker closes", self.worker_id)
+                self.breaker.reopen()
             if job.paused:
                 if not paused_logged:
                     log.info("worker %s: job paused, waiting", self.worker_id)

@@ -25,12 +25,15 @@ from slurmctl import faults, hooks
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import OUTPUT_SCHEMA_DOC, TaskCommit, TaskRecord
-from slurmctl.errors import BackendUnavailable, IntegrityError, SlurmctlError
+from slurmctl.errors import FRAMEWORK_ERROR, BackendUnavailable, IntegrityError, SlurmctlError
 from slurmctl.fastjson import loads_for
+from slurmctl.jobs import append_history
 from slurmctl.layout import JobLayout, done_marker
 from slurmctl.output_schema import JobSchema, Pin, with_rules
 from slurmctl.scratch import private_dirs
 from slurmctl.secrets import redact
+from slurmctl.states import JobStatus
+from slurmctl.worker.breaker import Breaker
 from slurmctl.worker.checkpoint import Checkpoint, CheckpointRefused, Row, Stamp
 from slurmctl.worker.classify import PERMANENT, Rule, classify
 from slurmctl.worker.context import Context
@@ -78,6 +81,7 @@ class TaskRunner:
     """The job's identity beyond its id (its creation time), recorded in every checkpoint."""
     pins: dict[str, Pin] = field(default_factory=dict)
     """`output.schema`: the pinned column types."""
+    breaker: Breaker | None = None
     layout: JobLayout = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,9 +113,60 @@ class TaskRunner:
                 self._beat_thread.start()
         try:
             return self._attempt(task, token, lost)
+        except (WorkerStopping, TimeoutError, ConnectionError, BackendUnavailable):
+            raise  # a stop, or the store unreachable: the worker's loop waits for it
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, the task's reason
+            return self._framework_error(task, token, exc)
         finally:
             with self._beat_lock:
                 self._beating = None
+
+    def _framework_error(self, task: TaskRecord, token: str, exc: Exception) -> Outcome:
+        """An exception in slurmctl's own code (encoding the output, a checkpoint, ...), not the
+        handler's: logged at ERROR with its traceback, never a silent worker death taken for a
+        lost worker. The task is tried again from scratch (a scratch folder removed under the
+        worker, a full disk) up to `retry.max_task_failures` times; then the task and the job
+        FAIL with the exception as their reason (a bug meets every task the same way)."""
+        c = classify(exc, ())
+        reason = redact(f"{task.task_id}: {FRAMEWORK_ERROR}: {c.message}", self.secrets)
+        seen = self._framework_errors(task.task_id, reason)
+        if seen < self.max_task_failures:
+            log.error(
+                "%s (classified %s; %d of %d: trying the task again)",
+                reason,
+                c.type,
+                seen,
+                self.max_task_failures,
+                exc_info=exc,
+            )
+            shutil.rmtree(self.scratch_dir(task.task_id, token), ignore_errors=True)
+            if self.backend.state.release_task(self.job_id, task.task_id, token):
+                self.backend.queue.send(self.job_id, [task.task_id])
+            return Outcome.FAILED
+        log.error(
+            "%s (classified %s; %d times: failing the job)", reason, c.type, seen, exc_info=exc
+        )
+        state = self.backend.state
+        state.fail_task(self.job_id, task.task_id, token, reason, time.time())
+        job = state.get_job(self.job_id)
+        if job is None or job.status.terminal:
+            return Outcome.FAILED  # another task failed it first: its reason stands
+        changes = {"status": JobStatus.FAILED, "error": reason, "updated_at": time.time()}
+        if state.update_job(self.job_id, changes, expect={"status": job.status}):
+            append_history(self.backend, self.job_id, "failed", reason=reason)
+        return Outcome.FAILED
+
+    def _framework_errors(self, task_id: str, reason: str) -> int:
+        """Record one more framework error of the task (an object per task: a rare event);
+        returns how many it has had."""
+        key = self.layout.root + f"framework-errors/{task_id}.json"
+        try:
+            seen: Any = self.backend.objects.get_json(key)
+        except ObjectNotFound:
+            seen = []
+        seen = [*seen, {"at": time.time(), "worker_id": self.worker_id, "reason": reason}]
+        self.backend.objects.put_json(key, seen)
+        return len(seen)
 
     def _heartbeat(self) -> None:
         """One thread per worker extends the lease of whatever task it runs. A store error is
@@ -202,6 +257,7 @@ class TaskRunner:
             if stopped:
                 self._leave(task, token, ckpt, lost)
                 return Outcome.STOPPED
+            faults.inject_error("output")
             commit = self._write_outputs(task, token, ckpt, lines)
         finally:
             ckpt.close()
@@ -210,7 +266,12 @@ class TaskRunner:
             log.warning("%s: commit refused: the lease moved on; output discarded", task.task_id)
             shutil.rmtree(scratch, ignore_errors=True)
             return Outcome.LEASE_LOST
-        self._after_commit(task, token, commit, t0, cpu0, calls, len(done))
+        try:
+            self._after_commit(task, token, commit, t0, cpu0, calls, len(done))
+        except (TimeoutError, ConnectionError, BackendUnavailable):
+            raise
+        except Exception:  # the output counts already: a missing manifest must not fail the job
+            log.exception("%s: committed, but its task manifest was not written", task.task_id)
         shutil.rmtree(self.task_dir(task.task_id), ignore_errors=True)  # and dead attempts' files
         return Outcome.COMMITTED
 
@@ -272,6 +333,9 @@ class TaskRunner:
         """Run the handler on every item not in the checkpoint; returns (calls, stopped)."""
         process, ctx, id_field = self.handler.process, self.ctx, self.id_field
         loads = loads_for(b"\n".join(lines))  # one check for long integers, not one per item
+        on_ok, on_failed = (
+            (self.breaker.ok, self.breaker.failed) if self.breaker else (_no_ok, _no_failed)
+        )
         ctx.task_id = task.task_id
         pending: list[Row] = []
         calls = 0
@@ -304,12 +368,14 @@ class TaskRunner:
             except Exception as exc:  # noqa: BLE001 - every handler failure is classified and kept
                 c = classify(exc, self.rules)
                 ctx.note_error(c.type, exc)  # a `throttled` one slows the job's rate limiter
+                on_failed(c.type, exc)  # the circuit breaker's window
                 message = redact(c.message, self.secrets)
                 append(
                     (idx, item_id, False, None, c.type, message, redact(c.signature, self.secrets))
                 )
             else:
                 append((idx, item_id, True, out, None, None, None))
+                on_ok()
             if (
                 isolate
                 or (
@@ -548,6 +614,14 @@ class TaskRunner:
         }
         objects.put_json(self.layout.task_manifest(task.task_id), manifest)
         hooks.registry.after_task_committed(event)  # e.g. the job's time series; the log
+
+
+def _no_ok() -> None:
+    pass
+
+
+def _no_failed(error_type: str, exc: BaseException) -> None:
+    pass
 
 
 SLURM_VARS = frozenset(

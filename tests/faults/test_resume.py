@@ -57,7 +57,7 @@ def test_ctrl_c_stops_at_a_checkpoint_and_resume_finishes(tmp_path: Path) -> Non
     assert "`slurmctl resume t1` carries on" in err
     assert "Traceback" not in err
     s = status(root, "t1")
-    assert s["status"] == "RUNNING" and s["tasks"]["RUNNING"] == 0, "leases released"
+    assert s["status"] == "STOPPED" and s["tasks"]["RUNNING"] == 0, "leases released"
     stopped_at = len(_calls(calls))
     resumed = cli(root, "resume", "t1", env=env)
     assert resumed.returncode == 0, resumed.stderr

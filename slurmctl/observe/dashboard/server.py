@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 from slurmctl.backends import Backend
 from slurmctl.errors import JobNotFound, SlurmctlError
 from slurmctl.ids import JOB_ID_RE
-from slurmctl.jobs import read_history
+from slurmctl.jobs import local_job_stopped, read_history
 from slurmctl.observe import prometheus, timeseries
 from slurmctl.observe.alerts import read_state
 from slurmctl.observe.errors import analyze
@@ -103,7 +103,7 @@ class Dashboard:
             rows.append(
                 {
                     "job_id": job.job_id,
-                    "status": str(shown_status(job)),
+                    "status": str(shown_status(job, local_job_stopped(backend, job))),
                     "phase": job.phase,
                     "tasks": job.task_count,
                     "items": total,
