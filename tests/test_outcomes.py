@@ -92,13 +92,11 @@ def test_every_item_raising_keyerror_exits_non_zero(tmp_path: Path) -> None:
 
 
 def test_every_item_returning_a_str_exits_non_zero(tmp_path: Path) -> None:
-    config = make_job(
-        tmp_path / "job", 60, handler=STR_HANDLER, extra="retry: {max_attempts: 3, backoff_s: 0}\n"
-    )
+    config = make_job(tmp_path / "job", 60, handler=STR_HANDLER)
     root = tmp_path / "root"
     run = cli(root, "submit", str(config), "--no-progress")
     assert run.returncode == 1, run.stderr
-    assert "job t1: FAILED: 0 succeeded, " in run.stdout
+    assert "job t1: FAILED: 0 succeeded, 60 failed permanently, 0 failed transiently" in run.stdout
     assert run.stderr.strip().splitlines()[-1] == "error: all 60 items failed"
     assert "Traceback" not in run.stderr
 
