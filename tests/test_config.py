@@ -76,7 +76,7 @@ def test_full_example_from_design(tmp_path: Path) -> None:
     job = load_job_definition(write(tmp_path, text))
     assert job.effective_job_id() == "backfill-2025-04-12"
     assert job.slurm.time == "01:00:00" and job.slurm.mem == "8G"
-    assert job.rate_limits["search"].burst == 1
+    assert job.rate_limits["search"].burst == 3  # the default: two spare tokens absorb send jitter
     assert job.error_rules[1].exception == "mymod.BadItem"
     stored = job.to_stored_dict()
     assert stored["params"]["api_token"] == "${API_TOKEN}"
