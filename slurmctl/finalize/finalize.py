@@ -29,6 +29,7 @@ from slurmctl.finalize import retry
 from slurmctl.finalize.aggregate import OutputConflict, aggregate
 from slurmctl.finalize.retry import RetryPlan
 from slurmctl.jobs import append_history, get_job, load_definition
+from slurmctl.killpoints import kill_point
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus, TaskStatus
 
@@ -131,8 +132,8 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
 def _plan_retry(
     backend: Backend, job_id: str, definition: JobDefinition, phase: str, work: Path
 ) -> RetryPlan | None:
-    """Write the phase's failure manifest; start the next phase if transient failures remain
-    and have attempts left (retry.max_attempts counts every phase an item ran in)."""
+    """Write the phase's failure manifest, then start the next phase if transient failures
+    remain and have attempts left (retry.max_attempts counts every phase an item ran in)."""
     number = retry.phase_number(phase)
     can_retry = number + 1 < definition.retry.max_attempts
     retry_path, failures_path, count, _ = retry.split_phase(
@@ -143,13 +144,15 @@ def _plan_retry(
         work,
         exhausted=not can_retry,
     )
+    # Before the flip: the manifest is a pure function of the finished phase, so writing it
+    # again after a crash gives the same file, and a crash after the flip loses nothing.
+    backend.objects.put_file(JobLayout(job_id).failures(phase), failures_path)
     if count == 0:
-        backend.objects.put_file(JobLayout(job_id).failures(phase), failures_path)
         return None
     new_phase = retry.phase_name(number + 1)
     tasks = retry.write_phase(backend, job_id, new_phase, retry_path, count, definition.batch_size)
     plan = retry.start_phase(backend, job_id, definition, phase, new_phase, count, 0, tasks)
-    backend.objects.put_file(JobLayout(job_id).failures(phase), failures_path)
+    kill_point("finalize.after_phase_flip")
     if plan is not None:
         append_history(
             backend,
