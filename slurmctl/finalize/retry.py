@@ -62,11 +62,17 @@ class RetryPlan:
     begin_at: float
 
 
+def batch_lines(data: bytes) -> list[bytes]:
+    """A batch's (or an errors file's) lines, cut on \\n only: `splitlines()` would also cut
+    on a raw CR, which JSON allows as whitespace, and shift every later item's index."""
+    return data.removesuffix(b"\n").split(b"\n") if data else []
+
+
 def _task_errors(backend: Backend, task: TaskRecord) -> list[dict[str, Any]]:
     if not task.errors_key or not (task.failed_permanent + task.failed_transient):
         return []
     data = backend.objects.get_bytes(task.errors_key, sha256=task.errors_sha256)
-    return [json.loads(line) for line in data.splitlines()]
+    return [json.loads(line) for line in batch_lines(data) if line.strip()]
 
 
 class FailureWriter:
@@ -120,7 +126,7 @@ def split_phase(
                     failures.add(entry, _reason(entry, exhausted))
             if chosen:
                 lines = backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)
-                batch = lines.splitlines()
+                batch = batch_lines(lines)
                 for entry in chosen:
                     retry_out.write(batch[entry["index"]] + b"\n")
                     permanent += entry["error_type"] in PERMANENT
@@ -300,9 +306,9 @@ def operator_retry(
                 task = tasks_cache.setdefault(tid, backend.state.get_task(job_id, tid))
                 if task is None:
                     continue
-                lines = backend.objects.get_bytes(
-                    task.batch_key, sha256=task.batch_sha256
-                ).splitlines()
+                lines = batch_lines(
+                    backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)
+                )
                 for entry in entries:
                     out.write(lines[entry["index"]] + b"\n")
                     count += 1

@@ -60,3 +60,19 @@ def test_kill_between_the_phase_flip_and_the_failure_manifest(tmp_path: Path) ->
     assert s["status"] == "COMPLETED"
     assert s["items"]["succeeded"] == 198 and s["items"]["failed_permanent"] == 2
     assert s["items"]["pending"] == 0
+
+
+def test_a_raw_cr_in_a_json_line_survives_the_retry_phase(tmp_path: Path) -> None:
+    """Hole 8, the retry planner: batches are cut on \\n only; a raw CR (JSON whitespace) in
+    item 5's line must not shift the lines of items 1 and 11, which are retried."""
+    config, root, env = _job(tmp_path, 40, "retry: {max_attempts: 2, backoff_s: 0.1}\n")
+    path = tmp_path / "job/input.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    lines[5] = b'{"id": "5",\r "n": 5}'
+    path.write_bytes(b"\n".join(lines))
+    run = cli(root, "submit", str(config), "--no-progress", env=env)
+    assert run.returncode == 0, run.stderr
+    got = assert_exactly_once(root, "t1", 40)
+    assert sorted(map(int, got["failures"])) == [3]
+    s = status(root, "t1")
+    assert s["items"]["succeeded"] == 39 and s["phases"]["retry_1"]["SUCCESS"] == 1
