@@ -35,6 +35,16 @@ def store_definition(backend: Backend, job_id: str, definition: JobDefinition) -
     backend.objects.put_json(JobLayout(job_id).definition, doc)
 
 
+def stored_definition(backend: Backend, job_id: str) -> dict[str, Any] | None:
+    """The stored definition's fields (as `to_stored_dict`), None when submit stored none."""
+    try:
+        doc: Any = backend.objects.get_json(JobLayout(job_id).definition)
+    except ObjectNotFound:
+        return None
+    found = doc.get("definition") if isinstance(doc, dict) else None
+    return found if isinstance(found, dict) else None
+
+
 def load_definition(backend: Backend, job_id: str) -> JobDefinition:
     """The definition as submitted (secrets still `${NAME}`), bound to its original folder."""
     try:

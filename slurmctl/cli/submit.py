@@ -14,13 +14,14 @@ import click
 
 from slurmctl import secrets as secret_refs
 from slurmctl.backends.spec import BackendSpec
+from slurmctl.backends.statestore import JobRecord
 from slurmctl.cli import EXIT_FAILED, Env, cli, pass_env
 from slurmctl.cli.progress import stderr
 from slurmctl.cli.run import finished, print_outcome, run_job
 from slurmctl.config import JobDefinition, load_job_definition
 from slurmctl.coordinator.scan import InputScanner, InputSource
-from slurmctl.coordinator.submit import open_input, plan, submit
-from slurmctl.errors import ConfigError, UserError
+from slurmctl.coordinator.submit import check_existing, open_input, plan, submit
+from slurmctl.errors import BackendUnavailable, ConfigError, UserError
 from slurmctl.executors.slurm import preflight
 from slurmctl.output_schema import JobSchema, with_rules
 from slurmctl.ratelimit import gcra
@@ -56,8 +57,14 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
         click.echo(f"note: params reference {name}; it must be set where the workers run", err=True)
     preflight(definition)  # before anything is written: a refused job leaves nothing behind
     if dry_run:
+        existing = _existing(env, definition)  # a changed definition or input: refused here too
         p = plan(definition)
         click.echo(f"job {p.job_id} (dry run: nothing written)")
+        if existing is not None:
+            then = "report it" if existing.status.terminal else "carry on where it stopped"
+            click.echo(
+                f"  existing      {existing.status}, same definition and input: would {then}"
+            )
         click.echo(f"  input lines   {p.lines}")
         click.echo(f"  items         {p.items}")
         reasons = ", ".join(f"{n} {k}" for k, n in sorted(p.reasons.items()))
@@ -88,6 +95,19 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
         click.echo(f"job {job_id} submitted")
     if finished(run_job(env, job_id, progress=not no_progress, follow=follow)):
         sys.exit(print_outcome(env, job_id))
+
+
+def _existing(env: Env, definition: JobDefinition) -> JobRecord | None:
+    """For a dry run: the job already under this id (checked against this definition and
+    input), without creating a state root or any AWS resource that is not there."""
+    spec = BackendSpec.for_definition(definition, env.root)
+    if spec.kind == "local" and not (env.root / "state.sqlite").exists():
+        return None
+    try:
+        backend = env.use(spec)
+    except BackendUnavailable:
+        return None
+    return check_existing(backend, definition, definition.effective_job_id())
 
 
 class _bytes_bar:

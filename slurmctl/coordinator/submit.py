@@ -34,10 +34,12 @@ from slurmctl.backends.statestore import (
     task_counter,
 )
 from slurmctl.config import JobDefinition
+from slurmctl.coordinator import fingerprint
 from slurmctl.coordinator.scan import FileSource, InputScanner, InputSource, ScanStats
 from slurmctl.errors import InputError, JobStateError, UserError
 from slurmctl.ids import batch_id, group_for_phase, id_width, task_id
-from slurmctl.jobs import append_history, store_definition
+from slurmctl.jobs import append_history, store_definition, stored_definition
+from slurmctl.killpoints import kill_point
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus
 from slurmctl.worker.handler import load_handler
@@ -175,10 +177,17 @@ def submit(
     size = source.size()  # an unreadable input is refused before anything is written
     if input_size is not None:
         input_size(size)
-    existing = backend.state.get_job(job_id)
+    existing = check_existing(backend, definition, job_id, source, size)
     if existing is not None and existing.submitted:
         return Submitted(job_id, False, existing.status)
     created = existing is None
+    fp = None if created else fingerprint.load(backend, job_id)
+    fresh = fp is None  # the first submit (or one killed before it recorded the input)
+    if fp is None:
+        width = id_width(max(1, size // max(definition.batch_size, 1)))
+        fp = fingerprint.InputFingerprint(
+            definition.resolved_input(), size, fingerprint.stamp(source), width
+        )
     if created:
         now = time.time()
         backend.state.create_job(
@@ -192,13 +201,38 @@ def submit(
                 backend=definition.backend,
             )
         )
+    if fresh:
+        fingerprint.store(backend, job_id, fp)  # before any batch: a resume keeps its width
     try:
-        _write(backend, definition, job_id, source, size, progress)
+        _write(backend, definition, job_id, source, fp, progress)
     except UserError:
         if created:
             discard(backend, job_id)
         raise
     return Submitted(job_id, created, JobStatus.PENDING)
+
+
+def check_existing(
+    backend: Backend,
+    definition: JobDefinition,
+    job_id: str,
+    source: InputSource | None = None,
+    size: int | None = None,
+) -> JobRecord | None:
+    """The job already under this id, if any, after checking it was submitted with this very
+    definition and input (ResubmissionRefused, exit 2, names what differs)."""
+    existing = backend.state.get_job(job_id)
+    if existing is None:
+        return None
+    stored = stored_definition(backend, job_id)
+    if stored is not None:
+        fingerprint.check_definition(job_id, stored, definition)
+    fp = fingerprint.load(backend, job_id)
+    if fp is not None:
+        source = source or open_input(definition, backend)
+        size = source.size() if size is None else size
+        fingerprint.check_input(job_id, fp, definition.resolved_input(), source, size)
+    return existing
 
 
 def discard(backend: Backend, job_id: str) -> None:
@@ -218,24 +252,27 @@ def _write(
     definition: JobDefinition,
     job_id: str,
     source: InputSource,
-    size: int,
+    fp: fingerprint.InputFingerprint,
     progress: Callable[[int], None] | None,
 ) -> None:
     layout = JobLayout(job_id)
+    hashing = fingerprint.HashingSource(source)
     store_definition(backend, job_id, definition)
     backend.queue.create_queue(job_id)
     work = Path(tempfile.mkdtemp(prefix=f"slurmctl-submit-{job_id}-"))
     try:
         qpath = work / "quarantine.jsonl"
         with open(qpath, "wb") as qfile:
-            scanner = InputScanner(source, definition.id_field, work, qfile, progress)
-            # Ids are sized for the job: a first pass would cost a read, so size on the bytes.
-            count = _write_batches(backend, definition, job_id, scanner, size)
+            scanner = InputScanner(hashing, definition.id_field, work, qfile, progress)
+            # Ids are sized at the first submit, on the bytes (a first pass would cost a read).
+            count = _write_batches(backend, definition, job_id, scanner, fp.width)
         stats = scanner.stats
         _check(definition, stats, source.name)
         backend.objects.put_file(layout.quarantine, qpath)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    fp.sha256, fp.lines, fp.batches = hashing.digest.hexdigest(), stats.lines, count
+    fingerprint.store(backend, job_id, fp)
     for name, limit in _buckets(definition).items():
         backend.state.put_bucket(Bucket(job_id, name, limit[0], limit[1]))
     manifest = _manifest(definition, job_id, stats, count)
@@ -270,10 +307,9 @@ def _write(
 
 
 def _write_batches(
-    backend: Backend, definition: JobDefinition, job_id: str, scanner: InputScanner, size: int
+    backend: Backend, definition: JobDefinition, job_id: str, scanner: InputScanner, width: int
 ) -> int:
     layout = JobLayout(job_id)
-    width = id_width(max(1, size // max(definition.batch_size, 1)))
 
     def put(index: int, lines: list[bytes]) -> TaskRecord:
         bid, tid = batch_id(PHASE, index, width), task_id(PHASE, index, width)
@@ -306,6 +342,7 @@ def _write_batches(
     for record in _in_order(put, batches, threads):
         tasks.append(record)
         count += 1
+        kill_point("submit.after_batch")
         if len(tasks) >= TASKS_PER_WRITE:
             _flush(backend, job_id, tasks)
             tasks = []
