@@ -6,15 +6,17 @@ import getpass
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import JobRecord
 from slurmctl.config import JobDefinition
-from slurmctl.errors import JobNotFound
+from slurmctl.errors import JobBusy, JobNotFound
 from slurmctl.ids import validate_job_id
 from slurmctl.layout import JobLayout
 
@@ -194,3 +196,50 @@ def local_job_stopped(backend: Backend, job: JobRecord) -> bool:
     if job.executor != "local" or job.status.terminal or not job.submitted:
         return False
     return live_lease_holder(backend, job.job_id) is None
+
+
+class JobLease:
+    """The job-level lease held by this process while it acts on a job (`retry`, `aggregate`),
+    renewed in the background; a second process gets a one-line JobBusy refusal.
+
+    Re-entrant with the local executor, whose holder name is the same: a `retry` keeps it
+    through the run it starts."""
+
+    TTL_S = 30.0
+
+    def __init__(self, backend: Backend, job_id: str) -> None:
+        self.backend, self.job_id, self.holder = backend, job_id, local_holder()
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+
+    def __enter__(self) -> JobLease:
+        state = self.backend.state
+        other = live_lease_holder(self.backend, self.job_id)  # frees a dead holder's lease
+        if other in (None, self.holder) and state.acquire_job_lease(
+            self.job_id, self.holder, self.TTL_S, time.time()
+        ):
+            self._keeper = threading.Thread(target=self._keep, daemon=True)
+            self._keeper.start()
+            return self
+        lease = state.job_lease(self.job_id)
+        who = lease[0] if lease else other
+        raise JobBusy(
+            f"job {self.job_id} is busy: another slurmctl process ({who}) is acting on it; "
+            "try again when it is done"
+        )
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.TTL_S / 3):
+            self.backend.state.acquire_job_lease(self.job_id, self.holder, self.TTL_S, time.time())
+
+    def release(self) -> None:
+        if self._keeper is not None:
+            self._stop.set()
+            self._keeper.join()
+            self._keeper = None
+            self.backend.state.release_job_lease(self.job_id, self.holder)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

@@ -210,6 +210,18 @@ class StateStore(ABC):
     def get_task(self, job_id: str, task_id: str) -> TaskRecord | None: ...
 
     @abstractmethod
+    def replace_task(
+        self, task: TaskRecord, *, expect_status: TaskStatus, counter_deltas: Mapping[str, int]
+    ) -> bool:
+        """Put the whole record if the stored task has expect_status, moving the counters in
+        the same transaction (`retry --tasks`: a finished task runs again). False otherwise."""
+
+    @abstractmethod
+    def delete_tasks(self, job_id: str, phase: str) -> int:
+        """Remove every task of a phase that never started (a retry planner killed before its
+        flip left them); the caller holds the job lease. Returns how many went."""
+
+    @abstractmethod
     def claim_task(
         self,
         job_id: str,

@@ -14,6 +14,7 @@ from slurmctl.coordinator.submit import submit
 from slurmctl.errors import JobBusy, JobStateError
 from slurmctl.finalize.finalize import finalize
 from slurmctl.jobs import (
+    JobLease,
     append_history,
     breaker_reason,
     get_job,
@@ -87,18 +88,19 @@ def resume_cmd(env: Env, job_id: str, no_progress: bool, follow: bool) -> None:
 @pass_env
 def aggregate_cmd(env: Env, job_id: str) -> None:
     """Run finalize now: reconcile, and merge the outputs if every task is finished."""
-    job = get_job(env.backend, job_id)
-    counters = env.backend.state.counters(job_id)
-    running = sum(counters.get(task_counter(job.phase, s), 0) for s in ("PENDING", "RUNNING"))
-    if job.status is JobStatus.FAILED and not running:
-        # after a fix (outputs that could not be merged): finalize decides again from the
-        # tasks and counters, and fails again if the cause is still there
-        env.backend.state.update_job(
-            job_id,
-            {"status": JobStatus.AGGREGATING, "error": None},
-            expect={"status": JobStatus.FAILED},
-        )
-    result = finalize(env.backend, job_id)
+    with JobLease(env.backend, job_id):  # not beside a run's own finalize (or a `retry`)
+        job = get_job(env.backend, job_id)
+        counters = env.backend.state.counters(job_id)
+        running = sum(counters.get(task_counter(job.phase, s), 0) for s in ("PENDING", "RUNNING"))
+        if job.status is JobStatus.FAILED and not running:
+            # after a fix (outputs that could not be merged): finalize decides again from the
+            # tasks and counters, and fails again if the cause is still there
+            env.backend.state.update_job(
+                job_id,
+                {"status": JobStatus.AGGREGATING, "error": None},
+                expect={"status": JobStatus.FAILED},
+            )
+        result = finalize(env.backend, job_id)
     if result.work_left:
         raise JobStateError(
             f"job {job_id}: {result.work_left} task(s) not finished; `slurmctl resume {job_id}` "

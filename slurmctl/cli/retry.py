@@ -1,4 +1,7 @@
-"""`slurmctl retry`: a new phase for the failures an operator chooses, by error type."""
+"""`slurmctl retry`: a new phase for the failures an operator chooses, by error type; or, with
+`--tasks`, finished tasks run again from their batches (a result lost or damaged after its
+commit, a task that could not run). Both act under the job lease: a second `retry` (or an
+`aggregate`) at the same time is refused with one line."""
 
 from __future__ import annotations
 
@@ -9,12 +12,15 @@ from pathlib import Path
 
 import click
 
+from slurmctl.backends import Backend
+from slurmctl.backends.statestore import JobRecord, task_counter
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import print_outcome, run_job
 from slurmctl.errors import JobStateError, UserError
 from slurmctl.finalize import retry
-from slurmctl.jobs import append_history, get_job, load_definition
-from slurmctl.states import JobStatus
+from slurmctl.finalize.rerun import rerun_tasks
+from slurmctl.jobs import JobLease, append_history, get_job, load_definition
+from slurmctl.states import JobStatus, TaskStatus
 from slurmctl.worker.classify import PERMANENT, TRANSIENT
 
 ERROR_TYPES = sorted(TRANSIENT | PERMANENT)
@@ -31,50 +37,139 @@ def _types(value: str) -> set[str]:
     return types
 
 
+def _task_ids(value: str) -> list[str]:
+    ids = list(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
+    if not ids:
+        raise UserError("--tasks: give task ids, comma-separated (e.g. task-000042)")
+    return ids
+
+
+def check_phase_finished(backend: Backend, job: JobRecord) -> None:
+    """A retry of errors starts a phase after the current one: that one must have finished."""
+    counters = backend.state.counters(job.job_id)
+    failed = counters.get(task_counter(job.phase, TaskStatus.FAILED), 0)
+    if failed:
+        tasks = backend.state.iter_tasks(job.job_id, phase=job.phase, status=TaskStatus.FAILED)
+        ids = ",".join(t.task_id for _, t in zip(range(20), tasks, strict=False))
+        raise JobStateError(
+            f"job {job.job_id} is {job.status} with {failed} task{'s' * (failed > 1)} of phase "
+            f"{job.phase} that could not run ({ids}); `slurmctl retry --job-id {job.job_id} "
+            f"--tasks {ids}` runs {'them' if failed > 1 else 'it'} again from "
+            f"{'their batches' if failed > 1 else 'its batch'}, first"
+        )
+    left = sum(counters.get(task_counter(job.phase, s), 0) for s in ("PENDING", "RUNNING"))
+    if left:
+        raise JobStateError(
+            f"job {job.job_id} is {job.status} with {left} unfinished task"
+            f"{'s' * (left > 1)} in phase {job.phase}; `slurmctl resume {job.job_id}` "
+            "finishes them, first"
+        )
+
+
+def _check_finished(backend: Backend, job: JobRecord) -> None:
+    if job.status not in (JobStatus.COMPLETED, JobStatus.FAILED):
+        raise JobStateError(
+            f"job {job.job_id} is {job.status}: retry applies to a finished job; "
+            f"`slurmctl resume {job.job_id}` makes it progress"
+        )
+    check_phase_finished(backend, job)
+
+
 @cli.command("retry")
 @click.option("--job-id", "job_id", required=True)
-@click.option("--errors", "errors", required=True, help="Comma-separated error types to retry.")
+@click.option("--errors", "errors", default=None, help="Comma-separated error types to retry.")
+@click.option(
+    "--tasks",
+    "tasks",
+    default=None,
+    help="Comma-separated task ids to run again from their batches (instead of --errors).",
+)
 @click.option("--dry-run", is_flag=True, help="Print how many items and tasks it would queue.")
 @click.option("--no-progress", is_flag=True)
 @pass_env
-def retry_cmd(env: Env, job_id: str, errors: str, dry_run: bool, no_progress: bool) -> None:
-    """Retry the failures of the given error types (permanent ones included) in a new phase."""
+def retry_cmd(
+    env: Env, job_id: str, errors: str | None, tasks: str | None, dry_run: bool, no_progress: bool
+) -> None:
+    """Retry the failures of the given error types (permanent ones included) in a new phase,
+    or run the given tasks again from their batches (--tasks)."""
+    if (errors is None) == (tasks is None):
+        raise UserError("retry: give either --errors TYPES or --tasks TASK_IDS")
+    if tasks is not None:
+        _rerun(env, job_id, _task_ids(tasks), dry_run, no_progress)
+        return
+    assert errors is not None
     types = _types(errors)
     job = get_job(env.backend, job_id)
     definition = load_definition(env.backend, job_id)
-    if job.status not in (JobStatus.COMPLETED, JobStatus.FAILED):
-        raise JobStateError(
-            f"job {job_id} is {job.status}: retry applies to a finished job; "
-            f"`slurmctl resume {job_id}` makes it progress"
-        )
-    selection = retry.select_failures(env.backend, job_id, job.phase, types, definition.batch_size)
-    detail = ", ".join(f"{n} {t}" for t, n in sorted(selection.by_type.items())) or "none"
     if dry_run:
+        _check_finished(env.backend, job)
+        selection = retry.select_failures(
+            env.backend, job_id, job.phase, types, definition.batch_size
+        )
         phase = retry.phase_name(retry.phase_number(job.phase) + 1)
         click.echo(
-            f"job {job_id}: would retry {selection.items} items ({detail}) in "
+            f"job {job_id}: would retry {selection.items} items ({_detail(selection)}) in "
             f"{selection.tasks} tasks of phase {phase}"
         )
         return
-    if selection.items == 0:
-        click.echo(f"job {job_id}: no failure of type {', '.join(sorted(types))} to retry")
+    with JobLease(env.backend, job_id) as lease:
+        job = get_job(env.backend, job_id)  # as it is now that no one else acts on it
+        _check_finished(env.backend, job)
+        selection = retry.select_failures(
+            env.backend, job_id, job.phase, types, definition.batch_size
+        )
+        if selection.items == 0:
+            click.echo(f"job {job_id}: no failure of type {', '.join(sorted(types))} to retry")
+            return
+        work = Path(tempfile.mkdtemp(prefix=f"slurmctl-retry-{job_id}-"))
+        try:
+            plan = retry.operator_retry(env.backend, job_id, definition, job.phase, types, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if plan is None:
+            raise JobStateError(f"job {job_id} changed while planning the retry; try again")
+        append_history(
+            env.backend,
+            job_id,
+            "retry",
+            errors=sorted(types),
+            phase=plan.phase,
+            items=plan.items,
+            tasks=plan.tasks,
+        )
+        click.echo(
+            f"job {job_id}: retrying {plan.items} items ({_detail(selection)}) in phase "
+            f"{plan.phase}"
+        )
+        _run(env, job, lease, no_progress)
+
+
+def _detail(selection: retry.Selection) -> str:
+    return ", ".join(f"{n} {t}" for t, n in sorted(selection.by_type.items())) or "none"
+
+
+def _run(env: Env, job: JobRecord, lease: JobLease, no_progress: bool) -> None:
+    if job.executor != "local":  # the Slurm executor takes the lease under its own name
+        lease.release()
+    run_job(env, job.job_id, progress=not no_progress)
+    lease.release()
+    sys.exit(print_outcome(env, job.job_id))
+
+
+def _rerun(env: Env, job_id: str, task_ids: list[str], dry_run: bool, no_progress: bool) -> None:
+    job = get_job(env.backend, job_id)
+    if dry_run:
+        click.echo(f"job {job_id}: would run {len(task_ids)} task(s) again: {','.join(task_ids)}")
         return
-    work = Path(tempfile.mkdtemp(prefix=f"slurmctl-retry-{job_id}-"))
-    try:
-        plan = retry.operator_retry(env.backend, job_id, definition, job.phase, types, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if plan is None:
-        raise JobStateError(f"job {job_id} changed while planning the retry; try again")
-    append_history(
-        env.backend,
-        job_id,
-        "retry",
-        errors=sorted(types),
-        phase=plan.phase,
-        items=plan.items,
-        tasks=plan.tasks,
-    )
-    click.echo(f"job {job_id}: retrying {plan.items} items ({detail}) in phase {plan.phase}")
-    run_job(env, job_id, progress=not no_progress)
-    sys.exit(print_outcome(env, job_id))
+    with JobLease(env.backend, job_id) as lease:
+        job = get_job(env.backend, job_id)
+        done = rerun_tasks(env.backend, job, task_ids)
+        items = sum(r.items for r in done)
+        append_history(env.backend, job_id, "rerun", tasks=task_ids, items=items)
+        ids = ",".join(r.task_id for r in done)
+        several = len(done) > 1
+        click.echo(
+            f"job {job_id}: running {len(done)} task{'s' * several} again from "
+            f"{'their batches' if several else 'its batch'} ({ids}), {items} items"
+        )
+        _run(env, job, lease, no_progress)

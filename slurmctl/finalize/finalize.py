@@ -16,6 +16,7 @@ from typing import Any
 
 from slurmctl import hooks
 from slurmctl.backends import Backend
+from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.reconcile import reconcile
 from slurmctl.backends.statestore import (
     ITEMS_FAILED_PERMANENT,
@@ -60,6 +61,8 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
     if job.status.terminal:
         return FinalizeResult(job.status, 0)
     phase = job.phase
+    if phase != "initial":  # an operator's retry killed between its flip and its manifests
+        retry.settle_operator_retry(backend, job_id, phase)
     rec = reconcile(backend, job_id, phase)
     if rec.requeued:
         log.info(
@@ -77,10 +80,9 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
     failed = counters.get(task_counter(phase, "FAILED"), 0)
     if failed:
         first = next(backend.state.iter_tasks(job_id, phase=phase, status=TaskStatus.FAILED))
-        reason = f"{failed} task(s) could not run, e.g. {first.task_id}: {first.error}"
-        backend.state.update_job(job_id, {"status": JobStatus.FAILED, "error": reason})
-        append_history(backend, job_id, "failed", reason=reason)
-        return FinalizeResult(JobStatus.FAILED, 0)
+        return _fail(
+            backend, job_id, f"{failed} task(s) could not run, e.g. {first.task_id}: {first.error}"
+        )
     definition = load_definition(backend, job_id)
     work = Path(tempfile.mkdtemp(prefix=f"slurmctl-finalize-{job_id}-"))
     try:
@@ -89,21 +91,19 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
             return FinalizeResult(JobStatus.RETRYING, plan.tasks, plan.begin_at)
         too_many = _failure_share_exceeded(definition, counters)
         if too_many:
-            backend.state.update_job(job_id, {"status": JobStatus.FAILED, "error": too_many})
-            append_history(backend, job_id, "failed", reason=too_many)
-            return FinalizeResult(JobStatus.FAILED, 0)
+            return _fail(backend, job_id, too_many)
         backend.state.update_job(
             job_id, {"status": JobStatus.AGGREGATING, "updated_at": time.time()}
         )
-        try:
-            scratch = Path(definition.scratch) if definition.scratch else None
-            if scratch is not None:
-                scratch.mkdir(parents=True, exist_ok=True)
-            final = aggregate(backend, job_id, definition.output.fan_in, scratch)
-        except (IntegrityError, OutputConflict) as e:
-            backend.state.update_job(job_id, {"status": JobStatus.FAILED, "error": str(e)})
-            append_history(backend, job_id, "failed", reason=str(e))
-            raise
+        scratch = Path(definition.scratch) if definition.scratch else None
+        if scratch is not None:
+            scratch.mkdir(parents=True, exist_ok=True)
+        final = aggregate(backend, job_id, definition.output.fan_in, scratch)
+    except (ObjectNotFound, IntegrityError) as e:  # a committed object lost or damaged since
+        return _fail(backend, job_id, unusable_result(backend, job_id, e))
+    except OutputConflict as e:
+        _fail(backend, job_id, str(e))
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     layout = JobLayout(job_id)
@@ -127,6 +127,32 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
     backend.queue.delete_queue(job_id)
     append_history(backend, job_id, "completed", rows=final.rows, output=final.url)
     return FinalizeResult(JobStatus.COMPLETED, 0)
+
+
+def _fail(backend: Backend, job_id: str, reason: str) -> FinalizeResult:
+    backend.state.update_job(
+        job_id, {"status": JobStatus.FAILED, "error": reason, "updated_at": time.time()}
+    )
+    append_history(backend, job_id, "failed", reason=reason)
+    return FinalizeResult(JobStatus.FAILED, 0)
+
+
+def unusable_result(backend: Backend, job_id: str, e: ObjectNotFound | IntegrityError) -> str:
+    """One line for a committed object that aggregation could not use: the task, the key, and
+    the command that runs the task again from its batch (intact: it is verified then)."""
+    missing = isinstance(e, ObjectNotFound)
+    key = str(e.args[0]) if missing and e.args else None
+    for task in backend.state.iter_tasks(job_id, status=TaskStatus.SUCCESS):
+        for what, k in (("result", task.output_key), ("item errors", task.errors_key)):
+            if k and (k == key or (not missing and backend.objects.url(k) in str(e))):
+                state = "is missing" if missing else "is damaged (sha256 mismatch)"
+                return (
+                    f"task {task.task_id}: its committed {what} {k} {state}; `slurmctl retry "
+                    f"--job-id {job_id} --tasks {task.task_id}` runs it again from its batch"
+                )
+    return f"an object aggregation needs is {'missing' if missing else 'damaged'}: " + (
+        key or str(e)
+    )
 
 
 def _plan_retry(

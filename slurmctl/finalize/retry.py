@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from slurmctl.backends.statestore import (
 )
 from slurmctl.config import JobDefinition
 from slurmctl.ids import batch_id, group_for_phase, id_width, task_id
+from slurmctl.killpoints import kill_point
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus, TaskStatus
 from slurmctl.worker.classify import PERMANENT
@@ -68,7 +70,7 @@ def batch_lines(data: bytes) -> list[bytes]:
     return data.removesuffix(b"\n").split(b"\n") if data else []
 
 
-def _task_errors(backend: Backend, task: TaskRecord) -> list[dict[str, Any]]:
+def task_errors(backend: Backend, task: TaskRecord) -> list[dict[str, Any]]:
     if not task.errors_key or not (task.failed_permanent + task.failed_transient):
         return []
     data = backend.objects.get_bytes(task.errors_key, sha256=task.errors_sha256)
@@ -119,7 +121,7 @@ def split_phase(
     with open(retry_path, "wb") as retry_out:
         for task in backend.state.iter_tasks(job_id, phase=phase, status=TaskStatus.SUCCESS):
             chosen = []
-            for entry in _task_errors(backend, task):
+            for entry in task_errors(backend, task):
                 if retry_if(entry):
                     chosen.append(entry)
                 else:
@@ -142,6 +144,19 @@ def _lines(path: Path) -> Iterator[bytes]:
             yield line.rstrip(b"\n")
 
 
+def clear_unstarted(backend: Backend, job_id: str, phase: str) -> int:
+    """Remove what a planner killed before its flip left under a phase that never started: its
+    tasks, their batches, its operator plan. The caller holds the job lease and has checked that
+    the job is still in the phase before this one."""
+    stale = list(backend.state.iter_tasks(job_id, phase=phase))
+    if stale:
+        backend.state.delete_tasks(job_id, phase)
+        for task in stale:
+            backend.objects.delete(task.batch_key)
+    backend.objects.delete(_plan_key(job_id, phase))
+    return len(stale)
+
+
 def write_phase(
     backend: Backend,
     job_id: str,
@@ -150,8 +165,15 @@ def write_phase(
     count: int,
     batch_size: int,
 ) -> int:
-    """Cut the retried items into the new phase's batches and tasks (idempotent)."""
+    """Cut the retried items into the new phase's batches and tasks.
+
+    The batches go under keys unique to this planning (`r1-batch-000000.<token>.jsonl`), after
+    whatever an earlier, killed planning left under the phase was removed: a second `retry`
+    with other error types never reuses the first one's batches or tasks.
+    """
+    clear_unstarted(backend, job_id, new_phase)
     layout = JobLayout(job_id)
+    token = secrets.token_hex(4)
     width = id_width(-(-count // batch_size))
     tasks: list[TaskRecord] = []
     n = 0
@@ -161,8 +183,8 @@ def write_phase(
         nonlocal n, batch
         bid, tid = batch_id(new_phase, n, width), task_id(new_phase, n, width)
         data = b"\n".join(batch) + b"\n"
-        key = layout.batch(bid)
-        backend.objects.put_bytes(key, data, if_absent=True)
+        key = layout.batch(f"{bid}.{token}")
+        backend.objects.put_bytes(key, data)
         tasks.append(
             TaskRecord(
                 job_id=job_id,
@@ -272,6 +294,10 @@ def select_failures(
     return Selection(by_type, items, -(-items // batch_size))
 
 
+def _plan_key(job_id: str, phase: str) -> str:
+    return JobLayout(job_id).root + f"retries/{phase}.json"
+
+
 def operator_retry(
     backend: Backend,
     job_id: str,
@@ -282,23 +308,17 @@ def operator_retry(
 ) -> RetryPlan | None:
     """A new phase for the failures of the given types, permanent ones included.
 
-    The failure manifests are rewritten after the phase flips: a crash in between can list an
-    item twice (failure and, later, output), never lose it.
+    Which manifest entries move is recorded (`retries/<phase>.json`) before the phase flips and
+    applied to the manifests after it; finalize applies a recorded plan again if a crash came in
+    between (`settle_operator_retry`), so no item is ever listed twice or lost.
     """
     retry_path = work / "operator-retry.jsonl"
-    kept: dict[str, tuple[dict[str, Any], list[dict[str, Any]], int]] = {}
+    moved: dict[str, list[list[Any]]] = {}
     count = permanent = 0
     tasks_cache: dict[str, TaskRecord | None] = {}
     with open(retry_path, "wb") as out:
         for phase, doc in _final_failures(backend, job_id, last_phase):
             chosen = [e for e in doc["items"] if e["error_type"] in types]
-            if not chosen:
-                continue
-            kept[phase] = (
-                doc,
-                [e for e in doc["items"] if e["error_type"] not in types],
-                len(chosen),
-            )
             by_task: dict[str, list[dict[str, Any]]] = {}
             for entry in chosen:
                 by_task.setdefault(entry["task_id"], []).append(entry)
@@ -311,18 +331,42 @@ def operator_retry(
                 )
                 for entry in entries:
                     out.write(lines[entry["index"]] + b"\n")
+                    moved.setdefault(phase, []).append([tid, entry["index"]])
                     count += 1
                     permanent += entry["error_type"] in PERMANENT
     if count == 0:
         return None
     new_phase = phase_name(phase_number(last_phase) + 1)
     tasks = write_phase(backend, job_id, new_phase, retry_path, count, definition.batch_size)
+    backend.objects.put_json(_plan_key(job_id, new_phase), {"phase": new_phase, "moved": moved})
+    kill_point("retry.after_tasks_written")
     plan = start_phase(
         backend, job_id, definition, last_phase, new_phase, count, permanent, tasks, backoff=False
     )
     if plan is None:
         return None
-    for phase, (doc, items, moved) in kept.items():
-        doc = {**doc, "items": items, "count": len(items), "retried": doc.get("retried", 0) + moved}
-        backend.objects.put_json(JobLayout(job_id).failures(phase), doc)
+    kill_point("retry.after_phase_flip")
+    settle_operator_retry(backend, job_id, new_phase)
     return plan
+
+
+def settle_operator_retry(backend: Backend, job_id: str, phase: str) -> bool:
+    """Take the entries an operator's retry moved into `phase` out of the earlier failure
+    manifests (idempotent: entries are matched by task and index), then drop the plan."""
+    key = _plan_key(job_id, phase)
+    try:
+        plan: Any = backend.objects.get_json(key)
+    except ObjectNotFound:
+        return False
+    for from_phase, entries in plan["moved"].items():
+        doc = read_failures(backend, job_id, from_phase)
+        if doc is None:
+            continue
+        gone = {(tid, index) for tid, index in entries}
+        items = [e for e in doc["items"] if (e["task_id"], e["index"]) not in gone]
+        removed = len(doc["items"]) - len(items)
+        if removed:
+            doc = {**doc, "items": items, "count": len(items), "retried": doc["retried"] + removed}
+            backend.objects.put_json(JobLayout(job_id).failures(from_phase), doc)
+    backend.objects.delete(key)
+    return True

@@ -76,3 +76,104 @@ def test_a_raw_cr_in_a_json_line_survives_the_retry_phase(tmp_path: Path) -> Non
     assert sorted(map(int, got["failures"])) == [3]
     s = status(root, "t1")
     assert s["items"]["succeeded"] == 39 and s["phases"]["retry_1"]["SUCCESS"] == 1
+
+
+def _failed_job(tmp_path: Path, count: int = 200) -> tuple[Path, dict[str, str]]:
+    """A COMPLETED job, no automatic retry: 20 network failures (i % 10 == 1) and 2 validation
+    failures (3, 103) in failures/initial.json."""
+    config, root, env = _job(tmp_path, count, "retry: {max_attempts: 1}\n")
+    run = cli(root, "submit", str(config), "--no-progress", env=env)
+    assert run.returncode == 0, run.stderr
+    items = status(root, "t1")["items"]
+    assert (items["failed_transient"], items["failed_permanent"]) == (20, 2)
+    return root, env
+
+
+def _retry(root: Path, env: dict[str, str], errors: str, kill: str | None = None):  # type: ignore[no-untyped-def]
+    extra = {"SLURMCTL_KILL_AT": kill} if kill else {}
+    return cli(
+        root, "retry", "--job-id", "t1", f"--errors={errors}", "--no-progress", env={**env, **extra}
+    )
+
+
+def test_retry_after_a_retry_killed_before_its_flip(tmp_path: Path) -> None:
+    """Hole 4: the second retry (other error types) must not reuse the first one's batches."""
+    root, env = _failed_job(tmp_path)
+    killed = _retry(root, env, "network", kill="retry.after_tasks_written")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    again = _retry(root, env, "network,validation")
+    assert again.returncode == 0, again.stderr
+    assert "retrying 22 items (20 network, 2 validation) in phase retry_1" in again.stdout
+    got = assert_exactly_once(root, "t1", 200)
+    assert sorted(map(int, got["failures"])) == [3, 103]
+    s = status(root, "t1")
+    assert s["status"] == "COMPLETED"
+    assert s["items"] == {**s["items"], "succeeded": 198, "failed_permanent": 2, "pending": 0}
+    assert s["phases"]["retry_1"] == {**s["phases"]["retry_1"], "SUCCESS": 2}
+
+
+def test_retry_killed_after_its_flip_then_resumed_and_retried(tmp_path: Path) -> None:
+    """Hole 4: a kill between the flip and the manifest rewrite lists no item twice."""
+    root, env = _failed_job(tmp_path)
+    killed = _retry(root, env, "network", kill="retry.after_phase_flip")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = cli(root, "resume", "t1", "--no-progress", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_exactly_once(root, "t1", 200)
+    again = _retry(root, env, "validation")
+    assert again.returncode == 0, again.stderr
+    got = assert_exactly_once(root, "t1", 200)
+    assert sorted(map(int, got["failures"])) == [3, 103]
+    s = status(root, "t1")
+    assert (s["status"], s["phase"], s["items"]["succeeded"]) == ("COMPLETED", "retry_2", 198)
+
+
+def test_two_retries_at_once_one_acts(tmp_path: Path) -> None:
+    """Hole 4: `retry` runs under the job lease; the second gets a one-line refusal."""
+    root, env = _failed_job(tmp_path)
+    slow = {**env, "SLOW": "1"}
+    args = ("retry", "--job-id", "t1", "--errors=network,validation", "--no-progress")
+    procs = [popen(root, *args, env=slow) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    refused = next(err for p, (_, err) in zip(procs, outs, strict=True) if p.returncode == 2)
+    assert refused.startswith("error: job t1 is busy: another slurmctl process (local-")
+    assert refused.endswith(") is acting on it; try again when it is done\n"), refused
+    assert refused.count("\n") == 1
+    got = assert_exactly_once(root, "t1", 200)
+    assert sorted(map(int, got["failures"])) == [3, 103]
+    s = status(root, "t1")
+    assert (s["status"], s["phase"], s["items"]["succeeded"]) == ("COMPLETED", "retry_1", 198)
+
+
+def test_retry_of_a_failed_job_with_an_unfinished_phase(tmp_path: Path) -> None:
+    """Hole 5: `retry --errors` on a FAILED job whose phase did not finish is refused with the
+    command that finishes it; once it has, the retry runs, and every item ends exactly once."""
+    config, root, env = _job(tmp_path, 200, "retry: {max_attempts: 2, backoff_s: 0.1}\n")
+    kill = {**env, "SLURMCTL_KILL_AT": "finalize.after_phase_flip"}
+    assert cli(root, "submit", str(config), env=kill).returncode == -signal.SIGKILL
+    [batch] = (root / "objects/jobs/t1/batches").glob("r1-batch-000000*.jsonl")
+    original = batch.read_bytes()
+    batch.write_bytes(original.replace(b'"n": 11', b'"n": 12'))  # damaged behind our back
+    failed = cli(root, "resume", "t1", "--no-progress", env=env)
+    assert failed.returncode == 1, failed.stderr
+    assert "1 task(s) could not run, e.g. r1-task-000000: " in failed.stderr
+    refused = _retry(root, env, "validation")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == (
+        "error: job t1 is FAILED with 1 task of phase retry_1 that could not run "
+        "(r1-task-000000); `slurmctl retry --job-id t1 --tasks r1-task-000000` runs it again "
+        "from its batch, first\n"
+    )
+    batch.write_bytes(original)
+    rerun = cli(root, "retry", "--job-id", "t1", "--tasks", "r1-task-000000", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "job t1: running 1 task again from its batch (r1-task-000000)" in rerun.stdout
+    assert_exactly_once(root, "t1", 200)
+    again = _retry(root, env, "validation")
+    assert again.returncode == 0, again.stderr
+    got = assert_exactly_once(root, "t1", 200)
+    assert sorted(map(int, got["failures"])) == [3, 103]
+    s = status(root, "t1")
+    assert (s["status"], s["phase"], s["items"]["pending"]) == ("COMPLETED", "retry_2", 0)

@@ -223,6 +223,26 @@ class DynamoStateStore(RateBuckets, StateStore):
         item = self.t.get(task_key(job_id, task_id))
         return task_from(job_id, item) if item else None
 
+    def replace_task(
+        self, task: TaskRecord, *, expect_status: TaskStatus, counter_deltas: Mapping[str, int]
+    ) -> bool:
+        e = Expr()
+        put = {
+            "Put": e.args(
+                TableName=self.t.name,
+                Item=task_item(task),
+                ConditionExpression=e.cond({"status": expect_status}),
+            )
+        }
+        deltas = {k: d for k, d in counter_deltas.items() if d}
+        ops = [put, self.t.counters_op(task.job_id, shard_of(task.task_id), deltas)]
+        return self.t.transact(ops if deltas else [put]) is None
+
+    def delete_tasks(self, job_id: str, phase: str) -> int:
+        keys = [task_key(job_id, t.task_id) for t in self.iter_tasks(job_id, phase=phase)]
+        self.t.batch_delete(keys)
+        return len(keys)
+
     def claim_task(
         self,
         job_id: str,

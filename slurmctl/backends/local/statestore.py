@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS versioned (job_id, name, version INTEGER NOT NULL, va
 """
 
 _UNFINISHED = "status IN ('PENDING', 'RUNNING')"
+_QUOTED_TASK_COLS = ", ".join(f'"{c}"' for c in TASK_FIELDS)  # "group" is a keyword
 _BUCKET_COLS = [f.name for f in fields(Bucket)]
 
 
@@ -181,6 +182,25 @@ class SQLiteStateStore(StateStore):
                 [astuple(t) for t in tasks],
             )
             return conn.total_changes - before
+
+    def replace_task(
+        self, task: TaskRecord, *, expect_status: TaskStatus, counter_deltas: Mapping[str, int]
+    ) -> bool:
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE tasks SET ({_QUOTED_TASK_COLS}) = ({', '.join('?' * len(TASK_FIELDS))}) "
+                "WHERE job_id = ? AND task_id = ? AND status = ?",
+                (*astuple(task), task.job_id, task.task_id, str(expect_status)),
+            )
+            if cur.rowcount != 1:
+                return False
+            _bump(conn, task.job_id, counter_deltas)
+            return True
+
+    def delete_tasks(self, job_id: str, phase: str) -> int:
+        with self.db.transaction() as conn:
+            cur = conn.execute("DELETE FROM tasks WHERE job_id = ? AND phase = ?", (job_id, phase))
+            return cur.rowcount
 
     def get_task(self, job_id: str, task_id: str) -> TaskRecord | None:
         row = (
