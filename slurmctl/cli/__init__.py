@@ -6,7 +6,9 @@ traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +124,37 @@ def cli(ctx: click.Context, root: Path, log_level: str, backend_url: str | None)
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     override = BackendSpec.parse(backend_url) if backend_url else None
     wiring.install()  # the observers and the executors' status sections, before any command
-    ctx.obj = Env(root=root.absolute(), override=override)
+    ctx.obj = _CURRENT.env = Env(root=root.absolute(), override=override)
+
+
+class _Current:
+    """The command's Env, for the messages of errors caught outside click's context."""
+
+    env: Env | None = None
+
+
+_CURRENT = _Current()
+
+
+def _store_error(e: OSError | sqlite3.DatabaseError) -> str | None:
+    """One line for a state root that is full or damaged; None when it is neither."""
+    env = _CURRENT.env
+    where = str(env.root) if env is not None else "the state root"
+    full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (
+        isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e)
+    )
+    if full:
+        job = env.job_id if env is not None and env.job_id else "JOB"
+        return (
+            f"slurmctl: no space left on device under {where} ({e}); free some space, then "
+            f"`slurmctl resume {job}` carries on where it stopped"
+        )
+    if isinstance(e, sqlite3.DatabaseError):
+        return (
+            f"slurmctl: the state store {where} is unreadable ({e}): damaged or truncated; "
+            "restore it from a copy, or use another --root"
+        )
+    return None
 
 
 cli.command_class = JobCommand
@@ -159,4 +191,11 @@ def main() -> None:
         sys.exit(EXIT_FAILED)
     except SlurmctlError as e:
         click.echo(f"slurmctl: {e}", err=True)
+        sys.exit(EXIT_FAILED)
+    except (OSError, sqlite3.DatabaseError) as e:
+        line = _store_error(e)
+        if line is None:
+            raise
+        logging.getLogger("slurmctl").debug("store error", exc_info=True)
+        click.echo(line, err=True)
         sys.exit(EXIT_FAILED)

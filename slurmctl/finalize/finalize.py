@@ -95,6 +95,7 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
         backend.state.update_job(
             job_id, {"status": JobStatus.AGGREGATING, "updated_at": time.time()}
         )
+        kill_point("finalize.before_aggregate")
         scratch = Path(definition.scratch) if definition.scratch else None
         if scratch is not None:
             scratch.mkdir(parents=True, exist_ok=True)

@@ -284,3 +284,39 @@ def test_delete_job_removes_versioned_documents(backend: Backend) -> None:
     assert backend.state.put_versioned("j", "output_schema", b"x", 0)
     backend.state.delete_job("j")
     assert backend.state.get_versioned("j", "output_schema") is None
+
+
+def test_replace_task_is_conditional_on_status_and_moves_counters(backend: Backend) -> None:
+    """`retry --tasks`: a finished task back to PENDING, its counts undone, in one write."""
+    _setup(backend, 2)
+    t = backend.state.claim_task("j", "task-000000", "w", "tok", 30, 1.0)
+    assert t is not None
+    assert backend.state.commit_task("j", "task-000000", "tok", _commit(10))
+    fresh = TaskRecord(**{**_task(0).to_dict(), "phase": "retry_1", "items": 7})
+    undo = {
+        task_counter("initial", "SUCCESS"): -1,
+        task_counter("retry_1", "PENDING"): 1,
+        ITEMS_SUCCEEDED: -10,
+        ITEMS_PENDING: 10,
+        OUTPUT_ROWS: -10,
+    }
+    assert not backend.state.replace_task(
+        fresh, expect_status=TaskStatus.FAILED, counter_deltas=undo
+    )
+    assert backend.state.replace_task(fresh, expect_status=TaskStatus.SUCCESS, counter_deltas=undo)
+    got = backend.state.get_task("j", "task-000000")
+    assert got is not None and (got.status, got.phase, got.items) == ("PENDING", "retry_1", 7)
+    assert got.output_key is None and got.succeeded == 0
+    c = backend.state.counters("j")
+    assert c[task_counter("initial", "SUCCESS")] == 0 and c[task_counter("retry_1", "PENDING")] == 1
+    assert (c[ITEMS_SUCCEEDED], c[ITEMS_PENDING], c[OUTPUT_ROWS]) == (0, 20, 0)
+    assert [x.task_id for x in backend.state.unfinished_tasks("j", "retry_1")] == ["task-000000"]
+
+
+def test_delete_tasks_removes_one_phase(backend: Backend) -> None:
+    _setup(backend, 2)
+    backend.state.put_tasks([_task(7, phase="retry_1"), _task(8, phase="retry_1")])
+    assert backend.state.delete_tasks("j", "retry_1") == 2
+    assert [t.task_id for t in backend.state.iter_tasks("j")] == ["task-000000", "task-000001"]
+    assert list(backend.state.unfinished_tasks("j", "retry_1")) == []
+    assert backend.state.delete_tasks("j", "retry_1") == 0

@@ -1,0 +1,156 @@
+"""Errors of the stores themselves (issue 13, hole 13): a committed result deleted or damaged
+before aggregation, a truncated state.sqlite, a full disk. Each is one line naming what and
+where, the job FAILED with that reason where a job can be told, and `retry --tasks` runs the
+affected task again from its intact batch, counters exact, every item exactly once."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.test_retry_holes import HANDLER
+from tests.helpers import assert_exactly_once, cli, make_job, status
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
+BEFORE_AGGREGATE = {"SLURMCTL_KILL_AT": "finalize.before_aggregate"}
+
+
+def _killed_before_aggregation(tmp_path: Path, extra: str = "") -> tuple[Path, dict[str, str]]:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {"MARKS": str(marks)}
+    config = make_job(tmp_path / "job", 200, handler=HANDLER, batch_size=20, workers=2, extra=extra)
+    root = tmp_path / "root"
+    killed = cli(root, "submit", str(config), "--no-progress", env={**env, **BEFORE_AGGREGATE})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert status(root, "t1")["status"] == "AGGREGATING"
+    return root, env
+
+
+def _result(root: Path, task: str) -> Path:
+    [path] = (root / "objects/jobs/t1/results" / task).glob("*.parquet")
+    return path
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupted"])
+def test_a_lost_result_fails_the_job_with_one_line_and_retry_tasks_reruns_it(
+    tmp_path: Path, damage: str
+) -> None:
+    root, env = _killed_before_aggregation(tmp_path, "retry: {max_attempts: 1}\n")
+    before = status(root, "t1")["items"]
+    path = _result(root, "task-000002")
+    key = str(path.relative_to(root / "objects"))
+    if damage == "deleted":
+        path.unlink()
+        state = "is missing"
+    else:
+        path.write_bytes(path.read_bytes()[:-9] + b"xxxxxxxxx")
+        state = "is damaged (sha256 mismatch)"
+    reason = (
+        f"task task-000002: its committed result {key} {state}; "
+        "`slurmctl retry --job-id t1 --tasks task-000002` runs it again from its batch"
+    )
+    failed = cli(root, "resume", "t1", "--no-progress", env=env)
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[-1] == f"error: {reason}"  # after the job-failed alert
+    assert "Traceback" not in failed.stderr
+    s = status(root, "t1")
+    assert (s["status"], s["error"]) == ("FAILED", reason)
+    again = cli(root, "aggregate", "t1")
+    assert again.returncode == 1 and again.stderr.splitlines()[-1] == f"error: {reason}"
+    rerun = cli(root, "retry", "--job-id", "t1", "--tasks", "task-000002", "--no-progress", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "job t1: running 1 task again from its batch (task-000002), 20 items" in rerun.stdout
+    assert "Traceback" not in rerun.stderr
+    s = status(root, "t1")
+    # items 41 and 51 failed their first attempt (a reset); run again, they succeed
+    moved = {"succeeded": before["succeeded"] + 2, "failed_transient": 18}
+    assert s["status"] == "COMPLETED" and s["items"] == {**before, **moved}
+    got = assert_exactly_once(root, "t1", 200)
+    network = [i for i in range(1, 200, 10) if i not in (41, 51)]
+    assert sorted(map(int, got["failures"])) == sorted([3, 103, *network])
+
+
+def test_a_lost_result_of_an_earlier_phase_reruns_only_its_succeeded_items(tmp_path: Path) -> None:
+    """task-000000 (items 0-19) lost items 1 and 11 to a retry phase and 3 to the manifest:
+    run again, it runs its 17 other items, in the current phase."""
+    root, env = _killed_before_aggregation(tmp_path, "retry: {max_attempts: 2, backoff_s: 0.1}\n")
+    assert status(root, "t1")["phase"] == "retry_1"
+    _result(root, "task-000000").unlink()
+    failed = cli(root, "resume", "t1", "--no-progress", env=env)
+    assert failed.returncode == 1 and "task task-000000: its committed result" in failed.stderr
+    rerun = cli(root, "retry", "--job-id", "t1", "--tasks", "task-000000", "--no-progress", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "running 1 task again from its batch (task-000000), 17 items" in rerun.stdout
+    s = status(root, "t1")
+    assert s["status"] == "COMPLETED"
+    assert s["items"] == {**s["items"], "succeeded": 198, "failed_permanent": 2, "pending": 0}
+    assert s["phases"]["initial"]["SUCCESS"] == 9 and s["phases"]["retry_1"]["SUCCESS"] == 2
+    got = assert_exactly_once(root, "t1", 200)
+    assert sorted(map(int, got["failures"])) == [3, 103]
+
+
+def test_retry_tasks_refuses_unknown_and_running_tasks(tmp_path: Path) -> None:
+    root, _ = _killed_before_aggregation(tmp_path, "retry: {max_attempts: 1}\n")
+    unknown = cli(root, "retry", "--job-id", "t1", "--tasks", "task-000099")
+    assert (unknown.returncode, unknown.stderr) == (
+        2,
+        "error: --tasks: job t1 has no task 'task-000099'\n",
+    )
+    both = cli(root, "retry", "--job-id", "t1", "--tasks", "task-000001", "--errors", "network")
+    assert (both.returncode, both.stderr) == (
+        2,
+        "error: retry: give either --errors TYPES or --tasks TASK_IDS\n",
+    )
+
+
+def test_a_truncated_state_store_is_one_line(tmp_path: Path) -> None:
+    config = make_job(tmp_path / "job", 50, batch_size=10, workers=1)
+    root = tmp_path / "root"
+    assert cli(root, "submit", str(config), "--no-progress").returncode == 0
+    db = root / "state.sqlite"
+    db.write_bytes(db.read_bytes()[:3000])
+    for args in (("status", "t1"), ("resume", "t1", "--no-progress"), ("list",)):
+        out = cli(root, *args)
+        assert out.returncode == 1, args
+        [line] = out.stderr.splitlines()
+        assert line.startswith(f"slurmctl: the state store {root} is unreadable ("), line
+        assert line.endswith(
+            "): damaged or truncated; restore it from a copy, or use another --root"
+        )
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MB tmpfs (we are root: the test machine and CI)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line(tmp_path: Path, small_disk: Path) -> None:
+    config = make_job(tmp_path / "job", 20_000, batch_size=200, workers=1)  # ~0.6 MB of input
+    root = small_disk / "root"
+    (small_disk / "filler").write_bytes(b"x" * (7 << 20))
+    out = cli(root, "submit", str(config), "--no-progress")
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    [line] = [x for x in out.stderr.splitlines() if not LOG_LINE.match(x)]
+    assert line.startswith(f"slurmctl: no space left on device under {root}"), line
+    assert line.endswith(
+        "; free some space, then `slurmctl resume t1` carries on where it stopped"
+    ), line
+    os.unlink(small_disk / "filler")
+    resumed = cli(root, "resume", "t1", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_exactly_once(root, "t1", 20_000)
