@@ -177,6 +177,8 @@ def _plan_retry(
     if count == 0:
         return None
     new_phase = retry.phase_name(number + 1)
+    if get_job(backend, job_id).phase != phase:  # another finalize started it: leave its tasks
+        return _started_elsewhere(backend, job_id, count)
     tasks = retry.write_phase(backend, job_id, new_phase, retry_path, count, definition.batch_size)
     plan = retry.start_phase(backend, job_id, definition, phase, new_phase, count, 0, tasks)
     kill_point("finalize.after_phase_flip")
@@ -192,8 +194,15 @@ def _plan_retry(
         )
         log.info("%s: %d transient failures retried in %s", job_id, count, new_phase)
         return plan
-    job = get_job(backend, job_id)  # another finalize flipped it first: report its phase
-    return retry.RetryPlan(job.phase, count, 0, tasks, job.not_before)
+    return _started_elsewhere(backend, job_id, count)
+
+
+def _started_elsewhere(backend: Backend, job_id: str, count: int) -> RetryPlan:
+    """Another finalize flipped the phase first: report the phase it started."""
+    job = get_job(backend, job_id)
+    counters = backend.state.counters(job_id)
+    left = sum(counters.get(task_counter(job.phase, s), 0) for s in ("PENDING", "RUNNING"))
+    return retry.RetryPlan(job.phase, count, 0, left, job.not_before)
 
 
 def _failure_share_exceeded(definition: JobDefinition, counters: dict[str, int]) -> str | None:
