@@ -129,7 +129,13 @@ def first_difference(
 
 
 def check_definition(job_id: str, stored: Mapping[str, Any], definition: JobDefinition) -> None:
-    diff = first_difference(stored, definition.to_stored_dict())
+    try:  # read as this slurmctl reads it: fields it added since take their defaults
+        old: Mapping[str, Any] = JobDefinition.model_validate_json(
+            json.dumps(stored)
+        ).to_stored_dict()
+    except ValueError:
+        old = stored
+    diff = first_difference(old, definition.to_stored_dict())
     if diff is not None:
         name, old, new = diff
         raise ResubmissionRefused(
