@@ -29,7 +29,7 @@ from slurmctl.backends.statestore import (
     task_counter,
 )
 from slurmctl.config import JobDefinition
-from slurmctl.ids import batch_id, group_for_phase, id_width, task_id
+from slurmctl.ids import batch_id, group_for_phase, id_width, phase_prefix, task_id
 from slurmctl.killpoints import kill_point
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus, TaskStatus
@@ -148,13 +148,12 @@ def clear_unstarted(backend: Backend, job_id: str, phase: str) -> int:
     """Remove what a planner killed before its flip left under a phase that never started: its
     tasks, their batches, its operator plan. The caller holds the job lease and has checked that
     the job is still in the phase before this one."""
-    stale = list(backend.state.iter_tasks(job_id, phase=phase))
-    if stale:
-        backend.state.delete_tasks(job_id, phase)
-        for task in stale:
-            backend.objects.delete(task.batch_key)
+    gone = backend.state.delete_tasks(job_id, phase)
+    prefix = JobLayout(job_id).root + f"batches/{phase_prefix(phase)}batch-"
+    for key in list(backend.objects.list(prefix)):  # a killed planning's, with tasks or not
+        backend.objects.delete(key)
     backend.objects.delete(_plan_key(job_id, phase))
-    return len(stale)
+    return gone
 
 
 def write_phase(

@@ -101,6 +101,8 @@ def test_retry_after_a_retry_killed_before_its_flip(tmp_path: Path) -> None:
     root, env = _failed_job(tmp_path)
     killed = _retry(root, env, "network", kill="retry.after_tasks_written")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    batches = root / "objects/jobs/t1/batches"
+    [stale] = batches.glob("r1-batch-*.jsonl")
     again = _retry(root, env, "network,validation")
     assert again.returncode == 0, again.stderr
     assert "retrying 22 items (20 network, 2 validation) in phase retry_1" in again.stdout
@@ -110,6 +112,7 @@ def test_retry_after_a_retry_killed_before_its_flip(tmp_path: Path) -> None:
     assert s["status"] == "COMPLETED"
     assert s["items"] == {**s["items"], "succeeded": 198, "failed_permanent": 2, "pending": 0}
     assert s["phases"]["retry_1"] == {**s["phases"]["retry_1"], "SUCCESS": 2}
+    assert not stale.exists() and len(list(batches.glob("r1-batch-*.jsonl"))) == 2
 
 
 def test_retry_killed_after_its_flip_then_resumed_and_retried(tmp_path: Path) -> None:
