@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from slurmctl.backends import Backend
+from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.spec import BackendSpec, Registry
 from slurmctl.cli import wiring
 from slurmctl.errors import IntegrityError, SlurmctlError, UserError
@@ -140,8 +141,10 @@ def _store_error(e: OSError | sqlite3.DatabaseError) -> str | None:
     """One line for a state root that is full or damaged; None when it is neither."""
     env = _CURRENT.env
     where = str(env.root) if env is not None else "the state root"
-    full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (
-        isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e)
+    full = (
+        (isinstance(e, OSError) and e.errno == errno.ENOSPC)
+        or "No space left on device" in str(e)  # pyarrow's IO errors carry no errno
+        or (isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e))
     )
     if full:
         job = env.job_id if env is not None and env.job_id else "JOB"
@@ -188,6 +191,9 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
     except IntegrityError as e:
         click.echo(f"integrity error: {e}", err=True)
+        sys.exit(EXIT_FAILED)
+    except ObjectNotFound as e:  # a KeyError: its str() is the quoted key alone
+        click.echo(f"slurmctl: stored object {e.args[0] if e.args else '?'} is missing", err=True)
         sys.exit(EXIT_FAILED)
     except SlurmctlError as e:
         click.echo(f"slurmctl: {e}", err=True)

@@ -169,6 +169,8 @@ def test_retry_of_a_failed_job_with_an_unfinished_phase(tmp_path: Path) -> None:
         "(r1-task-000000); `slurmctl retry --job-id t1 --tasks r1-task-000000` runs it again "
         "from its batch, first\n"
     )
+    dry = cli(root, "retry", "--job-id", "t1", "--errors=validation", "--dry-run")
+    assert (dry.returncode, dry.stderr) == (2, refused.stderr), "a dry run says the same"
     batch.write_bytes(original)
     rerun = cli(root, "retry", "--job-id", "t1", "--tasks", "r1-task-000000", env=env)
     assert rerun.returncode == 0, rerun.stderr
