@@ -156,3 +156,29 @@ def test_a_full_disk_is_one_line(tmp_path: Path, small_disk: Path) -> None:
     resumed = cli(root, "resume", "t1", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert_exactly_once(root, "t1", 20_000)
+
+
+def test_lost_item_errors_and_a_damaged_batch_are_named(tmp_path: Path) -> None:
+    root, env = _killed_before_aggregation(tmp_path, "retry: {max_attempts: 1}\n")
+    [errors] = (root / "objects/jobs/t1/results/task-000001").glob("*.errors.jsonl")
+    errors.unlink()  # read by the failure manifest, before aggregation
+    key = str(errors.relative_to(root / "objects"))
+    failed = cli(root, "resume", "t1", "--no-progress", env=env)
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[-1] == (
+        f"error: task task-000001: its committed item errors {key} is missing; "
+        "`slurmctl retry --job-id t1 --tasks task-000001` runs it again from its batch"
+    )
+    batch = root / "objects/jobs/t1/batches/batch-000001.jsonl"
+    original = batch.read_bytes()
+    batch.write_bytes(original.replace(b'"n": 21', b'"n": 12'))
+    refused = cli(root, "retry", "--job-id", "t1", "--tasks", "task-000001", env=env)
+    assert (refused.returncode, refused.stderr) == (
+        2,
+        "error: job t1: task task-000001 cannot run again: its batch "
+        "jobs/t1/batches/batch-000001.jsonl is damaged (its sha256 is not the one recorded)\n",
+    )
+    batch.write_bytes(original)
+    rerun = cli(root, "retry", "--job-id", "t1", "--tasks", "task-000001", "--no-progress", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert_exactly_once(root, "t1", 200)
