@@ -18,7 +18,7 @@ from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import print_outcome, run_job
 from slurmctl.errors import JobStateError, UserError
 from slurmctl.finalize import retry
-from slurmctl.finalize.rerun import rerun_tasks
+from slurmctl.finalize.rerun import missing_results, rerun_tasks
 from slurmctl.jobs import JobLease, append_history, get_job, load_definition
 from slurmctl.states import JobStatus, TaskStatus
 from slurmctl.worker.classify import PERMANENT, TRANSIENT
@@ -84,16 +84,34 @@ def _check_finished(backend: Backend, job: JobRecord) -> None:
     default=None,
     help="Comma-separated task ids to run again from their batches (instead of --errors).",
 )
+@click.option(
+    "--rerun-missing",
+    is_flag=True,
+    help="Run again every task whose committed result (or item errors) went missing.",
+)
 @click.option("--dry-run", is_flag=True, help="Print how many items and tasks it would queue.")
 @click.option("--no-progress", is_flag=True)
 @pass_env
 def retry_cmd(
-    env: Env, job_id: str, errors: str | None, tasks: str | None, dry_run: bool, no_progress: bool
+    env: Env,
+    job_id: str,
+    errors: str | None,
+    tasks: str | None,
+    rerun_missing: bool,
+    dry_run: bool,
+    no_progress: bool,
 ) -> None:
     """Retry the failures of the given error types (permanent ones included) in a new phase,
-    or run the given tasks again from their batches (--tasks)."""
-    if (errors is None) == (tasks is None):
-        raise UserError("retry: give either --errors TYPES or --tasks TASK_IDS")
+    or run tasks again from their batches (--tasks, --rerun-missing)."""
+    if (errors is not None) + (tasks is not None) + rerun_missing != 1:
+        raise UserError("retry: give one of --errors TYPES, --tasks TASK_IDS or --rerun-missing")
+    if rerun_missing:
+        found = missing_results(env.backend, get_job(env.backend, job_id).job_id)
+        if not found:
+            click.echo(f"job {job_id}: no committed result is missing")
+            return
+        _rerun(env, job_id, found, dry_run, no_progress)
+        return
     if tasks is not None:
         _rerun(env, job_id, _task_ids(tasks), dry_run, no_progress)
         return

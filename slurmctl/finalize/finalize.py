@@ -28,6 +28,7 @@ from slurmctl.config import JobDefinition
 from slurmctl.errors import IntegrityError
 from slurmctl.finalize import retry
 from slurmctl.finalize.aggregate import OutputConflict, aggregate
+from slurmctl.finalize.rerun import missing_results
 from slurmctl.finalize.retry import RetryPlan
 from slurmctl.jobs import append_history, get_job, load_definition
 from slurmctl.killpoints import kill_point
@@ -143,6 +144,12 @@ def unusable_result(backend: Backend, job_id: str, e: ObjectNotFound | Integrity
     the command that runs the task again from its batch (intact: it is verified then)."""
     missing = isinstance(e, ObjectNotFound)
     key = str(e.args[0]) if missing and e.args else None
+    gone = missing_results(backend, job_id) if missing else []
+    if len(gone) > 1:
+        return (
+            f"{len(gone)} committed results are missing, e.g. task {gone[0]}'s; `slurmctl retry "
+            f"--job-id {job_id} --rerun-missing` runs them again from their batches"
+        )
     for task in backend.state.iter_tasks(job_id, status=TaskStatus.SUCCESS):
         for what, k in (("result", task.output_key), ("item errors", task.errors_key)):
             if k and (k == key or (not missing and backend.objects.url(k) in str(e))):

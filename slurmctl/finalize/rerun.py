@@ -121,6 +121,17 @@ def _plan(backend: Backend, job: JobRecord, task: TaskRecord) -> tuple[TaskRecor
     return new, deltas
 
 
+def missing_results(backend: Backend, job_id: str) -> list[str]:
+    """The committed tasks whose result or item-errors object is gone: one listing of the
+    results folder against the committed keys (the state store says what must be there)."""
+    present = set(backend.objects.list(JobLayout(job_id).root + "results/"))
+    return [
+        t.task_id
+        for t in backend.state.iter_tasks(job_id, status=TaskStatus.SUCCESS)
+        if any(k and k not in present for k in (t.output_key, t.errors_key))
+    ]
+
+
 def rerun_tasks(backend: Backend, job: JobRecord, task_ids: list[str]) -> list[Rerun]:
     """Reset the tasks (the caller holds the job lease), then queue them and revive the job."""
     tasks = []

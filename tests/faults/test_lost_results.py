@@ -106,7 +106,7 @@ def test_retry_tasks_refuses_unknown_and_running_tasks(tmp_path: Path) -> None:
     both = cli(root, "retry", "--job-id", "t1", "--tasks", "task-000001", "--errors", "network")
     assert (both.returncode, both.stderr) == (
         2,
-        "error: retry: give either --errors TYPES or --tasks TASK_IDS\n",
+        "error: retry: give one of --errors TYPES, --tasks TASK_IDS or --rerun-missing\n",
     )
 
 
@@ -181,4 +181,33 @@ def test_lost_item_errors_and_a_damaged_batch_are_named(tmp_path: Path) -> None:
     batch.write_bytes(original)
     rerun = cli(root, "retry", "--job-id", "t1", "--tasks", "task-000001", "--no-progress", env=env)
     assert rerun.returncode == 0, rerun.stderr
+    assert_exactly_once(root, "t1", 200)
+
+
+def test_several_lost_results_are_run_again_with_rerun_missing(tmp_path: Path) -> None:
+    root, env = _killed_before_aggregation(tmp_path, "retry: {max_attempts: 1}\n")
+    before = status(root, "t1")["items"]
+    for task in ("task-000004", "task-000007", "task-000008"):
+        _result(root, task).unlink()
+    failed = cli(root, "resume", "t1", "--no-progress", env=env)
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[-1] == (
+        "error: 3 committed results are missing, e.g. task task-000004's; "
+        "`slurmctl retry --job-id t1 --rerun-missing` runs them again from their batches"
+    )
+    dry = cli(root, "retry", "--job-id", "t1", "--rerun-missing", "--dry-run")
+    assert dry.stdout == (
+        "job t1: would run 3 task(s) again: task-000004,task-000007,task-000008\n"
+    ), dry.stderr
+    rerun = cli(root, "retry", "--job-id", "t1", "--rerun-missing", "--no-progress", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "running 3 tasks again from their batches " in rerun.stdout
+    moved = {
+        "succeeded": before["succeeded"] + 6,
+        "failed_transient": before["failed_transient"] - 6,
+    }
+    # items 81, 91, 141, 151, 161 and 171 failed their first attempt; run again, they succeed
+    assert status(root, "t1")["items"] == {**before, **moved}
+    none = cli(root, "retry", "--job-id", "t1", "--rerun-missing")
+    assert (none.returncode, none.stdout) == (0, "job t1: no committed result is missing\n")
     assert_exactly_once(root, "t1", 200)
