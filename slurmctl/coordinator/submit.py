@@ -37,9 +37,9 @@ from slurmctl.config import JobDefinition
 from slurmctl.coordinator import fingerprint
 from slurmctl.coordinator.scan import FileSource, InputScanner, InputSource, ScanStats
 from slurmctl.errors import InputError, JobStateError, UserError
+from slurmctl.faults import kill_point
 from slurmctl.ids import batch_id, group_for_phase, id_width, task_id
 from slurmctl.jobs import append_history, store_definition, stored_definition
-from slurmctl.killpoints import kill_point
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus
 from slurmctl.worker.handler import load_handler

@@ -26,12 +26,12 @@ from slurmctl.backends.statestore import (
 )
 from slurmctl.config import JobDefinition
 from slurmctl.errors import IntegrityError
+from slurmctl.faults import kill_point
 from slurmctl.finalize import retry
 from slurmctl.finalize.aggregate import OutputConflict, aggregate
 from slurmctl.finalize.rerun import missing_results
 from slurmctl.finalize.retry import RetryPlan
 from slurmctl.jobs import append_history, get_job, load_definition
-from slurmctl.killpoints import kill_point
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus, TaskStatus
 

@@ -29,8 +29,8 @@ from slurmctl.backends.statestore import (
     task_counter,
 )
 from slurmctl.config import JobDefinition
+from slurmctl.faults import kill_point
 from slurmctl.ids import batch_id, group_for_phase, id_width, phase_prefix, task_id
-from slurmctl.killpoints import kill_point
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus, TaskStatus
 from slurmctl.worker.classify import PERMANENT

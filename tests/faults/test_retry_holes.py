@@ -1,5 +1,5 @@
 """Retry phases under kills at exact lines (issue 13, holes 3, 4, 5 and 8): a real SIGKILL at a
-named kill point (slurmctl/killpoints.py), then the next command carries on; every item ends in
+named kill point (slurmctl/faults.py), then the next command carries on; every item ends in
 the output or a failure manifest exactly once."""
 
 from __future__ import annotations
