@@ -16,7 +16,7 @@ from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import JobRecord
 from slurmctl.config import JobDefinition
-from slurmctl.errors import JobBusy, JobNotFound
+from slurmctl.errors import JobBusy, JobNotFound, SlurmctlError
 from slurmctl.ids import validate_job_id
 from slurmctl.layout import JobLayout
 
@@ -199,38 +199,54 @@ def local_job_stopped(backend: Backend, job: JobRecord) -> bool:
 
 
 class JobLease:
-    """The job-level lease held by this process while it acts on a job (`retry`, `aggregate`),
-    renewed in the background; a second process gets a one-line JobBusy refusal.
+    """The job-level lease held by this process while it acts on a job (an executor's run,
+    `retry`, `aggregate`), renewed in the background; another process holding it makes
+    entering raise JobBusy (one line), after waiting up to wait_s for it to be free.
 
-    Re-entrant with the local executor, whose holder name is the same: a `retry` keeps it
-    through the run it starts."""
+    The default holder is this process's local name, which the local executor also uses: a
+    `retry` keeps the lease through the run it starts (taking it again is a renewal)."""
 
-    TTL_S = 30.0
-
-    def __init__(self, backend: Backend, job_id: str) -> None:
-        self.backend, self.job_id, self.holder = backend, job_id, local_holder()
+    def __init__(
+        self,
+        backend: Backend,
+        job_id: str,
+        *,
+        holder: str | None = None,
+        ttl_s: float = 30.0,
+        wait_s: float = 0.0,
+        busy: SlurmctlError | None = None,
+    ) -> None:
+        self.backend, self.job_id = backend, job_id
+        self.holder = holder or local_holder()
+        self.ttl_s, self.wait_s, self.busy = ttl_s, wait_s, busy
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
 
     def __enter__(self) -> JobLease:
         state = self.backend.state
-        other = live_lease_holder(self.backend, self.job_id)  # frees a dead holder's lease
-        if other in (None, self.holder) and state.acquire_job_lease(
-            self.job_id, self.holder, self.TTL_S, time.time()
-        ):
-            self._keeper = threading.Thread(target=self._keep, daemon=True)
-            self._keeper.start()
-            return self
-        lease = state.job_lease(self.job_id)
-        who = lease[0] if lease else other
-        raise JobBusy(
-            f"job {self.job_id} is busy: another slurmctl process ({who}) is acting on it; "
-            "try again when it is done"
+        live_lease_holder(self.backend, self.job_id)  # frees a dead holder's lease first
+        deadline = time.monotonic() + self.wait_s
+        while not state.acquire_job_lease(self.job_id, self.holder, self.ttl_s, time.time()):
+            if time.monotonic() >= deadline:
+                raise self._busy()
+            time.sleep(0.5)
+        self._stop.clear()
+        self._keeper = threading.Thread(target=self._keep, daemon=True)
+        self._keeper.start()
+        return self
+
+    def _busy(self) -> SlurmctlError:
+        if self.busy is not None:
+            return self.busy
+        lease = self.backend.state.job_lease(self.job_id)
+        return JobBusy(
+            f"job {self.job_id} is busy: another slurmctl process ({lease[0] if lease else '?'}) "
+            "is acting on it; try again when it is done"
         )
 
     def _keep(self) -> None:
-        while not self._stop.wait(self.TTL_S / 3):
-            self.backend.state.acquire_job_lease(self.job_id, self.holder, self.TTL_S, time.time())
+        while not self._stop.wait(self.ttl_s / 3):
+            self.backend.state.acquire_job_lease(self.job_id, self.holder, self.ttl_s, time.time())
 
     def release(self) -> None:
         if self._keeper is not None:

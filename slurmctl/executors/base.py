@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -46,7 +45,7 @@ from slurmctl.backends.statestore import ITEMS_PENDING, ITEMS_TOTAL, WORKERS_LOS
 from slurmctl.errors import JobBusy, SlurmctlError
 from slurmctl.finalize.finalize import finalize
 from slurmctl.holders import Holder
-from slurmctl.jobs import append_history, get_job, live_lease_holder
+from slurmctl.jobs import JobLease, append_history, get_job
 from slurmctl.states import JobStatus
 
 log = logging.getLogger("slurmctl.executor")
@@ -251,27 +250,16 @@ class Executor(ABC, Generic[LiveT, StartT]):
     def job_lease(self, job_id: str) -> Iterator[None]:
         """The job-level lease, kept alive while we act: a second `resume` (or a finalize job)
         never acts at the same time. A dead holder's lease on this host is freed first."""
-        state, holder = self.backend.state, self.holder
-        live_lease_holder(self.backend, job_id)
-        deadline = time.monotonic() + self.lease_wait_s
-        while not state.acquire_job_lease(job_id, holder, self.lease_ttl_s, time.time()):
-            if time.monotonic() >= deadline:
-                raise self.busy(job_id)
-            time.sleep(0.5)
-        stop = threading.Event()
-
-        def keep() -> None:
-            while not stop.wait(self.lease_ttl_s / 3):
-                state.acquire_job_lease(job_id, holder, self.lease_ttl_s, time.time())
-
-        keeper = threading.Thread(target=keep, daemon=True)
-        keeper.start()
-        try:
+        lease = JobLease(
+            self.backend,
+            job_id,
+            holder=self.holder,
+            ttl_s=self.lease_ttl_s,
+            wait_s=self.lease_wait_s,
+            busy=self.busy(job_id),
+        )
+        with lease:
             yield
-        finally:
-            stop.set()
-            keeper.join()
-            state.release_job_lease(job_id, holder)
 
 
 def fruitless(runs: list[Run], now: Marker, limit: int | None = None) -> tuple[int, set[int]]:
