@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from slurmctl.backends.aws.session import Service, error_code, jitter_sleep
+from slurmctl.backends.protocol import Cond
 from slurmctl.backends.statestore import JobRecord, TaskRecord
 from slurmctl.errors import UserError
 from slurmctl.states import UNFINISHED, JobStatus, TaskStatus
@@ -196,6 +197,24 @@ class Expr:
         if self.values:
             out["ExpressionAttributeValues"] = self.values
         return out
+
+
+def condition(e: Expr, c: Cond) -> str:
+    """A protocol condition as a ConditionExpression (with its placeholders in e).
+
+    `eq(f, None)` says the record exists and f is unset: DynamoDB's `attribute_not_exists(f)`
+    alone would also hold on an absent item."""
+    if c.op == "absent":
+        return "attribute_not_exists(pk)"
+    if c.op == "present":
+        return "attribute_exists(pk)"
+    if c.op in ("all", "any"):
+        joiner = " AND " if c.op == "all" else " OR "
+        return "(" + joiner.join(condition(e, p) for p in c.parts) + ")"
+    if c.op == "eq" and c.value is None:
+        return f"(attribute_exists(pk) AND attribute_not_exists({e.n(c.field)}))"
+    op = {"eq": "=", "lt": "<", "le": "<="}[c.op]
+    return f"{e.n(c.field)} {op} {e.v(c.value)}"
 
 
 class Table:

@@ -9,11 +9,10 @@ in the condition, so a racing claim fails the condition instead of moving the co
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from slurmctl.backends import protocol
 from slurmctl.backends.aws import retention
 from slurmctl.backends.aws.buckets import RateBuckets
 from slurmctl.backends.aws.dynamo import (
@@ -25,10 +24,9 @@ from slurmctl.backends.aws.dynamo import (
     Item,
     Table,
     bucket_key,
+    condition,
     decode,
-    encode,
     job_from,
-    job_item,
     job_key,
     job_pk,
     key,
@@ -40,28 +38,21 @@ from slurmctl.backends.aws.dynamo import (
     task_key,
 )
 from slurmctl.backends.aws.session import AwsConnectionError, AwsTimeout, Service
-from slurmctl.backends.statestore import (
-    ITEMS_FAILED_PERMANENT,
-    ITEMS_FAILED_TRANSIENT,
-    ITEMS_PENDING,
-    ITEMS_SUCCEEDED,
-    JOB_FIELDS,
-    OUTPUT_ROWS,
-    WORKERS_LOST,
-    JobRecord,
-    StateStore,
-    TaskCommit,
-    TaskRecord,
-    Versioned,
-    task_counter,
-)
+from slurmctl.backends.protocol import Kind, Ref, Write
+from slurmctl.backends.statestore import JobRecord, StateStore, TaskRecord
 from slurmctl.states import UNFINISHED, JobStatus, TaskStatus
 
-CLAIM_ROUNDS = 3
-COMMIT_ROUNDS = 3
-RUNNING, PENDING = TaskStatus.RUNNING, TaskStatus.PENDING
+AMBIGUOUS_ROUNDS = 3
+"""How often a write whose answer was lost is re-read and tried again before the error stands."""
 UNINDEXED = {"gsi_pk": None, "gsi_sk": None}
 """Removing the GSI key attributes takes a finished task out of the sparse index."""
+
+
+_KEYS: dict[Kind, Callable[[Ref], Item]] = {
+    "job": lambda r: job_key(r.job_id),
+    "task": lambda r: task_key(r.job_id, r.task_id),
+    "lease": lambda r: key(job_pk(r.job_id), "LEASE"),
+}
 
 
 class DynamoStateStore(RateBuckets, StateStore):
@@ -71,20 +62,67 @@ class DynamoStateStore(RateBuckets, StateStore):
     def close(self) -> None:
         self.t.ddb.close()
 
-    def _write(self, ops: list[dict[str, Any]]) -> bool:
-        """One conditional write: a plain UpdateItem when alone (half the cost), else a
-        transaction. False when a condition failed (and nothing was written)."""
-        if len(ops) == 1 and "Update" in ops[0]:
-            req = {k: v for k, v in ops[0]["Update"].items() if k != "TableName"}
-            return self.t.conditional("update_item", **req)
+    # --- the write primitive ------------------------------------------------------------------
+    def _write(self, w: Write) -> bool:
+        """One conditional write. A task or lease write whose answer was lost (a timeout, a
+        dropped connection: it may have been applied) is resolved by reading the record again:
+        applied, refused (its condition no longer holds), or still to do (tried again)."""
+        lost: Exception | None = None
+        for _ in range(AMBIGUOUS_ROUNDS):
+            try:
+                return self._write_once(w)
+            except (AwsTimeout, AwsConnectionError) as e:
+                if w.ref.kind == "job":  # a job's counter deltas cannot be told apart: report
+                    raise
+                lost = e
+            now = self._view(w.ref)
+            if protocol.applied(w, now):
+                return True
+            if not protocol.holds(w.cond, now):
+                return False
+        assert lost is not None
+        raise lost
+
+    def _write_once(self, w: Write) -> bool:
+        k = _KEYS[w.ref.kind](w.ref)
+        e = Expr()
+        cond = condition(e, w.cond)
+        sets = {f: v for f, v in w.sets.items() if f not in ("job_id", "task_id")}
+        if w.ref.kind == "task" and sets.get("status") in protocol.FINISHED:
+            sets |= UNINDEXED
+        creating = w.cond == protocol.ABSENT
+        if creating:  # a new record: nothing to REMOVE; a job is listed through the GSI
+            sets = {f: v for f, v in sets.items() if v is not None}
+            if w.ref.kind == "job":
+                sets |= {"gsi_pk": JOBS_GSI_PK, "gsi_sk": w.ref.job_id}
+        if w.delete:
+            op = {"Delete": e.args(TableName=self.t.name, Key=k, ConditionExpression=cond)}
+        elif sets:
+            op = self.t.update_op(k, e.update(sets), e, cond)
+        else:
+            op = {"ConditionCheck": e.args(TableName=self.t.name, Key=k, ConditionExpression=cond)}
+        ops = [op]
+        if w.deltas:
+            shard = shard_of(w.ref.task_id) if w.ref.kind == "task" else 0
+            ops.append(self.t.counters_op(w.ref.job_id, shard, w.deltas))
+        status = w.sets.get("status") if w.ref.kind == "job" and not creating else None
+        terminal = status is not None and JobStatus(status).terminal
+        if status is not None:
+            retention.before_status(self.t, w.ref.job_id, terminal)
+        done = self._transact(ops)
+        if done and status is not None:
+            retention.after_status(self.t, w.ref.job_id, terminal)
+        return done
+
+    def _transact(self, ops: list[dict[str, Any]]) -> bool:
+        """A lone Update or Delete is a plain conditional call (half a transaction's cost)."""
+        if len(ops) == 1 and ("Update" in ops[0] or "Delete" in ops[0]):
+            op, req = next(iter(ops[0].items()))
+            call = "update_item" if op == "Update" else "delete_item"
+            return self.t.conditional(call, **{k: v for k, v in req.items() if k != "TableName"})
         return self.t.transact(ops) is None
 
     # --- jobs -------------------------------------------------------------------------------
-    def create_job(self, job: JobRecord) -> bool:
-        return self.t.conditional(
-            "put_item", Item=job_item(job), ConditionExpression="attribute_not_exists(pk)"
-        )
-
     def get_job(self, job_id: str) -> JobRecord | None:
         item = self.t.get(job_key(job_id))
         return job_from(item) if item else None
@@ -102,44 +140,6 @@ class DynamoStateStore(RateBuckets, StateStore):
         jobs = [job_from(i) for i in self.t.batch_get(keys).values()]
         return sorted(jobs, key=lambda j: (j.created_at, j.job_id))
 
-    def update_job(
-        self,
-        job_id: str,
-        changes: Mapping[str, Any],
-        *,
-        expect: Mapping[str, Any] | None = None,
-        counter_deltas: Mapping[str, int] | None = None,
-    ) -> bool:
-        expect = expect or {}
-        unknown = (set(changes) | set(expect)) - JOB_FIELDS
-        if unknown:
-            raise ValueError(f"unknown job fields {sorted(unknown)}")
-        if "job_id" in changes:
-            raise ValueError("a job's id cannot change")
-        deltas = {k: d for k, d in (counter_deltas or {}).items() if d}
-        k = job_key(job_id)
-        if not changes and not deltas:  # a bare condition check: one consistent read
-            item = self.t.get(k)
-            if item is None:
-                return False
-            job = dataclasses.asdict(job_from(item))
-            return all(job[name] == v for name, v in expect.items())
-        e = Expr()
-        cond = e.cond(expect)
-        if changes:
-            op = self.t.update_op(k, e.update(changes), e, cond)
-        else:
-            op = {"ConditionCheck": e.args(TableName=self.t.name, Key=k, ConditionExpression=cond)}
-        ops = [op, self.t.counters_op(job_id, 0, deltas)] if deltas else [op]
-        status = changes.get("status")
-        terminal = status is not None and JobStatus(status).terminal
-        if status is not None:
-            retention.before_status(self.t, job_id, terminal)
-        done = self._write(ops)
-        if done and status is not None:
-            retention.after_status(self.t, job_id, terminal)
-        return done
-
     def delete_job(self, job_id: str) -> None:
         keys: list[Item] = []
         buckets = []
@@ -156,31 +156,11 @@ class DynamoStateStore(RateBuckets, StateStore):
         keys += [bucket_key(job_id, name) for name in buckets]
         self.t.batch_delete(keys)
 
-    def acquire_job_lease(self, job_id: str, holder: str, ttl_s: float, now: float) -> bool:
-        return self.t.conditional(
-            "put_item",
-            Item={
-                **key(job_pk(job_id), "LEASE"),
-                "holder": {"S": holder},
-                "expires": encode(float(now + ttl_s)),
-            },
-            ConditionExpression="attribute_not_exists(pk) OR holder = :h OR expires <= :now",
-            ExpressionAttributeValues={":h": {"S": holder}, ":now": encode(float(now))},
-        )
-
     def job_lease(self, job_id: str) -> tuple[str, float] | None:
         item = self.t.get(key(job_pk(job_id), "LEASE"))
         if item is None:
             return None
         return str(decode(item["holder"])), float(decode(item["expires"], "float"))
-
-    def release_job_lease(self, job_id: str, holder: str) -> None:
-        self.t.conditional(
-            "delete_item",
-            Key=key(job_pk(job_id), "LEASE"),
-            ConditionExpression="holder = :h",
-            ExpressionAttributeValues={":h": {"S": holder}},
-        )
 
     # --- tasks ------------------------------------------------------------------------------
     def put_tasks(self, tasks: Sequence[TaskRecord]) -> int:
@@ -222,220 +202,6 @@ class DynamoStateStore(RateBuckets, StateStore):
     def get_task(self, job_id: str, task_id: str) -> TaskRecord | None:
         item = self.t.get(task_key(job_id, task_id))
         return task_from(job_id, item) if item else None
-
-    def replace_task(
-        self, task: TaskRecord, *, expect_status: TaskStatus, counter_deltas: Mapping[str, int]
-    ) -> bool:
-        e = Expr()
-        put = {
-            "Put": e.args(
-                TableName=self.t.name,
-                Item=task_item(task),
-                ConditionExpression=e.cond({"status": expect_status}),
-            )
-        }
-        deltas = {k: d for k, d in counter_deltas.items() if d}
-        ops = [put, self.t.counters_op(task.job_id, shard_of(task.task_id), deltas)]
-        return self.t.transact(ops if deltas else [put]) is None
-
-    def delete_tasks(self, job_id: str, phase: str) -> int:
-        keys = [task_key(job_id, t.task_id) for t in self.iter_tasks(job_id, phase=phase)]
-        self.t.batch_delete(keys)
-        return len(keys)
-
-    def claim_task(
-        self,
-        job_id: str,
-        task_id: str,
-        worker_id: str,
-        token: str,
-        lease_s: float,
-        now: float,
-        *,
-        holder: str | None = None,
-    ) -> TaskRecord | None:
-        k = task_key(job_id, task_id)
-        for _ in range(CLAIM_ROUNDS):
-            item = self.t.get(k)
-            if item is None:
-                return None
-            rec = task_from(job_id, item)
-            taking_over = rec.status == RUNNING and (rec.lease_expires or 0) < now
-            if rec.status != PENDING and not taking_over:
-                return None
-            new = dataclasses.replace(
-                rec,
-                status=RUNNING,
-                lease_token=token,
-                worker_id=worker_id,
-                holder=holder,
-                lease_expires=float(now + lease_s),
-                attempts=rec.attempts + 1,
-                worker_losses=rec.worker_losses + int(taking_over),
-                start_time=now if rec.start_time is None else rec.start_time,
-            )
-            e = Expr()
-            # Pin what was read: a claim or release in between changes attempts or status.
-            pins: dict[str, Any] = {
-                "status": rec.status,
-                "attempts": rec.attempts,
-                "lease_token": rec.lease_token,
-            }
-            extra = []
-            if taking_over and rec.lease_expires is not None:
-                extra.append(f"{e.n('lease_expires')} < {e.v(float(now))}")
-            elif taking_over:
-                pins["lease_expires"] = None
-            changed = ("status", "lease_token", "worker_id", "lease_expires", "attempts")
-            sets = {f: getattr(new, f) for f in (*changed, "holder", "worker_losses", "start_time")}
-            ops = [self.t.update_op(k, e.update(sets), e, e.cond(pins, *extra))]
-            if not taking_over:  # a takeover leaves the counters as they are: RUNNING stays 1
-                moves = {task_counter(rec.phase, PENDING): -1, task_counter(rec.phase, RUNNING): 1}
-                ops.append(self.t.counters_op(job_id, shard_of(task_id), moves))
-            if self._write(ops):
-                return new
-        return None
-
-    def heartbeat(self, job_id: str, task_id: str, token: str, lease_s: float, now: float) -> bool:
-        e = Expr()
-        return self.t.conditional(
-            "update_item",
-            Key=task_key(job_id, task_id),
-            UpdateExpression=e.update({"lease_expires": float(now + lease_s)}),
-            ConditionExpression=e.cond({"status": RUNNING, "lease_token": token}),
-            **e.args(),
-        )
-
-    def _fenced(
-        self,
-        job_id: str,
-        task_id: str,
-        token: str,
-        sets: Callable[[TaskRecord], Mapping[str, Any]],
-        deltas: Callable[[str], Mapping[str, int]],
-    ) -> bool:
-        """RUNNING under token: update the task and move its counters in one transaction."""
-        k = task_key(job_id, task_id)
-        item = self.t.get(k)  # the phase names the counters; a lost lease needs no transaction
-        if item is None:
-            return False
-        rec = task_from(job_id, item)
-        if rec.status != RUNNING or rec.lease_token != token:
-            return False
-        e = Expr()
-        update = self.t.update_op(
-            k, e.update(sets(rec)), e, e.cond({"status": RUNNING, "lease_token": token})
-        )
-        return self._write(
-            [update, self.t.counters_op(job_id, shard_of(task_id), deltas(rec.phase))]
-        )
-
-    def release_task(
-        self,
-        job_id: str,
-        task_id: str,
-        token: str,
-        *,
-        checkpoint_key: str | None = None,
-        checkpoint_sha256: str | None = None,
-    ) -> bool:
-        def sets(rec: TaskRecord) -> dict[str, Any]:
-            out: dict[str, Any] = {
-                "status": PENDING,
-                "lease_token": None,
-                "lease_expires": None,
-                "worker_id": None,
-            }
-            if checkpoint_key:
-                out |= {"checkpoint_key": checkpoint_key, "checkpoint_sha256": checkpoint_sha256}
-            return out
-
-        return self._fenced(
-            job_id,
-            task_id,
-            token,
-            sets,
-            lambda phase: {task_counter(phase, RUNNING): -1, task_counter(phase, PENDING): 1},
-        )
-
-    def release_dead(self, job_id: str, task_id: str, token: str) -> bool:
-        def sets(rec: TaskRecord) -> dict[str, Any]:
-            # the condition pins the token: worker_losses cannot change under it
-            return {
-                "status": PENDING,
-                "lease_token": None,
-                "lease_expires": None,
-                "worker_id": None,
-                "worker_losses": rec.worker_losses + 1,
-            }
-
-        return self._fenced(
-            job_id,
-            task_id,
-            token,
-            sets,
-            lambda phase: {
-                task_counter(phase, RUNNING): -1,
-                task_counter(phase, PENDING): 1,
-                WORKERS_LOST: 1,
-            },
-        )
-
-    def commit_task(self, job_id: str, task_id: str, token: str, commit: TaskCommit) -> bool:
-        sets: dict[str, Any] = {
-            "status": TaskStatus.SUCCESS,
-            "lease_expires": None,
-            **{f.name: getattr(commit, f.name) for f in dataclasses.fields(commit)},
-            **UNINDEXED,
-        }
-        done = commit.succeeded + commit.failed_permanent + commit.failed_transient
-
-        def deltas(phase: str) -> dict[str, int]:
-            return {
-                task_counter(phase, RUNNING): -1,
-                task_counter(phase, TaskStatus.SUCCESS): 1,
-                ITEMS_PENDING: -done,
-                ITEMS_SUCCEEDED: commit.succeeded,
-                ITEMS_FAILED_PERMANENT: commit.failed_permanent,
-                ITEMS_FAILED_TRANSIENT: commit.failed_transient,
-                OUTPUT_ROWS: commit.output_rows,
-            }
-
-        lost: Exception | None = None
-        for _ in range(COMMIT_ROUNDS):
-            try:
-                # A clean condition failure is final: botocore's own retries of a transaction
-                # reuse its ClientRequestToken, so a retried commit cannot fail on itself.
-                return self._fenced(job_id, task_id, token, lambda _: sets, deltas)
-            except (AwsTimeout, AwsConnectionError) as e:
-                lost = e  # ambiguous: it may have been applied. Re-read before concluding.
-            t = self.get_task(job_id, task_id)
-            if t is not None and t.status == TaskStatus.SUCCESS and t.lease_token == token:
-                return t.output_key == commit.output_key
-            if t is None or t.status != RUNNING or t.lease_token != token:
-                return False
-            # still RUNNING under our token: the commit did not apply; try again
-        assert lost is not None
-        raise lost
-
-    def fail_task(self, job_id: str, task_id: str, token: str, error: str, now: float) -> bool:
-        sets = {
-            "status": TaskStatus.FAILED,
-            "lease_expires": None,
-            "error": error,
-            "end_time": float(now),
-            **UNINDEXED,
-        }
-        return self._fenced(
-            job_id,
-            task_id,
-            token,
-            lambda _: sets,
-            lambda phase: {
-                task_counter(phase, RUNNING): -1,
-                task_counter(phase, TaskStatus.FAILED): 1,
-            },
-        )
 
     def unfinished_tasks(self, job_id: str, phase: str | None = None) -> Iterator[TaskRecord]:
         # The sparse GSI (KEYS_ONLY) gives the keys; the records are read consistently, and
@@ -483,27 +249,3 @@ class DynamoStateStore(RateBuckets, StateStore):
                 if name not in ("pk", "sk"):
                     out[name] = out.get(name, 0) + int(value["N"])
         return out
-
-    # --- versioned documents (the job's output schema) ----------------------------------------
-    # One item per document, `JOB#<job_id>` / `DOC#<name>` (so `delete_job`'s query finds it),
-    # the value as base64 text (every attribute of the table stays text or a number); the
-    # version is the condition of every write.
-    def get_versioned(self, job_id: str, name: str) -> Versioned | None:
-        item = self.t.get(key(job_pk(job_id), f"DOC#{name}"))
-        if item is None:
-            return None
-        return Versioned(int(item["version"]["N"]), base64.b64decode(item["value"]["S"]))
-
-    def put_versioned(self, job_id: str, name: str, value: bytes, expect_version: int) -> bool:
-        cond = "attribute_not_exists(pk)" if expect_version == 0 else "version = :v"
-        values = {} if expect_version == 0 else {":v": {"N": str(expect_version)}}
-        return self.t.conditional(
-            "put_item",
-            Item={
-                **key(job_pk(job_id), f"DOC#{name}"),
-                "version": {"N": str(expect_version + 1)},
-                "value": {"S": base64.b64encode(value).decode()},
-            },
-            ConditionExpression=cond,
-            **({"ExpressionAttributeValues": values} if values else {}),
-        )

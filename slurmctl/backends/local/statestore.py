@@ -1,5 +1,10 @@
-"""The embedded state store: SQLite in WAL mode, every transition one `BEGIN IMMEDIATE`
-transaction that also moves the counters."""
+"""The embedded state store: SQLite in WAL mode.
+
+It implements the store primitives of `statestore.StateStore`; the task protocol itself is written
+once in `protocol.py`. A write (`_write`) is one `BEGIN IMMEDIATE` transaction: read the record,
+check the write's condition with `protocol.holds`, write it and move the counters, so no other
+writer can come in between the check and the write.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +14,16 @@ from dataclasses import astuple, fields, replace
 from pathlib import Path
 from typing import Any
 
+from slurmctl.backends import protocol
 from slurmctl.backends.local.sqlite import SQLiteDB
+from slurmctl.backends.protocol import Kind, Write
 from slurmctl.backends.statestore import (
-    ITEMS_FAILED_PERMANENT,
-    ITEMS_FAILED_TRANSIENT,
-    ITEMS_PENDING,
-    ITEMS_SUCCEEDED,
-    JOB_FIELDS,
-    OUTPUT_ROWS,
     TASK_FIELDS,
-    WORKERS_LOST,
     Bucket,
     JobRecord,
     SlotGrant,
     StateStore,
-    TaskCommit,
     TaskRecord,
-    Versioned,
-    task_counter,
 )
 from slurmctl.ratelimit import gcra
 from slurmctl.states import JobStatus, TaskStatus
@@ -45,13 +42,16 @@ CREATE TABLE IF NOT EXISTS counters (job_id, name, value INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS buckets (job_id, name, rate REAL, burst INTEGER, tat REAL,
     paused INTEGER, effective REAL DEFAULT 0, changed_at REAL DEFAULT 0,
     hold_until REAL DEFAULT 0, PRIMARY KEY (job_id, name)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS job_leases (job_id PRIMARY KEY, holder, expires REAL);
-CREATE TABLE IF NOT EXISTS versioned (job_id, name, version INTEGER NOT NULL, value BLOB,
-    PRIMARY KEY (job_id, name)) WITHOUT ROWID
+CREATE TABLE IF NOT EXISTS job_leases (job_id PRIMARY KEY, holder, expires REAL)
 """
 
 _UNFINISHED = "status IN ('PENDING', 'RUNNING')"
-_QUOTED_TASK_COLS = ", ".join(f'"{c}"' for c in TASK_FIELDS)  # "group" is a keyword
+_TABLES: dict[Kind, tuple[str, tuple[str, ...]]] = {
+    "job": ("jobs", ("job_id",)),
+    "task": ("tasks", ("job_id", "task_id")),
+    "lease": ("job_leases", ("job_id",)),
+}
+"""Where each kind of record a Write targets lives, and its key columns."""
 _BUCKET_COLS = [f.name for f in fields(Bucket)]
 
 
@@ -99,15 +99,33 @@ class SQLiteStateStore(StateStore):
     def close(self) -> None:
         self.db.close()
 
-    # --- jobs -------------------------------------------------------------------------------
-    def create_job(self, job: JobRecord) -> bool:
+    # --- the write primitive ------------------------------------------------------------------
+    def _write(self, w: Write) -> bool:
+        table, keys = _TABLES[w.ref.kind]
+        key_values = (w.ref.job_id, w.ref.task_id)[: len(keys)]
+        where = " AND ".join(f'"{k}" = ?' for k in keys)
         with self.db.transaction() as conn:
-            cur = conn.execute(
-                f"INSERT OR IGNORE INTO jobs VALUES ({', '.join('?' * len(_JOB_COLS))})",
-                astuple(job),
-            )
-            return cur.rowcount == 1
+            row = conn.execute(f"SELECT * FROM {table} WHERE {where}", key_values).fetchone()
+            if not protocol.holds(w.cond, dict(row) if row else None):
+                return False
+            if w.delete:
+                conn.execute(f"DELETE FROM {table} WHERE {where}", key_values)
+            elif row is None:
+                values = {**dict(zip(keys, key_values, strict=True)), **w.sets}
+                cols = ", ".join(f'"{c}"' for c in values)
+                conn.execute(
+                    f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(values))})",
+                    tuple(values.values()),
+                )
+            elif w.sets:
+                assign = ", ".join(f'"{k}" = ?' for k in w.sets)
+                conn.execute(
+                    f"UPDATE {table} SET {assign} WHERE {where}", (*w.sets.values(), *key_values)
+                )
+            _bump(conn, w.ref.job_id, w.deltas)
+            return True
 
+    # --- jobs -------------------------------------------------------------------------------
     def get_job(self, job_id: str) -> JobRecord | None:
         row = self.db.conn().execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
@@ -116,50 +134,10 @@ class SQLiteStateStore(StateStore):
         rows = self.db.conn().execute("SELECT * FROM jobs ORDER BY created_at, job_id")
         return [_job(r) for r in rows]
 
-    def update_job(
-        self,
-        job_id: str,
-        changes: Mapping[str, Any],
-        *,
-        expect: Mapping[str, Any] | None = None,
-        counter_deltas: Mapping[str, int] | None = None,
-    ) -> bool:
-        expect = expect or {}
-        unknown = (set(changes) | set(expect)) - JOB_FIELDS
-        if unknown:
-            raise ValueError(f"unknown job fields {sorted(unknown)}")
-        where = " AND ".join(["job_id = ?", *(f"{k} IS ?" for k in expect)])
-        with self.db.transaction() as conn:
-            if changes:
-                sets = ", ".join(f"{k} = ?" for k in changes)
-                cur = conn.execute(
-                    f"UPDATE jobs SET {sets} WHERE {where}",
-                    (*changes.values(), job_id, *expect.values()),
-                )
-            else:
-                cur = conn.execute(f"SELECT 1 FROM jobs WHERE {where}", (job_id, *expect.values()))
-                cur = cur if cur.fetchone() else None  # type: ignore[assignment]
-            if cur is None or (changes and cur.rowcount != 1):
-                return False
-            _bump(conn, job_id, counter_deltas or {})
-            return True
-
     def delete_job(self, job_id: str) -> None:
         with self.db.transaction() as conn:
-            for table in ("tasks", "counters", "buckets", "job_leases", "versioned", "jobs"):
+            for table in ("tasks", "counters", "buckets", "job_leases", "jobs"):
                 conn.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
-
-    def acquire_job_lease(self, job_id: str, holder: str, ttl_s: float, now: float) -> bool:
-        with self.db.transaction() as conn:
-            row = conn.execute(
-                "SELECT holder, expires FROM job_leases WHERE job_id = ?", (job_id,)
-            ).fetchone()
-            if row and row["holder"] != holder and row["expires"] > now:
-                return False
-            conn.execute(
-                "INSERT OR REPLACE INTO job_leases VALUES (?, ?, ?)", (job_id, holder, now + ttl_s)
-            )
-            return True
 
     def job_lease(self, job_id: str) -> tuple[str, float] | None:
         row = (
@@ -168,10 +146,6 @@ class SQLiteStateStore(StateStore):
             .fetchone()
         )
         return (str(row["holder"]), float(row["expires"])) if row else None
-
-    def release_job_lease(self, job_id: str, holder: str) -> None:
-        with self.db.transaction() as conn:
-            conn.execute("DELETE FROM job_leases WHERE job_id = ? AND holder = ?", (job_id, holder))
 
     # --- tasks ------------------------------------------------------------------------------
     def put_tasks(self, tasks: Sequence[TaskRecord]) -> int:
@@ -183,25 +157,6 @@ class SQLiteStateStore(StateStore):
             )
             return conn.total_changes - before
 
-    def replace_task(
-        self, task: TaskRecord, *, expect_status: TaskStatus, counter_deltas: Mapping[str, int]
-    ) -> bool:
-        with self.db.transaction() as conn:
-            cur = conn.execute(
-                f"UPDATE tasks SET ({_QUOTED_TASK_COLS}) = ({', '.join('?' * len(TASK_FIELDS))}) "
-                "WHERE job_id = ? AND task_id = ? AND status = ?",
-                (*astuple(task), task.job_id, task.task_id, str(expect_status)),
-            )
-            if cur.rowcount != 1:
-                return False
-            _bump(conn, task.job_id, counter_deltas)
-            return True
-
-    def delete_tasks(self, job_id: str, phase: str) -> int:
-        with self.db.transaction() as conn:
-            cur = conn.execute("DELETE FROM tasks WHERE job_id = ? AND phase = ?", (job_id, phase))
-            return cur.rowcount
-
     def get_task(self, job_id: str, task_id: str) -> TaskRecord | None:
         row = (
             self.db.conn()
@@ -209,166 +164,6 @@ class SQLiteStateStore(StateStore):
             .fetchone()
         )
         return _task(row) if row else None
-
-    def claim_task(
-        self,
-        job_id: str,
-        task_id: str,
-        worker_id: str,
-        token: str,
-        lease_s: float,
-        now: float,
-        *,
-        holder: str | None = None,
-    ) -> TaskRecord | None:
-        with self.db.transaction() as conn:
-            row = conn.execute(
-                "SELECT status, phase, lease_expires FROM tasks WHERE job_id = ? AND task_id = ?",
-                (job_id, task_id),
-            ).fetchone()
-            if row is None:
-                return None
-            status, phase = row["status"], row["phase"]
-            taking_over = status == TaskStatus.RUNNING and (row["lease_expires"] or 0) < now
-            if status != TaskStatus.PENDING and not taking_over:
-                return None
-            conn.execute(
-                "UPDATE tasks SET status = 'RUNNING', lease_token = ?, worker_id = ?, holder = ?, "
-                "lease_expires = ?, attempts = attempts + 1, "
-                "worker_losses = worker_losses + ?, start_time = COALESCE(start_time, ?) "
-                "WHERE job_id = ? AND task_id = ?",
-                (token, worker_id, holder, now + lease_s, int(taking_over), now, job_id, task_id),
-            )
-            if not taking_over:
-                _bump(
-                    conn,
-                    job_id,
-                    {task_counter(phase, "PENDING"): -1, task_counter(phase, "RUNNING"): 1},
-                )
-            claimed = conn.execute(
-                "SELECT * FROM tasks WHERE job_id = ? AND task_id = ?", (job_id, task_id)
-            ).fetchone()
-            return _task(claimed)
-
-    def heartbeat(self, job_id: str, task_id: str, token: str, lease_s: float, now: float) -> bool:
-        with self.db.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE tasks SET lease_expires = ? WHERE job_id = ? AND task_id = ? "
-                "AND status = 'RUNNING' AND lease_token = ?",
-                (now + lease_s, job_id, task_id, token),
-            )
-            return cur.rowcount == 1
-
-    def _fenced(
-        self,
-        conn: sqlite3.Connection,
-        job_id: str,
-        task_id: str,
-        token: str,
-        sets: Mapping[str, Any],
-    ) -> str | None:
-        """Update the task if token holds its lease; returns its phase, None when fenced off."""
-        row = conn.execute(
-            "SELECT phase FROM tasks WHERE job_id = ? AND task_id = ? AND status = 'RUNNING' "
-            "AND lease_token = ?",
-            (job_id, task_id, token),
-        ).fetchone()
-        if row is None:
-            return None
-        assign = ", ".join(f"{k} = ?" for k in sets)
-        conn.execute(
-            f"UPDATE tasks SET {assign} WHERE job_id = ? AND task_id = ?",
-            (*sets.values(), job_id, task_id),
-        )
-        return str(row["phase"])
-
-    def release_task(
-        self,
-        job_id: str,
-        task_id: str,
-        token: str,
-        *,
-        checkpoint_key: str | None = None,
-        checkpoint_sha256: str | None = None,
-    ) -> bool:
-        sets: dict[str, Any] = {
-            "status": "PENDING",
-            "lease_token": None,
-            "lease_expires": None,
-            "worker_id": None,
-        }
-        if checkpoint_key:
-            sets |= {"checkpoint_key": checkpoint_key, "checkpoint_sha256": checkpoint_sha256}
-        with self.db.transaction() as conn:
-            phase = self._fenced(conn, job_id, task_id, token, sets)
-            if phase is None:
-                return False
-            _bump(
-                conn,
-                job_id,
-                {task_counter(phase, "RUNNING"): -1, task_counter(phase, "PENDING"): 1},
-            )
-            return True
-
-    def release_dead(self, job_id: str, task_id: str, token: str) -> bool:
-        sets = {"status": "PENDING", "lease_token": None, "lease_expires": None, "worker_id": None}
-        with self.db.transaction() as conn:
-            phase = self._fenced(conn, job_id, task_id, token, sets)
-            if phase is None:
-                return False
-            conn.execute(
-                "UPDATE tasks SET worker_losses = worker_losses + 1 "
-                "WHERE job_id = ? AND task_id = ?",
-                (job_id, task_id),
-            )
-            moves = {task_counter(phase, "RUNNING"): -1, task_counter(phase, "PENDING"): 1}
-            _bump(conn, job_id, {**moves, WORKERS_LOST: 1})
-            return True
-
-    def commit_task(self, job_id: str, task_id: str, token: str, commit: TaskCommit) -> bool:
-        sets: dict[str, Any] = {
-            "status": "SUCCESS",
-            "lease_expires": None,
-            "output_key": commit.output_key,
-            "output_sha256": commit.output_sha256,
-            "output_rows": commit.output_rows,
-            "errors_key": commit.errors_key,
-            "errors_sha256": commit.errors_sha256,
-            "succeeded": commit.succeeded,
-            "failed_permanent": commit.failed_permanent,
-            "failed_transient": commit.failed_transient,
-            "end_time": commit.end_time,
-        }
-        done = commit.succeeded + commit.failed_permanent + commit.failed_transient
-        with self.db.transaction() as conn:
-            phase = self._fenced(conn, job_id, task_id, token, sets)
-            if phase is None:
-                return False
-            _bump(
-                conn,
-                job_id,
-                {
-                    task_counter(phase, "RUNNING"): -1,
-                    task_counter(phase, "SUCCESS"): 1,
-                    ITEMS_PENDING: -done,
-                    ITEMS_SUCCEEDED: commit.succeeded,
-                    ITEMS_FAILED_PERMANENT: commit.failed_permanent,
-                    ITEMS_FAILED_TRANSIENT: commit.failed_transient,
-                    OUTPUT_ROWS: commit.output_rows,
-                },
-            )
-            return True
-
-    def fail_task(self, job_id: str, task_id: str, token: str, error: str, now: float) -> bool:
-        sets = {"status": "FAILED", "lease_expires": None, "error": error, "end_time": now}
-        with self.db.transaction() as conn:
-            phase = self._fenced(conn, job_id, task_id, token, sets)
-            if phase is None:
-                return False
-            _bump(
-                conn, job_id, {task_counter(phase, "RUNNING"): -1, task_counter(phase, "FAILED"): 1}
-            )
-            return True
 
     def unfinished_tasks(self, job_id: str, phase: str | None = None) -> Iterator[TaskRecord]:
         sql = f"SELECT * FROM tasks INDEXED BY tasks_unfinished WHERE job_id = ? AND {_UNFINISHED}"
@@ -507,28 +302,3 @@ class SQLiteStateStore(StateStore):
                 changed_at=after.changed_at,
                 hold_until=after.hold_until,
             )
-
-    # --- versioned documents (the job's output schema) ----------------------------------------
-    def get_versioned(self, job_id: str, name: str) -> Versioned | None:
-        row = (
-            self.db.conn()
-            .execute(
-                "SELECT version, value FROM versioned WHERE job_id = ? AND name = ?", (job_id, name)
-            )
-            .fetchone()
-        )
-        return Versioned(int(row["version"]), bytes(row["value"])) if row else None
-
-    def put_versioned(self, job_id: str, name: str, value: bytes, expect_version: int) -> bool:
-        with self.db.transaction() as conn:
-            if expect_version == 0:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO versioned VALUES (?, ?, 1, ?)", (job_id, name, value)
-                )
-            else:
-                cur = conn.execute(
-                    "UPDATE versioned SET version = version + 1, value = ? "
-                    "WHERE job_id = ? AND name = ? AND version = ?",
-                    (value, job_id, name, expect_version),
-                )
-            return cur.rowcount == 1
