@@ -1,10 +1,13 @@
-"""The DynamoDB state store: one table, one sparse GSI, every transition one transaction.
+"""The DynamoDB state store: one table, one sparse GSI, the store primitives of `StateStore`.
 
-The layout is in `dynamo.py` (and docs/aws.md, with the cost of each access). Each transition
-(claim, release, commit, fail, a job update that moves counters) is one TransactWriteItems: the
-conditional task or job update plus the counter shard it moves. A claim first reads the task
-(consistent) to learn whether it is a takeover, then pins what it read (status, attempts, token)
-in the condition, so a racing claim fails the condition instead of moving the counters twice.
+The transitions themselves (claim, heartbeat, release, commit, fail, the job lease) are decided in
+`protocol.py`, written once for every store; this module applies the conditional writes they
+produce (`_write`), with what only DynamoDB needs: the condition compiled to a
+ConditionExpression, the counter shard a write moves (a task's own, `crc32(task_id) % 16`; a
+job's, shard 0) in the same TransactWriteItems, the unfinished-task GSI keys removed when a task
+finishes, the task retention stamps when a job's status changes, and a lost answer (a timeout
+after sending) resolved by reading the record again. The layout is in `dynamo.py` (and
+docs/aws.md, with the cost of each access).
 """
 
 from __future__ import annotations
