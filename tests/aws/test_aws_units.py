@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from slurmctl.backends import protocol
+from slurmctl.backends.aws.dynamo import Expr, condition
 from slurmctl.backends.objectstore import lines_of
 from slurmctl.coordinator.scan import InputScanner
 from slurmctl.coordinator.submit import UPLOAD_WINDOW, _in_order
@@ -21,6 +23,23 @@ from tests.moto_launch import SerialiseDynamoDB
 from tests.moto_server import LAUNCHER, moto_command, require_boto3
 
 require_boto3(module_level=True)
+
+
+# --- the protocol's conditions as ConditionExpressions ----------------------------------------
+def test_conditions_compile_to_condition_expressions() -> None:
+    e = Expr()
+    lease = protocol.acquire_job_lease("j", "me", 30.0, now=5.0)
+    assert condition(e, lease.cond) == ("(attribute_not_exists(pk) OR #n0 = :v0 OR #n1 <= :v1)")
+    assert e.names == {"#n0": "holder", "#n1": "expires"}
+    assert e.values == {":v0": {"S": "me"}, ":v1": {"N": "5.0"}}
+    e = Expr()
+    # unset on an existing record: attribute_not_exists alone would hold on an absent item
+    assert condition(e, protocol.all_of(protocol.PRESENT, protocol.eq("error", None))) == (
+        "(attribute_exists(pk) AND (attribute_exists(pk) AND attribute_not_exists(#n0)))"
+    )
+    e = Expr()
+    assert condition(e, protocol.lt("lease_expires", 7.25)) == "#n0 < :v0"
+    assert e.values == {":v0": {"N": "7.25"}}
 
 
 # --- the launcher ---------------------------------------------------------------------------

@@ -162,6 +162,23 @@ def test_counters_never_go_negative_whatever_the_order(backend: Backend) -> None
     }
 
 
+def test_writes_to_absent_records_create_nothing(backend: Backend) -> None:
+    """A conditional update of a record that is not there is refused (DynamoDB's UpdateItem
+    would otherwise create it), whatever its condition says about unset fields."""
+    state = backend.state
+    assert not state.update_job("nope", {"paused": True}, expect={"error": None})
+    assert not state.update_job("nope", {}, counter_deltas={"x": 1})
+    assert not state.update_job("nope", {}, expect={"error": None})
+    assert state.get_job("nope") is None and state.counters("nope") == {}
+    assert not state.heartbeat("nope", "task-000000", "t", 10, now=1.0)
+    assert not state.release_task("nope", "task-000000", "t")
+    assert not state.commit_task("nope", "task-000000", "t", _commit())
+    assert state.claim_task("nope", "task-000000", "w", "t", 10, now=1.0) is None
+    assert state.get_task("nope", "task-000000") is None
+    state.release_job_lease("nope", "r1")
+    assert state.job_lease("nope") is None
+
+
 # --- AWS only: a write whose answer is lost is resolved by reading the record again ------------
 @pytest.fixture
 def aws_backend(tmp_path: Path, moto_endpoint: str) -> Any:
