@@ -16,7 +16,7 @@ from typing import Any
 
 from slurmctl.backends import protocol
 from slurmctl.backends.local.sqlite import SQLiteDB
-from slurmctl.backends.protocol import Kind, Write
+from slurmctl.backends.protocol import Cond, Kind, Write
 from slurmctl.backends.statestore import (
     TASK_FIELDS,
     Bucket,
@@ -52,6 +52,7 @@ _TABLES: dict[Kind, tuple[str, tuple[str, ...]]] = {
     "lease": ("job_leases", ("job_id",)),
 }
 """Where each kind of record a Write targets lives, and its key columns."""
+_SQL_OPS = {"eq": "IS", "lt": "<", "le": "<="}
 _BUCKET_COLS = [f.name for f in fields(Bucket)]
 
 
@@ -67,6 +68,23 @@ def _task(row: sqlite3.Row) -> TaskRecord:
     d = dict(row)
     d["status"] = TaskStatus(d["status"])
     return TaskRecord(**d)
+
+
+def _where(c: Cond, args: list[Any]) -> str:
+    """A protocol condition as SQL on an existing row (its parameters appended to args); `IS`
+    compares NULL as `protocol.holds` compares None, and a comparison with NULL is false."""
+    if c.op in ("absent", "present"):
+        return "0" if c.op == "absent" else "1"
+    if c.op in ("all", "any"):
+        joiner = " AND " if c.op == "all" else " OR "
+        return "(" + joiner.join(_where(p, args) for p in c.parts) + ")"
+    args.append(c.value)
+    return f'"{c.field}" {_SQL_OPS[c.op]} ?'
+
+
+def _changed(cur: sqlite3.Cursor, w: Write) -> bool:
+    """Whether the conditional statement found its row (an UPDATE or DELETE changed it)."""
+    return cur.rowcount == 1 if w.sets or w.delete else cur.fetchone() is not None
 
 
 def _bump(conn: sqlite3.Connection, job_id: str, deltas: Mapping[str, int]) -> None:
@@ -104,6 +122,29 @@ class SQLiteStateStore(StateStore):
         table, keys = _TABLES[w.ref.kind]
         key_values = (w.ref.job_id, w.ref.task_id)[: len(keys)]
         where = " AND ".join(f'"{k}" = ?' for k in keys)
+        if protocol.holds(w.cond, None):  # it may create the record: read, check, write
+            return self._upsert(w, table, keys, key_values, where)
+        args: list[Any] = []
+        cond = _where(w.cond, args)
+        if w.delete:
+            sql, params = f"DELETE FROM {table} WHERE {where} AND {cond}", (*key_values, *args)
+        elif w.sets:
+            assign = ", ".join(f'"{k}" = ?' for k in w.sets)
+            sql = f"UPDATE {table} SET {assign} WHERE {where} AND {cond}"
+            params = (*w.sets.values(), *key_values, *args)
+        else:
+            sql, params = f"SELECT 1 FROM {table} WHERE {where} AND {cond}", (*key_values, *args)
+        if not w.deltas:  # one statement is its own transaction
+            return _changed(self.db.conn().execute(sql, params), w)
+        with self.db.transaction() as conn:
+            if not _changed(conn.execute(sql, params), w):
+                return False
+            _bump(conn, w.ref.job_id, w.deltas)
+            return True
+
+    def _upsert(
+        self, w: Write, table: str, keys: tuple[str, ...], key_values: tuple[str, ...], where: str
+    ) -> bool:
         with self.db.transaction() as conn:
             row = conn.execute(f"SELECT * FROM {table} WHERE {where}", key_values).fetchone()
             if not protocol.holds(w.cond, dict(row) if row else None):
