@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from slurmctl.backends import Backend
+from slurmctl.backends import Backend, protocol
 from slurmctl.backends.aws.session import AwsTimeout
 from slurmctl.backends.statestore import (
     ITEMS_PENDING,
@@ -160,6 +160,33 @@ def test_counters_never_go_negative_whatever_the_order(backend: Backend) -> None
         "commit:False",
         "release:False",
     }
+
+
+def test_racing_writes_decided_on_the_same_read(backend: Backend) -> None:
+    """Two processes read the same record and decide on it: the store's write primitive lets the
+    first through and refuses the second, so a race never moves the counters twice."""
+    _setup(backend, 2)
+    state = backend.state
+    rec = state.get_task("j", "task-000000")
+    one, two = (protocol.claim(rec, w, w, 10, now=100.0) for w in ("w1", "w2"))
+    assert one is not None and two is not None
+    assert state._write(one[0]) and not state._write(two[0])
+    assert state.get_task("j", "task-000000") == one[1]
+    assert _consistent(backend, 2)[task_counter(PHASE, RUNNING)] == 1
+    # a takeover decided on a lapsed lease loses to the old holder's heartbeat in between
+    lapsed = state.get_task("j", "task-000000")
+    takeover = protocol.claim(lapsed, "w3", "w3", 10, now=111.0)
+    assert takeover is not None
+    assert state.heartbeat("j", "task-000000", "w1", 10, now=109.0)
+    assert not state._write(takeover[0])
+    # a commit and a release of the same holder, decided on one read: only the first applies
+    held = state.get_task("j", "task-000000")
+    commit, release = protocol.commit(held, "w1", _commit()), protocol.release(held, "w1")
+    assert commit is not None and release is not None
+    assert state._write(commit) and not state._write(release)
+    t = state.get_task("j", "task-000000")
+    assert t is not None and t.status == TaskStatus.SUCCESS and t.attempts == 1
+    _consistent(backend, 2)
 
 
 def test_writes_to_absent_records_create_nothing(backend: Backend) -> None:
