@@ -161,6 +161,15 @@ def held(token: str) -> Cond:
     return all_of(eq("status", RUNNING), eq("lease_token", token))
 
 
+FREED: Mapping[str, Any] = {
+    "status": PENDING,
+    "lease_token": None,
+    "lease_expires": None,
+    "worker_id": None,
+}
+"""A task whose lease is given up: PENDING, claimable at once."""
+
+
 def holds_lease(rec: TaskRecord | None, token: str) -> bool:
     return rec is not None and rec.status == RUNNING and rec.lease_token == token
 
@@ -215,12 +224,7 @@ def release(
     """RUNNING under token becomes PENDING (a worker leaving on a signal: not a worker loss)."""
     if rec is None or not holds_lease(rec, token):
         return None
-    sets: dict[str, Any] = {
-        "status": PENDING,
-        "lease_token": None,
-        "lease_expires": None,
-        "worker_id": None,
-    }
+    sets: dict[str, Any] = dict(FREED)
     if checkpoint_key:
         sets |= {"checkpoint_key": checkpoint_key, "checkpoint_sha256": checkpoint_sha256}
     return Write(_task_ref(rec), held(token), sets, _moves(rec.phase, RUNNING, PENDING))
