@@ -28,6 +28,7 @@ from slurmctl.backends.statestore import (
     ITEMS_PENDING,
     ITEMS_SUCCEEDED,
     OUTPUT_ROWS,
+    WORKERS_LOST,
     JobRecord,
     TaskCommit,
     TaskRecord,
@@ -240,3 +241,31 @@ def test_job_lease_is_free_ours_or_lapsed() -> None:
     release = protocol.release_job_lease("j", "me")
     assert release.delete and not release.is_check
     assert not holds(release.cond, {"holder": "other", "expires": 1.0})
+
+
+def test_release_dead_frees_the_lease_and_counts_a_loss() -> None:
+    assert protocol.release_dead(_running(token="other"), "tok") is None
+    assert protocol.release_dead(_task(status=TaskStatus.SUCCESS, lease_token="tok"), "tok") is None
+    w = protocol.release_dead(_running(worker_losses=2), "tok")
+    assert w is not None and w.cond == all_of(eq("status", RUNNING), eq("lease_token", "tok"))
+    assert w.sets == {**protocol.FREED, "worker_losses": 3}
+    assert w.deltas == {
+        task_counter("retry_1", RUNNING): -1,
+        task_counter("retry_1", PENDING): 1,
+        WORKERS_LOST: 1,
+    }
+
+
+def test_claim_records_the_holder() -> None:
+    step = protocol.claim(_task(), "w1", "tok", 30.0, now=1.0, holder='{"pid": 7}')
+    assert step is not None and step[1].holder == '{"pid": 7}' == step[0].sets["holder"]
+
+
+def test_put_versioned_is_a_compare_and_swap_on_the_version() -> None:
+    first = protocol.put_versioned("j", "output_schema", b"v1", 0)
+    assert first.ref == Ref("doc", "j", "output_schema") and first.cond == ABSENT
+    assert first.sets == {"version": 1, "value": b"v1"}
+    later = protocol.put_versioned("j", "output_schema", b"v3", 2)
+    assert later.sets == {"version": 3, "value": b"v3"}
+    assert holds(later.cond, {"version": 2, "value": b"v2"})
+    assert not holds(later.cond, {"version": 3, "value": b"x"}) and not holds(later.cond, None)

@@ -35,6 +35,7 @@ from slurmctl.backends.records import (
     ITEMS_SUCCEEDED,
     JOB_FIELDS,
     OUTPUT_ROWS,
+    WORKERS_LOST,
     JobRecord,
     TaskCommit,
     TaskRecord,
@@ -42,8 +43,9 @@ from slurmctl.backends.records import (
 )
 from slurmctl.states import TaskStatus
 
-Kind = Literal["job", "task", "lease"]
-"""The records a Write targets: a job record, a task, a job's lease (`holder`, `expires`)."""
+Kind = Literal["job", "task", "lease", "doc"]
+"""The records a Write targets: a job record, a task, a job's lease (`holder`, `expires`), a
+versioned document of the job (`version`, `value`)."""
 
 RUNNING, PENDING = TaskStatus.RUNNING, TaskStatus.PENDING
 FINISHED = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED})
@@ -113,7 +115,8 @@ def holds(cond: Cond, record: Mapping[str, Any] | None) -> bool:
 class Ref:
     kind: Kind
     job_id: str
-    task_id: str = ""
+    name: str = ""
+    """The record's name within its job: a task's id, a document's name (none for the others)."""
 
 
 @dataclass(frozen=True)
@@ -176,10 +179,16 @@ def holds_lease(rec: TaskRecord | None, token: str) -> bool:
 
 # --- task transitions ---------------------------------------------------------------------------
 def claim(
-    rec: TaskRecord | None, worker_id: str, token: str, lease_s: float, now: float
+    rec: TaskRecord | None,
+    worker_id: str,
+    token: str,
+    lease_s: float,
+    now: float,
+    holder: str | None = None,
 ) -> tuple[Write, TaskRecord] | None:
-    """PENDING, or RUNNING under a lapsed lease, becomes RUNNING under token: the write and the
-    record it leaves. None when the task is absent, finished or held by a live lease."""
+    """PENDING, or RUNNING under a lapsed lease, becomes RUNNING under token, held by worker_id
+    (whose process `holder` describes): the write and the record it leaves. None when the task
+    is absent, finished or held by a live lease."""
     if rec is None:
         return None
     taking_over = rec.status == RUNNING and (rec.lease_expires or 0) < now
@@ -189,6 +198,7 @@ def claim(
         "status": RUNNING,
         "lease_token": token,
         "worker_id": worker_id,
+        "holder": holder,
         "lease_expires": float(now + lease_s),
         "attempts": rec.attempts + 1,
         "worker_losses": rec.worker_losses + int(taking_over),
@@ -228,6 +238,19 @@ def release(
     if checkpoint_key:
         sets |= {"checkpoint_key": checkpoint_key, "checkpoint_sha256": checkpoint_sha256}
     return Write(_task_ref(rec), held(token), sets, _moves(rec.phase, RUNNING, PENDING))
+
+
+def release_dead(rec: TaskRecord | None, token: str) -> Write | None:
+    """RUNNING under token becomes PENDING at once: its holder is known dead (its executor saw
+    it exit, or Slurm reports its array element ended). A worker loss, on the task (as a
+    takeover counts one: poison isolation) and on the job (`workers.lost`)."""
+    if rec is None or not holds_lease(rec, token):
+        return None
+    # The token is pinned, so worker_losses cannot change under this write (only a claim or a
+    # release_dead, both of which change the token, move it).
+    sets = {**FREED, "worker_losses": rec.worker_losses + 1}
+    deltas = {**_moves(rec.phase, RUNNING, PENDING), WORKERS_LOST: 1}
+    return Write(_task_ref(rec), held(token), sets, deltas)
 
 
 def commit(rec: TaskRecord | None, token: str, result: TaskCommit) -> Write | None:
@@ -294,3 +317,11 @@ def acquire_job_lease(job_id: str, holder: str, ttl_s: float, now: float) -> Wri
 def release_job_lease(job_id: str, holder: str) -> Write:
     """Drop the job lease if holder still holds it."""
     return Write(Ref("lease", job_id), eq("holder", holder), delete=True)
+
+
+# --- versioned documents ------------------------------------------------------------------------
+def put_versioned(job_id: str, name: str, value: bytes, expect_version: int) -> Write:
+    """Compare-and-swap: store value as version expect_version + 1 if the stored version is
+    expect_version (0: the document does not exist yet)."""
+    cond = ABSENT if expect_version == 0 else eq("version", expect_version)
+    return Write(Ref("doc", job_id, name), cond, {"version": expect_version + 1, "value": value})

@@ -21,6 +21,9 @@ ITEMS_FAILED_TRANSIENT = "items.failed_transient"
 ITEMS_QUARANTINED = "items.quarantined"
 ITEMS_PENDING = "items.pending"
 OUTPUT_ROWS = "rows"
+WORKERS_LOST = "workers.lost"
+"""Leases freed because their holder was known dead (`release_dead`): the executors' fruitless-
+runs rule counts a run that freed one as a run that did something."""
 
 
 def task_counter(phase: str, status: TaskStatus | str) -> str:
@@ -86,6 +89,10 @@ class TaskRecord:
     start_time: float | None = None
     end_time: float | None = None
     error: str | None = None
+    holder: str | None = None
+    """Who claimed the task last: host, pid and Slurm ids (slurmctl/holders.py), so an executor
+    that knows that process dead frees the lease at once (`release_dead`). Last, so a state
+    root written before it gains it as its last column."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,3 +158,15 @@ class SlotGrant:
     """Set, with no times, while a Retry-After holds issuance: ask again at that time."""
     writes: int = 0
     """Bucket write attempts this grant took (conditional writes that lost a race included)."""
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A document of `get_versioned`: its bytes and version (1 for the first write)."""
+
+    version: int
+    value: bytes
+
+
+OUTPUT_SCHEMA_DOC = "output_schema"
+"""The versioned document holding the job's recorded output schema (slurmctl/output_schema.py)."""

@@ -30,12 +30,15 @@ from slurmctl.backends.records import (
     ITEMS_TOTAL,
     JOB_FIELDS,
     OUTPUT_ROWS,
+    OUTPUT_SCHEMA_DOC,
     TASK_FIELDS,
+    WORKERS_LOST,
     Bucket,
     JobRecord,
     SlotGrant,
     TaskCommit,
     TaskRecord,
+    Versioned,
     task_counter,
 )
 from slurmctl.states import TaskStatus
@@ -49,13 +52,16 @@ __all__ = [
     "ITEMS_TOTAL",
     "JOB_FIELDS",
     "OUTPUT_ROWS",
+    "OUTPUT_SCHEMA_DOC",
     "TASK_FIELDS",
+    "WORKERS_LOST",
     "Bucket",
     "JobRecord",
     "SlotGrant",
     "StateStore",
     "TaskCommit",
     "TaskRecord",
+    "Versioned",
     "task_counter",
 ]
 
@@ -108,14 +114,21 @@ class StateStore(ABC):
     def counters(self, job_id: str) -> dict[str, int]:
         """Every counter of the job (summed over shards, where a store shards them)."""
 
+    @abstractmethod
+    def get_versioned(self, job_id: str, name: str) -> Versioned | None:
+        """The document `name` of the job (read consistently), None when never written."""
+
     def _view(self, ref: Ref) -> dict[str, Any] | None:
         """The record a Write targets, as the field mapping its condition is checked against."""
         if ref.kind == "task":
-            task = self.get_task(ref.job_id, ref.task_id)
+            task = self.get_task(ref.job_id, ref.name)
             return dataclasses.asdict(task) if task else None
         if ref.kind == "job":
             job = self.get_job(ref.job_id)
             return dataclasses.asdict(job) if job else None
+        if ref.kind == "doc":
+            doc = self.get_versioned(ref.job_id, ref.name)
+            return dataclasses.asdict(doc) if doc else None
         lease = self.job_lease(ref.job_id)
         return {"holder": lease[0], "expires": lease[1]} if lease else None
 
@@ -152,15 +165,25 @@ class StateStore(ABC):
 
     # --- tasks ------------------------------------------------------------------------------
     def claim_task(
-        self, job_id: str, task_id: str, worker_id: str, token: str, lease_s: float, now: float
+        self,
+        job_id: str,
+        task_id: str,
+        worker_id: str,
+        token: str,
+        lease_s: float,
+        now: float,
+        *,
+        holder: str | None = None,
     ) -> TaskRecord | None:
-        """PENDING, or RUNNING with an expired lease, becomes RUNNING under token.
+        """PENDING, or RUNNING with an expired lease, becomes RUNNING under token (held by
+        worker_id, whose process `holder` describes).
 
         Returns the claimed record, or None if the task is not claimable (someone else holds it,
         or it is finished).
         """
         for _ in range(CLAIM_ROUNDS):
-            step = protocol.claim(self.get_task(job_id, task_id), worker_id, token, lease_s, now)
+            rec = self.get_task(job_id, task_id)
+            step = protocol.claim(rec, worker_id, token, lease_s, now, holder)
             if step is None:
                 return None
             write, claimed = step
@@ -185,6 +208,13 @@ class StateStore(ABC):
         count as a worker loss."""
         rec = self.get_task(job_id, task_id)
         return self._apply(protocol.release(rec, token, checkpoint_key, checkpoint_sha256))
+
+    def release_dead(self, job_id: str, task_id: str, token: str) -> bool:
+        """RUNNING under token becomes PENDING at once: its holder is known dead (its executor
+        saw it exit, or Slurm reports its array element ended). Counts a worker loss, on the task
+        (as the takeover of an expired lease does: poison isolation) and on the job
+        (`workers.lost`)."""
+        return self._apply(protocol.release_dead(self.get_task(job_id, task_id), token))
 
     def commit_task(self, job_id: str, task_id: str, token: str, commit: TaskCommit) -> bool:
         """The fenced commit: RUNNING under token becomes SUCCESS, with outputs and counters."""
@@ -230,3 +260,11 @@ class StateStore(ABC):
     ) -> Bucket | None:
         """The API throttled: apply `gcra.throttle` to the bucket (cut the effective rate, hold
         issuance until now + retry_after). Returns the bucket after, None when absent."""
+
+    # --- versioned documents (the job's output schema) ----------------------------------------
+    # A named document per job, replaced by compare-and-swap on its version, so concurrent
+    # writers (workers widening the output schema) never lose an update.
+    def put_versioned(self, job_id: str, name: str, value: bytes, expect_version: int) -> bool:
+        """Store value as version expect_version + 1 if the stored version is expect_version
+        (0: the document does not exist yet); False, and nothing written, otherwise."""
+        return self._apply(protocol.put_versioned(job_id, name, value, expect_version))

@@ -42,7 +42,7 @@ from slurmctl.backends.aws.dynamo import (
 )
 from slurmctl.backends.aws.session import AwsConnectionError, AwsTimeout, Service
 from slurmctl.backends.protocol import Kind, Ref, Write
-from slurmctl.backends.statestore import JobRecord, StateStore, TaskRecord
+from slurmctl.backends.statestore import JobRecord, StateStore, TaskRecord, Versioned
 from slurmctl.states import UNFINISHED, JobStatus, TaskStatus
 
 AMBIGUOUS_ROUNDS = 3
@@ -53,9 +53,12 @@ UNINDEXED = {"gsi_pk": None, "gsi_sk": None}
 
 _KEYS: dict[Kind, Callable[[Ref], Item]] = {
     "job": lambda r: job_key(r.job_id),
-    "task": lambda r: task_key(r.job_id, r.task_id),
+    "task": lambda r: task_key(r.job_id, r.name),
     "lease": lambda r: key(job_pk(r.job_id), "LEASE"),
+    "doc": lambda r: key(job_pk(r.job_id), f"DOC#{r.name}"),
 }
+"""Where each kind of record lives. A versioned document is `JOB#<job_id>` / `DOC#<name>`, so
+`delete_job`'s query of the job's partition finds it; its value is a binary attribute."""
 
 
 class DynamoStateStore(RateBuckets, StateStore):
@@ -106,7 +109,7 @@ class DynamoStateStore(RateBuckets, StateStore):
             op = {"ConditionCheck": e.args(TableName=self.t.name, Key=k, ConditionExpression=cond)}
         ops = [op]
         if w.deltas:
-            shard = shard_of(w.ref.task_id) if w.ref.kind == "task" else 0
+            shard = shard_of(w.ref.name) if w.ref.kind == "task" else 0
             ops.append(self.t.counters_op(w.ref.job_id, shard, w.deltas))
         status = w.sets.get("status") if w.ref.kind == "job" and not creating else None
         terminal = status is not None and JobStatus(status).terminal
@@ -244,6 +247,12 @@ class DynamoStateStore(RateBuckets, StateStore):
             KeyConditionExpression=cond, ConsistentRead=True, **e.args(**kwargs)
         ):
             yield task_from(job_id, item)
+
+    def get_versioned(self, job_id: str, name: str) -> Versioned | None:
+        item = self.t.get(_KEYS["doc"](Ref("doc", job_id, name)))
+        if item is None:
+            return None
+        return Versioned(int(item["version"]["N"]), bytes(item["value"]["B"]))
 
     def counters(self, job_id: str) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -24,6 +24,7 @@ from slurmctl.backends.statestore import (
     SlotGrant,
     StateStore,
     TaskRecord,
+    Versioned,
 )
 from slurmctl.ratelimit import gcra
 from slurmctl.states import JobStatus, TaskStatus
@@ -42,7 +43,9 @@ CREATE TABLE IF NOT EXISTS counters (job_id, name, value INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS buckets (job_id, name, rate REAL, burst INTEGER, tat REAL,
     paused INTEGER, effective REAL DEFAULT 0, changed_at REAL DEFAULT 0,
     hold_until REAL DEFAULT 0, PRIMARY KEY (job_id, name)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS job_leases (job_id PRIMARY KEY, holder, expires REAL)
+CREATE TABLE IF NOT EXISTS job_leases (job_id PRIMARY KEY, holder, expires REAL);
+CREATE TABLE IF NOT EXISTS versioned (job_id, name, version INTEGER NOT NULL, value BLOB,
+    PRIMARY KEY (job_id, name)) WITHOUT ROWID
 """
 
 _UNFINISHED = "status IN ('PENDING', 'RUNNING')"
@@ -50,6 +53,7 @@ _TABLES: dict[Kind, tuple[str, tuple[str, ...]]] = {
     "job": ("jobs", ("job_id",)),
     "task": ("tasks", ("job_id", "task_id")),
     "lease": ("job_leases", ("job_id",)),
+    "doc": ("versioned", ("job_id", "name")),
 }
 """Where each kind of record a Write targets lives, and its key columns."""
 _SQL_OPS = {"eq": "IS", "lt": "<", "le": "<="}
@@ -120,7 +124,7 @@ class SQLiteStateStore(StateStore):
     # --- the write primitive ------------------------------------------------------------------
     def _write(self, w: Write) -> bool:
         table, keys = _TABLES[w.ref.kind]
-        key_values = (w.ref.job_id, w.ref.task_id)[: len(keys)]
+        key_values = (w.ref.job_id, w.ref.name)[: len(keys)]
         where = " AND ".join(f'"{k}" = ?' for k in keys)
         if protocol.holds(w.cond, None):  # it may create the record: read, check, write
             return self._upsert(w, table, keys, key_values, where)
@@ -177,7 +181,7 @@ class SQLiteStateStore(StateStore):
 
     def delete_job(self, job_id: str) -> None:
         with self.db.transaction() as conn:
-            for table in ("tasks", "counters", "buckets", "job_leases", "jobs"):
+            for table in ("tasks", "counters", "buckets", "job_leases", "versioned", "jobs"):
                 conn.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
 
     def job_lease(self, job_id: str) -> tuple[str, float] | None:
@@ -234,6 +238,16 @@ class SQLiteStateStore(StateStore):
                 return
             yield from (_task(r) for r in rows)
             last = rows[-1]["task_id"]
+
+    def get_versioned(self, job_id: str, name: str) -> Versioned | None:
+        row = (
+            self.db.conn()
+            .execute(
+                "SELECT version, value FROM versioned WHERE job_id = ? AND name = ?", (job_id, name)
+            )
+            .fetchone()
+        )
+        return Versioned(int(row["version"]), bytes(row["value"])) if row else None
 
     def counters(self, job_id: str) -> dict[str, int]:
         rows = self.db.conn().execute(
