@@ -85,8 +85,6 @@ def encode(v: Any) -> dict[str, Any]:
         return {"N": repr(v)}
     if isinstance(v, str):
         return {"S": str(v)}
-    if isinstance(v, bytes):
-        return {"B": v}
     raise TypeError(f"cannot store {type(v).__name__} in DynamoDB: {v!r}")
 
 
@@ -97,8 +95,6 @@ def decode(a: Mapping[str, Any], kind: str = "") -> Any:
         return bool(a["BOOL"])
     if "N" in a:
         return float(a["N"]) if kind == "float" else int(a["N"])
-    if "B" in a:
-        return bytes(a["B"])
     return str(a["S"])
 
 

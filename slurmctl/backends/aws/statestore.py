@@ -12,6 +12,7 @@ docs/aws.md, with the cost of each access).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -58,7 +59,8 @@ _KEYS: dict[Kind, Callable[[Ref], Item]] = {
     "doc": lambda r: key(job_pk(r.job_id), f"DOC#{r.name}"),
 }
 """Where each kind of record lives. A versioned document is `JOB#<job_id>` / `DOC#<name>`, so
-`delete_job`'s query of the job's partition finds it; its value is a binary attribute."""
+`delete_job`'s query of the job's partition finds it; its value is stored as base64 text (every
+attribute of the table stays text or a number)."""
 
 
 class DynamoStateStore(RateBuckets, StateStore):
@@ -96,6 +98,8 @@ class DynamoStateStore(RateBuckets, StateStore):
         sets = {f: v for f, v in w.sets.items() if f not in ("job_id", "task_id")}
         if w.ref.kind == "task" and sets.get("status") in protocol.FINISHED:
             sets |= UNINDEXED
+        if w.ref.kind == "doc" and isinstance(sets.get("value"), bytes):
+            sets["value"] = base64.b64encode(sets["value"]).decode()
         creating = w.cond == protocol.ABSENT
         if creating:  # a new record: nothing to REMOVE; a job is listed through the GSI
             sets = {f: v for f, v in sets.items() if v is not None}
@@ -252,7 +256,7 @@ class DynamoStateStore(RateBuckets, StateStore):
         item = self.t.get(_KEYS["doc"](Ref("doc", job_id, name)))
         if item is None:
             return None
-        return Versioned(int(item["version"]["N"]), bytes(item["value"]["B"]))
+        return Versioned(int(item["version"]["N"]), base64.b64decode(item["value"]["S"]))
 
     def counters(self, job_id: str) -> dict[str, int]:
         out: dict[str, int] = {}
