@@ -283,6 +283,15 @@ def fail(rec: TaskRecord | None, token: str, error: str, now: float) -> Write | 
     return Write(_task_ref(rec), held(token), sets, _moves(rec.phase, RUNNING, TaskStatus.FAILED))
 
 
+def replace_task(
+    task: TaskRecord, expect_status: TaskStatus, counter_deltas: Mapping[str, int]
+) -> Write:
+    """The whole record put back if the stored task has expect_status (`retry --tasks`: a
+    finished task runs again), the counters moved in the same write."""
+    deltas = {k: d for k, d in counter_deltas.items() if d}
+    return Write(_task_ref(task), eq("status", expect_status), dataclasses.asdict(task), deltas)
+
+
 # --- jobs and the job lease ---------------------------------------------------------------------
 def create_job(job: JobRecord) -> Write:
     """Insert the job record if no job has this id."""

@@ -101,6 +101,11 @@ class StateStore(ABC):
     def get_task(self, job_id: str, task_id: str) -> TaskRecord | None: ...
 
     @abstractmethod
+    def delete_tasks(self, job_id: str, phase: str) -> int:
+        """Remove every task of a phase that never started (a retry planner killed before its
+        flip left them); the caller holds the job lease. Returns how many went."""
+
+    @abstractmethod
     def unfinished_tasks(self, job_id: str, phase: str | None = None) -> Iterator[TaskRecord]:
         """PENDING and RUNNING tasks, through an index of unfinished tasks (never a full scan)."""
 
@@ -190,6 +195,13 @@ class StateStore(ABC):
             if self._write(write):
                 return claimed
         return None
+
+    def replace_task(
+        self, task: TaskRecord, *, expect_status: TaskStatus, counter_deltas: Mapping[str, int]
+    ) -> bool:
+        """Put the whole record if the stored task has expect_status, moving the counters in
+        the same transaction (`retry --tasks`: a finished task runs again). False otherwise."""
+        return self._apply(protocol.replace_task(task, expect_status, counter_deltas))
 
     def heartbeat(self, job_id: str, task_id: str, token: str, lease_s: float, now: float) -> bool:
         """Extend the lease if token still holds it."""

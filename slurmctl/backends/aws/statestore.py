@@ -98,6 +98,8 @@ class DynamoStateStore(RateBuckets, StateStore):
         sets = {f: v for f, v in w.sets.items() if f not in ("job_id", "task_id")}
         if w.ref.kind == "task" and sets.get("status") in protocol.FINISHED:
             sets |= UNINDEXED
+        elif w.ref.kind == "task" and "phase" in sets:  # a whole record, unfinished: indexed
+            sets |= {"gsi_pk": job_pk(w.ref.job_id), "gsi_sk": f"{sets['phase']}#{w.ref.name}"}
         if w.ref.kind == "doc" and isinstance(sets.get("value"), bytes):
             sets["value"] = base64.b64encode(sets["value"]).decode()
         creating = w.cond == protocol.ABSENT
@@ -208,6 +210,11 @@ class DynamoStateStore(RateBuckets, StateStore):
                 )
             pending = [t for t, r in zip(pending, reasons, strict=True) if r != CCF]
         return 0
+
+    def delete_tasks(self, job_id: str, phase: str) -> int:
+        keys = [task_key(job_id, t.task_id) for t in self.iter_tasks(job_id, phase=phase)]
+        self.t.batch_delete(keys)
+        return len(keys)
 
     def get_task(self, job_id: str, task_id: str) -> TaskRecord | None:
         item = self.t.get(task_key(job_id, task_id))

@@ -202,6 +202,11 @@ class SQLiteStateStore(StateStore):
             )
             return conn.total_changes - before
 
+    def delete_tasks(self, job_id: str, phase: str) -> int:
+        with self.db.transaction() as conn:
+            cur = conn.execute("DELETE FROM tasks WHERE job_id = ? AND phase = ?", (job_id, phase))
+            return cur.rowcount
+
     def get_task(self, job_id: str, task_id: str) -> TaskRecord | None:
         row = (
             self.db.conn()
