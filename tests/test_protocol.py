@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ from slurmctl.states import JobStatus, TaskStatus
 RUNNING, PENDING = TaskStatus.RUNNING, TaskStatus.PENDING
 
 
-def _task(**kw: object) -> TaskRecord:
+def _task(**kw: Any) -> TaskRecord:
     base = TaskRecord("j", "t1", "b1", "retry_1", "g", 10, "k", "s" * 64)
     return dataclasses.replace(base, **kw)
 

@@ -268,7 +268,8 @@ def test_ambiguous_commit_of_a_fenced_off_holder_is_refused(aws_backend: Backend
             lost.svc.call = real
             assert state.claim_task("j", "task-000000", "w2", "new", 10, now=200.0) is not None
             raise AwsTimeout("dynamodb transact_write_items: read timeout")
-        return real(op, **kwargs)
+        answer: dict[str, Any] = real(op, **kwargs)
+        return answer
 
     lost.svc.call = taken_over_meanwhile
     before_counters = state.counters("j")

@@ -116,7 +116,7 @@ def _suspended_round(tmp_path: Path) -> None:
         def taken_over() -> bool:
             for t in _tasks(root):
                 if t["task_id"] == holder["task"] and t["lease_token"] != holder["token"]:
-                    return t["status"] == "RUNNING"
+                    return bool(t["status"] == "RUNNING")
             return False
 
         wait_for(taken_over, timeout=60, what="another worker taking the task over")

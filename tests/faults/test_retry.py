@@ -81,7 +81,8 @@ def test_transient_failures_are_retried_in_phases(tmp_path: Path) -> None:
 def _output_rows(s: dict) -> list[dict]:  # type: ignore[type-arg]
     import pyarrow.parquet as pq
 
-    return pq.read_table(s["outputs"][0]["path"]).to_pylist()
+    rows: list[dict] = pq.read_table(s["outputs"][0]["path"]).to_pylist()  # type: ignore[type-arg]
+    return rows
 
 
 def test_operator_retry_of_chosen_types(tmp_path: Path) -> None:
