@@ -153,6 +153,10 @@ rather than COMPLETED. Set `max_failure_share` to tighten it, or null to turn th
 job whose every item failed is FAILED whatever this says)."""
 
 
+MAX_CONCURRENCY = 1024
+"""Items in flight per worker, at most: beyond it threads cost more than they wait."""
+
+
 class _Section(BaseModel):
     """Strict: YAML already types values, so `workers: yes` or `batch_size: "10"` is a mistake."""
 
@@ -271,6 +275,9 @@ class JobDefinition(_Section):
     batch_size: int = Field(default=100, ge=1, le=1_000_000)
     params: dict[str, Any] = Field(default_factory=dict)
     workers: int = Field(default=4, ge=1, le=10_000)
+    concurrency: int = Field(default=1, ge=1, le=MAX_CONCURRENCY)
+    """Items each worker keeps in flight: a pool of threads for a sync `process`, one event
+    loop for an `async def process` (worker/inflight.py). 1: one item at a time."""
     executor: Literal["local", "slurm"] = "local"
     slurm: SlurmOptions = Field(default_factory=SlurmOptions)
     backend: Literal["local", "aws"] = "local"

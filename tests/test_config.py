@@ -42,6 +42,7 @@ def error_of(tmp_path: Path, text: str) -> str:
 def test_defaults(tmp_path: Path) -> None:
     job = load_job_definition(write(tmp_path, BASE))
     assert (job.batch_size, job.workers, job.executor, job.backend) == (100, 4, "local", "local")
+    assert job.concurrency == 1
     assert job.params == {} and job.rate_limit is None and job.rate_limits == {}
     assert job.retry.model_dump() == {
         "max_attempts": 3,
@@ -99,8 +100,8 @@ def test_error_type_constants() -> None:
 
 
 VALID_TOP = (
-    "job_id, job_type, handler, input, id_field, batch_size, params, workers, executor, slurm, "
-    "backend, aws, scratch, rate_limit, rate_limits, retry, output, max_quarantine_share, "
+    "job_id, job_type, handler, input, id_field, batch_size, params, workers, concurrency, "
+    "executor, slurm, backend, aws, scratch, rate_limit, rate_limits, retry, output, max_quarantine_share, "
     "max_failure_share, breaker, lease, checkpoint_every, error_rules"
 )
 
@@ -133,6 +134,9 @@ VALID_TOP = (
         ("workers: 0\n", ":5: workers: expected an integer from 1 to 10000, found 0"),
         ("workers: yes\n", ":5: workers: expected an integer, found true"),
         ("workers:\n", ":5: workers: expected an integer, found nothing"),
+        ("concurrency: 0\n", ":5: concurrency: expected an integer from 1 to 1024, found 0"),
+        ("concurrency: 1025\n", ":5: concurrency: expected an integer from 1 to 1024, found 1025"),
+        ("concurrency: many\n", ":5: concurrency: expected an integer, found 'many'"),
         ("checkpoint_every: 0\n", ":5: checkpoint_every: expected an integer >= 1, found 0"),
         (
             "rate_limit: {tokens_per_sec: 0}\n",
