@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from slurmctl.errors import UserError
+from slurmctl.errors import PermanentError, UserError
 from slurmctl.ratelimit.signals import retry_after_of
 from slurmctl.worker.http import HttpSession
 
@@ -27,14 +29,34 @@ class Metrics:
     def incr(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
+    def _add_time(self, name: str, seconds: float) -> None:
+        self.timers[name] = self.timers.get(name, 0.0) + seconds
+        self.counters[f"{name}.calls"] = self.counters.get(f"{name}.calls", 0) + 1
+
     @contextmanager
     def timer(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.timers[name] = self.timers.get(name, 0.0) + time.perf_counter() - t0
-            self.incr(f"{name}.calls")
+            self._add_time(name, time.perf_counter() - t0)
+
+    def make_threadsafe(self) -> None:
+        """Several items in flight on threads: every update under one lock. A worker running
+        one item at a time never calls this, its updates stay a plain dict write."""
+        lock = threading.Lock()
+        incr, add_time = self.incr, self._add_time
+
+        def locked_incr(name: str, n: int = 1) -> None:
+            with lock:
+                incr(name, n)
+
+        def locked_add_time(name: str, seconds: float) -> None:
+            with lock:
+                add_time(name, seconds)
+
+        self.incr = locked_incr  # type: ignore[method-assign]
+        self._add_time = locked_add_time  # type: ignore[method-assign]
 
     def snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -92,6 +114,10 @@ class Context:
         self._last_bucket: str | None = None
         self._task_t0 = time.monotonic()
         self._wait: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.loop_thread: int | None = None
+        """The thread of the worker's event loop (an `async def` handler): a blocking
+        `ctx.acquire()` there would stall every item in flight, so it is refused."""
 
     @property
     def task_id(self) -> str | None:
@@ -108,11 +134,22 @@ class Context:
         """Block until the job-wide rate limiter grants n send slots; returns seconds waited."""
         if n < 1:
             raise UserError(f"ctx.acquire: n must be at least 1, got {n}")
+        if self.loop_thread is not None and threading.get_ident() == self.loop_thread:
+            raise PermanentError(
+                "ctx.acquire() blocks the event loop of an async handler: "
+                "use `await ctx.acquire_async()`"
+            )
         waited = self._acquire(n, bucket)
         name = bucket or DEFAULT_BUCKET
-        self._last_bucket = bucket
-        self._wait[name] = self._wait.get(name, 0.0) + waited
+        with self._lock:
+            self._last_bucket = bucket
+            self._wait[name] = self._wait.get(name, 0.0) + waited
         return waited
+
+    async def acquire_async(self, n: int = 1, bucket: str | None = None) -> float:
+        """`acquire` for an `async def` handler: waits in a thread of the loop's executor, so
+        the other items in flight go on; returns seconds waited."""
+        return await asyncio.to_thread(self.acquire, n, bucket)
 
     def throttled(self, retry_after: float | None = None, bucket: str | None = None) -> None:
         """Tell the limiter the API throttled a request (HTTP 429, S3 SlowDown): the bucket's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import traceback
 from collections.abc import Callable
@@ -21,6 +22,18 @@ class Handler:
     process: ProcessFn
     setup: HookFn | None
     teardown: HookFn | None
+
+    @property
+    def is_async(self) -> bool:
+        """`async def process`: it runs on the worker's event loop (worker/inflight.py)."""
+        return inspect.iscoroutinefunction(self.process)
+
+    @property
+    def needs_loop(self) -> bool:
+        """Any of process, setup and teardown is `async def`."""
+        return any(
+            inspect.iscoroutinefunction(f) for f in (self.process, self.setup, self.teardown)
+        )
 
 
 def load_handler(spec: str, config_dir: Path) -> Handler:

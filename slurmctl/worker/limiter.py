@@ -11,6 +11,7 @@ slots within a second.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -81,6 +82,9 @@ class DistributedRateLimiter:
         self._held_logged = 0.0
         self._last_report = 0.0
         self._hold_until = 0.0
+        self._lock = threading.RLock()
+        """Several items in flight on threads (`concurrency`) share this limiter: one acquires
+        at a time (the slots come one after another anyway), the next waits for the lock."""
 
     def _lease_size(self) -> int:
         """A worker slower than the schedule's interval could not use consecutive slots."""
@@ -187,6 +191,10 @@ class DistributedRateLimiter:
 
     def acquire(self, n: int = 1, worker_id: str = "") -> float:
         """Block until n send slots have come; returns the seconds waited (pauses excepted)."""
+        with self._lock:
+            return self._acquire(n, worker_id)
+
+    def _acquire(self, n: int, worker_id: str) -> float:
         start, paused0 = time.monotonic(), self.paused_s
         now = time.time()
         if self._last_acquire:
@@ -220,6 +228,10 @@ class DistributedRateLimiter:
     def throttled(self, retry_after: float | None = None) -> Bucket | None:
         """The API throttled this worker: cut the bucket's rate for the whole job (and hold it
         for retry_after seconds); this worker's own slots are given back."""
+        with self._lock:
+            return self._throttled(retry_after)
+
+    def _throttled(self, retry_after: float | None) -> Bucket | None:
         now = time.time()
         held = retry_after is not None and now + retry_after > self._hold_until + 0.05
         if now - self._last_report < REPORT_DEDUP_S and not held:

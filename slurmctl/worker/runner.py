@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,8 @@ from slurmctl.secrets import redact, redact_uncaught
 from slurmctl.worker.breaker import Breaker
 from slurmctl.worker.classify import classify
 from slurmctl.worker.context import Context
-from slurmctl.worker.handler import load_handler
+from slurmctl.worker.handler import Handler, load_handler
+from slurmctl.worker.inflight import EventLoop, call_hook
 from slurmctl.worker.limiter import DistributedRateLimiter, WorkerStopping
 from slurmctl.worker.task import Outcome, TaskRunner
 
@@ -80,6 +82,9 @@ class Worker:
         supervisor = os.environ.get(SUPERVISOR_ENV, "")
         self._supervisor = int(supervisor) if supervisor.isdigit() else 0
         self._next_check = 0.0
+        self._limiter_lock = threading.Lock()
+        self.loop: EventLoop | None = None
+        """The worker's one event loop, for a handler with `async def` functions."""
 
     # --- signals ----------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -121,6 +126,15 @@ class Worker:
     # --- rate limiting ----------------------------------------------------------------------
     def _limiter(self, bucket: str | None, what: str) -> DistributedRateLimiter | None:
         name = bucket or "default"
+        limiter = self.limiters.get(name)
+        if limiter is not None:
+            return limiter
+        with self._limiter_lock:  # items in flight on threads: one limiter per bucket
+            return self._new_limiter(bucket, name, what)
+
+    def _new_limiter(
+        self, bucket: str | None, name: str, what: str
+    ) -> DistributedRateLimiter | None:
         limiter = self.limiters.get(name)
         if limiter is None:
             b = self.backend.state.get_bucket(self.job_id, name)
@@ -210,6 +224,8 @@ class Worker:
             throttled=self._throttled,
         )
         self.breaker = Breaker(self.backend, self.job_id, definition.breaker, job.workers)
+        if handler.needs_loop:
+            self.loop = EventLoop(definition.concurrency)
         try:  # the scratch root private to this user, verified, before anything is put in it
             runner = self._runner(definition, handler, ctx, hidden, job.created_at)
             self.info = hooks.WorkerInfo(
@@ -232,9 +248,12 @@ class Worker:
             )
             return EXIT_JOB_FAILED
         finally:
+            runner.close()
             self._release_slots()
             if handler.teardown is not None:
                 self._teardown(handler.teardown, ctx, hidden)
+            if self.loop is not None:
+                self.loop.close()
             hooks.registry.before_worker_stop(self.info)  # e.g. the log's last shipment
 
     def _setup(
@@ -248,7 +267,7 @@ class Worker:
         secrets redacted (the log filters do it); a network-like one ends this worker (another
         run may succeed), any other fails the job with the redacted reason."""
         try:
-            setup(ctx)
+            call_hook(setup, ctx, self.loop)
         except Exception as exc:  # the user's setup: classified, logged, reported
             c = classify(exc, definition.error_rules)
             reason = redact(f"handler setup() failed: {type(exc).__name__}: {exc}", hidden)
@@ -262,7 +281,7 @@ class Worker:
         self, teardown: Callable[[Context], object], ctx: Context, hidden: list[str]
     ) -> None:
         try:
-            teardown(ctx)
+            call_hook(teardown, ctx, self.loop)
         except Exception as exc:  # the user's teardown: logged, the work is done
             log.error(
                 "worker %s: %s",
@@ -274,7 +293,7 @@ class Worker:
     def _runner(
         self,
         definition: JobDefinition,
-        handler: object,
+        handler: Handler,
         ctx: Context,
         hidden: list[str],
         created_at: float,
@@ -284,7 +303,7 @@ class Worker:
             backend=self.backend,
             job_id=self.job_id,
             worker_id=self.worker_id,
-            handler=handler,  # type: ignore[arg-type]
+            handler=handler,
             ctx=ctx,
             id_field=definition.id_field,
             pins=definition.output.pins(),
@@ -298,6 +317,8 @@ class Worker:
             should_stop=self.task_should_stop,
             job_stamp=repr(created_at),
             breaker=self.breaker,
+            concurrency=definition.concurrency,
+            loop=self.loop,
         )
 
     def _loop_through_outages(self, runner: TaskRunner, definition: JobDefinition) -> int:

@@ -3,6 +3,7 @@ write the attempt-unique output, and make it count with the fenced commit."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import json
 import logging
@@ -12,7 +13,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -38,6 +39,16 @@ from slurmctl.worker.checkpoint import Checkpoint, CheckpointRefused, Row, Stamp
 from slurmctl.worker.classify import PERMANENT, Rule, classify
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import Handler
+from slurmctl.worker.inflight import (
+    EventLoop,
+    Recorder,
+    Todo,
+    call_async,
+    call_sync,
+    on_loop,
+    run_async,
+    run_threads,
+)
 from slurmctl.worker.limiter import WorkerStopping
 from slurmctl.worker.output import Encoded, encode, rows_of, signature
 
@@ -82,6 +93,10 @@ class TaskRunner:
     pins: dict[str, Pin] = field(default_factory=dict)
     """`output.schema`: the pinned column types."""
     breaker: Breaker | None = None
+    concurrency: int = 1
+    """Items in flight (worker/inflight.py); 1 with a sync `process`: the per-item loop here."""
+    loop: EventLoop | None = None
+    """The worker's event loop, for an `async def` handler."""
     layout: JobLayout = field(init=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +106,17 @@ class TaskRunner:
         self._beat_thread: threading.Thread | None = None
         self._schema: JobSchema | None = None
         """The job's output schema as this worker last saw it (it only ever widens)."""
+        self.in_flight = self.concurrency > 1 or self.handler.is_async
+        """Items run by worker/inflight.py, finishing out of order."""
+        self._pool: cf.ThreadPoolExecutor | None = None
+        if self.in_flight and not self.handler.is_async:
+            self.ctx.metrics.make_threadsafe()
+
+    def close(self) -> None:
+        """The worker leaves: the item threads end (they are idle between tasks)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def task_dir(self, task_id: str) -> Path:
         return self.scratch_root / f"job_{self.job_id}" / f"task_{task_id}"
@@ -344,6 +370,8 @@ class TaskRunner:
         last_write = time.monotonic()
         if isolate:
             self._isolate(task, lines, done, ckpt)
+        if self.in_flight and (self.handler.is_async or not isolate):
+            return self._items_in_flight(lines, done, ckpt, lost, isolate)
         should_stop, is_lost, every = self.should_stop, lost.is_set, self.checkpoint_every
         append = pending.append  # the loop runs once per item: names bound once
         for idx, line in enumerate(lines):
@@ -391,6 +419,72 @@ class TaskRunner:
         if not lost.is_set():
             ckpt.write(pending, durable=stopped)
         return calls, stopped
+
+    def _items_in_flight(
+        self,
+        lines: list[bytes],
+        done: set[int],
+        ckpt: Checkpoint,
+        lost: threading.Event,
+        isolate: bool,
+    ) -> tuple[int, bool]:
+        """Up to `concurrency` items in flight (one while isolating); returns (calls, stopped)."""
+        on_ok, on_failed = (
+            (self.breaker.ok, self.breaker.failed) if self.breaker else (_no_ok, _no_failed)
+        )
+        recorder = Recorder(
+            ckpt,
+            self.ctx,
+            every=self.checkpoint_every,
+            min_interval_s=CHECKPOINT_MIN_INTERVAL_S,
+            is_lost=lost.is_set,
+            isolate=isolate,
+            on_ok=on_ok,
+            on_failed=on_failed,
+            rules=self.rules,
+            secrets=self.secrets,
+        )
+        loads = loads_for(b"\n".join(lines))
+        id_field, ctx, process = self.id_field, self.ctx, self.handler.process
+
+        def todo() -> Iterator[Todo]:
+            for idx, line in enumerate(lines):
+                if idx not in done:
+                    item = loads(line)
+                    yield idx, item, str(item[id_field])
+
+        def may_start() -> bool:
+            return not (self.should_stop() or lost.is_set())
+
+        width = 1 if isolate else self.concurrency
+        if self.handler.is_async:
+            assert self.loop is not None
+            calls = on_loop(
+                self.loop,
+                ctx,
+                run_async(
+                    width,
+                    todo(),
+                    may_start,
+                    lambda item, item_id: call_async(process, item, ctx, id_field, item_id),
+                    recorder,
+                ),
+            )
+        else:
+            if self._pool is None:
+                self._pool = cf.ThreadPoolExecutor(
+                    max_workers=self.concurrency, thread_name_prefix="slurmctl-item"
+                )
+            calls = run_threads(
+                self._pool,
+                width,
+                todo(),
+                may_start,
+                lambda item, item_id: call_sync(process, item, ctx, id_field, item_id),
+                recorder,
+            )
+        recorder.finish()
+        return calls, recorder.stopped
 
     def _isolate(
         self, task: TaskRecord, lines: list[bytes], done: set[int], ckpt: Checkpoint
@@ -442,7 +536,10 @@ class TaskRunner:
         owners: list[int] = []
         errors: list[bytes] = []
         succeeded = permanent = transient = 0
-        for idx, item_id, ok, result, etype, message, sig in ckpt.rows():
+        recorded = ckpt.rows()
+        if self.in_flight:  # finished out of order: the output keeps the input's order
+            recorded = iter(sorted(recorded, key=_index))
+        for idx, item_id, ok, result, etype, message, sig in recorded:
             if ok:
                 succeeded += 1
                 if result:
@@ -614,6 +711,10 @@ class TaskRunner:
         }
         objects.put_json(self.layout.task_manifest(task.task_id), manifest)
         hooks.registry.after_task_committed(event)  # e.g. the job's time series; the log
+
+
+def _index(row: Row) -> int:
+    return row[0]
 
 
 def _no_ok() -> None:

@@ -1,0 +1,172 @@
+"""`concurrency: N`: a worker keeps N items of its task in flight, on threads for a sync
+`process` and on one event loop for an `async def process`; every item exactly once through a
+SIGKILL and `resume`, errors classified per item, out-of-order completion with checkpoints, and
+`try` running an async handler, all through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import assert_exactly_once, cli, make_job, popen, status, wait_for
+
+THREADS = """
+import os, random, threading, time
+from slurmctl import PermanentError
+
+def process(item, ctx):
+    ctx.acquire()
+    with open(os.environ["CALLS_FILE"], "a") as f:
+        f.write(item["id"] + " " + threading.current_thread().name + "\\n")
+    time.sleep(random.uniform(0.005, 0.03))
+    ctx.metrics.incr("api_requests")
+    if int(item["id"]) % 7 == 3:
+        raise PermanentError("item %s is broken" % item["id"])
+    if int(item["id"]) % 7 == 5:
+        raise ConnectionResetError("reset by peer")
+    return {"id": item["id"], "double": item["n"] * 2}
+"""
+ASYNC = """
+import asyncio, os, random
+from slurmctl import PermanentError
+
+async def setup(ctx):
+    await asyncio.sleep(0)
+    ctx.in_flight = 0
+    ctx.peak = 0
+
+async def process(item, ctx):
+    await ctx.acquire_async()
+    with open(os.environ["CALLS_FILE"], "a") as f:
+        f.write(item["id"] + " loop\\n")
+    ctx.in_flight += 1
+    ctx.peak = max(ctx.peak, ctx.in_flight)
+    try:
+        await asyncio.sleep(random.uniform(0.005, 0.03))
+    finally:
+        ctx.in_flight -= 1
+    ctx.metrics.incr("api_requests")
+    if int(item["id"]) % 7 == 3:
+        raise PermanentError("item %s is broken" % item["id"])
+    if int(item["id"]) % 7 == 5:
+        raise ConnectionResetError("reset by peer")
+    return {"id": item["id"], "double": item["n"] * 2}
+
+async def teardown(ctx):
+    with open(os.environ["CALLS_FILE"] + ".peak", "w") as f:
+        f.write(str(ctx.peak))
+"""
+HANDLERS = {"threads": THREADS, "async": ASYNC}
+EXTRA = "concurrency: 16\ncheckpoint_every: 10\nretry: {max_attempts: 1}\nmax_failure_share: null\n"
+
+
+def _calls(path: Path) -> list[str]:
+    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _failures(root: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for f in (root / "objects/jobs/t1/failures").glob("*.json"):
+        for i in json.loads(f.read_text())["items"]:
+            out[str(i["item_id"])] = i["error_type"]
+    return out
+
+
+def _expected_failures(count: int) -> dict[str, str]:
+    kinds = {3: "validation", 5: "network"}
+    return {str(i): kinds[i % 7] for i in range(count) if i % 7 in kinds}
+
+
+@pytest.mark.parametrize("mode", ["threads", "async"])
+def test_items_in_flight_errors_per_item_and_input_order(tmp_path: Path, mode: str) -> None:
+    calls = tmp_path / "calls.txt"
+    config = make_job(
+        tmp_path / "job", 300, handler=HANDLERS[mode], batch_size=100, workers=1, extra=EXTRA
+    )
+    root = tmp_path / "root"
+    run = cli(root, "submit", str(config), env={"CALLS_FILE": str(calls)}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    ids = _calls(calls)
+    assert sorted(ids, key=int) == [str(i) for i in range(300)], "every item called once"
+    assert ids != sorted(ids, key=int), "items finished out of order"
+    got = assert_exactly_once(root, "t1", 300)
+    assert _failures(root) == _expected_failures(300)
+    assert len(got["output"]) == 300 - len(_expected_failures(300))
+    s = status(root, "t1")
+    # each task's output keeps the input's order, whatever order its items finished in
+    for o in s["outputs"]:
+        import pyarrow.parquet as pq
+
+        out_ids = [int(x) for x in pq.read_table(o["path"]).column("id").to_pylist()]
+        assert out_ids == sorted(out_ids)
+    manifests = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
+    assert sum(m["metrics"]["handler"]["counters"]["api_requests"] for m in manifests) == 300
+    if mode == "threads":
+        threads = {line.split()[1] for line in calls.read_text().splitlines()}
+        assert 2 <= len(threads) <= 16 and all(t.startswith("slurmctl-item") for t in threads)
+    else:
+        assert 2 <= int(Path(str(calls) + ".peak").read_text()) <= 16
+
+
+@pytest.mark.parametrize("mode", ["threads", "async"])
+def test_sigkill_mid_task_then_resume_is_exactly_once(tmp_path: Path, mode: str) -> None:
+    calls = tmp_path / "calls.txt"
+    config = make_job(
+        tmp_path / "job", 400, handler=HANDLERS[mode], batch_size=100, workers=1, extra=EXTRA
+    )
+    root = tmp_path / "root"
+    env = {"CALLS_FILE": str(calls)}
+    proc = popen(root, "submit", str(config), env=env)
+    parent = psutil.Process(proc.pid)
+    wait_for(lambda: len(_calls(calls)) >= 150, what="the second task half done")
+    os.killpg(proc.pid, signal.SIGKILL)  # the submit and its worker, mid-task
+    proc.communicate(timeout=30)
+    wait_for(lambda: not parent.is_running() or parent.status() == "zombie", what="all dead")
+    before = len(_calls(calls))
+    assert before < 400, "killed mid-job"
+    run = cli(root, "resume", "t1", env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert_exactly_once(root, "t1", 400)
+    assert _failures(root) == _expected_failures(400)
+    redone = sum(n - 1 for n in Counter(_calls(calls)).values())
+    # at most the items in flight (16) and those not yet checkpointed (checkpoint_every, or
+    # CHECKPOINT_MIN_INTERVAL_S of work, whichever is more)
+    assert redone <= 16 + 40, redone
+    manifests = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
+    assert sum(m["metrics"]["items_from_checkpoint"] for m in manifests) >= 30
+
+
+def test_try_runs_an_async_handler(tmp_path: Path) -> None:
+    config = make_job(tmp_path / "job", 8, handler=ASYNC, extra="concurrency: 4\n")
+    env = {"CALLS_FILE": str(tmp_path / "calls.txt")}
+    run = cli(tmp_path / "root", "try", str(config), "--items", "6", env=env)
+    assert run.returncode == 1, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert lines[:6] == [
+        '0\tok\t{"id": "0", "double": 0}',
+        '1\tok\t{"id": "1", "double": 2}',
+        '2\tok\t{"id": "2", "double": 4}',
+        "3\tvalidation (permanent)\tPermanentError: item 3 is broken",
+        '4\tok\t{"id": "4", "double": 8}',
+        "5\tnetwork\tConnectionResetError: reset by peer",
+    ]
+    assert lines[6].startswith('4 ok, 2 failed; metrics {"counters": {"api_requests": 6}')
+    assert int(Path(str(env["CALLS_FILE"]) + ".peak").read_text()) == 4  # all in flight
+    assert "Traceback" not in run.stderr and "never awaited" not in run.stderr
+    assert not (tmp_path / "root").exists(), "try writes no state"
+
+
+def test_a_bad_concurrency_is_one_line(tmp_path: Path) -> None:
+    config = make_job(tmp_path / "job", 3, extra="concurrency: 0\n")
+    run = cli(tmp_path / "root", "submit", str(config))
+    assert run.returncode == 2
+    assert run.stderr == (
+        f"error: {config}:10: concurrency: expected an integer from 1 to 1024, found 0\n"
+    )
+    assert not (tmp_path / "root" / "objects").exists()
