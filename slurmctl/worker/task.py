@@ -436,7 +436,7 @@ class TaskRunner:
             ckpt,
             self.ctx,
             every=self.checkpoint_every,
-            min_interval_s=CHECKPOINT_MIN_INTERVAL_S,
+            min_interval_s=0.0,  # the bound the docs give: in flight + checkpoint_every
             is_lost=lost.is_set,
             isolate=isolate,
             on_ok=on_ok,
