@@ -18,9 +18,12 @@ def process(item, ctx):
         return [{"tag": "x"}, 5]
     return {"tag": "t%d" % i, "v": 1 if i == 0 else 2.5}
 """
-ASYNC = """
-async def process(item, ctx):
+SYNC_RETURNING_A_COROUTINE = """
+async def fetch(item):
     return {"id": item["id"]}
+
+def process(item, ctx):  # not `async def`: nothing awaits what it returns
+    return fetch(item)
 """
 COROUTINE_LINE = (
     "validation (permanent)\tContractViolation: handler returned a coroutine (coroutine): "
@@ -50,8 +53,8 @@ def test_try_checks_returns_and_column_types(tmp_path: Path) -> None:
     assert not (tmp_path / "root").exists(), "try writes no state"
 
 
-def test_try_refuses_an_async_handler(tmp_path: Path) -> None:
-    config = make_job(tmp_path / "job", 3, handler=ASYNC)
+def test_try_refuses_a_coroutine_from_a_sync_handler(tmp_path: Path) -> None:
+    config = make_job(tmp_path / "job", 3, handler=SYNC_RETURNING_A_COROUTINE)
     run = cli(tmp_path / "root", "try", str(config))
     assert run.returncode == 1, run.stderr
     assert _lines(run.stdout) == [f"{i}\t{COROUTINE_LINE}" for i in range(3)] + [

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures as cf
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +30,8 @@ from slurmctl.output_schema import JobSchema, with_rules
 from slurmctl.ratelimit import gcra
 from slurmctl.worker.classify import classify
 from slurmctl.worker.context import Context
-from slurmctl.worker.handler import load_handler
+from slurmctl.worker.handler import Handler, load_handler
+from slurmctl.worker.inflight import EventLoop, call_hook, on_loop
 from slurmctl.worker.output import encode, rows_of
 
 CONFIG = click.Path(path_type=Path, dir_okay=False)
@@ -163,11 +167,13 @@ class _LocalPacer:
 
     def __init__(self, rate: float | None, burst: int) -> None:
         self.rate, self.burst, self.tat = rate, burst, 0.0
+        self.lock = threading.Lock()  # items in flight on threads share it
 
     def __call__(self, n: int, bucket: str | None) -> float:
         if not self.rate:
             return 0.0
-        times, self.tat = gcra.reserve(self.tat, time.time(), n, self.rate, self.burst)
+        with self.lock:
+            times, self.tat = gcra.reserve(self.tat, time.time(), n, self.rate, self.burst)
         wait = max(0.0, times[-1] - time.time())
         time.sleep(wait)
         return wait
@@ -181,8 +187,10 @@ def try_cmd(env: Env, config: Path, count: int) -> None:
     """Run the handler on the first items of the input, in this process; write no state.
 
     Checks what `submit` and the workers would: the id field, the secrets, the return of
-    `process` (a row, a list of rows or None; never a coroutine) and the column types across
-    the tried items. Exits 1 when any tried item failed, 2 on a user's mistake."""
+    `process` (a row, a list of rows or None; a coroutine only from an `async def process`)
+    and the column types across the tried items. Items run as on a worker: `concurrency` of
+    them in flight, on threads or on an event loop for an `async def process`. Exits 1 when
+    any tried item failed, 2 on a user's mistake."""
     import tempfile
 
     definition = load_job_definition(config)
@@ -198,56 +206,112 @@ def try_cmd(env: Env, config: Path, count: int) -> None:
     source = _FirstLines(open_input(definition), count + TRY_LOOKAHEAD)
     columns = _TriedColumns(definition)
     ok = failed = 0
-    if handler.setup is not None:
-        handler.setup(ctx)
+    loop = EventLoop(definition.concurrency) if handler.needs_loop else None
     try:
-        with tempfile.TemporaryDirectory(prefix="slurmctl-try-") as tmp:
-            scanner = InputScanner(source, definition.id_field, Path(tmp), None)
-            for n, line in enumerate(scanner.items()):
-                if n >= count:
-                    break
-                item = json.loads(line)
-                item_id = str(item[definition.id_field])
-                kind, text = _try_one(handler.process, item, item_id, ctx, definition, columns)
-                if kind == "ok":
-                    ok += 1
-                else:
-                    failed += 1
-                click.echo(f"{item_id}\t{kind}\t{secret_refs.redact(text, hidden)}")
-            _check_id_field(config, definition.id_field, scanner, source, ok + failed)
+        if handler.setup is not None:
+            call_hook(handler.setup, ctx, loop)
+        try:
+            with tempfile.TemporaryDirectory(prefix="slurmctl-try-") as tmp:
+                scanner = InputScanner(source, definition.id_field, Path(tmp), None)
+                items = []
+                for n, line in enumerate(scanner.items()):
+                    if n >= count:
+                        break
+                    items.append(json.loads(line))
+                results = _run_tried(handler, items, ctx, definition.concurrency, loop)
+                for item, (out, exc) in zip(items, results, strict=True):
+                    item_id = str(item[definition.id_field])
+                    kind, text = _judge(out, exc, item_id, definition, columns)
+                    if kind == "ok":
+                        ok += 1
+                    else:
+                        failed += 1
+                    click.echo(f"{item_id}\t{kind}\t{secret_refs.redact(text, hidden)}")
+                _check_id_field(config, definition.id_field, scanner, source, ok + failed)
+        finally:
+            if handler.teardown is not None:
+                call_hook(handler.teardown, ctx, loop)
     finally:
-        if handler.teardown is not None:
-            handler.teardown(ctx)
+        if loop is not None:
+            loop.close()
     click.echo(f"{ok} ok, {failed} failed; metrics {json.dumps(ctx.metrics.snapshot())}")
     if failed:
         sys.exit(EXIT_FAILED)
 
 
-TRY_LOOKAHEAD = 1000
-"""`try` reads at most this many lines past the items it tries (bad lines are skipped)."""
+Tried = tuple[Any, Exception | None]
+"""What `process` returned for an item, or what it raised."""
 
 
-def _try_one(
-    process: Any,
-    item: dict[str, Any],
-    item_id: str,
+def _call(process: Any, item: dict[str, Any], ctx: Context) -> Tried:
+    try:
+        return process(item, ctx), None
+    except Exception as exc:  # noqa: BLE001 - shown to the user, classified
+        return None, exc
+
+
+async def _call_async(process: Any, item: dict[str, Any], ctx: Context) -> Tried:
+    try:
+        return await process(item, ctx), None
+    except Exception as exc:  # noqa: BLE001 - shown to the user, classified
+        return None, exc
+
+
+def _run_tried(
+    handler: Handler,
+    items: list[dict[str, Any]],
     ctx: Context,
+    width: int,
+    loop: EventLoop | None,
+) -> list[Tried]:
+    """The items run as a worker runs them: one by one, on `width` threads, or `width` of them
+    in flight on the event loop for an `async def process`; results in input order."""
+    process = handler.process
+    if handler.is_async:
+        assert loop is not None
+        gate = asyncio.Semaphore(width)
+
+        async def one(item: dict[str, Any]) -> Tried:
+            async with gate:
+                return await _call_async(process, item, ctx)
+
+        async def every() -> list[Tried]:
+            return list(await asyncio.gather(*(one(item) for item in items)))
+
+        return on_loop(loop, ctx, every())
+    if width == 1:
+        return [_call(process, item, ctx) for item in items]
+    ctx.metrics.make_threadsafe()
+    with cf.ThreadPoolExecutor(max_workers=width, thread_name_prefix="slurmctl-item") as pool:
+        return list(pool.map(lambda item: _call(process, item, ctx), items))
+
+
+def _judge(
+    out: Any,
+    exc: Exception | None,
+    item_id: str,
     definition: JobDefinition,
     columns: _TriedColumns,
 ) -> tuple[str, str]:
     """("ok", the rows as JSON) or (the failure's type, its message), as the worker would: the
     worker's contract check (a ContractViolation is `validation`) and its encoding under the
     output schema, which the tried items fix and widen as committed tasks would."""
-    try:
-        out = process(item, ctx)
-        rows = rows_of(out, definition.id_field, item_id)
-    except Exception as exc:  # noqa: BLE001 - shown to the user, classified
+    if exc is None:
+        try:
+            rows = rows_of(out, definition.id_field, item_id)
+        except Exception as e:  # noqa: BLE001 - a ContractViolation, shown to the user
+            exc = e
+    if exc is not None:
         c = classify(exc, definition.error_rules)
         return f"{c.type}{' (permanent)' if c.permanent else ''}", c.message
     conflict = columns.add(rows, f"item {item_id}")
     if conflict is not None:
         return "schema (permanent)", conflict
     return "ok", json.dumps(out, default=str)
+
+
+TRY_LOOKAHEAD = 1000
+"""`try` reads at most this many lines past the items it tries (bad lines are skipped)."""
 
 
 class _TriedColumns:
