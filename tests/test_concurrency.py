@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
 import psutil
+import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import assert_exactly_once, cli, make_job, popen, status, wait_for
@@ -101,8 +103,6 @@ def test_items_in_flight_errors_per_item_and_input_order(tmp_path: Path, mode: s
     s = status(root, "t1")
     # each task's output keeps the input's order, whatever order its items finished in
     for o in s["outputs"]:
-        import pyarrow.parquet as pq
-
         out_ids = [int(x) for x in pq.read_table(o["path"]).column("id").to_pylist()]
         assert out_ids == sorted(out_ids)
     manifests = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
@@ -171,3 +171,68 @@ def test_a_bad_concurrency_is_one_line(tmp_path: Path) -> None:
         f"error: {config}:10: concurrency: expected an integer from 1 to 1024, found 0\n"
     )
     assert not (tmp_path / "root" / "objects").exists()
+
+
+def _worker(parent: psutil.Process) -> psutil.Process:
+    found: list[psutil.Process] = []
+
+    def one() -> bool:
+        found[:] = [c for c in parent.children(recursive=True) if "worker" in c.cmdline()]
+        return len(found) == 1
+
+    wait_for(one, what="the worker")
+    return found[0]
+
+
+@pytest.mark.parametrize("mode", ["threads", "async"])
+def test_sigterm_lets_items_in_flight_finish_and_none_is_called_twice(
+    tmp_path: Path, mode: str
+) -> None:
+    calls = tmp_path / "calls.txt"
+    config = make_job(
+        tmp_path / "job", 300, handler=HANDLERS[mode], batch_size=100, workers=1, extra=EXTRA
+    )
+    root = tmp_path / "root"
+    env = {"CALLS_FILE": str(calls)}
+    proc = popen(root, "submit", str(config), env=env)
+    worker = _worker(psutil.Process(proc.pid))
+    wait_for(lambda: len(_calls(calls)) >= 150, what="the second task half done")
+    worker.send_signal(signal.SIGTERM)  # Slurm's stop: a new worker takes the task over
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_exactly_once(root, "t1", 300)
+    assert _failures(root) == _expected_failures(300)
+    # the items in flight finished and were kept: the next attempt called none of them again
+    assert Counter(_calls(calls)) == Counter(str(i) for i in range(300))
+    manifests = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
+    resumed = [m for m in manifests if m["metrics"]["items_from_checkpoint"]]
+    assert len(resumed) == 1 and resumed[0]["metrics"]["items_from_checkpoint"] >= 50
+
+
+def test_pause_holds_every_item_in_flight(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.txt"
+    config = make_job(
+        tmp_path / "job",
+        600,
+        handler=THREADS,
+        batch_size=100,
+        workers=1,
+        extra=EXTRA + "rate_limit: {tokens_per_sec: 200, burst: 5}\n",
+    )
+    root = tmp_path / "root"
+    proc = popen(root, "submit", str(config), env={"CALLS_FILE": str(calls)})
+    wait_for(lambda: len(_calls(calls)) >= 200, what="progress")
+    paused = cli(root, "pause", "t1")
+    assert paused.returncode == 0, paused.stderr
+    wait_for(lambda: status(root, "t1")["status"] == "PAUSED", what="paused")
+    # the items in flight finish within a second (an observation window, nothing to poll);
+    # then no new call goes out
+    time.sleep(1.0)
+    before = len(_calls(calls))
+    time.sleep(1.0)
+    assert len(_calls(calls)) == before < 600, "calls went on while paused"
+    resumed = cli(root, "resume", "t1")
+    assert resumed.returncode == 0, resumed.stderr
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_exactly_once(root, "t1", 600)
