@@ -236,3 +236,19 @@ def test_pause_holds_every_item_in_flight(tmp_path: Path) -> None:
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert_exactly_once(root, "t1", 600)
+
+
+def test_a_blocking_acquire_inside_an_async_handler_fails_the_item(tmp_path: Path) -> None:
+    handler = """
+async def process(item, ctx):
+    ctx.acquire()  # would stall every item in flight on the loop
+    return {"id": item["id"]}
+"""
+    config = make_job(tmp_path / "job", 2, handler=handler, extra="concurrency: 2\n")
+    run = cli(tmp_path / "root", "try", str(config))
+    assert run.returncode == 1, run.stderr
+    line = (
+        "validation (permanent)\tPermanentError: ctx.acquire() blocks the event loop of an "
+        "async handler: use `await ctx.acquire_async()`"
+    )
+    assert run.stdout.strip().splitlines()[:2] == [f"0\t{line}", f"1\t{line}"]
