@@ -212,16 +212,22 @@ async def run_async(
         for fut in done:
             recorder.record(inflight.pop(fut), fut.result())
 
-    for one in todo:
-        while len(inflight) >= width:
+    try:
+        for one in todo:
+            while len(inflight) >= width:
+                await collect()
+            if recorder.stopped or not may_start():
+                recorder.stopped = True
+                break
+            if recorder.isolate:
+                recorder.ckpt.begin_item(one[0])
+            inflight[asyncio.ensure_future(call(one[1], one[2]))] = one
+            started += 1
+        while inflight:
             await collect()
-        if recorder.stopped or not may_start():
-            recorder.stopped = True
-            break
-        if recorder.isolate:
-            recorder.ckpt.begin_item(one[0])
-        inflight[asyncio.ensure_future(call(one[1], one[2]))] = one
-        started += 1
-    while inflight:
-        await collect()
+    finally:  # an error of slurmctl's own (a checkpoint write): no item outlives its attempt
+        for fut in inflight:
+            fut.cancel()
+        if inflight:
+            await asyncio.wait(inflight)
     return started
