@@ -252,3 +252,19 @@ async def process(item, ctx):
         "async handler: use `await ctx.acquire_async()`"
     )
     assert run.stdout.strip().splitlines()[:2] == [f"0\t{line}", f"1\t{line}"]
+
+
+def test_items_in_flight_share_the_rate_limit_against_a_strict_api(tmp_path: Path) -> None:
+    from tests.ratelimit.strict_api import HANDLER, OK, STRICT_429, RemoteAPI
+
+    with RemoteAPI(80.0, 5, tmp_path) as api:
+        extra = (
+            "concurrency: 8\nrate_limit: {tokens_per_sec: 80, burst: 5}\n"
+            f"params: {{base_url: '{api.url}'}}\n"
+        )
+        config = make_job(tmp_path / "job", 400, handler=HANDLER, extra=extra, workers=1)
+        run = cli(tmp_path / "root", "submit", "--no-progress", str(config), timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert api.count(code=STRICT_429) == 0, "8 items in flight stay under the limit"
+        assert api.count(code=OK) == 400
+    assert_exactly_once(tmp_path / "root", "t1", 400)

@@ -83,6 +83,7 @@ class DistributedRateLimiter:
         self._last_report = 0.0
         self._hold_until = 0.0
         self._lock = threading.RLock()
+        self._drop_asked = False
         """Several items in flight on threads (`concurrency`) share this limiter: one acquires
         at a time (the slots come one after another anyway), the next waits for the lock."""
 
@@ -180,6 +181,8 @@ class DistributedRateLimiter:
         while True:
             if self.should_stop():
                 raise WorkerStopping
+            if self._drop_asked:  # throttled meanwhile (another item in flight)
+                return "changed"
             delay = slot - time.time()
             if delay <= FAR_S:
                 if delay > 0:
@@ -213,6 +216,7 @@ class DistributedRateLimiter:
                 continue
             outcome = self._wait_for(self._slots[0], late)
             if outcome == "changed":
+                self._drop_asked = False
                 self._drop_slots()
                 continue
             self._slots.popleft()
@@ -228,16 +232,25 @@ class DistributedRateLimiter:
     def throttled(self, retry_after: float | None = None) -> Bucket | None:
         """The API throttled this worker: cut the bucket's rate for the whole job (and hold it
         for retry_after seconds); this worker's own slots are given back."""
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            # another item in flight waits for a slot under the lock: report at once (the caller
+            # may be the event loop, it must not wait); that item drops the slots held at its
+            # next look
+            self._drop_asked = True
+            return self._throttled(retry_after, drop=False)
+        try:
             return self._throttled(retry_after)
+        finally:
+            self._lock.release()
 
-    def _throttled(self, retry_after: float | None) -> Bucket | None:
+    def _throttled(self, retry_after: float | None, drop: bool = True) -> Bucket | None:
         now = time.time()
         held = retry_after is not None and now + retry_after > self._hold_until + 0.05
         if now - self._last_report < REPORT_DEDUP_S and not held:
             return None
         self._last_report = now
-        self._drop_slots()
+        if drop:
+            self._drop_slots()
         b = self.client.throttle_bucket(self.job_id, self.bucket, now, retry_after)
         self.writes += 1
         if b is not None:
