@@ -15,6 +15,7 @@ API's busy window (first to last request; goal >= 0.95), the end-to-end wall tim
 
     .venv/bin/python bench/concurrency.py                 # 2,000 items, ~20 s per run
     .venv/bin/python bench/concurrency.py --items 500     # quick
+    .venv/bin/python bench/concurrency.py --latency-ms 500 --concurrency 64 [--batch-size 1000]
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def _slurmctl_run(
     config = folder / "job.yaml"
     config.write_text(
         f"job_id: {JOB_ID}-{name}\njob_type: bench\nhandler: bench_handler:process\n"
-        "input: input.jsonl\nid_field: id\nbatch_size: 100\nworkers: 1\n"
+        f"input: input.jsonl\nid_field: id\nbatch_size: {args.batch_size}\nworkers: 1\n"
         f"concurrency: {args.concurrency}\n"
         f'params: {{url: "http://127.0.0.1:{port}", port: {port}}}\n'
         f"rate_limit: {{tokens_per_sec: {args.rate}, burst: {args.burst}}}\n"
@@ -261,6 +262,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=10)
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--work", default=None)
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -296,7 +298,7 @@ def main() -> None:
         common.header("concurrency inside a worker", info)
         print(
             f"{args.items} items, API latency {args.latency_ms:g} ms, rate {args.rate:g}/s burst "
-            f"{args.burst}, concurrency {args.concurrency}, 1 worker"
+            f"{args.burst}, concurrency {args.concurrency}, 1 worker, batch {args.batch_size}"
         )
         results = {
             "baseline (asyncio, semaphore + token bucket)": _baseline_run(work, port, args),
