@@ -86,41 +86,6 @@ BREAKER_PREFIX = "paused by the breaker: "
 """The job's `error` while the circuit breaker holds it paused (see worker/breaker.py)."""
 
 
-def pause_job(
-    backend: Backend, job_id: str, *, reason: str | None = None, by: str = "operator"
-) -> bool:
-    """The one pause transition (`slurmctl pause` and the circuit breaker): the job's flag, then
-    its rate-limit buckets (a worker waiting for a slot stops at its next acquire), then history.
-
-    Conditional on the job not being paused already: of several workers tripping the breaker at
-    once, one pauses the job and records it; the others get False.
-    """
-    changes: dict[str, Any] = {"paused": True, "updated_at": time.time()}
-    if reason is not None:
-        changes["error"] = reason
-    if not backend.state.update_job(job_id, changes, expect={"paused": False}):
-        return False
-    backend.state.set_buckets_paused(job_id, True)
-    details = {"by": by, **({"reason": reason} if reason else {})}
-    append_history(backend, job_id, "pause", **details)
-    return True
-
-
-def lift_pause(backend: Backend, job_id: str, job: JobRecord) -> str | None:
-    """`resume`'s half of the pause: clear the flag (and a breaker's reason), unpause the
-    buckets. Returns what was lifted ("pause" or "breaker"), None when the job was not paused."""
-    if not job.paused:
-        return None
-    lifted = "breaker" if breaker_reason(job) else "pause"
-    changes: dict[str, Any] = {"paused": False, "updated_at": time.time()}
-    if lifted == "breaker":
-        changes["error"] = None
-    backend.state.update_job(job_id, changes)
-    backend.state.set_buckets_paused(job_id, False)
-    append_history(backend, job_id, "resume", lifted=lifted)
-    return lifted
-
-
 def breaker_reason(job: JobRecord) -> str | None:
     """The breaker's line while it holds the job paused, else None."""
     if job.paused and job.error and job.error.startswith(BREAKER_PREFIX):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from slurmctl import lifecycle
 from slurmctl.backends.statestore import task_counter
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import finished, print_outcome, run_job
@@ -18,10 +19,8 @@ from slurmctl.jobs import (
     append_history,
     breaker_reason,
     get_job,
-    lift_pause,
     live_lease_holder,
     load_definition,
-    pause_job,
 )
 from slurmctl.states import JobStatus
 from slurmctl.worker.breaker import reset_breaker
@@ -35,7 +34,7 @@ def pause_cmd(env: Env, job_id: str) -> None:
     job = get_job(env.backend, job_id)
     if job.status.terminal:
         raise JobStateError(f"job {job_id} is {job.status}: nothing to pause")
-    if not pause_job(env.backend, job_id):
+    if not lifecycle.pause(env.backend, job_id):
         click.echo(f"job {job_id} is already paused; `slurmctl resume {job_id}` lifts it")
         return
     click.echo(f"job {job_id} paused; `slurmctl resume {job_id}` lifts it")
@@ -59,7 +58,7 @@ def resume_cmd(env: Env, job_id: str, no_progress: bool, follow: bool) -> None:
         submit(env.backend, load_definition(env.backend, job_id), job_id=job_id)
     if breaker_reason(job):  # the window starts again before any worker may run
         reset_breaker(env.backend, job_id)
-    lifted = lift_pause(env.backend, job_id, job)
+    lifted = lifecycle.lift_pause(env.backend, job_id, job)
     if lifted == "breaker":
         click.echo(f"job {job_id}: breaker closed ({job.error})")
     elif lifted:
@@ -69,8 +68,8 @@ def resume_cmd(env: Env, job_id: str, no_progress: bool, follow: bool) -> None:
             f"job {job_id} is being resumed by another slurmctl process; it carries on there"
         )
         return
-    if job.status.value in ("FAILED", "CANCELLED"):
-        env.backend.state.update_job(job_id, {"status": "RUNNING", "error": None})
+    if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        lifecycle.reopen(env.backend, job_id, from_status=job.status)
     append_history(env.backend, job_id, "resume")
     try:
         status = run_job(env, job_id, progress=not no_progress, follow=follow)
@@ -95,10 +94,8 @@ def aggregate_cmd(env: Env, job_id: str) -> None:
         if job.status is JobStatus.FAILED and not running:
             # after a fix (outputs that could not be merged): finalize decides again from the
             # tasks and counters, and fails again if the cause is still there
-            env.backend.state.update_job(
-                job_id,
-                {"status": JobStatus.AGGREGATING, "error": None},
-                expect={"status": JobStatus.FAILED},
+            lifecycle.reopen(
+                env.backend, job_id, from_status=JobStatus.FAILED, to=JobStatus.AGGREGATING
             )
         result = finalize(env.backend, job_id)
     if result.work_left:

@@ -9,12 +9,13 @@ from collections import Counter
 
 import click
 
+from slurmctl import lifecycle
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.progress import items_bar
 from slurmctl.errors import JobStateError, SlurmctlError
 from slurmctl.executors.slurm import Advance, SlurmExecutor, slurm_ids
 from slurmctl.executors.slurm.sbatch import SlurmClient
-from slurmctl.jobs import append_history, breaker_reason, get_job
+from slurmctl.jobs import breaker_reason, get_job
 from slurmctl.states import JobStatus
 
 FOLLOW_POLL_S = 0.25
@@ -98,12 +99,14 @@ def cancel_cmd(env: Env, job_id: str) -> None:
     if job.status.terminal:
         raise JobStateError(f"job {job_id} is {job.status}: nothing to cancel")
     # CANCELLED first: a worker or finalize that still starts sees it and leaves at once
-    env.backend.state.update_job(job_id, {"status": JobStatus.CANCELLED, "updated_at": time.time()})
+    if not lifecycle.cancel(env.backend, job_id):
+        job = get_job(env.backend, job_id)
+        raise JobStateError(f"job {job_id} is {job.status}: nothing to cancel")
     ids: list[str] = []
     if job.executor == "slurm":
         ids = slurm_ids(env.backend, job_id).all
         SlurmClient().scancel(ids)
-    append_history(env.backend, job_id, "cancel", slurm_job_ids=ids)
+    lifecycle.record_cancel(env.backend, job_id, ids)
     what = f"; scancel sent to Slurm jobs {', '.join(ids)}" if ids else ""
     click.echo(f"job {job_id} cancelled{what}; `slurmctl resume {job_id}` carries on")
 

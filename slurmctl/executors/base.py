@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,13 +38,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from slurmctl import lifecycle
 from slurmctl.backends import Backend
 from slurmctl.backends.reconcile import release_dead_holders
 from slurmctl.backends.statestore import ITEMS_PENDING, ITEMS_TOTAL, WORKERS_LOST
 from slurmctl.errors import JobBusy, SlurmctlError
 from slurmctl.finalize.finalize import finalize
 from slurmctl.holders import Holder
-from slurmctl.jobs import JobLease, append_history, get_job
+from slurmctl.jobs import JobLease, get_job
 from slurmctl.states import JobStatus
 
 log = logging.getLogger("slurmctl.executor")
@@ -213,9 +213,7 @@ class Executor(ABC, Generic[LiveT, StartT]):
         request = StartRequest(wanted - live.alive, result.begin_at, operator, marker, run)
         step.started = self.start_workers(job_id, request)
         if run != job.run:
-            self.backend.state.update_job(
-                job_id, {"status": JobStatus.RUNNING, "run": run, "updated_at": time.time()}
-            )
+            lifecycle.start_run(self.backend, job_id, run, from_status=job.status)
         step.status = get_job(self.backend, job_id).status
         return step
 
@@ -233,10 +231,7 @@ class Executor(ABC, Generic[LiveT, StartT]):
         if count < self.max_fruitless:
             return False
         reason = self.fruitless_reason(job_id, count, sorted(codes))
-        self.backend.state.update_job(
-            job_id, {"status": JobStatus.FAILED, "error": reason, "updated_at": time.time()}
-        )
-        append_history(self.backend, job_id, "failed", reason=reason)
+        lifecycle.fail(self.backend, job_id, reason)
         log.error("%s: %s", job_id, reason)
         return True
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slurmctl import hooks
+from slurmctl import hooks, lifecycle
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.reconcile import reconcile
@@ -93,9 +93,8 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
         too_many = _failure_share_exceeded(definition, counters)
         if too_many:
             return _fail(backend, job_id, too_many)
-        backend.state.update_job(
-            job_id, {"status": JobStatus.AGGREGATING, "updated_at": time.time()}
-        )
+        if not lifecycle.begin_aggregation(backend, job_id):  # cancelled meanwhile
+            return FinalizeResult(get_job(backend, job_id).status, 0)
         kill_point("finalize.before_aggregate")
         scratch = Path(definition.scratch) if definition.scratch else None
         if scratch is not None:
@@ -125,18 +124,15 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
         "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     backend.objects.put_json(layout.final_manifest, manifest)
-    backend.state.update_job(job_id, {"status": JobStatus.COMPLETED, "updated_at": time.time()})
+    if not lifecycle.complete(backend, job_id, rows=final.rows, output=final.url):
+        return FinalizeResult(get_job(backend, job_id).status, 0)  # cancelled during the merge
     backend.queue.delete_queue(job_id)
-    append_history(backend, job_id, "completed", rows=final.rows, output=final.url)
     return FinalizeResult(JobStatus.COMPLETED, 0)
 
 
 def _fail(backend: Backend, job_id: str, reason: str) -> FinalizeResult:
-    backend.state.update_job(
-        job_id, {"status": JobStatus.FAILED, "error": reason, "updated_at": time.time()}
-    )
-    append_history(backend, job_id, "failed", reason=reason)
-    return FinalizeResult(JobStatus.FAILED, 0)
+    lifecycle.fail(backend, job_id, reason)
+    return FinalizeResult(get_job(backend, job_id).status, 0)
 
 
 def unusable_result(backend: Backend, job_id: str, e: ObjectNotFound | IntegrityError) -> str:

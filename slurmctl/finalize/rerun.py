@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass
 
+from slurmctl import lifecycle
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import (
@@ -33,7 +33,7 @@ from slurmctl.errors import IntegrityError, JobStateError, UserError
 from slurmctl.finalize.retry import batch_lines, task_errors
 from slurmctl.ids import group_for_phase
 from slurmctl.layout import JobLayout
-from slurmctl.states import JobStatus, TaskStatus
+from slurmctl.states import TaskStatus
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,6 @@ def rerun_tasks(backend: Backend, job: JobRecord, task_ids: list[str]) -> list[R
         done.append(Rerun(task.task_id, new.items))
     backend.queue.create_queue(job.job_id)
     backend.queue.send(job.job_id, [r.task_id for r in done])
-    backend.state.update_job(
-        job.job_id,
-        {"status": JobStatus.RUNNING, "error": None, "not_before": 0.0, "updated_at": time.time()},
-    )
+    if not lifecycle.reopen(backend, job.job_id, from_status=job.status, clear_backoff=True):
+        raise JobStateError(f"job {job.job_id} changed while its tasks were re-run; try again")
     return done

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from slurmctl import lifecycle
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import (
@@ -32,7 +33,7 @@ from slurmctl.config import JobDefinition
 from slurmctl.faults import kill_point
 from slurmctl.ids import batch_id, group_for_phase, id_width, phase_prefix, task_id
 from slurmctl.layout import JobLayout
-from slurmctl.states import JobStatus, TaskStatus
+from slurmctl.states import TaskStatus
 from slurmctl.worker.classify import PERMANENT
 
 TASKS_PER_WRITE = 500
@@ -229,15 +230,12 @@ def start_phase(
     number = phase_number(new_phase)
     begin_at = time.time() + (backoff_s(definition, number) if backoff else 0.0)
     backend.queue.create_queue(job_id)  # deleted when the job completed: an operator's retry
-    moved = backend.state.update_job(
+    moved = lifecycle.begin_retry_phase(
+        backend,
         job_id,
-        {
-            "phase": new_phase,
-            "status": JobStatus.RETRYING,
-            "not_before": begin_at,
-            "updated_at": time.time(),
-        },
-        expect={"phase": from_phase},
+        from_phase=from_phase,
+        new_phase=new_phase,
+        not_before=begin_at,
         counter_deltas={
             task_counter(new_phase, "PENDING"): tasks,
             ITEMS_FAILED_TRANSIENT: -(items - permanent),

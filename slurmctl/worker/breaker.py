@@ -24,9 +24,9 @@ import time
 from collections import Counter, deque
 from typing import Protocol
 
-from slurmctl import hooks
+from slurmctl import hooks, lifecycle
 from slurmctl.backends import Backend
-from slurmctl.jobs import BREAKER_PREFIX, pause_job
+from slurmctl.jobs import BREAKER_PREFIX
 from slurmctl.worker.classify import http_status
 
 log = logging.getLogger("slurmctl.worker")
@@ -214,7 +214,7 @@ class Breaker:
         self.tripped = True
         label = self._labels.get(error_type, error_type)
         self.reason = f"{BREAKER_PREFIX}{count} of the last {n} items failed: {label}"
-        if pause_job(self.backend, self.job_id, reason=self.reason, by="breaker"):
+        if lifecycle.pause(self.backend, self.job_id, reason=self.reason, by="breaker"):
             self.backend.state.update_job(self.job_id, {}, counter_deltas={COUNTER_TRIPS: 1})
             log.warning("%s", self.reason)
             hooks.registry.after_job_paused(self.backend, self.job_id, self.reason)  # an alert

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from slurmctl import hooks
+from slurmctl import hooks, lifecycle
 from slurmctl import secrets as secret_refs
 from slurmctl.backends import Backend
 from slurmctl.backends.reconcile import reconcile, release_dead_holders
@@ -425,6 +425,4 @@ class Worker:
 
     def _fail_job(self, reason: str) -> None:
         log.error("%s", reason)
-        self.backend.state.update_job(
-            self.job_id, {"status": "FAILED", "error": reason, "updated_at": time.time()}
-        )
+        lifecycle.fail(self.backend, self.job_id, reason)  # the first worker's reason stands

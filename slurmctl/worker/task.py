@@ -22,18 +22,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slurmctl import faults, hooks
+from slurmctl import faults, hooks, lifecycle
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import OUTPUT_SCHEMA_DOC, TaskCommit, TaskRecord
 from slurmctl.errors import FRAMEWORK_ERROR, BackendUnavailable, IntegrityError, SlurmctlError
 from slurmctl.fastjson import loads_for
-from slurmctl.jobs import append_history
 from slurmctl.layout import JobLayout, done_marker
 from slurmctl.output_schema import JobSchema, Pin, with_rules
 from slurmctl.scratch import private_dirs
 from slurmctl.secrets import redact
-from slurmctl.states import JobStatus
 from slurmctl.worker.breaker import Breaker
 from slurmctl.worker.checkpoint import Checkpoint, CheckpointRefused, Row, Stamp
 from slurmctl.worker.classify import PERMANENT, Rule, classify
@@ -172,14 +170,8 @@ class TaskRunner:
         log.error(
             "%s (classified %s; %d times: failing the job)", reason, c.type, seen, exc_info=exc
         )
-        state = self.backend.state
-        state.fail_task(self.job_id, task.task_id, token, reason, time.time())
-        job = state.get_job(self.job_id)
-        if job is None or job.status.terminal:
-            return Outcome.FAILED  # another task failed it first: its reason stands
-        changes = {"status": JobStatus.FAILED, "error": reason, "updated_at": time.time()}
-        if state.update_job(self.job_id, changes, expect={"status": job.status}):
-            append_history(self.backend, self.job_id, "failed", reason=reason)
+        self.backend.state.fail_task(self.job_id, task.task_id, token, reason, time.time())
+        lifecycle.fail(self.backend, self.job_id, reason)  # a first task's reason stands
         return Outcome.FAILED
 
     def _framework_errors(self, task_id: str, reason: str) -> int:
