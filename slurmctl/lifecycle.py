@@ -9,17 +9,23 @@ wins, and a terminal status is never left by accident), always sets `updated_at`
 job's history entry where one is due, and says whether it applied.
 
 ```
-             start_run                 begin_retry_phase            begin_aggregation
-  PENDING ─────────────► RUNNING ◄──┐ ────────────────► RETRYING ──────────────► AGGREGATING
-     │                     │   ▲    │ start_run (a new run)           complete        │
-     │ cancel / fail       │   │    └──────────────────────────────  ──────────────► │ COMPLETED
-     ▼                     ▼   │ reopen (resume, a task re-run)                       │
-  CANCELLED / FAILED ──────────┘                    reopen(to=AGGREGATING): `aggregate` after a fix
+  PENDING ─start_run─► RUNNING ─begin_retry_phase─► RETRYING ◄─┐ begin_retry_phase
+                          │                            │ ──────┘ (retry_2, ...)
+                          └──begin_aggregation──┐      │ begin_aggregation
+                                                ▼      ▼
+                                               AGGREGATING ─complete─► COMPLETED
+
+  any unfinished status ─fail─► FAILED (the first reason stands)
+  any unfinished status ─cancel─► CANCELLED
+  FAILED, CANCELLED ─reopen─► RUNNING                   (`resume`)
+  COMPLETED, FAILED ─reopen(clear_backoff)─► RUNNING    (`retry --tasks`: tasks run again)
+  FAILED ─reopen(to=AGGREGATING)─► AGGREGATING          (`aggregate` after a fix)
+  PENDING, AGGREGATING ─start_run─► RUNNING             (an executor starting a new run's workers)
 ```
 
 `pause` and `lift_pause` set the pause flag, not the status: a paused job keeps its status and
 is *shown* PAUSED (`observe.status`). Only `submit` creates the record (PENDING); nothing else
-writes `status` or `paused` (tests/test_lifecycle.py checks the source for it).
+writes `status` or `paused` (tests/test_lifecycle_writers.py checks the source for it).
 """
 
 from __future__ import annotations
