@@ -207,7 +207,7 @@ class Executor(ABC, Generic[LiveT, StartT]):
             return step
         marker = Marker.of(self.backend.state.counters(job_id))
         if not operator and self._give_up(job_id, live.runs, marker):
-            step.status = JobStatus.FAILED
+            step.status = get_job(self.backend, job_id).status  # FAILED, or what came first
             return step
         run = job.run + 1 if job.status in (JobStatus.PENDING, JobStatus.AGGREGATING) else job.run
         request = StartRequest(wanted - live.alive, result.begin_at, operator, marker, run)
