@@ -179,6 +179,7 @@ def test_time_limits_and_signal_lead(time: str | None, seconds: int | None, lead
         (["--signal=USR2@60"], "--signal is set by slurmctl"),
         (["-pgpu"], "-p: use slurm.partition instead"),
         (["--mem", "4G"], "--mem: use slurm.mem instead"),
+        (["--comment=mine"], "--comment is set by slurmctl (slurmctl marks each submission"),
     ],
 )
 def test_extra_args_we_set_ourselves_are_refused(extra: list[str], problem: str | None) -> None:

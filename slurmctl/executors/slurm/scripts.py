@@ -181,6 +181,7 @@ RESERVED = {
     "--begin": "retry phases set their own begin time",
     "-b": "retry phases set their own begin time",
     "--test-only": "slurmctl submits for real",
+    "--comment": "slurmctl marks each submission so that a retried sbatch is never duplicated",
     "--array-parallelism": "use slurm.array_parallelism",
 }
 NAMED = {
