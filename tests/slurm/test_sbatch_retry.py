@@ -120,3 +120,29 @@ def test_the_states_of_every_array_of_a_job_come_from_one_squeue(
     assert sorted(e.element_id for e in found) == sorted(
         f"{a}_{i}" for a in arrays for i in range(3)
     )
+
+
+def test_the_same_question_within_the_minimum_interval_is_not_asked_again(
+    slurm_cluster: None,
+    tmp_path: Path,
+    job_id: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = f"slurmctl-{job_id('interval')}"
+    script = _script(tmp_path)
+    first = SlurmClient().sbatch([f"--job-name={name}", "--output=/dev/null"], script)
+    second = SlurmClient().sbatch([f"--job-name={name}", "--output=/dev/null"], script)
+    squeue_log = _fake(tmp_path, "squeue", "true")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    watching = SlurmClient(min_interval_s=60)
+    assert [e.element_id for e in watching.elements([first])] == [first]
+    assert [e.element_id for e in watching.elements([first])] == [first]
+    assert calls(squeue_log) == ["squeue"]
+    assert sorted(e.element_id for e in watching.elements([first, second])) == sorted(
+        [first, second]
+    )
+    assert calls(squeue_log) == ["squeue", "squeue"]
+    deciding = SlurmClient()  # finalize and resume: always afresh
+    deciding.elements([first])
+    deciding.elements([first])
+    assert len(calls(squeue_log)) == 4

@@ -81,6 +81,12 @@ def slurm_ids(backend: Backend, job_id: str) -> SlurmIds:
     )
 
 
+STATUS_MIN_INTERVAL_S = 5.0
+_STATUS_CLIENT = SlurmClient(min_interval_s=STATUS_MIN_INTERVAL_S)
+"""`status` (and `status --watch`, the dashboard, the alerts) asks squeue at most every 5 s per
+process; decisions (finalize, resume) always ask afresh."""
+
+
 def slurm_summary(
     backend: Backend, job_id: str, client: SlurmClient | None = None
 ) -> dict[str, Any]:
@@ -96,7 +102,7 @@ def slurm_summary(
         "finalize_queued": None,
     }
     try:
-        elements = (client or SlurmClient()).elements(ids.all)
+        elements = (client or _STATUS_CLIENT).elements(ids.all)
     except SlurmctlError as e:
         out["error"] = str(e)
         return out

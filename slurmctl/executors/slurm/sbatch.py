@@ -70,9 +70,13 @@ class SlurmClient:
     backoff_s = 1.0
     """The first pause before a command is run again after a transient failure (doubling)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, min_interval_s: float = 0.0) -> None:
         self._max_array: int | None = None
         self._sacct_ok: bool | None = None
+        self.min_interval_s = min_interval_s
+        """The same question asked again sooner gets the last answer (`status --watch`, the
+        dashboard: a person's refresh rate, not slurmctld's load)."""
+        self._last: tuple[tuple[str, ...], float, list[Element]] | None = None
 
     # --- plumbing -----------------------------------------------------------------------------
     def run(self, args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -204,6 +208,14 @@ class SlurmClient:
         """
         if not ids:
             return []
+        key, now = tuple(ids), time.monotonic()
+        if self._last and self._last[0] == key and now - self._last[1] < self.min_interval_s:
+            return list(self._last[2])
+        found = self._elements(ids)
+        self._last = (key, now, found)
+        return list(found)
+
+    def _elements(self, ids: Sequence[str]) -> list[Element]:
         out = self.run(
             [
                 "squeue",
