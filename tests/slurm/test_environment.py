@@ -107,7 +107,7 @@ def test_a_container_runtime_execs_the_worker_and_finalize_stays_on_the_host(
     extra = util.SLURM_JOB + (
         "slurm:\n"
         f"  setup: ['export PATH={bin_dir}:$PATH', 'export SETUP_SEEN=host-setup']\n"
-        f"  container: {{image: /images/etl.sif, args: [--bind, /data, --cleanenv], "
+        f"  container: {{image: /images/etl.sif, args: [--bind, /data, --no-home], "
         f"python: {inner}}}\n"
     )
     config = make_job(
@@ -122,7 +122,7 @@ def test_a_container_runtime_execs_the_worker_and_finalize_stays_on_the_host(
     assert len(runs) == 2, lines
     assert all(
         ln.startswith(
-            f"apptainer exec --bind /data --cleanenv /images/etl.sif {inner} -m slurmctl "
+            f"apptainer exec --bind /data --no-home /images/etl.sif {inner} -m slurmctl "
             f"--root {root} worker --job-id {jid} --worker-id "
         )
         for ln in runs
