@@ -11,8 +11,9 @@ SLURM_DEV_RUN=${SLURM_DEV_RUN:-/run/slurmctl-dev}
 # for every command these scripts run, so `scontrol shutdown` only ever reaches our controller.
 SLURM_CLIENT_CONF=${SLURM_CONF:-/etc/slurm/slurm.conf}
 export SLURM_CONF="$SLURM_DEV_CONF"
-SLURM_DEV_CTLD_PORT=6817
-SLURM_DEV_SLURMD_PORT=6818
+# The ports slurm-up prefers; when taken, the next free ones from these up.
+SLURM_DEV_CTLD_PORT=${SLURM_DEV_CTLD_PORT:-6817}
+SLURM_DEV_SLURMD_PORT=${SLURM_DEV_SLURMD_PORT:-6818}
 SLURM_DEV_CTLD_PID="$SLURM_DEV_RUN/slurmctld.pid"
 SLURM_DEV_SLURMD_PID="$SLURM_DEV_RUN/slurmd.pid"
 SLURM_DEV_MUNGED_MARK="$SLURM_DEV_RUN/munged.started-by-slurm-up"

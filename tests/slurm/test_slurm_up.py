@@ -137,25 +137,46 @@ def test_a_cluster_that_answers_is_used_as_it_is(
     )
 
 
+def _two_free_ports() -> int:
+    """p such that p and p + 1 are free now, away from 6817/6818 and the ephemeral range (so a
+    restart of the shared cluster meanwhile never finds its ports taken by this test)."""
+    for p in range(26817, 27817, 10):
+        if lib(f"port_in_use {p} || port_in_use {p + 1}").returncode == 1:
+            return p
+    raise AssertionError("no two free ports in 26817..27817")
+
+
 def test_a_second_cluster_starts_on_free_ports_beside_the_running_one(
     slurm_cluster: None, elsewhere: dict[str, str]
 ) -> None:
     shared = _shared_ports()
-    out = up(elsewhere)
+    base = _two_free_ports()
+    with socket.socket() as held_ctld, socket.socket() as held_slurmd:
+        for sock, port in ((held_ctld, base), (held_slurmd, base + 1)):
+            sock.bind(("0.0.0.0", port))
+            sock.listen()
+        env = {
+            **elsewhere,
+            "SLURM_DEV_CTLD_PORT": str(base),
+            "SLURM_DEV_SLURMD_PORT": str(base + 1),
+        }
+        out = up(env)
     assert out.returncode == 0, out.stdout + out.stderr
     m = re.search(r"SlurmctldPort=(\d+), SlurmdPort=(\d+)", out.stdout)
     assert m, out.stdout
-    ctld, slurmd = m.groups()
-    assert len({ctld, slurmd, *shared}) == 4, (ctld, slurmd, shared)
-    assert f"port {shared[1]} is taken by another process; slurmd will listen on" in out.stderr
+    ctld, slurmd = (int(p) for p in m.groups())
+    assert ctld > base + 1 and slurmd > base + 1 and ctld != slurmd, (base, ctld, slurmd)
+    assert f"port {base} is taken by another process; slurmctld will listen on {ctld}" in out.stderr
+    assert f"port {base + 1} is taken by another process; slurmd will listen on {slurmd}" in (
+        out.stderr
+    )
     # a job runs on the second cluster
     result = Path(elsewhere["SLURM_DEV_LOG"]) / "hello.out"
-    env = {**os.environ, **elsewhere}
     sub = subprocess.run(
         ["sbatch", "--parsable", f"--output={result}", "--wrap=echo hello from the second"],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, **elsewhere},
         check=False,
     )
     assert sub.returncode == 0, sub.stderr
@@ -164,14 +185,13 @@ def test_a_second_cluster_starts_on_free_ports_beside_the_running_one(
         60,
         "the job on the second cluster",
     )
-    # the same run again changes nothing: same ports, the same daemons
-    pids = {
-        n: (Path(elsewhere["SLURM_DEV_RUN"]) / f"{n}.pid").read_text()
-        for n in ("slurmctld", "slurmd")
-    }
-    again = up(elsewhere)
-    assert again.returncode == 0 and f"SlurmctldPort={ctld}, SlurmdPort={slurmd}" in again.stdout
-    assert pids == {n: (Path(elsewhere["SLURM_DEV_RUN"]) / f"{n}.pid").read_text() for n in pids}
+    # the same run again changes nothing: its daemons keep their ports and keep running
+    run = Path(elsewhere["SLURM_DEV_RUN"])
+    pids = {n: (run / f"{n}.pid").read_text() for n in ("slurmctld", "slurmd")}
+    again = up(env)
+    assert again.returncode == 0, again.stderr
+    assert f"SlurmctldPort={ctld}, SlurmdPort={slurmd}" in again.stdout
+    assert pids == {n: (run / f"{n}.pid").read_text() for n in pids}
     # the shared cluster kept its ports and still answers
     assert _shared_ports() == shared
     ping = subprocess.run(
