@@ -192,6 +192,7 @@ def test_a_second_cluster_starts_on_free_ports_beside_the_running_one(
     assert again.returncode == 0, again.stderr
     assert f"SlurmctldPort={ctld}, SlurmdPort={slurmd}" in again.stdout
     assert pids == {n: (run / f"{n}.pid").read_text() for n in pids}
+    _a_sites_config_is_used_not_overwritten(elsewhere)
     # the shared cluster kept its ports and still answers
     assert _shared_ports() == shared
     ping = subprocess.run(
@@ -201,3 +202,39 @@ def test_a_second_cluster_starts_on_free_ports_beside_the_running_one(
         env={k: v for k, v in os.environ.items() if k != "SLURM_CONF"},
     )
     assert "is UP" in ping.stdout
+
+
+def _a_sites_config_is_used_not_overwritten(second: dict[str, str]) -> None:
+    """The second cluster's config without slurm-up's marker, where slurm-up would write its
+    own: a site's slurm.conf. It answers, so it is used and left as it is; with its default
+    partition down it is still not overwritten: slurm-up refuses, saying what to set."""
+    site = Path(second["SLURM_DEV_ETC"]).parent / "site-etc"
+    site.mkdir()
+    conf = site / "slurm.conf"
+    text = "".join(
+        ln
+        for ln in Path(second["SLURM_CONF"]).read_text().splitlines(keepends=True)
+        if not ln.startswith("# Managed by slurmctl")
+    )
+    conf.write_text(text)
+    env = {**second, "SLURM_DEV_ETC": str(site), "SLURM_CONF": str(conf)}
+    env["SLURM_DEV_RUN"] = str(site / "run")
+    used = up(env)
+    assert used.returncode == 0, used.stderr
+    assert used.stdout.startswith(f"slurm up: using the Slurm already answering with {conf}: ")
+    down = subprocess.run(
+        ["scontrol", "update", "PartitionName=debug", "State=DOWN"],
+        env={**os.environ, **second},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert down.returncode == 0, down.stderr
+    refused = up(env)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"slurm-dev: error: a Slurm answers with {conf} (not written by slurm-up) but has no up, "
+        "single-node default partition with an idle node; set SLURM_DEV_ETC and SLURM_CONF to "
+        "start a separate test cluster\n"
+    )
+    assert conf.read_text() == text and sorted(p.name for p in site.iterdir()) == ["slurm.conf"]
