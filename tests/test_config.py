@@ -182,6 +182,12 @@ VALID_TOP = (
             "found '~/venv/bin/python'",
         ),
         (
+            "slurm: {python: venv/bin/python}\n",
+            ":5: slurm.python: expected an absolute path (like /shared/venv/bin/python) or a "
+            "command on the nodes' PATH (like python3), without spaces, quotes or $, "
+            "found 'venv/bin/python'",
+        ),
+        (
             "slurm:\n  container: {image: images/x.sif}\n",
             ":6: slurm.container.image: expected an absolute path to an image (like "
             "/shared/images/x.sif) or an image URI (like docker://python:3.11), "
