@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,6 +27,10 @@ def _wrapper(path: Path, record: Path, then: str) -> Path:
     path.write_text(f'#!/bin/bash\necho "$(basename "$0") $*" >> {record}\nexec {then} "$@"\n')
     path.chmod(0o755)
     return path
+
+
+def _says(log: Path, line: str) -> bool:
+    return log.exists() and line in log.read_text()
 
 
 def _seen(root: Path, job_id: str) -> list[str]:
@@ -80,7 +85,7 @@ def test_a_failing_setup_line_is_named_in_the_logs(
         logs / f"worker-{run['arrays'][0]}_0.log",
         logs / f"finalize-{run['finalize']}.log",
     ):
-        wait_for(lambda log=log: log.exists() and said in log.read_text(), 60, f"{log.name}")
+        wait_for(partial(_says, log, said), 60, f"{log.name}")
         lines = log.read_text().splitlines()
         assert lines[-1] == said and "No such file or directory" in lines[0], lines
 

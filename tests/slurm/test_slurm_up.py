@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -87,8 +88,12 @@ def elsewhere() -> Iterator[dict[str, str]]:
                 comm = Path(f"/proc/{pid}/comm")
                 if comm.exists() and comm.read_text().strip() == name:
                     os.kill(pid, signal.SIGTERM)
-                    wait_for(lambda pid=pid: not _running(pid), 30, f"{name} {pid} stopped")
+                    wait_for(partial(_gone, pid), 30, f"{name} {pid} stopped")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _gone(pid: int) -> bool:
+    return not _running(pid)
 
 
 def _running(pid: int) -> bool:

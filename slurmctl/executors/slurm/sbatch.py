@@ -211,11 +211,11 @@ class SlurmClient:
         key, now = tuple(ids), time.monotonic()
         if self._last and self._last[0] == key and now - self._last[1] < self.min_interval_s:
             return list(self._last[2])
-        found = self._elements(ids)
+        found = self._query_elements(ids)
         self._last = (key, now, found)
         return list(found)
 
-    def _elements(self, ids: Sequence[str]) -> list[Element]:
+    def _query_elements(self, ids: Sequence[str]) -> list[Element]:
         out = self.run(
             [
                 "squeue",
