@@ -4,9 +4,16 @@
 
 SLURM_DEV_ETC=${SLURM_DEV_ETC:-/etc/slurm}
 SLURM_DEV_CONF="$SLURM_DEV_ETC/slurm.conf"
-SLURM_DEV_SPOOL=/var/spool/slurmctl-dev
-SLURM_DEV_LOG=/var/log/slurmctl-dev
-SLURM_DEV_RUN=/run/slurmctl-dev
+SLURM_DEV_SPOOL=${SLURM_DEV_SPOOL:-/var/spool/slurmctl-dev}
+SLURM_DEV_LOG=${SLURM_DEV_LOG:-/var/log/slurmctl-dev}
+SLURM_DEV_RUN=${SLURM_DEV_RUN:-/run/slurmctl-dev}
+# The config the caller's Slurm commands read (a cluster that may already answer), then ours
+# for every command these scripts run, so `scontrol shutdown` only ever reaches our controller.
+SLURM_CLIENT_CONF=${SLURM_CONF:-/etc/slurm/slurm.conf}
+export SLURM_CONF="$SLURM_DEV_CONF"
+# The ports slurm-up prefers; when taken, the next free ones from these up.
+SLURM_DEV_CTLD_PORT=${SLURM_DEV_CTLD_PORT:-6817}
+SLURM_DEV_SLURMD_PORT=${SLURM_DEV_SLURMD_PORT:-6818}
 SLURM_DEV_CTLD_PID="$SLURM_DEV_RUN/slurmctld.pid"
 SLURM_DEV_SLURMD_PID="$SLURM_DEV_RUN/slurmd.pid"
 SLURM_DEV_MUNGED_MARK="$SLURM_DEV_RUN/munged.started-by-slurm-up"
@@ -82,4 +89,33 @@ stop_slurm_daemons() {
     fi
     stop_pidfile "$SLURM_DEV_SLURMD_PID" slurmd 20
     stop_pidfile "$SLURM_DEV_CTLD_PID" slurmctld 20
+}
+
+# port_in_use PORT: true if a TCP socket listens on PORT, on any address (IPv4 or IPv6).
+port_in_use() {
+    local hex f files=()
+    hex=$(printf '%04X' "$1")
+    for f in /proc/net/tcp /proc/net/tcp6; do [ -r "$f" ] && files+=("$f"); done
+    [ ${#files[@]} -gt 0 ] || return 1
+    awk -v h="$hex" 'FNR > 1 && $4 == "0A" { n = split($2, a, ":"); if (a[n] == h) found = 1 }
+        END { exit !found }' "${files[@]}"
+}
+
+# free_port FIRST [EXCEPT...]: prints the first port from FIRST up that nothing listens on
+# and that is none of EXCEPT.
+free_port() {
+    local p=$1 t
+    shift
+    for ((; p < 65536; p++)); do
+        for t in "$@"; do [ "$p" = "$t" ] && continue 2; done
+        port_in_use "$p" || { printf '%s\n' "$p"; return 0; }
+    done
+    return 1
+}
+
+# conf_port FILE KEY DEFAULT: the port KEY (SlurmctldPort, SlurmdPort) in FILE, else DEFAULT.
+conf_port() {
+    local got
+    got=$(awk -F= -v k="$2" '$1 == k {print $2}' "$1" 2>/dev/null | tr -dc '0-9')
+    printf '%s\n' "${got:-$3}"
 }

@@ -163,6 +163,50 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _check_setup_line(value: str) -> str:
+    if not value.strip():
+        raise ValueError("expected a shell line")
+    if "\n" in value or "\r" in value:
+        raise ValueError("expected one shell line per entry (split it into several entries)")
+    if value.rstrip().endswith("\\"):
+        raise ValueError("expected a complete shell line, not one continued with '\\'")
+    return value
+
+
+SetupLine = Annotated[str, AfterValidator(_check_setup_line)]
+Interpreter = Annotated[
+    str,
+    _matching(
+        r"^(/[^\s$`'\"\\]*[^/\s$`'\"\\]|[A-Za-z0-9_][A-Za-z0-9_.+-]*)$",
+        "expected an absolute path (like /shared/venv/bin/python) or a command on the nodes' "
+        "PATH (like python3), without spaces, quotes or $",
+    ),
+]
+ContainerImage = Annotated[
+    str,
+    _matching(
+        r"^(/\S+|[a-z][a-z0-9+.-]*:\S+)$",
+        "expected an absolute path to an image (like /shared/images/x.sif) or an image URI "
+        "(like docker://python:3.11)",
+    ),
+]
+
+
+class ContainerOptions(_Section):
+    """`slurm.container`: the workers run as `<runtime> exec <args> <image> <python> -m slurmctl
+    ...` (Apptainer/Singularity). Finalize stays on the host: it calls sbatch and squeue, which
+    images rarely have."""
+
+    runtime: Literal["apptainer", "singularity"] = "apptainer"
+    image: ContainerImage
+    args: list[Annotated[str, _matching(r"^[^\n\r]+$", "expected a non-empty argument")]] = Field(
+        default_factory=list
+    )
+    """Passed to `<runtime> exec` before the image, each as one word (`--bind /data`, `--nv`)."""
+    python: Interpreter = "python"
+    """The interpreter inside the image, which must have slurmctl installed."""
+
+
 class SlurmOptions(_Section):
     """sbatch options; unknown keys are refused so a typo never silently drops a limit."""
 
@@ -175,6 +219,12 @@ class SlurmOptions(_Section):
     gres: str | None = None
     array_parallelism: int | None = Field(default=None, ge=1)
     extra_args: list[str] = Field(default_factory=list)
+    setup: list[SetupLine] = Field(default_factory=list)
+    """Shell lines the batch scripts run before slurmctl starts (`module load python/3.11`,
+    `source /shared/venv/bin/activate`); a failing line stops the script with its number."""
+    python: Interpreter | None = None
+    """The interpreter on the nodes, when it is not the submitter's (`sys.executable`)."""
+    container: ContainerOptions | None = None
 
 
 class AwsOptions(_Section):

@@ -117,7 +117,8 @@ VALID_TOP = (
         (
             "slurm:\n  partition: debug\n  walltime: 5\n",
             ":7: unknown key 'walltime' in slurm (did you mean 'time'?); valid keys: partition, "
-            "account, qos, time, cpus_per_task, mem, gres, array_parallelism, extra_args",
+            "account, qos, time, cpus_per_task, mem, gres, array_parallelism, extra_args, setup, "
+            "python, container",
         ),
         (
             "retry: {backof_s: 5}\n",
@@ -160,6 +161,49 @@ VALID_TOP = (
             "slurm: {mem: 8GB}\n",
             ":5: slurm.mem: expected a memory size like 8G, 512M or a number "
             "of megabytes, found '8GB'",
+        ),
+        (
+            "slurm:\n  setup: ['module load x', '']\n",
+            ":6: slurm.setup[1]: expected a shell line, found ''",
+        ),
+        (
+            "slurm:\n  setup: 'module load x'\n",
+            ":6: slurm.setup: expected a list, found 'module load x'",
+        ),
+        (
+            'slurm:\n  setup: ["module load x\\nmodule load y"]\n',
+            ":6: slurm.setup[0]: expected one shell line per entry (split it into several "
+            "entries), found 'module load x\\nmodule load y'",
+        ),
+        (
+            "slurm: {python: ~/venv/bin/python}\n",
+            ":5: slurm.python: expected an absolute path (like /shared/venv/bin/python) or a "
+            "command on the nodes' PATH (like python3), without spaces, quotes or $, "
+            "found '~/venv/bin/python'",
+        ),
+        (
+            "slurm: {python: venv/bin/python}\n",
+            ":5: slurm.python: expected an absolute path (like /shared/venv/bin/python) or a "
+            "command on the nodes' PATH (like python3), without spaces, quotes or $, "
+            "found 'venv/bin/python'",
+        ),
+        (
+            "slurm:\n  container: {image: images/x.sif}\n",
+            ":6: slurm.container.image: expected an absolute path to an image (like "
+            "/shared/images/x.sif) or an image URI (like docker://python:3.11), "
+            "found 'images/x.sif'",
+        ),
+        (
+            "slurm:\n  container: {runtime: docker, image: /x.sif}\n",
+            ":6: slurm.container.runtime: expected 'apptainer' or 'singularity', found 'docker'",
+        ),
+        (
+            "slurm:\n  container: {args: [--nv]}\n",
+            ":6: slurm.container.image: required field missing",
+        ),
+        (
+            "slurm:\n  container: {image: /x.sif, bind: /data}\n",
+            ":6: unknown key 'bind' in slurm.container; valid keys: runtime, image, args, python",
         ),
         ("backend: aws\n", ":5: aws.bucket: required when backend is aws"),
         ("backend: aws\naws:\n  bucket: b\n", ":6: aws.table: required when backend is aws"),

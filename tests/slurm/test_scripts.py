@@ -6,11 +6,13 @@ from __future__ import annotations
 import ast
 import json
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from slurmctl.config import SlurmOptions
+from slurmctl.config import ContainerOptions, SlurmOptions
 from slurmctl.executors.slurm import scripts, states
 from slurmctl.executors.slurm.sbatch import _squeue_line, sbatch_error, time_limit_s
 from slurmctl.executors.slurm.states import LONG_NAMES, SQUEUE_CODES, SlurmState, parse_state
@@ -45,6 +47,62 @@ def check_golden(name: str, text: str) -> None:
 @pytest.mark.parametrize("name", ["worker.sbatch", "finalize.sbatch"])
 def test_batch_scripts_match_golden_files(name: str) -> None:
     check_golden(name, scripts.render(name, LAUNCH, JOB))
+
+
+SETUP = ["module load python/3.11", "source /shared/venv/bin/activate  # the team's venv"]
+CONTAINER = ContainerOptions(
+    image="/shared/images/etl.sif", args=["--bind", "/srv/slurmctl", "--nv"], python="python3"
+)
+ENVIRONMENTS = {
+    "setup": SlurmOptions(setup=SETUP),
+    "python": SlurmOptions(python="/shared/venv/bin/python"),
+    "container": SlurmOptions(setup=["module load apptainer"], container=CONTAINER),
+}
+
+
+@pytest.mark.parametrize("option", sorted(ENVIRONMENTS))
+@pytest.mark.parametrize("name", ["worker.sbatch", "finalize.sbatch"])
+def test_environment_options_match_golden_files(name: str, option: str) -> None:
+    script = scripts.render(name, LAUNCH, JOB, ENVIRONMENTS[option])
+    check_golden(f"{option}-{name}", script)
+
+
+def test_setup_lines_run_before_exec_and_stop_the_script_when_they_fail() -> None:
+    script = scripts.render("worker.sbatch", LAUNCH, JOB, SlurmOptions(setup=SETUP))
+    lines = script.splitlines()
+    assert (
+        lines.index(SETUP[0])
+        < lines.index(SETUP[1])
+        < next(i for i, ln in enumerate(lines) if ln.startswith("exec "))
+    )
+    assert "} || setup_failed 1 $? 'source /shared/venv/bin/activate  # the team'\"'\"'s venv'" in (
+        lines
+    )
+
+
+def test_slurm_python_replaces_the_submitters_interpreter_and_venv() -> None:
+    options = SlurmOptions(python="/shared/venv/bin/python")
+    for name in ("worker.sbatch", "finalize.sbatch"):
+        script = scripts.render(name, LAUNCH, JOB, options)
+        assert "exec /shared/venv/bin/python -m slurmctl --root /srv/slurmctl/state " in script
+        assert "/home/alice/.venv" not in script
+
+
+def test_container_wraps_the_worker_in_exec_and_leaves_finalize_on_the_host() -> None:
+    options = SlurmOptions(container=CONTAINER)
+    worker = scripts.render("worker.sbatch", LAUNCH, JOB, options)
+    assert (
+        "exec apptainer exec --bind /srv/slurmctl --nv /shared/images/etl.sif python3 -m slurmctl"
+        " --root /srv/slurmctl/state worker --job-id backfill-2025-04-12" in worker
+    )
+    assert "VIRTUAL_ENV" not in worker
+    finalize = scripts.render("finalize.sbatch", LAUNCH, JOB, options)
+    assert "exec /home/alice/.venv/bin/python -m slurmctl --root" in finalize
+    singularity = SlurmOptions(
+        container=ContainerOptions(runtime="singularity", image="docker://x")
+    )
+    worker = scripts.render("worker.sbatch", LAUNCH, JOB, singularity)
+    assert "exec singularity exec docker://x python -m slurmctl --root" in worker
 
 
 def test_sbatch_arguments_match_golden_file() -> None:
@@ -121,6 +179,7 @@ def test_time_limits_and_signal_lead(time: str | None, seconds: int | None, lead
         (["--signal=USR2@60"], "--signal is set by slurmctl"),
         (["-pgpu"], "-p: use slurm.partition instead"),
         (["--mem", "4G"], "--mem: use slurm.mem instead"),
+        (["--comment=mine"], "--comment is set by slurmctl (slurmctl marks each submission"),
     ],
 )
 def test_extra_args_we_set_ourselves_are_refused(extra: list[str], problem: str | None) -> None:
@@ -154,3 +213,36 @@ def test_squeue_lines_and_sbatch_errors_are_parsed() -> None:
     assert _squeue_line("12_0|RUNNING|None|0|").job_id == "12"
     err = "sbatch: error: invalid partition specified: nope\nallocation failure: x\n"
     assert sbatch_error(err) == "invalid partition specified: nope"
+
+
+def _run_script(tmp_path: Path, options: SlurmOptions) -> subprocess.CompletedProcess[str]:
+    launch = scripts.Launch(tmp_path / "root", tmp_path, "/nonexistent/python", None)
+    path = tmp_path / "worker.sbatch"
+    path.write_text(scripts.render("worker.sbatch", launch, JOB, options))
+    env = {"PATH": os.environ["PATH"], "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "0"}
+    return subprocess.run(
+        ["bash", str(path)], capture_output=True, text=True, env=env, timeout=10, check=False
+    )
+
+
+def test_a_rendered_script_runs_setup_then_execs_slurm_python(tmp_path: Path) -> None:
+    fake = tmp_path / "py"
+    fake.write_text('#!/bin/bash\necho "X=$X SLURMCTL_HOME=$SLURMCTL_HOME args=$*"\n')
+    fake.chmod(0o755)
+    options = SlurmOptions(setup=["export X=from-setup  # a comment"], python=str(fake))
+    out = _run_script(tmp_path, options)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (
+        f"X=from-setup SLURMCTL_HOME={tmp_path}/root args=-m slurmctl --root {tmp_path}/root "
+        f"worker --job-id {JOB} --worker-id 7_0@{socket.gethostname().split('.')[0]}\n"
+    )
+
+
+def test_a_failing_setup_line_stops_the_script_naming_it(tmp_path: Path) -> None:
+    options = SlurmOptions(setup=["true", "module load nope 2>/dev/null || (exit 3)"])
+    out = _run_script(tmp_path, options)
+    assert out.returncode == 1
+    assert out.stderr == (
+        "slurmctl: slurm.setup[1] failed (exit 3): module load nope 2>/dev/null || (exit 3); "
+        "slurmctl not started\n"
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.helpers import assert_exactly_once, cli, make_job, status
 from tests.slurm import util
-from tests.slurm.conftest import slurm_up
+from tests.slurm.conftest import _unavailable, slurm_up
 
 
 def test_fifty_batches_over_four_array_elements(
@@ -58,6 +58,8 @@ def test_workers_split_into_arrays_of_max_array_size(
     tmp_path: Path, job_id: Callable[[str], str]
 ) -> None:
     up = slurm_up(SLURM_MAX_ARRAY_SIZE="3")
+    if up.returncode == 4:  # a cluster slurm-up did not start: not ours to reconfigure
+        _unavailable(f"MaxArraySize=3 not settable: {up.stderr.strip()}")
     assert up.returncode == 0, up.stderr
     try:
         jid = job_id("split")

@@ -18,6 +18,7 @@ from typing import Any
 from slurmctl import hooks
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
+from slurmctl.config import SlurmOptions
 from slurmctl.errors import JobStateError, SlurmctlError
 from slurmctl.executors.base import Executor, Liveness, Marker, Run, RunEnd, StartRequest, Step
 from slurmctl.executors.slurm import scripts
@@ -80,6 +81,12 @@ def slurm_ids(backend: Backend, job_id: str) -> SlurmIds:
     )
 
 
+STATUS_MIN_INTERVAL_S = 5.0
+_STATUS_CLIENT = SlurmClient(min_interval_s=STATUS_MIN_INTERVAL_S)
+"""`status` (and `status --watch`, the dashboard, the alerts) asks squeue at most every 5 s per
+process; decisions (finalize, resume) always ask afresh."""
+
+
 def slurm_summary(
     backend: Backend, job_id: str, client: SlurmClient | None = None
 ) -> dict[str, Any]:
@@ -95,7 +102,7 @@ def slurm_summary(
         "finalize_queued": None,
     }
     try:
-        elements = (client or SlurmClient()).elements(ids.all)
+        elements = (client or _STATUS_CLIENT).elements(ids.all)
     except SlurmctlError as e:
         out["error"] = str(e)
         return out
@@ -196,7 +203,7 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         definition = load_definition(self.backend, job_id)
         logs = self.log_dir(job_id)
         logs.mkdir(parents=True, exist_ok=True)
-        script = self._script(job_id, "worker.sbatch")
+        script = self._script(job_id, "worker.sbatch", definition.slurm)
         arrays: list[str] = []
         plan = scripts.split(
             request.count, self.client.max_array_size(), definition.slurm.array_parallelism
@@ -286,14 +293,14 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
     def _submit_finalize(self, job_id: str, after: list[str]) -> str:
         definition = load_definition(self.backend, job_id)
         args = scripts.finalize_args(definition.slurm, job_id, self.log_dir(job_id), after)
-        return self.client.sbatch(args, self._script(job_id, "finalize.sbatch"))
+        return self.client.sbatch(args, self._script(job_id, "finalize.sbatch", definition.slurm))
 
-    def _script(self, job_id: str, name: str) -> Path:
+    def _script(self, job_id: str, name: str, options: SlurmOptions) -> Path:
         """Rendered into <root>/slurm/<job_id>/: sbatch copies it at submission."""
         path = self.root / "slurm" / job_id / name
         path.parent.mkdir(parents=True, exist_ok=True)
         url = self.backend.url if self.backend.kind != "local" else None
-        text = scripts.render(name, scripts.Launch.here(self.root, url), job_id)
+        text = scripts.render(name, scripts.Launch.here(self.root, url), job_id, options)
         if not path.exists() or path.read_text() != text:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)

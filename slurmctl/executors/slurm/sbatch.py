@@ -11,6 +11,7 @@ import logging
 import re
 import subprocess
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,14 @@ TRANSIENT = (
     "Unable to contact slurm controller",
     "Socket timed out",
     "Zero Bytes were transmitted",
+    "Resource temporarily unavailable",
 )
+NOT_RECEIVED = ("Unable to contact slurm controller", "Resource temporarily unavailable")
+"""Transient sbatch failures where the controller certainly did not queue the job (it could not
+be reached, or it refused the RPC while busy): submitted again without a look-up. The others
+(a timed-out socket, a reply lost) are ambiguous: the job may be queued."""
+SBATCH_ATTEMPTS = 5
+COMMENT_PREFIX = "slurmctl-submission="
 
 
 class SlurmCommandError(SlurmctlError):
@@ -59,35 +67,28 @@ class Partition:
 class SlurmClient:
     """One per process: caches MaxArraySize and whether sacct works."""
 
-    def __init__(self) -> None:
+    backoff_s = 1.0
+    """The first pause before a command is run again after a transient failure (doubling)."""
+
+    def __init__(self, *, min_interval_s: float = 0.0) -> None:
         self._max_array: int | None = None
         self._sacct_ok: bool | None = None
+        self.min_interval_s = min_interval_s
+        """The same question asked again sooner gets the last answer (`status --watch`, the
+        dashboard: a person's refresh rate, not slurmctld's load)."""
+        self._last: tuple[tuple[str, ...], float, list[Element]] | None = None
 
     # --- plumbing -----------------------------------------------------------------------------
     def run(self, args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run a Slurm command; retry while the controller cannot be reached."""
+        """Run a query (never sbatch, see `sbatch`); retry while the controller cannot be
+        reached or is busy."""
         for attempt in range(RETRIES):
-            try:
-                out = subprocess.run(
-                    list(args),
-                    capture_output=True,
-                    text=True,
-                    timeout=COMMAND_TIMEOUT_S,
-                    check=False,
-                    stdin=subprocess.DEVNULL,
-                )
-            except FileNotFoundError:
-                raise UserError(
-                    f"{args[0]}: command not found; executor: slurm runs where Slurm's commands "
-                    "are (a login node)"
-                ) from None
-            except subprocess.TimeoutExpired:
-                out = subprocess.CompletedProcess(list(args), 1, "", "Socket timed out (local)")
+            out = self._once(list(args))
             if out.returncode == 0 or not any(t in out.stderr for t in TRANSIENT):
                 break
             if attempt + 1 < RETRIES:
                 log.warning("%s: %s; retrying", args[0], _first_line(out.stderr))
-                time.sleep(2.0**attempt)
+                time.sleep(self.backoff_s * 2.0**attempt)
         if check and out.returncode != 0:
             raise SlurmCommandError(
                 f"{' '.join(args[:2])}: {_first_line(out.stderr) or f'exit {out.returncode}'}"
@@ -96,14 +97,73 @@ class SlurmClient:
 
     # --- submission ---------------------------------------------------------------------------
     def sbatch(self, args: Sequence[str], script: Path) -> str:
-        """Submit; returns the job id (`--parsable` prints `id` or `id;cluster`)."""
-        out = self.run(["sbatch", "--parsable", *args, str(script)], check=False)
+        """Submit once; returns the job id (`--parsable` prints `id` or `id;cluster`).
+
+        Transient failures are retried with backoff, never duplicated: each submission carries
+        a comment of its own (`slurmctl-submission=<token>`), and after a failure that leaves
+        it unknown whether the job was queued (a timed-out socket) one squeue looks the comment
+        up before sbatch runs again.
+        """
+        token = uuid.uuid4().hex[:16]
+        name = next((a.split("=", 1)[1] for a in args if a.startswith("--job-name=")), None)
+        command = ["sbatch", "--parsable", f"--comment={COMMENT_PREFIX}{token}", *args, str(script)]
+        reason, unsure = "", False
+        for attempt in range(SBATCH_ATTEMPTS + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2.0 ** (attempt - 1))
+            if unsure:  # the last one may have been queued: ask before submitting again
+                answered, found = self._submitted(name, token)
+                if found:
+                    log.warning(
+                        "sbatch: %s, yet job %s was queued: not submitted again", reason, found
+                    )
+                    return found
+                if not answered:
+                    continue
+                unsure = False
+            if attempt == SBATCH_ATTEMPTS:
+                break
+            out = self._once(command)
+            if out.returncode == 0:
+                return _job_id(out.stdout)
+            reason = sbatch_error(out.stderr)
+            if not any(t in out.stderr for t in TRANSIENT):
+                raise SlurmCommandError(f"sbatch failed: {reason}")
+            unsure = not any(t in out.stderr for t in NOT_RECEIVED)
+            log.warning("sbatch: %s; trying again (attempt %d)", reason, attempt + 1)
+        raise SlurmCommandError(
+            f"sbatch failed: {reason} ({SBATCH_ATTEMPTS} attempts"
+            + ("; squeue could not say whether the last one was queued)" if unsure else ")")
+        )
+
+    def _submitted(self, name: str | None, token: str) -> tuple[bool, str | None]:
+        """Whether squeue answered, and the id of the job whose comment carries `token` if the
+        controller queued it (one squeue, by job name when there is one)."""
+        query = ["squeue", "-h", "-t", "all", "-o", "%F|%k"] + (["-n", name] if name else [])
+        out = self._once(query)
         if out.returncode != 0:
-            raise SlurmCommandError(f"sbatch failed: {sbatch_error(out.stderr)}")
-        job_id = out.stdout.strip().split(";", 1)[0]
-        if not job_id.isdigit():
-            raise SlurmCommandError(f"sbatch printed {out.stdout.strip()!r}, expected a job id")
-        return job_id
+            return False, None
+        mark = COMMENT_PREFIX + token
+        found = (ln.split("|", 1)[0].strip() for ln in out.stdout.splitlines() if ln.endswith(mark))
+        return True, next(found, None)
+
+    def _once(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                args,
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT_S,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError:
+            raise UserError(
+                f"{args[0]}: command not found; executor: slurm runs where Slurm's commands "
+                "are (a login node)"
+            ) from None
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(args, 1, "", "Socket timed out (local)")
 
     def test_only(self, args: Sequence[str]) -> str | None:
         """`sbatch --test-only`: Slurm's own check of the options, nothing queued. None if ok,
@@ -148,6 +208,14 @@ class SlurmClient:
         """
         if not ids:
             return []
+        key, now = tuple(ids), time.monotonic()
+        if self._last and self._last[0] == key and now - self._last[1] < self.min_interval_s:
+            return list(self._last[2])
+        found = self._query_elements(ids)
+        self._last = (key, now, found)
+        return list(found)
+
+    def _query_elements(self, ids: Sequence[str]) -> list[Element]:
         out = self.run(
             [
                 "squeue",
@@ -203,6 +271,13 @@ def _squeue_line(line: str) -> Element:
     if status is not None:
         exit_code = status >> 8 if status & 0x7F == 0 else 128 + (status & 0x7F)
     return Element(element.strip(), parse_state(state), reason.strip(), exit_code)
+
+
+def _job_id(stdout: str) -> str:
+    job_id = stdout.strip().split(";", 1)[0]
+    if not job_id.isdigit():
+        raise SlurmCommandError(f"sbatch printed {stdout.strip()!r}, expected a job id")
+    return job_id
 
 
 def sbatch_error(stderr: str) -> str:

@@ -40,22 +40,49 @@ class Launch:
         return cls(root.absolute(), Path.cwd(), sys.executable, venv, backend_url)
 
 
-def render(name: str, launch: Launch, job_id: str) -> str:
-    """The batch script `name` (worker.sbatch or finalize.sbatch) for this job."""
+def render(name: str, launch: Launch, job_id: str, options: SlurmOptions | None = None) -> str:
+    """The batch script `name` (worker.sbatch or finalize.sbatch) for this job: `slurm.setup`
+    lines, then `exec` of `slurm.python` (else the submitter's interpreter), inside
+    `slurm.container` for the workers."""
+    options = options or SlurmOptions()
     text = resources.files(__package__).joinpath("templates", name).read_text()
+    python = options.python or launch.python
     env = [f"export SLURMCTL_HOME={shlex.quote(str(launch.root))}"]
-    if launch.venv:
+    container = options.container if name == "worker.sbatch" else None
+    if launch.venv and python == launch.python and container is None:
         env.append(f"export VIRTUAL_ENV={shlex.quote(launch.venv)}")
         env.append(f'export PATH={shlex.quote(launch.venv + "/bin")}:"$PATH"')
+    interpreter = [python]
+    if container is not None:
+        interpreter = [container.runtime, "exec", *container.args, container.image]
+        interpreter.append(container.python)
     values = {
         "job_id": shlex.quote(job_id),
         "cwd": shlex.quote(str(launch.cwd)),
         "root": shlex.quote(str(launch.root)),
         "backend": f" --backend {shlex.quote(launch.backend_url)}" if launch.backend_url else "",
-        "python": shlex.quote(launch.python),
-        "environment": "\n".join(env),
+        "interpreter": shlex.join(interpreter),
+        "environment": "\n".join(env + setup_lines(options.setup)),
     }
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], text)
+
+
+def setup_lines(setup: list[str]) -> list[str]:
+    """`slurm.setup`, each line in a group of its own (so a trailing comment or a `;` list is
+    kept whole) that stops the script, naming the line, when it fails: a worker never starts in
+    a half-made environment."""
+    if not setup:
+        return []
+    out = [
+        "# slurm.setup (the job definition), run in this shell so exports and activations last",
+        "setup_failed() {",
+        '    echo "slurmctl: slurm.setup[$1] failed (exit $2): $3; slurmctl not started" >&2',
+        "    exit 1",
+        "}",
+    ]
+    for i, line in enumerate(setup):
+        out += ["{", line, f"}} || setup_failed {i} $? {shlex.quote(line)}"]
+    return out
 
 
 def signal_lead_s(options: SlurmOptions) -> int:
@@ -154,6 +181,7 @@ RESERVED = {
     "--begin": "retry phases set their own begin time",
     "-b": "retry phases set their own begin time",
     "--test-only": "slurmctl submits for real",
+    "--comment": "slurmctl marks each submission so that a retried sbatch is never duplicated",
     "--array-parallelism": "use slurm.array_parallelism",
 }
 NAMED = {
