@@ -37,6 +37,7 @@ from slurmctl.worker.checkpoint import Checkpoint, CheckpointRefused, Row, Stamp
 from slurmctl.worker.classify import PERMANENT, Rule, classify
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import Handler
+from slurmctl.worker.heartbeat import Heartbeat
 from slurmctl.worker.inflight import (
     EventLoop,
     Recorder,
@@ -99,9 +100,7 @@ class TaskRunner:
 
     def __post_init__(self) -> None:
         self.layout = JobLayout(self.job_id)
-        self._beat_lock = threading.Lock()
-        self._beating: tuple[str, str, threading.Event, float] | None = None
-        self._beat_thread: threading.Thread | None = None
+        self._heartbeat = Heartbeat(self.backend, self.job_id, self.lease_s, self.heartbeat_s)
         self._schema: JobSchema | None = None
         """The job's output schema as this worker last saw it (it only ever widens)."""
         self.in_flight = self.concurrency > 1 or self.handler.is_async
@@ -129,12 +128,7 @@ class TaskRunner:
     # --- the attempt --------------------------------------------------------------------------
     def run(self, task: TaskRecord) -> Outcome:
         token = task.lease_token or ""
-        lost = threading.Event()
-        with self._beat_lock:
-            self._beating = (task.task_id, token, lost, time.monotonic())
-            if self._beat_thread is None:
-                self._beat_thread = threading.Thread(target=self._heartbeat, daemon=True)
-                self._beat_thread.start()
+        lost = self._heartbeat.begin(task.task_id, token)
         try:
             return self._attempt(task, token, lost)
         except (WorkerStopping, TimeoutError, ConnectionError, BackendUnavailable):
@@ -142,8 +136,7 @@ class TaskRunner:
         except Exception as exc:  # noqa: BLE001 - logged with its traceback, the task's reason
             return self._framework_error(task, token, exc)
         finally:
-            with self._beat_lock:
-                self._beating = None
+            self._heartbeat.end()
 
     def _framework_error(self, task: TaskRecord, token: str, exc: Exception) -> Outcome:
         """An exception in slurmctl's own code (encoding the output, a checkpoint, ...), not the
@@ -185,69 +178,6 @@ class TaskRunner:
         seen = [*seen, {"at": time.time(), "worker_id": self.worker_id, "reason": reason}]
         self.backend.objects.put_json(key, seen)
         return len(seen)
-
-    def _heartbeat(self) -> None:
-        """One thread per worker extends the lease of whatever task it runs. A store error is
-        retried with backoff; when no heartbeat got through for a whole lease, the lease has
-        lapsed (another worker may hold the task): the task stops as lost."""
-        failures = 0
-        while True:
-            time.sleep(
-                _backoff(failures, self.heartbeat_s) if failures else min(self.heartbeat_s, 1.0)
-            )
-            with self._beat_lock:
-                current = self._beating
-            if current is None:
-                failures = 0
-                continue
-            task_id, token, lost, renewed = current
-            if lost.is_set() or (not failures and time.monotonic() - renewed < self.heartbeat_s):
-                continue
-            asked = time.monotonic()
-            try:
-                faults.inject("heartbeat")
-                alive = self.backend.state.heartbeat(
-                    self.job_id, task_id, token, self.lease_s, time.time()
-                )
-            except Exception as e:  # noqa: BLE001 - a store error must not end the heartbeats
-                failures += 1
-                self._beat_failed(current, e, failures)
-                continue
-            failures = 0
-            with self._beat_lock:
-                if self._beating is not current:
-                    continue  # the task ended meanwhile: its commit decided
-                self._beating = (task_id, token, lost, asked)
-            if not alive:
-                log.warning("lease on %s lost: another worker took the task over", task_id)
-                lost.set()
-
-    def _beat_failed(
-        self, current: tuple[str, str, threading.Event, float], e: Exception, failures: int
-    ) -> None:
-        task_id, _, lost, renewed = current
-        silent = time.monotonic() - renewed
-        store_error = isinstance(e, (TimeoutError, ConnectionError, BackendUnavailable))
-        if silent >= self.lease_s:
-            log.warning(
-                "%s: lease lapsed: no heartbeat got through for %.1f s (%s: %s): stopping the task",
-                task_id,
-                silent,
-                type(e).__name__,
-                e,
-                exc_info=not store_error,
-            )
-            lost.set()
-            return
-        log.warning(
-            "%s: heartbeat failed (%s: %s): retry %d in %.2f s",
-            task_id,
-            type(e).__name__,
-            e,
-            failures,
-            _backoff(failures, self.heartbeat_s),
-            exc_info=not store_error,  # an unexpected error: its traceback, once per failure
-        )
 
     def _attempt(self, task: TaskRecord, token: str, lost: threading.Event) -> Outcome:
         t0, cpu0 = time.time(), time.process_time()
@@ -720,11 +650,6 @@ def _no_failed(error_type: str, exc: BaseException) -> None:
 SLURM_VARS = frozenset(
     {"SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME"}
 )
-
-
-def _backoff(failures: int, cap_s: float) -> float:
-    """Seconds before heartbeat retry `failures`: 0.1, 0.2, 0.4 ... up to cap_s."""
-    return float(min(0.05 * 2 ** min(failures, 16), cap_s))
 
 
 def _earlier_checkpoints(task_dir: Path, mine: str) -> list[Path]:
