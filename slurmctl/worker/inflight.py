@@ -11,7 +11,8 @@ in the sequential loop; an item counts as done only once the checkpoint holds it
 worker redoes at most the items in flight plus `checkpoint_every`. A stop lets the items in
 flight finish (or stop inside `ctx.acquire`) and starts none.
 
-N = 1 with a sync `process` never comes here: task.py's per-item loop is the hot path.
+`run_in_flight` is a task's item loop here. N = 1 with a sync `process` never comes here:
+task.py's per-item loop is the hot path.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ import concurrent.futures as cf
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from slurmctl.fastjson import loads_for
 from slurmctl.secrets import redact
 from slurmctl.worker.checkpoint import Checkpoint, Row
 from slurmctl.worker.classify import Rule, classify
 from slurmctl.worker.context import Context
+from slurmctl.worker.handler import Handler
 from slurmctl.worker.limiter import WorkerStopping
 from slurmctl.worker.output import rows_of
 
@@ -231,3 +234,77 @@ async def run_async(
         if inflight:
             await asyncio.wait(inflight)
     return started
+
+
+def run_in_flight(
+    lines: list[bytes],
+    done: set[int],
+    ckpt: Checkpoint,
+    lost: threading.Event,
+    *,
+    isolate: bool,
+    handler: Handler,
+    ctx: Context,
+    id_field: str,
+    concurrency: int,
+    checkpoint_every: int,
+    should_stop: Callable[[], bool],
+    on_ok: Callable[[], None],
+    on_failed: Callable[[str, BaseException], None],
+    rules: Sequence[Rule],
+    secrets: Sequence[str],
+    loop: EventLoop | None,
+    pool: Callable[[], cf.ThreadPoolExecutor],
+) -> tuple[int, bool]:
+    """A task's items not in its checkpoint, up to `concurrency` in flight (one while
+    isolating), on the worker's event loop for an `async def process`, else on `pool()`'s
+    threads; returns (calls, stopped)."""
+    recorder = Recorder(
+        ckpt,
+        ctx,
+        every=checkpoint_every,
+        min_interval_s=0.0,  # the bound the docs give: in flight + checkpoint_every
+        is_lost=lost.is_set,
+        isolate=isolate,
+        on_ok=on_ok,
+        on_failed=on_failed,
+        rules=rules,
+        secrets=secrets,
+    )
+    loads = loads_for(b"\n".join(lines))
+    process = handler.process
+
+    def todo() -> Iterator[Todo]:
+        for idx, line in enumerate(lines):
+            if idx not in done:
+                item = loads(line)
+                yield idx, item, str(item[id_field])
+
+    def may_start() -> bool:
+        return not (should_stop() or lost.is_set())
+
+    width = 1 if isolate else concurrency
+    if handler.is_async:
+        assert loop is not None
+        calls = on_loop(
+            loop,
+            ctx,
+            run_async(
+                width,
+                todo(),
+                may_start,
+                lambda item, item_id: call_async(process, item, ctx, id_field, item_id),
+                recorder,
+            ),
+        )
+    else:
+        calls = run_threads(
+            pool(),
+            width,
+            todo(),
+            may_start,
+            lambda item, item_id: call_sync(process, item, ctx, id_field, item_id),
+            recorder,
+        )
+    recorder.finish()
+    return calls, recorder.stopped

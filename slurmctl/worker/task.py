@@ -1,5 +1,9 @@
 """One attempt at one task: read the batch, run the handler per item with a scratch checkpoint,
-write the attempt-unique output, and make it count with the fenced commit."""
+write the attempt-unique output, and make it count with the fenced commit.
+
+This module is the attempt's control flow (lease, checkpoint, resume, items, stop, commit, a
+framework error); the parts it drives live beside it: the lease heartbeat (heartbeat.py), items
+in flight (inflight.py), the objects the attempt stores and its task manifest (outputs.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -32,16 +36,7 @@ from slurmctl.worker.classify import Rule, classify
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import Handler
 from slurmctl.worker.heartbeat import Heartbeat
-from slurmctl.worker.inflight import (
-    EventLoop,
-    Recorder,
-    Todo,
-    call_async,
-    call_sync,
-    on_loop,
-    run_async,
-    run_threads,
-)
+from slurmctl.worker.inflight import EventLoop, run_in_flight
 from slurmctl.worker.limiter import WorkerStopping
 from slurmctl.worker.output import rows_of
 from slurmctl.worker.outputs import Outputs
@@ -293,7 +288,25 @@ class TaskRunner:
         if isolate:
             self._isolate(task, lines, done, ckpt)
         if self.in_flight and (self.handler.is_async or not isolate):
-            return self._items_in_flight(lines, done, ckpt, lost, isolate)
+            return run_in_flight(
+                lines,
+                done,
+                ckpt,
+                lost,
+                isolate=isolate,
+                handler=self.handler,
+                ctx=ctx,
+                id_field=id_field,
+                concurrency=self.concurrency,
+                checkpoint_every=self.checkpoint_every,
+                should_stop=self.should_stop,
+                on_ok=on_ok,
+                on_failed=on_failed,
+                rules=self.rules,
+                secrets=self.secrets,
+                loop=self.loop,
+                pool=self._item_pool,
+            )
         should_stop, is_lost, every = self.should_stop, lost.is_set, self.checkpoint_every
         append = pending.append  # the loop runs once per item: names bound once
         for idx, line in enumerate(lines):
@@ -342,71 +355,13 @@ class TaskRunner:
             ckpt.write(pending, durable=stopped)
         return calls, stopped
 
-    def _items_in_flight(
-        self,
-        lines: list[bytes],
-        done: set[int],
-        ckpt: Checkpoint,
-        lost: threading.Event,
-        isolate: bool,
-    ) -> tuple[int, bool]:
-        """Up to `concurrency` items in flight (one while isolating); returns (calls, stopped)."""
-        on_ok, on_failed = (
-            (self.breaker.ok, self.breaker.failed) if self.breaker else (_no_ok, _no_failed)
-        )
-        recorder = Recorder(
-            ckpt,
-            self.ctx,
-            every=self.checkpoint_every,
-            min_interval_s=0.0,  # the bound the docs give: in flight + checkpoint_every
-            is_lost=lost.is_set,
-            isolate=isolate,
-            on_ok=on_ok,
-            on_failed=on_failed,
-            rules=self.rules,
-            secrets=self.secrets,
-        )
-        loads = loads_for(b"\n".join(lines))
-        id_field, ctx, process = self.id_field, self.ctx, self.handler.process
-
-        def todo() -> Iterator[Todo]:
-            for idx, line in enumerate(lines):
-                if idx not in done:
-                    item = loads(line)
-                    yield idx, item, str(item[id_field])
-
-        def may_start() -> bool:
-            return not (self.should_stop() or lost.is_set())
-
-        width = 1 if isolate else self.concurrency
-        if self.handler.is_async:
-            assert self.loop is not None
-            calls = on_loop(
-                self.loop,
-                ctx,
-                run_async(
-                    width,
-                    todo(),
-                    may_start,
-                    lambda item, item_id: call_async(process, item, ctx, id_field, item_id),
-                    recorder,
-                ),
+    def _item_pool(self) -> cf.ThreadPoolExecutor:
+        """The worker's item threads for a sync `process` in flight: made at the first task."""
+        if self._pool is None:
+            self._pool = cf.ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix="slurmctl-item"
             )
-        else:
-            if self._pool is None:
-                self._pool = cf.ThreadPoolExecutor(
-                    max_workers=self.concurrency, thread_name_prefix="slurmctl-item"
-                )
-            calls = run_threads(
-                self._pool,
-                width,
-                todo(),
-                may_start,
-                lambda item, item_id: call_sync(process, item, ctx, id_field, item_id),
-                recorder,
-            )
-        recorder.finish()
-        return calls, recorder.stopped
+        return self._pool
 
     def _isolate(
         self, task: TaskRecord, lines: list[bytes], done: set[int], ckpt: Checkpoint
