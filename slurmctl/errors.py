@@ -6,6 +6,8 @@ exits with code 2, never a traceback. Everything else is ours or the infrastruct
 
 from __future__ import annotations
 
+from typing import Any
+
 FRAMEWORK_ERROR = "framework error"
 """How a task that slurmctl's own code failed is named: in its reason, the job's, and as its
 group's error type in `analyze-errors` (`framework`)."""
@@ -55,6 +57,35 @@ class IntegrityError(SlurmctlError):
 
 class LeaseLost(SlurmctlError):
     """The task's lease is no longer ours: another worker holds it, or it expired and moved on."""
+
+
+class JobFailed(SlurmctlError):
+    """`Job.wait`: the job ended FAILED (its reason in the message; `.status` has the rest)."""
+
+    def __init__(self, status: Any) -> None:
+        super().__init__(f"job {status.job_id} FAILED: {status.error or 'no reason recorded'}")
+        self.status = status
+
+
+class JobStopped(SlurmctlError):
+    """`Job.wait`: the job stopped before its end (CANCELLED, STOPPED, paused by its breaker);
+    `slurmctl resume JOB` (or `Job.resume()`) carries on."""
+
+    def __init__(self, status: Any) -> None:
+        why = f": {status.error}" if status.error else ""
+        super().__init__(
+            f"job {status.job_id} is {status.status}{why}; `slurmctl resume {status.job_id}` "
+            "carries on"
+        )
+        self.status = status
+
+
+class WaitTimeout(SlurmctlError, TimeoutError):
+    """`Job.wait(timeout=...)`: the job had not ended in time; it carries on."""
+
+    def __init__(self, status: Any, timeout: float) -> None:
+        super().__init__(f"job {status.job_id} is still {status.status} after {timeout:g}s")
+        self.status = status
 
 
 class HandlerError(Exception):

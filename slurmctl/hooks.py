@@ -3,7 +3,7 @@
 The worker, finalize and the executors call the installed hooks at fixed points (a worker
 started, a task committed, finalize ran, ...). Metrics, the worker's JSON log and alerts are
 observers that implement the hooks they need (`slurmctl.observe`); the CLI entry point, the top
-layer, installs them (`slurmctl.cli.wiring`). So nothing in the core imports `slurmctl.observe`'s
+layer, installs them (`slurmctl.wiring`). So nothing in the core imports `slurmctl.observe`'s
 observers, the observers do not import each other, and a process that installs none (a test, a
 library user) runs jobs with the same outcome, only unobserved.
 

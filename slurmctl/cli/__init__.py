@@ -15,10 +15,10 @@ from pathlib import Path
 
 import click
 
+from slurmctl import wiring
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.spec import BackendSpec, Registry
-from slurmctl.cli import wiring
 from slurmctl.errors import IntegrityError, SlurmctlError, UserError
 
 # The exit codes of `submit`, `status`, `resume`, `retry` and `aggregate` (README's table).
@@ -171,6 +171,7 @@ def main() -> None:
         inspect,
         observe,
         ratelimit,
+        results,
         retry,
         slurm,
         submit,

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from slurmctl import lifecycle
+from slurmctl.api import Job
 from slurmctl.backends.statestore import task_counter
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import finished, print_outcome, run_job
@@ -31,10 +32,7 @@ from slurmctl.worker.breaker import reset_breaker
 @pass_env
 def pause_cmd(env: Env, job_id: str) -> None:
     """Stop issuing rate-limit slots and claiming tasks; workers wait, nothing fails."""
-    job = get_job(env.backend, job_id)
-    if job.status.terminal:
-        raise JobStateError(f"job {job_id} is {job.status}: nothing to pause")
-    if not lifecycle.pause(env.backend, job_id):
+    if not Job(job_id, env.backend, env.root).pause():
         click.echo(f"job {job_id} is already paused; `slurmctl resume {job_id}` lifts it")
         return
     click.echo(f"job {job_id} paused; `slurmctl resume {job_id}` lifts it")

@@ -12,12 +12,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from slurmctl.backends import Backend
+from slurmctl.api import Job, job_records
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import exit_code
-from slurmctl.errors import UserError
 from slurmctl.jobs import local_job_stopped, read_history
-from slurmctl.observe.status import ITEM_KEYS, job_status, shown_status
+from slurmctl.observe.status import ITEM_KEYS, shown_status
 from slurmctl.observe.timeseries import format_duration, progress_bar
 
 
@@ -68,7 +67,8 @@ def _status_table(s: dict[str, Any]) -> Table:
 @pass_env
 def status_cmd(env: Env, job_id: str, as_json: bool, watch: bool, interval: float) -> None:
     """Where the job stands (reads counters only: instant at any size)."""
-    s = job_status(env.backend, job_id)
+    handle = Job(job_id, env.backend, env.root)
+    s = handle.status().as_dict()
     if as_json and not watch:
         click.echo(json.dumps(s, indent=2, sort_keys=True))
         sys.exit(exit_code(s["status"]))
@@ -83,7 +83,7 @@ def status_cmd(env: Env, job_id: str, as_json: bool, watch: bool, interval: floa
     with Live(_status_table(s), refresh_per_second=4) as live:
         while s["status"] not in ("COMPLETED", "FAILED", "CANCELLED", "STOPPED"):
             time.sleep(interval)
-            s = job_status(env.backend, job_id)
+            s = handle.status().as_dict()
             live.update(_status_table(s))
             if as_json:
                 click.echo(json.dumps(s, sort_keys=True))
@@ -95,23 +95,13 @@ def status_cmd(env: Env, job_id: str, as_json: bool, watch: bool, interval: floa
 @pass_env
 def list_cmd(env: Env, as_json: bool) -> None:
     """The jobs of this state root: the embedded ones and those submitted from it to AWS."""
-    jobs = [(j, env.backend.kind) for j in env.backend.state.list_jobs()]
-    if env.override is None:
-        opened: dict[str, Backend] = {}
-        for job_id, spec in env.registry.entries():
-            url = spec.url()
-            try:
-                backend = opened.get(url) or opened.setdefault(url, spec.open())
-                job = backend.state.get_job(job_id)
-            except UserError as e:
-                click.echo(f"warning: {job_id}: {e}", err=True)
-                continue
-            if job is not None:
-                jobs.append((job, spec.kind))
+    backend = env.override.url() if env.override is not None else None
+    warn = lambda line: click.echo(f"warning: {line}", err=True)  # noqa: E731
+    jobs = [(j, b.kind, b) for j, b in job_records(env.root, backend, warn)]
     rows = [
         {
             "job_id": j.job_id,
-            "status": str(shown_status(j, kind == "local" and local_job_stopped(env.backend, j))),
+            "status": str(shown_status(j, kind == "local" and local_job_stopped(b, j))),
             "phase": j.phase,
             "tasks": j.task_count,
             "items": j.item_count,
@@ -119,7 +109,7 @@ def list_cmd(env: Env, as_json: bool) -> None:
             "backend": kind,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(j.created_at)),
         }
-        for j, kind in jobs
+        for j, kind, b in jobs
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -12,29 +12,17 @@ from pathlib import Path
 
 import click
 
-from slurmctl.backends import Backend
-from slurmctl.backends.statestore import JobRecord, task_counter
+from slurmctl.api import check_error_types, check_finished
+from slurmctl.backends.statestore import JobRecord
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import print_outcome, run_job
 from slurmctl.errors import JobStateError, UserError
 from slurmctl.finalize import retry
 from slurmctl.finalize.rerun import missing_results, rerun_tasks
 from slurmctl.jobs import JobLease, append_history, get_job, load_definition
-from slurmctl.states import JobStatus, TaskStatus
 from slurmctl.worker.classify import PERMANENT, TRANSIENT
 
 ERROR_TYPES = sorted(TRANSIENT | PERMANENT)
-
-
-def _types(value: str) -> set[str]:
-    types = {t.strip() for t in value.split(",") if t.strip()}
-    unknown = types - set(ERROR_TYPES)
-    if unknown or not types:
-        raise UserError(
-            f"--errors: unknown error type(s) {', '.join(sorted(unknown)) or '(none given)'}; "
-            f"valid: {', '.join(ERROR_TYPES)}"
-        )
-    return types
 
 
 def _task_ids(value: str) -> list[str]:
@@ -42,37 +30,6 @@ def _task_ids(value: str) -> list[str]:
     if not ids:
         raise UserError("--tasks: give task ids, comma-separated (e.g. task-000042)")
     return ids
-
-
-def check_phase_finished(backend: Backend, job: JobRecord) -> None:
-    """A retry of errors starts a phase after the current one: that one must have finished."""
-    counters = backend.state.counters(job.job_id)
-    failed = counters.get(task_counter(job.phase, TaskStatus.FAILED), 0)
-    if failed:
-        tasks = backend.state.iter_tasks(job.job_id, phase=job.phase, status=TaskStatus.FAILED)
-        ids = ",".join(t.task_id for _, t in zip(range(20), tasks, strict=False))
-        raise JobStateError(
-            f"job {job.job_id} is {job.status} with {failed} task{'s' * (failed > 1)} of phase "
-            f"{job.phase} that could not run ({ids}); `slurmctl retry --job-id {job.job_id} "
-            f"--tasks {ids}` runs {'them' if failed > 1 else 'it'} again from "
-            f"{'their batches' if failed > 1 else 'its batch'}, first"
-        )
-    left = sum(counters.get(task_counter(job.phase, s), 0) for s in ("PENDING", "RUNNING"))
-    if left:
-        raise JobStateError(
-            f"job {job.job_id} is {job.status} with {left} unfinished task"
-            f"{'s' * (left > 1)} in phase {job.phase}; `slurmctl resume {job.job_id}` "
-            "finishes them, first"
-        )
-
-
-def _check_finished(backend: Backend, job: JobRecord) -> None:
-    if job.status not in (JobStatus.COMPLETED, JobStatus.FAILED):
-        raise JobStateError(
-            f"job {job.job_id} is {job.status}: retry applies to a finished job; "
-            f"`slurmctl resume {job.job_id}` makes it progress"
-        )
-    check_phase_finished(backend, job)
 
 
 @cli.command("retry")
@@ -116,11 +73,11 @@ def retry_cmd(
         _rerun(env, job_id, _task_ids(tasks), dry_run, no_progress)
         return
     assert errors is not None
-    types = _types(errors)
+    types = check_error_types(errors)
     job = get_job(env.backend, job_id)
     definition = load_definition(env.backend, job_id)
     if dry_run:
-        _check_finished(env.backend, job)
+        check_finished(env.backend, job)
         selection = retry.select_failures(
             env.backend, job_id, job.phase, types, definition.batch_size
         )
@@ -132,7 +89,7 @@ def retry_cmd(
         return
     with JobLease(env.backend, job_id) as lease:
         job = get_job(env.backend, job_id)  # as it is now that no one else acts on it
-        _check_finished(env.backend, job)
+        check_finished(env.backend, job)
         selection = retry.select_failures(
             env.backend, job_id, job.phase, types, definition.batch_size
         )

@@ -9,7 +9,7 @@ from collections import Counter
 
 import click
 
-from slurmctl import lifecycle
+from slurmctl.api import Job
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.progress import items_bar
 from slurmctl.errors import JobStateError, SlurmctlError
@@ -95,18 +95,7 @@ def follow_job(env: Env, job_id: str, client: SlurmClient, progress: bool) -> Jo
 @pass_env
 def cancel_cmd(env: Env, job_id: str) -> None:
     """Stop the job: scancel its Slurm jobs and mark it CANCELLED; `resume` carries on."""
-    job = get_job(env.backend, job_id)
-    if job.status.terminal:
-        raise JobStateError(f"job {job_id} is {job.status}: nothing to cancel")
-    # CANCELLED first: a worker or finalize that still starts sees it and leaves at once
-    if not lifecycle.cancel(env.backend, job_id):
-        job = get_job(env.backend, job_id)
-        raise JobStateError(f"job {job_id} is {job.status}: nothing to cancel")
-    ids: list[str] = []
-    if job.executor == "slurm":
-        ids = slurm_ids(env.backend, job_id).all
-        SlurmClient().scancel(ids)
-    lifecycle.record_cancel(env.backend, job_id, ids)
+    ids = Job(job_id, env.backend, env.root).cancel()
     what = f"; scancel sent to Slurm jobs {', '.join(ids)}" if ids else ""
     click.echo(f"job {job_id} cancelled{what}; `slurmctl resume {job_id}` carries on")
 

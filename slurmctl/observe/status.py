@@ -9,7 +9,8 @@ dashboard read, imports no executor.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from slurmctl.backends import Backend
@@ -123,3 +124,87 @@ def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
     if stopped:
         out["workers_running"] = 0
     return out
+
+
+@dataclass(frozen=True)
+class Items:
+    """The item counters: every input item is in exactly one of the last five."""
+
+    total: int
+    succeeded: int
+    failed_permanent: int
+    failed_transient: int
+    quarantined: int
+    pending: int
+
+    @property
+    def failed(self) -> int:
+        return self.failed_permanent + self.failed_transient
+
+
+@dataclass(frozen=True)
+class Output:
+    """One file of the final output: its path (a local path or an s3:// URL)."""
+
+    path: str
+    rows: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class JobStatusView:
+    """What `slurmctl status --json` shows, typed. `as_dict()` is that JSON object."""
+
+    job_id: str
+    status: JobStatus
+    phase: str
+    paused: bool
+    tasks: Mapping[str, int]
+    phases: Mapping[str, Mapping[str, int]]
+    items: Items
+    rows: int
+    outputs: tuple[Output, ...]
+    error: str | None
+    executor: str
+    backend: str
+    workers: int
+    workers_lost: int
+    items_per_s: float | None
+    """The current rate (items/s), when the job's time series has one."""
+    eta_s: float | None
+    created_at: float
+    updated_at: float
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, s: Mapping[str, Any]) -> JobStatusView:
+        rate = s.get("items_per_s")
+        return cls(
+            job_id=s["job_id"],
+            status=JobStatus(s["status"]),
+            phase=s["phase"],
+            paused=bool(s["paused"]),
+            tasks=dict(s["tasks"]),
+            phases={k: dict(v) for k, v in s["phases"].items()},
+            items=Items(**s["items"]),
+            rows=s["rows"],
+            outputs=tuple(Output(o["path"], o["rows"], o["sha256"]) for o in s["outputs"]),
+            error=s["error"],
+            executor=s["executor"],
+            backend=s["backend"],
+            workers=s["workers"],
+            workers_lost=s["workers_lost"],
+            items_per_s=rate.get("now") if isinstance(rate, dict) else None,
+            eta_s=s.get("eta_s"),
+            created_at=s["created_at"],
+            updated_at=s["updated_at"],
+            raw=s,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.raw)
+
+    @property
+    def ended(self) -> bool:
+        """COMPLETED, FAILED or CANCELLED."""
+        return self.status.terminal
