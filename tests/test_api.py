@@ -145,9 +145,7 @@ def test_errors_are_the_clis_one_line_user_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as bad:
         slurmctl.submit({"job_type": "x", "handler": "h:process", "input": "in.jsonl",
                          "id_field": "id", "workers": "many"}, root=root)  # fmt: skip
-    assert str(bad.value) == (
-        "job definition (a dict): workers: expected an integer, found 'many'"
-    )
+    assert str(bad.value) == ("job definition (a dict): workers: expected an integer, found 'many'")
     assert slurmctl.list_jobs(root) == []  # nothing written
 
     config = make_job(tmp_path / "job", 20, batch_size=10, workers=1)
