@@ -143,8 +143,16 @@ def test_errors_are_the_clis_one_line_user_errors(tmp_path: Path) -> None:
         slurmctl.job("nope", root=root)
     assert str(nf.value) == "no job 'nope' in this state root; `slurmctl list` shows the jobs"
     with pytest.raises(ConfigError) as bad:
-        slurmctl.submit({"job_type": "x", "handler": "h:process", "input": "in.jsonl",
-                         "id_field": "id", "workers": "many"}, root=root)  # fmt: skip
+        slurmctl.submit(
+            {
+                "job_type": "x",
+                "handler": "h:process",
+                "input": "in.jsonl",
+                "id_field": "id",
+                "workers": "many",
+            },
+            root=root,
+        )
     assert str(bad.value) == ("job definition (a dict): workers: expected an integer, found 'many'")
     assert slurmctl.list_jobs(root) == []  # nothing written
 

@@ -27,7 +27,7 @@ def process(item, ctx):
 """
 
 
-def test_api_results_dataset_failures_from_s3(tmp_path: Path, moto_endpoint: str) -> None:  # noqa: F811
+def test_api_results_dataset_failures_from_s3(tmp_path: Path, moto_endpoint: str) -> None:
     place = new_place(moto_endpoint)
     root = tmp_path / "root"
     config = make_aws_job(place, tmp_path / "job", 120, batch_size=40, workers=2)
@@ -72,7 +72,7 @@ def test_api_results_dataset_failures_from_s3(tmp_path: Path, moto_endpoint: str
     assert out.stdout.splitlines()[1].startswith('"3","initial",')
 
 
-def test_api_wait_on_a_failing_aws_job_raises(tmp_path: Path, moto_endpoint: str) -> None:  # noqa: F811
+def test_api_wait_on_a_failing_aws_job_raises(tmp_path: Path, moto_endpoint: str) -> None:
     place = new_place(moto_endpoint)
     root = tmp_path / "root"
     config = make_aws_job(
