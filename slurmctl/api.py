@@ -227,7 +227,9 @@ class Job:
             raise JobStateError(
                 f"job {self.job_id}: no failure of type {', '.join(sorted(types))} to retry"
             )
-        self._run_cli("retry", "--job-id", self.job_id, "--errors", ",".join(sorted(types)))
+        self._run_cli(
+            "retry", "--job-id", self.job_id, "--errors", ",".join(sorted(types)), "--no-progress"
+        )
         return self.wait(progress=progress) if wait else self.status()
 
     def cancel(self) -> list[str]:
@@ -472,7 +474,9 @@ def submit(
     if be.kind != "local":
         Registry(state_root).add(result.job_id, BackendSpec.parse(be.url))
     job = Job(result.job_id, be, state_root)
-    if result.status.terminal:
+    if result.status.terminal:  # submitted before: its outcome, as `submit` reports it
+        if wait:
+            job.wait(progress=progress)
         return job
     if wait and d.executor == "local":
         from slurmctl.executors.local import LocalExecutor

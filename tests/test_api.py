@@ -134,7 +134,7 @@ def test_wait_on_a_failing_job_raises_job_failed(tmp_path: Path) -> None:
     with pytest.raises(JobStateError, match=r"^job t1 is FAILED: its results exist once it is "):
         job.results()
     with pytest.raises(slurmctl.JobFailed):  # submitted again with wait: the same outcome
-        slurmctl.submit(config, root=root, wait=True).wait()
+        slurmctl.submit(config, root=root, wait=True)
 
 
 def test_errors_are_the_clis_one_line_user_errors(tmp_path: Path) -> None:
