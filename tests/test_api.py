@@ -112,6 +112,10 @@ def test_submit_without_wait_returns_while_it_runs(tmp_path: Path) -> None:
     job = slurmctl.submit(config, root=root)
     assert job.status().status in (JobStatus.PENDING, JobStatus.RUNNING)
     assert live_lease_holder(job.backend, "t1") is not None  # a background runner holds it
+    with pytest.raises(slurmctl.WaitTimeout) as late:
+        job.wait(timeout=0)
+    assert str(late.value) == f"job t1 is still {late.value.status.status} after 0s"
+    assert isinstance(late.value, TimeoutError)
     final = job.wait(timeout=120, progress=True)
     assert final.status is JobStatus.COMPLETED
     assert final.items == Items(200, 200, 0, 0, 0, 0)
