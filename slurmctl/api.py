@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.dataset as pads
 
+    from slurmctl.coordinator.submit import Submitted
+
 __all__ = [
     "Items",
     "Job",
@@ -450,6 +452,24 @@ def _as_definition(
     return load_job_definition(Path(definition))
 
 
+def create(
+    backend: Backend,
+    definition: JobDefinition,
+    root: Path,
+    progress: Callable[[int], None] | None = None,
+    input_size: Callable[[int], None] | None = None,
+) -> tuple[Job, Submitted]:
+    """Write the job's state (batches, tasks, counters: `coordinator.submit`), or find the
+    same job submitted before, and remember in the state root where a remote job lives, so
+    later commands and `slurmctl.job` find it. Runs nothing. `submit` and the command do this."""
+    from slurmctl.coordinator.submit import submit as submit_job
+
+    result = submit_job(backend, definition, progress=progress, input_size=input_size)
+    if backend.kind != "local":
+        Registry(root).add(result.job_id, BackendSpec.parse(backend.url))
+    return Job(result.job_id, backend, root), result
+
+
 def submit(
     definition: str | os.PathLike[str] | Mapping[str, Any] | JobDefinition,
     root: str | os.PathLike[str] | None = None,
@@ -461,7 +481,6 @@ def submit(
     as `slurmctl submit`: a mistake raises its one-line `UserError` before anything is written;
     the same definition and input again find the same job and carry on where it stopped.
     With wait, returns once it ended (`Job.wait`'s exceptions); else once it runs."""
-    from slurmctl.coordinator.submit import submit as submit_job
     from slurmctl.executors.slurm import preflight
 
     d = _as_definition(definition)
@@ -470,10 +489,7 @@ def submit(
     wiring.install()
     spec = BackendSpec.parse(backend) if backend else BackendSpec.for_definition(d, state_root)
     be = spec.open()
-    result = submit_job(be, d)
-    if be.kind != "local":
-        Registry(state_root).add(result.job_id, BackendSpec.parse(be.url))
-    job = Job(result.job_id, be, state_root)
+    job, result = create(be, d, state_root)
     if result.status.terminal:  # submitted before: its outcome, as `submit` reports it
         if wait:
             job.wait(progress=progress)

@@ -68,11 +68,6 @@ class Env:
         self._backend = (self.override or spec).open()
         return self._backend
 
-    def remember(self, job_id: str) -> None:
-        """After a successful submit: later commands on JOB find its backend."""
-        if self._backend is not None and self._backend.kind != "local":
-            self.registry.add(job_id, BackendSpec.parse(self._backend.url))
-
 
 pass_env = click.make_pass_decorator(Env)
 

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from slurmctl import secrets as secret_refs
+from slurmctl.api import create
 from slurmctl.backends.spec import BackendSpec
 from slurmctl.backends.statestore import JobRecord
 from slurmctl.cli import EXIT_FAILED, Env, cli, pass_env
@@ -23,7 +24,7 @@ from slurmctl.cli.progress import stderr
 from slurmctl.cli.run import finished, print_outcome, run_job
 from slurmctl.config import JobDefinition, load_job_definition
 from slurmctl.coordinator.scan import InputScanner, InputSource
-from slurmctl.coordinator.submit import check_existing, open_input, plan, submit
+from slurmctl.coordinator.submit import check_existing, open_input, plan
 from slurmctl.errors import BackendUnavailable, ConfigError, UserError
 from slurmctl.executors.slurm import preflight
 from slurmctl.output_schema import JobSchema, with_rules
@@ -87,8 +88,7 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
     job_id = env.job_id = definition.effective_job_id()
     with _bytes_bar(not no_progress, "batching") as (on_size, on_bytes):
         backend = env.use(BackendSpec.for_definition(definition, env.root))
-        result = submit(backend, definition, progress=on_bytes, input_size=on_size)
-        env.remember(job_id)
+        _, result = create(backend, definition, env.root, progress=on_bytes, input_size=on_size)
     job_id = result.job_id
     if not result.created:
         if result.status.terminal:
