@@ -229,9 +229,9 @@ class Job:
             raise JobStateError(
                 f"job {self.job_id}: no failure of type {', '.join(sorted(types))} to retry"
             )
-        self._run_cli(
-            "retry", "--job-id", self.job_id, "--errors", ",".join(sorted(types)), "--no-progress"
-        )
+        args = ("--job-id", self.job_id, "--errors", ",".join(sorted(types)), "--no-progress")
+        # started once the new phase is there (the lease is taken before it is planned)
+        self._run_cli("retry", *args, started=lambda: self.record().phase != job.phase)
         return self.wait(progress=progress) if wait else self.status()
 
     def cancel(self) -> list[str]:
@@ -254,9 +254,13 @@ class Job:
         lifecycle.record_cancel(self.backend, self.job_id, ids)
         return ids
 
-    def _run_cli(self, *args: str) -> None:
+    def _lease_held(self) -> bool:
+        return live_lease_holder(self.backend, self.job_id) is not None
+
+    def _run_cli(self, *args: str, started: Callable[[], bool] | None = None) -> None:
         """A `slurmctl` command on this job: in the background for a local job (it runs the
-        workers until the end), in the foreground for a Slurm job (it queues them)."""
+        workers until the end), in the foreground for a Slurm job (it queues them). A local
+        one is waited for until `started()` (default: it holds the job lease) or its exit."""
         cmd = [sys.executable, "-m", "slurmctl", "--root", str(self.root)]
         if self.backend.kind != "local":
             cmd += ["--backend", self.backend.url]
@@ -274,7 +278,7 @@ class Job:
             )
         deadline = time.monotonic() + STARTUP_S
         while proc.poll() is None and time.monotonic() < deadline:
-            if live_lease_holder(self.backend, self.job_id) is not None:
+            if (started or self._lease_held)():
                 return  # it runs the job: status shows RUNNING, not STOPPED
             time.sleep(0.05)
         if proc.returncode == 2:
