@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.faults.chaos import live_workers
 from tests.helpers import assert_exactly_once, cli, make_job, popen, status, wait_for
 
 QUICK = """
@@ -22,22 +23,6 @@ def process(item, ctx):
     time.sleep(0.001)
     return {"id": item["id"], "n": item["n"]}
 """
-
-
-def _workers(proc: psutil.Process) -> list[psutil.Process]:
-    """Live worker processes (a killed one stays a zombie until its parent reaps it)."""
-    found = []
-    try:
-        children = proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    for child in children:
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and "worker" in child.cmdline():
-                found.append(child)
-        except psutil.NoSuchProcess:
-            continue
-    return found
 
 
 def test_sigkill_a_worker_every_few_seconds(tmp_path: Path) -> None:
@@ -58,7 +43,7 @@ def test_sigkill_a_worker_every_few_seconds(tmp_path: Path) -> None:
         try:
             proc.wait(timeout=1.5)
         except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: still running, kill one
-            live = _workers(parent)
+            live = live_workers(parent)
             if live:
                 rng.choice(sorted(live, key=lambda p: p.pid)).send_signal(signal.SIGKILL)
                 kills += 1
