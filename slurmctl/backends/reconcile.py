@@ -1,8 +1,15 @@
 """The reconciler: puts back in the queue the tasks nobody will otherwise run.
 
-PENDING tasks whose message was lost, and RUNNING tasks whose lease expired, found through the
-index of unfinished tasks (never a scan of all tasks). Duplicate messages are harmless: a claim is
-a conditional update and the second one fails.
+PENDING tasks whose message was lost, and RUNNING tasks whose lease expired. A pass reads only
+what expired (`StateStore.expired_tasks`: on DynamoDB one key range of the unfinished-task index
+per shard, sorted by lease expiry) and the job's counters; it lists the PENDING tasks only when
+the queue holds fewer messages than the counters say are PENDING (some hint was lost). So a pass
+costs O(expired), never O(unfinished). Duplicate messages are harmless: a claim is a conditional
+update and the second one fails.
+
+Idle workers call `reconcile_turn`: one pass per job per period, whoever takes the turn first (a
+versioned document `reconciler`, compare-and-swap on both stores); the others skip. Finalize
+calls it without, and always runs it.
 
 It lives beside the stores, not in finalize, because workers (while they wait for others) and
 finalize both run it: a protocol step over the Backend, below both (docs/architecture.md).
@@ -14,14 +21,20 @@ tell a holder process that is gone).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from slurmctl.backends import Backend
+from slurmctl.backends.records import task_counter
+from slurmctl.backends.statestore import StateStore
 from slurmctl.holders import Holder
 from slurmctl.states import TaskStatus
+
+TURN_DOC = "reconciler"
+"""The versioned document that says who reconciles the job until when."""
 
 log = logging.getLogger("slurmctl.reconcile")
 
@@ -37,29 +50,53 @@ class Reconciled:
         return self.pending + self.expired
 
 
+@dataclass(frozen=True)
+class Turn:
+    """Whose turn it is to reconcile (an idle worker's id) and for how long."""
+
+    holder: str
+    period_s: float
+
+
+def take_turn(state: StateStore, job_id: str, turn: Turn, now: float) -> bool:
+    """Take the job's reconciler turn for turn.period_s if nobody else holds a live one: one
+    read, and one compare-and-swap write only when the turn is free (or ours)."""
+    doc = state.get_versioned(job_id, TURN_DOC)
+    if doc is not None:
+        held = json.loads(doc.value)
+        if held.get("holder") != turn.holder and float(held.get("until", 0)) > now:
+            return False
+    value = json.dumps({"holder": turn.holder, "until": now + turn.period_s}).encode()
+    return state.put_versioned(job_id, TURN_DOC, value, doc.version if doc else 0)
+
+
+def reconcile_turn(
+    backend: Backend, job_id: str, phase: str, turn: Turn, *, now: float | None = None
+) -> Reconciled | None:
+    """An idle worker's pass: only when the job's reconciler turn is free (None otherwise)."""
+    now = time.time() if now is None else now
+    if not take_turn(backend.state, job_id, turn, now):
+        return None
+    return reconcile(backend, job_id, phase, now=now)
+
+
 def reconcile(backend: Backend, job_id: str, phase: str, *, now: float | None = None) -> Reconciled:
     """Requeue expired leases always; PENDING tasks only when the queue holds fewer messages
     than there are PENDING tasks (some hint was lost), so a healthy job gets no duplicates."""
     now = time.time() if now is None else now
+    state = backend.state
     backend.queue.create_queue(job_id)  # idempotent: a job revived after it ended has none
+    requeue = [t.task_id for t in state.expired_tasks(job_id, phase, now)]
+    counters = state.counters(job_id)
+    pending = counters.get(task_counter(phase, TaskStatus.PENDING), 0)
+    running = max(counters.get(task_counter(phase, TaskStatus.RUNNING), 0) - len(requeue), 0)
     pending_ids: list[str] = []
-    requeue: list[str] = []
-    pending = expired = running = 0
-    for task in backend.state.unfinished_tasks(job_id, phase):
-        if task.status == TaskStatus.PENDING:
-            pending += 1
-            pending_ids.append(task.task_id)
-        elif (task.lease_expires or 0) < now:
-            expired += 1
-            requeue.append(task.task_id)
-        else:
-            running += 1
-    lost = pending and backend.queue.approximate_count(job_id) < pending
-    if not lost:
-        pending_ids = []
-    for start in range(0, len(requeue + pending_ids), 1000):
-        backend.queue.send(job_id, (requeue + pending_ids)[start : start + 1000])
-    return Reconciled(len(pending_ids), expired, running)
+    if pending > 0 and backend.queue.approximate_count(job_id) < pending:
+        pending_ids = [t.task_id for t in state.pending_tasks(job_id, phase)]
+    hints = requeue + pending_ids
+    for start in range(0, len(hints), 1000):
+        backend.queue.send(job_id, hints[start : start + 1000])
+    return Reconciled(len(pending_ids), len(requeue), running)
 
 
 def release_dead_holders(

@@ -109,6 +109,20 @@ class StateStore(ABC):
     def unfinished_tasks(self, job_id: str, phase: str | None = None) -> Iterator[TaskRecord]:
         """PENDING and RUNNING tasks, through an index of unfinished tasks (never a full scan)."""
 
+    def expired_tasks(self, job_id: str, phase: str, now: float) -> Iterator[TaskRecord]:
+        """RUNNING tasks of the phase whose lease expired before now. A store with an index by
+        expiry reads only those (DynamoDB); this default filters the unfinished ones (SQLite:
+        a local read)."""
+        for t in self.unfinished_tasks(job_id, phase):
+            if t.status == TaskStatus.RUNNING and (t.lease_expires or 0) < now:
+                yield t
+
+    def pending_tasks(self, job_id: str, phase: str) -> Iterator[TaskRecord]:
+        """PENDING tasks of the phase (the reconciler, when the queue lost some hints)."""
+        for t in self.unfinished_tasks(job_id, phase):
+            if t.status == TaskStatus.PENDING:
+                yield t
+
     @abstractmethod
     def iter_tasks(
         self, job_id: str, *, phase: str | None = None, status: TaskStatus | None = None

@@ -21,8 +21,8 @@ from types import FrameType
 from slurmctl import hooks, lifecycle
 from slurmctl import secrets as secret_refs
 from slurmctl.backends import Backend
-from slurmctl.backends.reconcile import reconcile, release_dead_holders
-from slurmctl.backends.statestore import task_counter
+from slurmctl.backends.reconcile import Turn, reconcile_turn, release_dead_holders
+from slurmctl.backends.statestore import JobRecord, task_counter
 from slurmctl.config import JobDefinition
 from slurmctl.errors import FRAMEWORK_ERROR, BackendUnavailable, HandlerImportError, UserError
 from slurmctl.holders import Holder
@@ -52,6 +52,9 @@ POLL_S = 1.0
 SUPERVISOR_CHECK_S = 0.25
 """A local worker looks this often whether the `submit` that started it is still alive."""
 LOCAL_POLL_S = 0.1
+JOB_CACHE_S = 1.0
+"""The job record is read at most this often by the loop, not once per task: a pause, a cancel
+or a new phase is seen within it, and no item of the store takes a read per task."""
 DEAD_EVERY_S = 1.0
 """An idle worker on the embedded backend looks for leases of dead processes this often (a
 local read): a sibling killed on the same host holds up nobody for a lease TTL."""
@@ -78,6 +81,7 @@ class Worker:
         self.limiters: dict[str, DistributedRateLimiter] = {}
         self.allocation = AllocationClock()
         self._writes: dict[str, int] = {}
+        self._job_cache: tuple[float, JobRecord] | None = None
         self.breaker: Breaker | None = None
         supervisor = os.environ.get(SUPERVISOR_ENV, "")
         self._supervisor = int(supervisor) if supervisor.isdigit() else 0
@@ -358,7 +362,7 @@ class Worker:
         idle_wait = 0.0
         while not self.should_stop():
             self.check_supervisor()
-            job = get_job(self.backend, self.job_id)
+            job = self._job()
             hooks.registry.on_worker_poll(self.info)  # e.g. alerts, at their own low pace
             if job.status.terminal:
                 log.info("worker %s: job is %s, leaving", self.worker_id, job.status)
@@ -420,8 +424,18 @@ class Worker:
                 release_dead_holders(self.backend, self.job_id, job.phase, Holder.process_gone)
             if time.monotonic() - last_reconcile > reconcile_every:
                 last_reconcile = time.monotonic()
-                reconcile(self.backend, self.job_id, job.phase)
+                turn = Turn(self.worker_id, reconcile_every)
+                reconcile_turn(self.backend, self.job_id, job.phase, turn)
         return EXIT_STOPPED
+
+    def _job(self) -> JobRecord:
+        now = time.monotonic()
+        cached = self._job_cache
+        if cached is not None and now - cached[0] < JOB_CACHE_S:
+            return cached[1]
+        job = get_job(self.backend, self.job_id)
+        self._job_cache = (now, job)
+        return job
 
     def _fail_job(self, reason: str) -> None:
         log.error("%s", reason)

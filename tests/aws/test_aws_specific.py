@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 
 from slurmctl.backends import Backend
-from slurmctl.backends.aws.dynamo import SHARDS, shard_key, shard_of
+from slurmctl.backends.aws.dynamo import (
+    SHARDS,
+    TASK_SHARDS_MIN,
+    index_pk,
+    shard_key,
+    shard_of,
+    task_pk,
+    task_shard,
+)
 from slurmctl.backends.aws.queue import queue_name
 from slurmctl.backends.aws.session import AwsTimeout
 from slurmctl.backends.statestore import (
@@ -97,14 +105,18 @@ def test_counters_are_sharded_and_summed(aws: Aws) -> None:
     assert c[ITEMS_PENDING] == 10 * n - sum(range(n))
 
 
-def _gsi_keys(env: Aws, gsi_pk: str) -> list[str]:
+def _gsi_entries(env: Aws, gsi_pk: str) -> list[tuple[str, str, str]]:
     got = env.ddb.query(
         TableName=env.name,
         IndexName="unfinished",
         KeyConditionExpression="gsi_pk = :p",
         ExpressionAttributeValues={":p": {"S": gsi_pk}},
     )
-    return [i["sk"]["S"] for i in got["Items"]]
+    return [(i["pk"]["S"], i["sk"]["S"], i["gsi_sk"]["S"]) for i in got["Items"]]
+
+
+def _gsi_keys(env: Aws, gsi_pk: str) -> list[str]:
+    return [sk for _, sk, _ in _gsi_entries(env, gsi_pk)]
 
 
 def test_gsi_holds_exactly_the_unfinished_tasks(aws: Aws) -> None:
@@ -119,7 +131,24 @@ def test_gsi_holds_exactly_the_unfinished_tasks(aws: Aws) -> None:
     state.claim_task("j", "task-000003", "w", "d", 60, now=1.0)
     state.release_task("j", "task-000003", "d")  # PENDING again
     unfinished = ["task-000002", "task-000003", "task-000004", "task-000005", "task-000100"]
-    assert sorted(_gsi_keys(aws, "JOB#j")) == [f"TASK#{t}" for t in unfinished]
+    shards = state.task_shards("j")  # type: ignore[attr-defined]
+    assert shards == TASK_SHARDS_MIN
+    entries = sorted(
+        (e for k in range(shards) for e in _gsi_entries(aws, index_pk("j", k))), key=lambda e: e[1]
+    )
+    assert [sk for _, sk, _ in entries] == [f"TASK#{t}" for t in unfinished]
+    # each entry in its task's own shard; a RUNNING one sorted by its lease expiry (1 + 60 s)
+    assert {pk for pk, _, _ in entries} == {
+        task_pk("j", task_shard(t, shards)) for t in unfinished
+    }
+    assert [g for _, _, g in entries] == [
+        "R#00000000061.000000#task-000002",
+        "P#task-000003",
+        "P#task-000004",
+        "P#task-000005",
+        "P#task-000100",
+    ]
+    assert _gsi_keys(aws, "JOB#j") == []  # nothing under the job's own key any more
     assert [t.task_id for t in state.unfinished_tasks("j")] == unfinished
     assert [t.task_id for t in state.unfinished_tasks("j", phase="retry_1")] == ["task-000100"]
     assert _gsi_keys(aws, "JOBS") == ["JOB"]  # the job records' entries (list_jobs)

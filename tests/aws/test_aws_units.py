@@ -256,6 +256,7 @@ def test_throttling_is_retried_with_backoff(aws: Aws) -> None:
 
 # --- task retention -------------------------------------------------------------------------
 def test_retention_stamps_finished_jobs_and_unstamps_resumed_ones(aws: Aws) -> None:
+    from slurmctl.backends.aws.dynamo import TASK_SHARDS_MIN, task_key
     from slurmctl.backends.aws.resources import set_task_retention
     from slurmctl.backends.statestore import JobRecord, TaskRecord
     from slurmctl.errors import JobStateError
@@ -272,7 +273,7 @@ def test_retention_stamps_finished_jobs_and_unstamps_resumed_ones(aws: Aws) -> N
     def stamps() -> list[str | None]:
         out = []
         for t in tasks:
-            key = {"pk": {"S": "JOB#r"}, "sk": {"S": f"TASK#{t.task_id}"}}
+            key = task_key("r", t.task_id, TASK_SHARDS_MIN)
             item = aws.ddb.get_item(TableName=aws.name, Key=key)["Item"]
             out.append(item.get("expires_at", {}).get("N"))
         return out

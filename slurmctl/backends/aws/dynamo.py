@@ -4,15 +4,22 @@ Items (docs/aws.md has the full layout and the cost of each access):
 
 | item | pk | sk |
 | --- | --- | --- |
-| job record | `JOB#<job_id>` | `JOB` (gsi_pk `JOBS`, gsi_sk `<job_id>`: `list_jobs`) |
-| task | `JOB#<job_id>` | `TASK#<task_id>` (while unfinished: gsi_pk `JOB#<job_id>`, |
-| | | gsi_sk `<phase>#<task_id>`) |
+| job record | `JOB#<job_id>` | `JOB` (gsi_pk `JOBS`, gsi_sk `<job_id>`: `list_jobs`); holds K |
+| task | `JOB#<job_id>#T#<k>` | `TASK#<task_id>`, k = crc32(task_id) % K (while unfinished: gsi_pk |
+| | | `JOB#<job_id>#U#<k>`, gsi_sk `P#<task_id>` PENDING, `R#<lease_expires>#<task_id>` RUNNING) |
 | job lease | `JOB#<job_id>` | `LEASE` |
 | bucket pointer | `JOB#<job_id>` | `BUCKET#<name>` (a job's buckets found by a consistent query) |
 | counter shard k | `JOB#<job_id>#C#<k>` | `C`, one number per counter name |
 | rate bucket | `RATE#<job_id>#<name>` | `B` |
 
 None is stored as an absent attribute (REMOVE), and `expect={f: None}` is `attribute_not_exists`.
+Task items are spread over K partition keys (K from the job's size at creation, recorded on the
+job record, 16 to 64), and so is their index, so no key takes more than a fraction of a task's
+writes (docs/scaling.md). A RUNNING task's index sort key carries its lease expiry: the
+reconciler reads the expired leases with one key range per shard, never every unfinished task.
+A job record without `task_shards` was written by the previous layout (every task under
+`JOB#<job_id>`): it is refused with one line (`old_layout`).
+
 Floats are numbers written as `repr(x)`, which reads back as the very same float, so a condition
 such as `tat = :old` compares exactly what was stored.
 """
@@ -27,11 +34,17 @@ from typing import Any
 from slurmctl.backends.aws.session import Service, error_code, jitter_sleep
 from slurmctl.backends.protocol import Cond
 from slurmctl.backends.statestore import JobRecord, TaskRecord
-from slurmctl.errors import UserError
+from slurmctl.errors import JobStateError, UserError
 from slurmctl.states import UNFINISHED, JobStatus, TaskStatus
 
 GSI = "unfinished"
 SHARDS = 16
+"""Counter shards per job."""
+TASK_SHARDS_MIN = 16
+TASK_SHARDS_MAX = 64
+"""Task partition keys per job: 16 keep every key under ~0.5 WCU per task (a task writes its
+item 3 times, 6 WCU); up to 64 for a job of many workers (heartbeats, index churn)."""
+SHARDS_FIELD = "task_shards"
 JOBS_GSI_PK = "JOBS"
 TXN_RETRIES = 8
 RESERVE_RETRIES = 200
@@ -54,8 +67,57 @@ def job_key(job_id: str) -> Item:
     return key(job_pk(job_id), "JOB")
 
 
-def task_key(job_id: str, task_id: str) -> Item:
-    return key(job_pk(job_id), f"TASK#{task_id}")
+def task_shards_for(workers: int) -> int:
+    """K for a new job: a job's task rate is bounded by its workers, so a power of two from
+    one key per 8 workers, between TASK_SHARDS_MIN and TASK_SHARDS_MAX."""
+    k = TASK_SHARDS_MIN
+    while k < TASK_SHARDS_MAX and k * 8 < workers:
+        k *= 2
+    return k
+
+
+def old_layout(job_id: str) -> JobStateError:
+    return JobStateError(
+        f"job {job_id} was submitted by an earlier slurmctl (every task under one DynamoDB "
+        "partition key); this version cannot run it: finish it with that version, or submit "
+        "it again under a new job_id"
+    )
+
+
+def task_shard(task_id: str, shards: int) -> int:
+    return zlib.crc32(task_id.encode()) % shards
+
+
+def task_pk(job_id: str, shard: int) -> str:
+    return f"{job_pk(job_id)}#T#{shard}"
+
+
+def task_key(job_id: str, task_id: str, shards: int) -> Item:
+    return key(task_pk(job_id, task_shard(task_id, shards)), f"TASK#{task_id}")
+
+
+def index_pk(job_id: str, shard: int) -> str:
+    return f"{job_pk(job_id)}#U#{shard}"
+
+
+def expiry_text(t: float) -> str:
+    """A lease expiry as fixed-width text: sorts as the number does (epoch seconds, >= 0)."""
+    return f"{max(t, 0.0):018.6f}"
+
+
+def index_sk(task_id: str, status: str, lease_expires: float | None) -> str:
+    if status == TaskStatus.RUNNING:
+        return f"R#{expiry_text(lease_expires or 0.0)}#{task_id}"
+    return f"P#{task_id}"
+
+
+def index_attrs(
+    job_id: str, task_id: str, shards: int, status: str, expires: float | None
+) -> dict[str, str]:
+    return {
+        "gsi_pk": index_pk(job_id, task_shard(task_id, shards)),
+        "gsi_sk": index_sk(task_id, status, expires),
+    }
 
 
 def shard_of(task_id: str) -> int:
@@ -143,10 +205,12 @@ def task_from(job_id: str, item: Item) -> TaskRecord:
     return TaskRecord(**{**d, "status": TaskStatus(d["status"])})
 
 
-def task_item(t: TaskRecord) -> Item:
-    item = {**task_key(t.job_id, t.task_id), **attrs(t.to_dict(), ("job_id", "task_id"))}
+def task_item(t: TaskRecord, shards: int) -> Item:
+    """The task's whole item (put_tasks: the primitive a parallel writer calls per chunk)."""
+    item = {**task_key(t.job_id, t.task_id, shards), **attrs(t.to_dict(), ("job_id", "task_id"))}
     if t.status in UNFINISHED:
-        item |= {"gsi_pk": {"S": job_pk(t.job_id)}, "gsi_sk": {"S": f"{t.phase}#{t.task_id}"}}
+        index = index_attrs(t.job_id, t.task_id, shards, t.status, t.lease_expires)
+        item |= {k: {"S": v} for k, v in index.items()}
     return item
 
 

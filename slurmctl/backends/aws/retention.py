@@ -19,7 +19,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from slurmctl.backends.aws.dynamo import Item, Table, decode, encode, job_key, job_pk, key, key_of
+from slurmctl.backends.aws.dynamo import (
+    SHARDS_FIELD,
+    Item,
+    Table,
+    decode,
+    encode,
+    job_key,
+    job_pk,
+    key,
+    key_of,
+    task_pk,
+)
 from slurmctl.errors import JobStateError
 
 TTL_ATTRIBUTE = "expires_at"
@@ -47,11 +58,16 @@ def settings_item(days: float | None) -> Item:
 
 
 def _task_keys(table: Table, job_id: str) -> list[Item]:
+    """Every task item's key, shard by shard (the job record says how many shards)."""
+    job = table.get(job_key(job_id))
+    shards = int(job[SHARDS_FIELD]["N"]) if job and SHARDS_FIELD in job else 0
+    pks = [task_pk(job_id, k) for k in range(shards)] or [job_pk(job_id)]
     return [
         key_of(i)
+        for pk in pks
         for i in table.query(
             KeyConditionExpression="pk = :p AND begins_with(sk, :t)",
-            ExpressionAttributeValues={":p": {"S": job_pk(job_id)}, ":t": {"S": "TASK#"}},
+            ExpressionAttributeValues={":p": {"S": pk}, ":t": {"S": "TASK#"}},
             ProjectionExpression="pk, sk",
             ConsistentRead=True,
         )

@@ -4,16 +4,23 @@ The transitions themselves (claim, heartbeat, release, commit, fail, the job lea
 `protocol.py`, written once for every store; this module applies the conditional writes they
 produce (`_write`), with what only DynamoDB needs: the condition compiled to a
 ConditionExpression, the counter shard a write moves (a task's own, `crc32(task_id) % 16`; a
-job's, shard 0) in the same TransactWriteItems, the unfinished-task GSI keys removed when a task
-finishes, the task retention stamps when a job's status changes, and a lost answer (a timeout
-after sending) resolved by reading the record again. The layout is in `dynamo.py` (and
-docs/aws.md, with the cost of each access).
+job's, shard 0) in the same TransactWriteItems, the unfinished-task GSI keys kept in step with
+the task (removed when it finishes, its lease expiry in the sort key while it runs), the task
+retention stamps when a job's status changes, and a lost answer (a timeout after sending)
+resolved by reading the record again. The layout is in `dynamo.py` (and docs/aws.md, with the
+cost of each access).
+
+No write lands on one key per task: task items and their index entries are spread over the
+job's K task shards, and a counter-only job update (the per-task metrics) is one plain UpdateItem
+on a random counter shard, with no ConditionCheck on the job record.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator, Sequence
+import heapq
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from slurmctl.backends import protocol
@@ -24,26 +31,34 @@ from slurmctl.backends.aws.dynamo import (
     GSI,
     JOBS_GSI_PK,
     SHARDS,
+    SHARDS_FIELD,
     Expr,
     Item,
     Table,
     bucket_key,
     condition,
     decode,
+    expiry_text,
+    index_attrs,
+    index_pk,
     job_from,
     job_key,
     job_pk,
     key,
     key_of,
+    old_layout,
     shard_key,
     shard_of,
     task_from,
     task_item,
     task_key,
+    task_pk,
+    task_shards_for,
 )
 from slurmctl.backends.aws.session import AwsConnectionError, AwsTimeout, Service
 from slurmctl.backends.protocol import Kind, Ref, Write
 from slurmctl.backends.statestore import JobRecord, StateStore, TaskRecord, Versioned
+from slurmctl.errors import JobStateError
 from slurmctl.states import UNFINISHED, JobStatus, TaskStatus
 
 AMBIGUOUS_ROUNDS = 3
@@ -54,18 +69,44 @@ UNINDEXED = {"gsi_pk": None, "gsi_sk": None}
 
 _KEYS: dict[Kind, Callable[[Ref], Item]] = {
     "job": lambda r: job_key(r.job_id),
-    "task": lambda r: task_key(r.job_id, r.name),
     "lease": lambda r: key(job_pk(r.job_id), "LEASE"),
     "doc": lambda r: key(job_pk(r.job_id), f"DOC#{r.name}"),
 }
 """Where each kind of record lives. A versioned document is `JOB#<job_id>` / `DOC#<name>`, so
 `delete_job`'s query of the job's partition finds it; its value is stored as base64 text (every
-attribute of the table stays text or a number)."""
+attribute of the table stays text or a number). A task's key depends on its job's shard count:
+`DynamoStateStore._key`."""
 
 
 class DynamoStateStore(RateBuckets, StateStore):
     def __init__(self, ddb: Service, table: str) -> None:
         self.t = Table(ddb, table)
+        self._shards: dict[str, int] = {}
+
+    # --- the layout ---------------------------------------------------------------------------
+    def task_shards(self, job_id: str) -> int | None:
+        """The job's task shard count K (read once: it never changes), None when there is no such
+        job. A job of the previous layout (no K on its record) is refused (JobStateError)."""
+        k = self._shards.get(job_id)
+        if k is None:
+            item = self.t.get(job_key(job_id))
+            if item is None:
+                return None
+            if SHARDS_FIELD not in item:
+                raise old_layout(job_id)
+            k = self._shards[job_id] = int(item[SHARDS_FIELD]["N"])
+        return k
+
+    def _need_shards(self, job_id: str) -> int:
+        k = self.task_shards(job_id)
+        if k is None:
+            raise JobStateError(f"job {job_id}: no such job in table {self.t.name!r}")
+        return k
+
+    def _key(self, ref: Ref) -> Item:
+        if ref.kind == "task":
+            return task_key(ref.job_id, ref.name, self._need_shards(ref.job_id))
+        return _KEYS[ref.kind](ref)
 
     def close(self) -> None:
         self.t.ddb.close()
@@ -92,21 +133,31 @@ class DynamoStateStore(RateBuckets, StateStore):
         raise lost
 
     def _write_once(self, w: Write) -> bool:
-        k = _KEYS[w.ref.kind](w.ref)
+        if w.ref.kind == "job" and w.cond == protocol.PRESENT and not w.sets and not w.delete:
+            # Counters only (metrics, breaker): one plain ADD on a random shard, no check of
+            # the job record, so no item takes a write per task (a deleted job's stray shard
+            # is removed with the others by delete_job). The job's existence is what the store
+            # read once, for its shard count.
+            if self.task_shards(w.ref.job_id) is None:
+                return False
+            op = self.t.counters_op(w.ref.job_id, random.randrange(SHARDS), w.deltas)
+            return self._transact([op])
+        if w.ref.kind == "task" and self.task_shards(w.ref.job_id) is None:
+            return False  # no job, no task: a conditional write on it can only fail
+        k = self._key(w.ref)
         e = Expr()
         cond = condition(e, w.cond)
         sets = {f: v for f, v in w.sets.items() if f not in ("job_id", "task_id")}
-        if w.ref.kind == "task" and sets.get("status") in protocol.FINISHED:
-            sets |= UNINDEXED
-        elif w.ref.kind == "task" and "phase" in sets:  # a whole record, unfinished: indexed
-            sets |= {"gsi_pk": job_pk(w.ref.job_id), "gsi_sk": f"{sets['phase']}#{w.ref.name}"}
+        if w.ref.kind == "task":
+            sets |= self._index(w.ref, sets)
         if w.ref.kind == "doc" and isinstance(sets.get("value"), bytes):
             sets["value"] = base64.b64encode(sets["value"]).decode()
         creating = w.cond == protocol.ABSENT
         if creating:  # a new record: nothing to REMOVE; a job is listed through the GSI
             sets = {f: v for f, v in sets.items() if v is not None}
             if w.ref.kind == "job":
-                sets |= {"gsi_pk": JOBS_GSI_PK, "gsi_sk": w.ref.job_id}
+                shards = task_shards_for(int(sets.get("workers") or 1))
+                sets |= {"gsi_pk": JOBS_GSI_PK, "gsi_sk": w.ref.job_id, SHARDS_FIELD: shards}
         if w.delete:
             op = {"Delete": e.args(TableName=self.t.name, Key=k, ConditionExpression=cond)}
         elif sets:
@@ -125,6 +176,18 @@ class DynamoStateStore(RateBuckets, StateStore):
         if done and status is not None:
             retention.after_status(self.t, w.ref.job_id, terminal)
         return done
+
+    def _index(self, ref: Ref, sets: dict[str, Any]) -> dict[str, Any]:
+        """The index keys a task write leaves: none once finished; a RUNNING task's sort key
+        holds its lease expiry (a claim, a heartbeat: fenced on RUNNING), a PENDING one none."""
+        status = sets.get("status")
+        if status in protocol.FINISHED:
+            return dict(UNINDEXED)
+        if status is None and "lease_expires" not in sets:
+            return {}
+        status = TaskStatus.RUNNING if status is None else status
+        expires = sets.get("lease_expires")
+        return index_attrs(ref.job_id, ref.name, self._need_shards(ref.job_id), status, expires)
 
     def _transact(self, ops: list[dict[str, Any]]) -> bool:
         """A lone Update or Delete is a plain conditional call (half a transaction's cost)."""
@@ -155,15 +218,21 @@ class DynamoStateStore(RateBuckets, StateStore):
     def delete_job(self, job_id: str) -> None:
         keys: list[Item] = []
         buckets = []
-        for item in self.t.query(
-            KeyConditionExpression="pk = :p",
-            ExpressionAttributeValues={":p": {"S": job_pk(job_id)}},
-            ProjectionExpression="pk, sk",
-            ConsistentRead=True,
-        ):
-            keys.append(key_of(item))
-            if item["sk"]["S"].startswith("BUCKET#"):
-                buckets.append(item["sk"]["S"].removeprefix("BUCKET#"))
+        try:
+            shards = self.task_shards(job_id) or 0
+        except JobStateError:  # the previous layout: its tasks are under the job's own key
+            shards = 0
+        self._shards.pop(job_id, None)
+        for pk in [job_pk(job_id), *(task_pk(job_id, k) for k in range(shards))]:
+            for item in self.t.query(
+                KeyConditionExpression="pk = :p",
+                ExpressionAttributeValues={":p": {"S": pk}},
+                ProjectionExpression="pk, sk",
+                ConsistentRead=True,
+            ):
+                keys.append(key_of(item))
+                if item["sk"]["S"].startswith("BUCKET#"):
+                    buckets.append(item["sk"]["S"].removeprefix("BUCKET#"))
         keys += [shard_key(job_id, k) for k in range(SHARDS)]
         keys += [bucket_key(job_id, name) for name in buckets]
         self.t.batch_delete(keys)
@@ -178,19 +247,24 @@ class DynamoStateStore(RateBuckets, StateStore):
     def put_tasks(self, tasks: Sequence[TaskRecord]) -> int:
         first = {(t.job_id, t.task_id): t for t in reversed(tasks)}  # the first one wins
         unique = list(first.values())[::-1]
-        return sum(self._put_chunk(unique[i : i + 100]) for i in range(0, len(unique), 100))
+        return sum(self.put_chunk(unique[i : i + 100]) for i in range(0, len(unique), 100))
 
-    def _put_chunk(self, chunk: list[TaskRecord]) -> int:
-        """One transaction of conditional puts (BatchWriteItem cannot be conditional). When some
-        exist, the cancellation reasons say which: the rest go again in a new transaction."""
-        pending = chunk
+    def put_chunk(self, chunk: Sequence[TaskRecord]) -> int:
+        """The put-task primitive: up to 100 tasks of one job in one transaction of conditional
+        puts (BatchWriteItem cannot be conditional), spread over the job's task shards; safe to
+        call from several threads at once. When some exist, the cancellation reasons say which:
+        the rest go again in a new transaction. Returns how many were new."""
+        pending = list(chunk)
+        if not pending:
+            return 0
+        shards = self._need_shards(pending[0].job_id)
         while pending:
             reasons = self.t.transact(
                 [
                     {
                         "Put": {
                             "TableName": self.t.name,
-                            "Item": task_item(t),
+                            "Item": task_item(t, shards),
                             "ConditionExpression": "attribute_not_exists(pk)",
                         }
                     }
@@ -203,7 +277,7 @@ class DynamoStateStore(RateBuckets, StateStore):
                 return sum(
                     self.t.conditional(
                         "put_item",
-                        Item=task_item(t),
+                        Item=task_item(t, shards),
                         ConditionExpression="attribute_not_exists(pk)",
                     )
                     for t in pending
@@ -212,48 +286,95 @@ class DynamoStateStore(RateBuckets, StateStore):
         return 0
 
     def delete_tasks(self, job_id: str, phase: str) -> int:
-        keys = [task_key(job_id, t.task_id) for t in self.iter_tasks(job_id, phase=phase)]
+        shards = self._need_shards(job_id)
+        keys = [task_key(job_id, t.task_id, shards) for t in self.iter_tasks(job_id, phase=phase)]
         self.t.batch_delete(keys)
         return len(keys)
 
     def get_task(self, job_id: str, task_id: str) -> TaskRecord | None:
-        item = self.t.get(task_key(job_id, task_id))
+        shards = self.task_shards(job_id)
+        if shards is None:
+            return None
+        item = self.t.get(task_key(job_id, task_id, shards))
         return task_from(job_id, item) if item else None
 
-    def unfinished_tasks(self, job_id: str, phase: str | None = None) -> Iterator[TaskRecord]:
-        # The sparse GSI (KEYS_ONLY) gives the keys; the records are read consistently, and
-        # any that finished since the index saw them (GSIs are eventually consistent) dropped.
-        cond = "gsi_pk = :p"
-        values = {":p": {"S": job_pk(job_id)}}
-        if phase is not None:
-            cond += " AND begins_with(gsi_sk, :ph)"
-            values[":ph"] = {"S": f"{phase}#"}
-        keys: list[Item] = []
-        for item in self.t.query(
-            IndexName=GSI, KeyConditionExpression=cond, ExpressionAttributeValues=values
-        ):
-            keys.append(key_of(item))
-            if len(keys) == 100:
-                yield from self._unfinished(job_id, keys)
-                keys = []
-        yield from self._unfinished(job_id, keys)
+    # --- the unfinished-task index ----------------------------------------------------------
+    def _index_keys(self, job_id: str, between: tuple[str, str] | None = None) -> list[Item]:
+        """The task keys in the index, every shard, in task id order; with `between`, only the
+        entries whose sort key lies in that range (both ends included)."""
+        shards = self.task_shards(job_id)
+        out: list[Item] = []
+        for k in range(shards or 0):
+            cond = "gsi_pk = :p"
+            values = {":p": {"S": index_pk(job_id, k)}}
+            if between is not None:
+                cond += " AND gsi_sk BETWEEN :lo AND :hi"
+                values |= {":lo": {"S": between[0]}, ":hi": {"S": between[1]}}
+            out += [
+                key_of(i)
+                for i in self.t.query(
+                    IndexName=GSI, KeyConditionExpression=cond, ExpressionAttributeValues=values
+                )
+            ]
+        return sorted(out, key=lambda i: i["sk"]["S"])
 
-    def _unfinished(self, job_id: str, keys: list[Item]) -> Iterator[TaskRecord]:
-        got = self.t.batch_get(keys)
-        for k in keys:
-            item = got.get((k["pk"]["S"], k["sk"]["S"]))
-            if item is not None and decode(item["status"]) in UNFINISHED:
-                yield task_from(job_id, item)
+    def _records(
+        self, job_id: str, keys: list[Item], keep: Callable[[TaskRecord], bool]
+    ) -> Iterator[TaskRecord]:
+        """The records behind index keys, read consistently 100 at a time: GSIs are eventually
+        consistent, so what changed since the index saw it is checked again by `keep`."""
+        for start in range(0, len(keys), 100):
+            chunk = keys[start : start + 100]
+            got = self.t.batch_get(chunk)
+            for k in chunk:
+                item = got.get((k["pk"]["S"], k["sk"]["S"]))
+                if item is not None:
+                    task = task_from(job_id, item)
+                    if keep(task):
+                        yield task
+
+    def unfinished_tasks(self, job_id: str, phase: str | None = None) -> Iterator[TaskRecord]:
+        return self._records(
+            job_id,
+            self._index_keys(job_id),
+            lambda t: t.status in UNFINISHED and phase in (None, t.phase),
+        )
+
+    def expired_tasks(self, job_id: str, phase: str, now: float) -> Iterator[TaskRecord]:
+        """One key range per shard: the RUNNING entries whose expiry is before now."""
+        keys = self._index_keys(job_id, ("R#", f"R#{expiry_text(now)}"))
+        return self._records(
+            job_id,
+            keys,
+            lambda t: (
+                t.status == TaskStatus.RUNNING and t.phase == phase and (t.lease_expires or 0) < now
+            ),
+        )
+
+    def pending_tasks(self, job_id: str, phase: str) -> Iterator[TaskRecord]:
+        keys = self._index_keys(job_id, ("P#", "P$"))
+        return self._records(
+            job_id, keys, lambda t: t.status == TaskStatus.PENDING and t.phase == phase
+        )
 
     def iter_tasks(
         self, job_id: str, *, phase: str | None = None, status: TaskStatus | None = None
     ) -> Iterator[TaskRecord]:
+        shards = self.task_shards(job_id)
+        if not shards:
+            return iter(())
+        pages = [self._shard_tasks(job_id, k, phase, status) for k in range(shards)]
+        return heapq.merge(*pages, key=lambda t: t.task_id)
+
+    def _shard_tasks(
+        self, job_id: str, shard: int, phase: str | None, status: TaskStatus | None
+    ) -> Iterable[TaskRecord]:
         e = Expr()
         kwargs: dict[str, Any] = {}
         filters = {k: v for k, v in (("phase", phase), ("status", status)) if v is not None}
         if filters:
             kwargs["FilterExpression"] = " AND ".join(e.eq(k, v) for k, v in filters.items())
-        cond = f"pk = {e.v(job_pk(job_id))} AND begins_with(sk, {e.v('TASK#')})"
+        cond = f"pk = {e.v(task_pk(job_id, shard))} AND begins_with(sk, {e.v('TASK#')})"
         for item in self.t.query(
             KeyConditionExpression=cond, ConsistentRead=True, **e.args(**kwargs)
         ):

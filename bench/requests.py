@@ -1,0 +1,688 @@
+"""Request accounting on the AWS backend (moto): requests, DynamoDB units by key, caps and cost.
+
+A job through the real CLI (`slurmctl init`, `slurmctl submit`, 2 local workers, no-op handler)
+against a moto server whose WSGI stack adds one accounting layer *inside* the tests' DynamoDB
+lock (tests/moto_launch.py): every request is counted by service and operation, and every
+DynamoDB request is costed as AWS bills it, from the items moto holds just before and just after
+it (so the sizes are the real stored sizes, not guesses):
+
+- writes: 1 WCU per 1 KB (rounded up, at least 1) of the larger of the item before and after,
+  x2 inside TransactWriteItems (ConditionCheck included); a failed condition still pays;
+- the KEYS_ONLY GSI: 1 WCU per index entry added or removed, on the index's partition key
+  (an update that leaves the index keys alone costs the index nothing);
+- reads: 1 RCU per 4 KB (rounded up, at least 1) strongly consistent, half that eventually
+  consistent (a GSI query always is); a Query is billed on the summed size of what it read.
+
+Each unit is charged to the partition key it lands on (`JOB#<job>`, `JOB#<job>#C#3`,
+`gsi:unfinished:JOB#<job>`, ...; the job's id is shown as `<job>`). AWS's per-partition limits
+(1,000 WCU/s, 3,000 RCU/s; a single item can never exceed them) then give the job's cap:
+tasks/s <= min(1000 / hottest key's WCU per task, 3000 / hottest key's RCU per task).
+
+    .venv/bin/python bench/requests.py --items 10000      # 100 tasks at batch 100 (~1 min)
+    .venv/bin/python bench/requests.py --items 100000     # 1,000 tasks (several minutes)
+    .venv/bin/python bench/requests.py --reconcile        # one reconciler pass, 1,000 unfinished
+
+`--reconcile` measures one pass of `slurmctl.backends.reconcile.reconcile` (what an idle worker
+and finalize run) on a job of 1,000 RUNNING tasks of which 10 have an expired lease.
+
+Results: bench/out/requests-<N>.json (and a dated copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import common  # bench/common.py: the script's folder is on sys.path
+import scale_aws  # the request classifier, the worker watch, the job's AWS section
+
+# This script's name shadows the `requests` package (which moto imports): its folder leaves
+# sys.path once the two bench modules above are in.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+JOB_ID = "bench-requests"
+COUNTS_PATH = "/__bench__/counts"
+WCU_BYTES = 1024
+RCU_BYTES = 4096
+PARTITION_WCU_S = 1000.0
+PARTITION_RCU_S = 3000.0
+PRICES_DATE = "2024-11-14"
+PRICES = {
+    "dynamodb_wru": 0.625 / 1e6,  # on-demand write request unit (after the Nov 2024 cut)
+    "dynamodb_rru": 0.125 / 1e6,  # on-demand read request unit
+    "s3_put": 0.005 / 1e3,  # PUT, COPY, POST, LIST (S3 Standard)
+    "s3_get": 0.0004 / 1e3,  # GET, HEAD and the others (DELETE is free)
+    "sqs": 0.40 / 1e6,  # standard queue, per request (a batch of up to 10 is one request)
+}
+"""us-east-1 list prices (aws.amazon.com/dynamodb/pricing/on-demand, /s3/pricing, /sqs/pricing)
+as of PRICES_DATE; not re-checked from this machine (no internet). Free tiers ignored."""
+
+
+# --- item sizes as AWS counts them ---------------------------------------------------------
+def value_size(v: dict[str, Any]) -> int:
+    ((kind, x),) = v.items()
+    if kind == "S":
+        return len(str(x).encode())
+    if kind == "N":  # ~1 byte per 2 significant digits + 1
+        digits = len(re.sub(r"[^0-9]", "", str(x)).strip("0")) or 1
+        return (digits + 1) // 2 + 1
+    if kind == "B":
+        return len(x) * 3 // 4
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "L":
+        return 3 + sum(1 + value_size(e) for e in x)
+    if kind == "M":
+        return 3 + sum(1 + len(k.encode()) + value_size(e) for k, e in x.items())
+    return sum(len(str(e)) for e in x)  # sets
+
+
+def item_size(item: dict[str, Any] | None) -> int:
+    if not item:
+        return 0
+    return sum(len(k.encode()) + value_size(v) for k, v in item.items())
+
+
+def units(size: int, per: int) -> int:
+    return max(1, math.ceil(size / per))
+
+
+# --- the accounting middleware (inside the DynamoDB lock) ------------------------------------
+class Accounting:
+    """WSGI middleware: requests by (second, service, operation); DynamoDB units by (second,
+    partition key, wcu|rcu) and by item; served as JSON at COUNTS_PATH (not counted)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.requests: Counter[tuple[int, str, str]] = Counter()
+        self.units: defaultdict[tuple[int, str, str], float] = defaultdict(float)
+        self.items: defaultdict[tuple[str, str], float] = defaultdict(float)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == COUNTS_PATH:
+            return self._serve(start_response)
+        service, op = scale_aws._operation(environ)
+        second = int(time.time())
+        with self.lock:
+            self.requests[(second, service, op)] += 1
+        if service != "dynamodb":
+            return self.app(environ, start_response)
+        size = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(size) if size else b""
+        environ["wsgi.input"] = __import__("io").BytesIO(raw)
+        req = json.loads(raw or b"{}")
+        region = str(environ.get("HTTP_AUTHORIZATION", "")).split("/")
+        region_name = region[2] if len(region) > 3 else "us-east-1"
+        db = _backend(region_name)
+        before = _writes_before(db, op, req)
+        body = b"".join(self.app(environ, start_response))
+        try:
+            resp = json.loads(body or b"{}")
+        except ValueError:
+            resp = {}
+        charges = _charges(db, op, req, resp, before)
+        with self.lock:
+            for key, kind, n, item in charges:
+                self.units[(second, key, kind)] += n
+                if kind == "wcu" and item:
+                    self.items[(item, kind)] += n
+        return [body]
+
+    def _serve(self, start_response: Any) -> list[bytes]:
+        with self.lock:
+            out = {
+                "requests": [[s, v, o, n] for (s, v, o), n in self.requests.items()],
+                "units": [[s, k, u, n] for (s, k, u), n in self.units.items()],
+                "items": [[i, u, n] for (i, u), n in self.items.items()],
+            }
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(out).encode()]
+
+
+def _backend(region: str) -> Any:
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    return dynamodb_backends[DEFAULT_ACCOUNT_ID][region]
+
+
+def _stored(db: Any, table_name: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The item as moto holds it (its JSON attributes), None when absent."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    table = db.tables.get(table_name)
+    if table is None:
+        return None
+    h = key.get(table.hash_key_attr)
+    if h is None:
+        return None
+    bucket = table.items.get(DynamoType(h))
+    if bucket is None:
+        return None
+    if table.range_key_attr:
+        r = key.get(table.range_key_attr)
+        item = None if r is None else bucket.get(DynamoType(r))
+    else:
+        item = bucket
+    return None if item is None else dict(item.to_json()["Attributes"])
+
+
+def _gsis(db: Any, table_name: str) -> list[tuple[str, str, str | None]]:
+    table = db.tables.get(table_name)
+    out = []
+    for g in getattr(table, "global_indexes", []) or []:
+        schema = {k["KeyType"]: k["AttributeName"] for k in g.schema}
+        out.append((g.name, schema["HASH"], schema.get("RANGE")))
+    return out
+
+
+def _write_ops(op: str, req: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], int]]:
+    """(kind, table, key-or-item, multiplier) of every item a write request addresses."""
+    if op in ("PutItem", "UpdateItem", "DeleteItem"):
+        kind = {"PutItem": "Put", "UpdateItem": "Update", "DeleteItem": "Delete"}[op]
+        return [(kind, req["TableName"], req.get("Item") or req["Key"], 1)]
+    if op == "TransactWriteItems":
+        out = []
+        for entry in req.get("TransactItems", []):
+            ((kind, body),) = entry.items()
+            out.append((kind, body["TableName"], body.get("Item") or body["Key"], 2))
+        return out
+    if op == "BatchWriteItem":
+        out = []
+        for table, reqs in req.get("RequestItems", {}).items():
+            for r in reqs:
+                if "PutRequest" in r:
+                    out.append(("Put", table, r["PutRequest"]["Item"], 1))
+                else:
+                    out.append(("Delete", table, r["DeleteRequest"]["Key"], 1))
+        return out
+    return []
+
+
+def _key_of(db: Any, table_name: str, item: dict[str, Any]) -> dict[str, Any]:
+    table = db.tables.get(table_name)
+    if table is None:
+        return item
+    names = [table.hash_key_attr, table.range_key_attr]
+    return {n: item[n] for n in names if n and n in item}
+
+
+def _writes_before(db: Any, op: str, req: dict[str, Any]) -> list[dict[str, Any] | None]:
+    return [_stored(db, t, _key_of(db, t, k)) for _, t, k, _ in _write_ops(op, req)]
+
+
+def _pk(db: Any, table_name: str, item: dict[str, Any]) -> str:
+    table = db.tables.get(table_name)
+    name = table.hash_key_attr if table is not None else "pk"
+    v = item.get(name, {})
+    return str(next(iter(v.values()))) if v else "?"
+
+
+def _item_name(db: Any, table_name: str, item: dict[str, Any]) -> str:
+    table = db.tables.get(table_name)
+    parts = [_pk(db, table_name, item)]
+    if table is not None and table.range_key_attr and table.range_key_attr in item:
+        parts.append(str(next(iter(item[table.range_key_attr].values()))))
+    return " / ".join(parts)
+
+
+Charge = tuple[str, str, float, str]
+"""(partition key, 'wcu' | 'rcu', units, item name)"""
+
+
+def _charges(
+    db: Any,
+    op: str,
+    req: dict[str, Any],
+    resp: dict[str, Any],
+    before: list[dict[str, Any] | None],
+) -> list[Charge]:
+    out: list[Charge] = []
+    for (kind, table, k, mult), old in zip(_write_ops(op, req), before, strict=True):
+        key = _key_of(db, table, k)
+        new = _stored(db, table, key)
+        size = max(item_size(old), item_size(new))
+        wcu = mult * units(size, WCU_BYTES)
+        out.append((_pk(db, table, key), "wcu", wcu, _item_name(db, table, key)))
+        if kind == "ConditionCheck":
+            continue
+        for name, hk, rk in _gsis(db, table):
+            a, b = _entry(old, hk, rk), _entry(new, hk, rk)
+            if a == b:
+                continue
+            for side, i in ((a, old), (b, new)):
+                if side is not None and i is not None:
+                    gpk = str(next(iter(i[hk].values())))
+                    out.append((f"gsi:{name}:{gpk}", "wcu", 1, ""))
+    out += _reads(db, op, req, resp)
+    return out
+
+
+def _entry(i: dict[str, Any] | None, hk: str, rk: str | None) -> tuple[str, str] | None:
+    """An item's index key (hash, range), None when the item is not in the index."""
+    if not i or hk not in i or (rk and rk not in i):
+        return None
+    return (json.dumps(i[hk]), json.dumps(i.get(rk) if rk else None))
+
+
+def _reads(db: Any, op: str, req: dict[str, Any], resp: dict[str, Any]) -> list[Charge]:
+    out: list[Charge] = []
+    if op == "GetItem":
+        f = 1.0 if req.get("ConsistentRead") else 0.5
+        size = item_size(resp.get("Item"))
+        out.append((_pk(db, req["TableName"], req["Key"]), "rcu", f * units(size, RCU_BYTES), ""))
+    elif op == "BatchGetItem":
+        for table, spec in req.get("RequestItems", {}).items():
+            f = 1.0 if spec.get("ConsistentRead") else 0.5
+            got = {_item_name(db, table, i): i for i in resp.get("Responses", {}).get(table, [])}
+            for k in spec.get("Keys", []):
+                size = item_size(got.get(_item_name(db, table, k)))
+                out.append((_pk(db, table, k), "rcu", f * units(size, RCU_BYTES), ""))
+    elif op == "Query":
+        table = req["TableName"]
+        index = req.get("IndexName")
+        f = 0.5 if index or not req.get("ConsistentRead") else 1.0
+        items = resp.get("Items", [])
+        if index:
+            size = sum(item_size(i) for i in items)
+        else:  # a projection still reads (and bills) the whole item
+            size = sum(item_size(_stored(db, table, _key_of(db, table, i))) for i in items)
+        out.append((_query_pk(req, index), "rcu", f * units(size, RCU_BYTES), ""))
+    return out
+
+
+def _query_pk(req: dict[str, Any], index: str | None) -> str:
+    cond = str(req.get("KeyConditionExpression", ""))
+    m = re.match(r"\s*(#?\w+)\s*=\s*(:\w+)", cond)
+    if not m:
+        return "?"
+    v = req.get("ExpressionAttributeValues", {}).get(m.group(2), {})
+    pk = str(next(iter(v.values()))) if v else "?"
+    return f"gsi:{index}:{pk}" if index else pk
+
+
+def serve(port: int) -> None:
+    sys.path.insert(0, str(common.REPO))
+    os.environ.setdefault("MOTO_PORT", str(port))
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import run_simple
+
+    from tests.moto_launch import SerialiseDynamoDB, patch_moto
+
+    def stop(signum: int, frame: Any) -> None:
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    patch_moto()
+    inner = Accounting(DomainDispatcherApplication(create_backend_app))
+    run_simple(
+        "127.0.0.1",
+        port,
+        SerialiseDynamoDB(inner),
+        threaded=True,
+        request_handler=MotoRequestHandler,
+    )
+
+
+class Server(scale_aws.Server):
+    """scale_aws's server process, started as this script (its accounting stack)."""
+
+    def __init__(self, log: Path) -> None:
+        sys.path.insert(0, str(common.REPO))
+        from tests.moto_server import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.out = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(self.port)],
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **scale_aws.FAKE_ENV},
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.snapshot()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"moto did not start: {log.read_text()[-2000:]}") from None
+                time.sleep(0.1)
+        raise SystemExit("moto did not answer within 60 s")
+
+    def snapshot(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + COUNTS_PATH, timeout=30) as resp:
+            return dict(json.loads(resp.read()))
+
+
+# --- the report -------------------------------------------------------------------------------
+def _diff(after: list[list[Any]], before: list[list[Any]]) -> list[list[Any]]:
+    seen = {tuple(r[:-1]): r[-1] for r in before}
+    out = []
+    for r in after:
+        n = r[-1] - seen.get(tuple(r[:-1]), 0)
+        if n:
+            out.append([*r[:-1], n])
+    return out
+
+
+def _norm(key: str) -> str:
+    return key.replace(JOB_ID, "<job>")
+
+
+def _step(second: int, marks: dict[str, float | None]) -> str:
+    submitted = marks.get("submitted") or 0.0
+    gone = marks.get("workers_gone") or float("inf")
+    if second < int(submitted):
+        return "submit"
+    return "workers" if second < gone // 1 else "finalize"
+
+
+def _cost(by_op: Counter[str], wcu: float, rcu: float) -> dict[str, float]:
+    s3_put = sum(n for k, n in by_op.items() if k.startswith("s3 ") and _s3_put_class(k))
+    s3_get = sum(
+        n
+        for k, n in by_op.items()
+        if k.startswith("s3 ") and not _s3_put_class(k) and " DELETE" not in k
+    )
+    sqs = sum(n for k, n in by_op.items() if k.startswith("sqs "))
+    return {
+        "dynamodb": wcu * PRICES["dynamodb_wru"] + rcu * PRICES["dynamodb_rru"],
+        "s3": s3_put * PRICES["s3_put"] + s3_get * PRICES["s3_get"],
+        "sqs": sqs * PRICES["sqs"],
+    }
+
+
+def _s3_put_class(op: str) -> bool:
+    return any(w in op for w in (" PUT", " POST", "list-type")) or op.endswith("GET bucket")
+
+
+def report(
+    snap0: dict[str, Any],
+    snap1: dict[str, Any],
+    marks: dict[str, float | None],
+    tasks: int,
+    items: int,
+) -> dict[str, Any]:
+    reqs = _diff(snap1["requests"], snap0["requests"])
+    unit_rows = _diff(snap1["units"], snap0["units"])
+    item_rows = _diff(snap1["items"], snap0["items"])
+    by_op: Counter[str] = Counter()
+    by_service: Counter[str] = Counter()
+    by_step: dict[str, Counter[str]] = defaultdict(Counter)
+    for s, svc, op, n in reqs:
+        by_op[f"{svc} {op}"] += n
+        by_service[svc] += n
+        by_step[_step(s, marks)][svc] += n
+    per_key: dict[str, Counter[str]] = defaultdict(Counter)
+    per_key_step: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    for s, key, kind, n in unit_rows:
+        per_key[kind][_norm(key)] += n
+        per_key_step[_step(s, marks)][kind][_norm(key)] += n
+    wcu_total = sum(per_key["wcu"].values())
+    rcu_total = sum(per_key["rcu"].values())
+    hot_w = per_key["wcu"].most_common(1)[0] if per_key["wcu"] else ("-", 0)
+    hot_r = per_key["rcu"].most_common(1)[0] if per_key["rcu"] else ("-", 0)
+    hot_item: list[Any] = max(item_rows, key=lambda r: r[-1]) if item_rows else ["-", "wcu", 0]
+    w_task, r_task = hot_w[1] / tasks, hot_r[1] / tasks
+    cap_w = PARTITION_WCU_S / w_task if w_task else math.inf
+    cap_r = PARTITION_RCU_S / r_task if r_task else math.inf
+    cost = _cost(by_op, wcu_total, rcu_total)
+    per_m = {k: round(v / items * 1e6, 4) for k, v in cost.items()}
+    return {
+        "tasks": tasks,
+        "items": items,
+        "requests_per_task": {k: round(n / tasks, 3) for k, n in sorted(by_service.items())},
+        "requests_per_task_by_step": {
+            st: {k: round(n / tasks, 3) for k, n in sorted(c.items())} for st, c in by_step.items()
+        },
+        "requests_per_task_by_operation": {k: round(n / tasks, 3) for k, n in by_op.most_common()},
+        "wcu_per_task": round(wcu_total / tasks, 3),
+        "rcu_per_task": round(rcu_total / tasks, 3),
+        "wcu_per_task_by_key": {k: round(n / tasks, 3) for k, n in per_key["wcu"].most_common()},
+        "rcu_per_task_by_key": {k: round(n / tasks, 3) for k, n in per_key["rcu"].most_common()},
+        "wcu_per_task_by_key_by_step": {
+            st: {k: round(n / tasks, 3) for k, n in d["wcu"].most_common(8)}
+            for st, d in per_key_step.items()
+        },
+        "partition_keys_written": len(per_key["wcu"]),
+        "hottest_wcu_key": [hot_w[0], round(w_task, 3)],
+        "hottest_rcu_key": [hot_r[0], round(r_task, 3)],
+        "hottest_item": [_norm(str(hot_item[0])), round(hot_item[-1] / tasks, 3)],
+        "cap_tasks_per_s": round(min(cap_w, cap_r), 1),
+        "cap_by": "wcu" if cap_w <= cap_r else "rcu",
+        "usd_per_million_items": per_m,
+        "usd_per_million_items_total": round(sum(per_m.values()), 4),
+        "prices": {"date": PRICES_DATE, "region": "us-east-1", **PRICES},
+    }
+
+
+def print_report(r: dict[str, Any], title: str) -> None:
+    print(f"   {title}")
+    print(
+        "   requests per task: " + ", ".join(f"{k} {v}" for k, v in r["requests_per_task"].items())
+    )
+    for step, c in r["requests_per_task_by_step"].items():
+        print(f"     {step:8}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    ops = list(r["requests_per_task_by_operation"].items())[:14]
+    print("   by operation: " + ", ".join(f"{k} {v}" for k, v in ops))
+    print(f"   DynamoDB per task: {r['wcu_per_task']} WCU, {r['rcu_per_task']} RCU")
+    for kind in ("wcu", "rcu"):
+        keys = list(r[f"{kind}_per_task_by_key"].items())[:10]
+        print(f"   {kind.upper()} per task by key: " + ", ".join(f"{k} {v}" for k, v in keys))
+    print(
+        f"   partition keys written: {r['partition_keys_written']}; hottest key "
+        f"{r['hottest_wcu_key'][0]} {r['hottest_wcu_key'][1]} WCU/task, "
+        f"{r['hottest_rcu_key'][0]} {r['hottest_rcu_key'][1]} RCU/task; hottest item "
+        f"{r['hottest_item'][0]} {r['hottest_item'][1]} WCU/task"
+    )
+    print(
+        f"   cap: {r['cap_tasks_per_s']:,} tasks/s per job (by {r['cap_by']}; 1,000 WCU/s and "
+        "3,000 RCU/s per partition)"
+    )
+    cost = ", ".join(f"{k} ${v}" for k, v in r["usd_per_million_items"].items())
+    print(
+        f"   $ per million items: {cost}, total ${r['usd_per_million_items_total']} "
+        f"(us-east-1 list prices of {PRICES_DATE}: DynamoDB on-demand $0.625/M WRU, "
+        "$0.125/M RRU; S3 $0.005/1k PUT, $0.0004/1k GET; SQS $0.40/M)"
+    )
+
+
+# --- the job run -------------------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    env = {**os.environ, **scale_aws.FAKE_ENV, "PYTHONUNBUFFERED": "1"}
+    for name in list(env):
+        if name == "AWS_PROFILE" or name.startswith("AWS_ENDPOINT_URL"):
+            del env[name]
+    os.environ.update(scale_aws.FAKE_ENV)
+    return env
+
+
+def _init(root: Path, config: Path, env: dict[str, str]) -> None:
+    init = subprocess.run(
+        [*common.slurmctl_cmd(), "--root", str(root), "init", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if init.returncode != 0:
+        raise SystemExit(f"slurmctl init failed:\n{init.stderr[-2000:]}")
+
+
+def _config(folder: Path, url: str, args: argparse.Namespace) -> Path:
+    config = common.write_job(
+        folder, job_id=JOB_ID, batch_size=args.batch_size, workers=args.workers
+    )
+    name = f"bench-req-{os.getpid()}"
+    config.write_text(
+        config.read_text()
+        + "backend: aws\n"
+        + f"aws: {{bucket: {name}, table: {name}, region: us-east-1, endpoint_url: '{url}', "
+        + "prefix: slurmctl/}\n"
+    )
+    return config
+
+
+def run_job(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    env = _env()
+    server = Server(work / "moto.log")
+    try:
+        folder = work / "job"
+        common.write_items(folder / "input.jsonl", args.items)
+        config = _config(folder, server.url, args)
+        root = work / "root"
+        _init(root, config, env)
+        snap0 = server.snapshot()
+        cmd = [*common.slurmctl_cmd(), "--root", str(root), "submit", str(config), "--no-progress"]
+        t0 = time.perf_counter()
+        marks: dict[str, float | None] = {"submitted": None, "workers_gone": None}
+        with open(work / "submit.stderr", "wb") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
+            watch = scale_aws.WorkerWatch(proc.pid, lambda: 0.0)
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                if raw.decode(errors="replace").rstrip().endswith(" submitted"):
+                    marks["submitted"] = time.time()
+            code = proc.wait()
+        marks["workers_gone"] = watch.close()
+        wall = time.perf_counter() - t0
+        if code != 0:
+            err_text = (work / "submit.stderr").read_text()[-3000:]
+            raise SystemExit(f"submit failed ({code}):\n{err_text}")
+        status = common.cli_json(root, "status", JOB_ID, env=env)
+        snap1 = server.snapshot()
+    finally:
+        server.stop()
+    tasks = -(-args.items // args.batch_size)
+    r = report(snap0, snap1, marks, tasks, args.items)
+    r |= {"wall_s": round(wall, 1), "status": status["status"], "rows": status.get("rows")}
+    return r
+
+
+def run_reconcile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One reconciler pass over 1,000 RUNNING tasks of which 10 hold an expired lease."""
+    env = _env()
+    server = Server(work / "moto.log")
+    try:
+        folder = work / "job"
+        common.write_items(folder / "input.jsonl", 10)
+        config = _config(folder, server.url, args)
+        _init(work / "root", config, env)
+        sys.path.insert(0, str(common.REPO))
+        from slurmctl.backends.aws import open_aws
+        from slurmctl.backends.reconcile import reconcile
+        from slurmctl.backends.statestore import JobRecord, TaskRecord
+        from slurmctl.states import JobStatus
+
+        name = f"bench-req-{os.getpid()}"
+        backend = open_aws(name, name, "us-east-1", server.url)
+        state = backend.state
+        n, expired = args.unfinished, args.expired
+        state.create_job(JobRecord(JOB_ID, JobStatus.RUNNING, task_count=n, backend="aws"))
+        tasks = [
+            TaskRecord(JOB_ID, f"task-{i:06d}", f"b{i}", "initial", "g", 100, f"k{i}", "s")
+            for i in range(n)
+        ]
+        state.put_tasks(tasks)
+        now = time.time()
+        every = max(1, n // max(1, expired))
+        for i, t in enumerate(tasks):
+            lapsed = i % every == 0 and i // every < expired  # claimed 200 s ago, 100 s lease
+            at, lease_s = (now - 200, 100.0) if lapsed else (now, 3600.0)
+            state.claim_task(JOB_ID, t.task_id, "w", f"tok{i}", lease_s, at)
+        backend.queue.create_queue(JOB_ID)
+        snap0 = server.snapshot()
+        got = reconcile(backend, JOB_ID, "initial", now=now)
+        snap1 = server.snapshot()
+        backend.close()
+    finally:
+        server.stop()
+    r = report(snap0, snap1, {"submitted": None, "workers_gone": None}, 1, 1)
+    return {
+        "unfinished": n,
+        "expired": expired,
+        "requeued": got.requeued,
+        "requests": r["requests_per_task_by_operation"],
+        "wcu": r["wcu_per_task"],
+        "rcu": r["rcu_per_task"],
+        "rcu_by_key": r["rcu_per_task_by_key"],
+        "wcu_by_key": r["wcu_per_task_by_key"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--items", type=int, default=10_000)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--reconcile", action="store_true", help="measure one reconciler pass")
+    ap.add_argument("--unfinished", type=int, default=1000)
+    ap.add_argument("--expired", type=int, default=10)
+    ap.add_argument("--tmp", help="folder for the inputs and outputs (default: $TMPDIR)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # internal: the moto server
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    info = common.machine()
+    work = common.work_dir(args.tmp, "requests")
+    result: dict[str, Any] = {"args": vars(args), "machine": info}
+    try:
+        if args.reconcile:
+            common.header(
+                f"reconciler pass on AWS (moto): {args.unfinished} unfinished tasks, "
+                f"{args.expired} expired",
+                info,
+            )
+            result["reconcile"] = r = run_reconcile(args, work)
+            print(f"   requeued {r['requeued']}; requests: {r['requests']}")
+            print(f"   WCU {r['wcu']}, RCU {r['rcu']} per pass; RCU by key {r['rcu_by_key']}")
+            name = "requests-reconcile"
+        else:
+            tasks = -(-args.items // args.batch_size)
+            common.header(
+                f"request accounting on AWS (moto): {args.items:,} items, batch_size "
+                f"{args.batch_size} ({tasks:,} tasks), {args.workers} workers, no-op handler",
+                info,
+            )
+            with common.Monitor() as mon:
+                result["slurmctl"] = r = run_job(args, work)
+            r["machine_load"] = mon.summary
+            print(f"   {r['status']} in {r['wall_s']} s (moto: not a figure), rows {r['rows']}")
+            print_report(r, f"per task ({tasks:,} tasks):")
+            name = f"requests-{args.items}"
+    finally:
+        if args.keep:
+            print(f"   kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"   results: {common.save(name, result)}")
+
+
+if __name__ == "__main__":
+    main()
