@@ -233,6 +233,9 @@ class AwsOptions(_Section):
     region: str | None = None
     endpoint_url: HttpUrl | None = None
     prefix: str = "slurmctl/"
+    expire_intermediates_days: int | None = Field(default=None, ge=1, le=36500)
+    """`slurmctl init` sets an S3 lifecycle rule deleting the intermediates (batches, per-task
+    results, aggregation levels) this many days after each was written; unset: kept."""
 
 
 class RateLimit(_Section):

@@ -107,7 +107,7 @@ def release_dead_holders(
     state = backend.state
     freed = []
     # read to the end first: no write inside an open read (SQLite's snapshot would refuse it)
-    for task in list(state.unfinished_tasks(job_id, phase)):
+    for task in list(state.running_tasks(job_id, phase)):
         if task.status != TaskStatus.RUNNING or not task.lease_token:
             continue
         holder = Holder.decode(task.holder)

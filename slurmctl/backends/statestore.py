@@ -117,6 +117,12 @@ class StateStore(ABC):
             if t.status == TaskStatus.RUNNING and (t.lease_expires or 0) < now:
                 yield t
 
+    def running_tasks(self, job_id: str, phase: str) -> Iterator[TaskRecord]:
+        """RUNNING tasks of the phase (as many as there are workers: the dead-holder check)."""
+        for t in self.unfinished_tasks(job_id, phase):
+            if t.status == TaskStatus.RUNNING:
+                yield t
+
     def pending_tasks(self, job_id: str, phase: str) -> Iterator[TaskRecord]:
         """PENDING tasks of the phase (the reconciler, when the queue lost some hints)."""
         for t in self.unfinished_tasks(job_id, phase):

@@ -72,6 +72,7 @@ class AwsTarget:
     region: str | None
     endpoint_url: str | None
     prefix: str
+    expire_intermediates_days: int | None = None
 
 
 def _target(
@@ -82,8 +83,10 @@ def _target(
     endpoint_url: str | None,
     prefix: str | None,
 ) -> AwsTarget:
+    expire_days: int | None = None
     if config is not None:
         aws = load_job_definition(config).aws
+        expire_days = aws.expire_intermediates_days
         bucket = bucket or aws.bucket
         table = table or aws.table
         region = region or aws.region
@@ -98,7 +101,12 @@ def _target(
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     return AwsTarget(
-        bucket, table, region, endpoint_url.rstrip("/") if endpoint_url else None, prefix
+        bucket,
+        table,
+        region,
+        endpoint_url.rstrip("/") if endpoint_url else None,
+        prefix,
+        expire_days,
     )
 
 
@@ -128,6 +136,14 @@ def _name_options(f: Any) -> Any:
     help="Delete a finished job's task items this many days after it ends (DynamoDB TTL); "
     "0 turns it off. Unset: left as it is.",
 )
+@click.option(
+    "--expire-intermediates-days",
+    type=click.IntRange(min=0, max=36500),
+    default=None,
+    help="Delete batches, per-task results and aggregation levels this many days after each "
+    "was written (an S3 lifecycle rule); 0 removes the rule. Else the definition's "
+    "aws.expire_intermediates_days; unset: left as it is.",
+)
 def init_cmd(
     config: Path | None,
     bucket: str | None,
@@ -136,6 +152,7 @@ def init_cmd(
     prefix: str | None,
     endpoint_url: str | None,
     retention_days: float | None,
+    expire_intermediates_days: int | None,
 ) -> None:
     """Create the S3 bucket and the DynamoDB table for `backend: aws` (idempotent).
 
@@ -143,6 +160,8 @@ def init_cmd(
     from slurmctl.backends.aws.resources import (
         ensure_bucket,
         ensure_table,
+        intermediates_expiry,
+        set_intermediates_expiry,
         set_task_retention,
         task_retention,
     )
@@ -162,6 +181,15 @@ def init_cmd(
         )
     else:
         click.echo(f"S3 bucket {t.bucket}: exists already (its settings are left as they are)")
+    days = t.expire_intermediates_days
+    days = expire_intermediates_days if expire_intermediates_days is not None else days
+    if days is not None:
+        set_intermediates_expiry(s3, t.bucket, t.prefix, days)
+    days = intermediates_expiry(s3, t.bucket)
+    click.echo(
+        "intermediates (batches, per-task results, aggregation levels): "
+        + (f"expire {days} days after they are written" if days else "kept")
+    )
     if ensure_table(ddb, t.table):
         click.echo(f"DynamoDB table {t.table}: created (on-demand, sparse GSI {GSI!r})")
     else:
@@ -177,8 +205,8 @@ def init_cmd(
         else:
             click.echo("task retention: off (task items are kept)")
     else:
-        days = task_retention(ddb, t.table)
-        kept = f"{days:g} days after a job ends" if days else "off (task items are kept)"
+        retained = task_retention(ddb, t.table)
+        kept = f"{retained:g} days after a job ends" if retained else "off (task items are kept)"
         click.echo(f"task retention: {kept}")
     spec = BackendSpec(
         "aws",

@@ -30,6 +30,11 @@ PUT_MAX = 5 << 30
 """S3's limit for one PUT: the most a put-if-absent can write."""
 CHECKPOINT_KEY = re.compile(r"^jobs/[^/]+/checkpoints/")
 CHECKPOINT_TAG = "slurmctl-class=checkpoint"
+INTERMEDIATE_KEY = re.compile(r"^jobs/[^/]+/(batches|results|aggregate)/")
+INTERMEDIATE_TAG = "slurmctl-class=intermediate"
+"""Batches, per-task results and aggregation levels: what the job's final output and manifests
+no longer need once it is COMPLETED. Lifecycle filters take no wildcard (jobs/*/batches/), so
+these objects carry a tag and `init --expire-intermediates-days` expires the tag."""
 MISSING = {"NoSuchKey", "404", "NotFound"}
 CONFLICT_RETRIES = 5
 
@@ -68,6 +73,8 @@ class S3ObjectStore(ObjectStore):
         extra: dict[str, Any] = {"Metadata": {META_SHA: sha}}
         if CHECKPOINT_KEY.match(key):
             extra["Tagging"] = CHECKPOINT_TAG
+        elif INTERMEDIATE_KEY.match(key):
+            extra["Tagging"] = INTERMEDIATE_TAG
         return extra
 
     def _put(self, key: str, body: Any, sha: str, size: int, if_absent: bool) -> ObjectInfo | None:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from slurmctl.backends.aws.dynamo import GSI
-from slurmctl.backends.aws.objectstore import CHECKPOINT_TAG
+from slurmctl.backends.aws.objectstore import CHECKPOINT_TAG, INTERMEDIATE_TAG
 from slurmctl.backends.aws.retention import (
     RETENTION_FIELD,
     SETTINGS_KEY,
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DAYS = 7
 MULTIPART_ABORT_DAYS = 1
+INTERMEDIATES_RULE = "slurmctl-expire-intermediates"
 NOT_SUPPORTED = {"NotImplemented", "NotImplementedError", "501", "UnsupportedOperation"}
 KEYS = [("pk", "HASH"), ("sk", "RANGE")]
 GSI_KEYS = [("gsi_pk", "HASH"), ("gsi_sk", "RANGE")]
@@ -280,6 +281,52 @@ def _ensure_bucket(
                 "bucket %s: %s not supported by %s: skipped", name, what, client.meta.endpoint_url
             )
     return True
+
+
+def intermediates_rule(prefix: str, days: int) -> dict[str, Any]:
+    tag_key, tag_value = INTERMEDIATE_TAG.split("=")
+    return {
+        "ID": INTERMEDIATES_RULE,
+        "Status": "Enabled",
+        "Filter": {
+            "And": {"Prefix": f"{prefix}jobs/", "Tags": [{"Key": tag_key, "Value": tag_value}]}
+        },
+        "Expiration": {"Days": days},
+    }
+
+
+def _lifecycle_rules(client: Any, bucket: str) -> list[dict[str, Any]]:
+    try:
+        return list(client.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", []))
+    except _client_error() as e:
+        if error_code(e) == "NoSuchLifecycleConfiguration":
+            return []
+        raise
+
+
+def intermediates_expiry(client: Any, bucket: str) -> int | None:
+    """The days of the intermediates rule `set_intermediates_expiry` set, None without one."""
+    with _reachable(client, "s3"):
+        for rule in _lifecycle_rules(client, bucket):
+            if rule.get("ID") == INTERMEDIATES_RULE:
+                return int(rule["Expiration"]["Days"])
+    return None
+
+
+def set_intermediates_expiry(client: Any, bucket: str, prefix: str, days: int) -> None:
+    """Set (days > 0) or remove (0) the rule expiring the objects tagged intermediate (batches,
+    per-task results, aggregation levels) under the prefix's jobs/; the bucket's other rules
+    are kept as they are."""
+    with _reachable(client, "s3"):
+        rules = [r for r in _lifecycle_rules(client, bucket) if r.get("ID") != INTERMEDIATES_RULE]
+        if days > 0:
+            rules.append(intermediates_rule(prefix, days))
+        if rules:
+            client.put_bucket_lifecycle_configuration(
+                Bucket=bucket, LifecycleConfiguration={"Rules": rules}
+            )
+        else:
+            client.delete_bucket_lifecycle(Bucket=bucket)
 
 
 def task_retention(client: Any, table: str) -> float | None:

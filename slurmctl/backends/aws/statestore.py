@@ -351,6 +351,12 @@ class DynamoStateStore(RateBuckets, StateStore):
             ),
         )
 
+    def running_tasks(self, job_id: str, phase: str) -> Iterator[TaskRecord]:
+        keys = self._index_keys(job_id, ("R#", "R$"))
+        return self._records(
+            job_id, keys, lambda t: t.status == TaskStatus.RUNNING and t.phase == phase
+        )
+
     def pending_tasks(self, job_id: str, phase: str) -> Iterator[TaskRecord]:
         keys = self._index_keys(job_id, ("P#", "P$"))
         return self._records(

@@ -1,0 +1,227 @@
+"""Issue 16's DynamoDB layout and S3 lifecycle, on moto: task shards, the reconciler that reads
+only expired leases, counter-only updates off the job record, the previous layout refused, and
+the intermediates' lifecycle rule set by `slurmctl init`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slurmctl.backends import Backend
+from slurmctl.backends.reconcile import Turn, reconcile, reconcile_turn
+from slurmctl.backends.statestore import JobRecord, TaskRecord
+from slurmctl.states import JobStatus
+from tests.aws.jobs import make_aws_job, new_place
+from tests.contract.conftest import make_backend
+from tests.helpers import cli
+from tests.moto_server import moto_endpoint, moto_server, require_boto3
+
+_ = (moto_server, moto_endpoint)  # session fixtures
+require_boto3(module_level=True)
+
+
+class Calls:
+    """Between the AWS store and moto: every DynamoDB call it makes, with its arguments."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.svc = backend.state.t.ddb  # type: ignore[attr-defined]
+        self.real = self.svc.call
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+        self.svc.call = self.call
+
+    def call(self, op: str, **kwargs: Any) -> dict[str, Any]:
+        self.seen.append((op, kwargs))
+        out: dict[str, Any] = self.real(op, **kwargs)
+        return out
+
+    def keys_read(self) -> int:
+        """Items read by key (GetItem, BatchGetItem)."""
+        n = 0
+        for op, kw in self.seen:
+            if op == "get_item":
+                n += 1
+            elif op == "batch_get_item":
+                n += sum(len(spec["Keys"]) for spec in kw["RequestItems"].values())
+        return n
+
+
+@pytest.fixture
+def aws(tmp_path: Path, moto_endpoint: str) -> Iterator[Backend]:
+    b = make_backend("aws", tmp_path, moto_endpoint)
+    yield b
+    b.close()
+
+
+def _task(i: int) -> TaskRecord:
+    return TaskRecord("j", f"task-{i:06d}", f"b{i}", "initial", "g", 1, f"k{i}", "s")
+
+
+def test_reconciler_reads_only_the_expired_leases(aws: Backend) -> None:
+    n, lapsed = 60, {7, 23, 41}
+    state = aws.state
+    assert state.create_job(JobRecord("j", JobStatus.RUNNING, task_count=n))
+    assert state.put_tasks([_task(i) for i in range(n)]) == n
+    for i in range(n):
+        at, lease = (800.0, 100.0) if i in lapsed else (1000.0, 3600.0)
+        assert state.claim_task("j", f"task-{i:06d}", "w", f"t{i}", lease, at) is not None
+    aws.queue.create_queue("j")
+    calls = Calls(aws)
+    got = reconcile(aws, "j", "initial", now=1000.0)
+    assert (got.expired, got.pending, got.running) == (3, 0, n - 3)
+    # the 3 expired records, never the 57 live ones (the 16 counter shards: one batch read)
+    assert calls.keys_read() == 3 + 16
+    queries = [kw for op, kw in calls.seen if op == "query"]
+    assert len(queries) == 16 and all(q["IndexName"] == "unfinished" for q in queries)
+    hints = sorted(m.body for m in aws.queue.receive("j", max_messages=10, visibility_s=30))
+    assert hints == [f"task-{i:06d}" for i in sorted(lapsed)]
+
+
+def test_idle_workers_take_turns_to_reconcile(aws: Backend) -> None:
+    state = aws.state
+    assert state.create_job(JobRecord("j", JobStatus.RUNNING, task_count=1))
+    state.put_tasks([_task(0)])
+    assert reconcile_turn(aws, "j", "initial", Turn("w1", 30.0), now=100.0) is not None
+    assert reconcile_turn(aws, "j", "initial", Turn("w2", 30.0), now=110.0) is None
+    assert reconcile_turn(aws, "j", "initial", Turn("w1", 30.0), now=120.0) is not None
+    assert reconcile_turn(aws, "j", "initial", Turn("w2", 30.0), now=151.0) is not None
+    assert reconcile_turn(aws, "j", "initial", Turn("w1", 30.0), now=160.0) is None
+
+
+def test_counter_only_updates_write_one_counter_shard_and_not_the_job(aws: Backend) -> None:
+    state = aws.state
+    assert state.create_job(JobRecord("j", JobStatus.RUNNING))
+    assert state.get_task("j", "task-000000") is None  # the job's shard count, read once
+    calls = Calls(aws)
+    for _ in range(5):
+        assert state.update_job("j", {}, counter_deltas={"obs.x": 2})
+    assert [op for op, _ in calls.seen] == ["update_item"] * 5
+    assert all(kw["Key"]["pk"]["S"].startswith("JOB#j#C#") for _, kw in calls.seen)
+    assert all("ConditionExpression" not in kw for _, kw in calls.seen)
+    assert state.counters("j")["obs.x"] == 10
+
+
+def _to_previous_layout(place: Any, job_id: str) -> int:
+    """Rewrite a job's items as the previous layout had them: every task under `JOB#<id>`
+    (index `JOB#<id>` / `<phase>#<task>`), no shard count on the job record."""
+    ddb = place.ddb
+    moved = 0
+    for page in ddb.get_paginator("scan").paginate(TableName=place.table):
+        for item in page["Items"]:
+            pk = item["pk"]["S"]
+            if pk.startswith(f"JOB#{job_id}#T#"):
+                old = dict(item)
+                old["pk"] = {"S": f"JOB#{job_id}"}
+                if "gsi_pk" in old:
+                    task = item["sk"]["S"].removeprefix("TASK#")
+                    old["gsi_pk"] = {"S": f"JOB#{job_id}"}
+                    old["gsi_sk"] = {"S": f"{item['phase']['S']}#{task}"}
+                ddb.put_item(TableName=place.table, Item=old)
+                ddb.delete_item(TableName=place.table, Key={"pk": item["pk"], "sk": item["sk"]})
+                moved += 1
+    ddb.update_item(
+        TableName=place.table,
+        Key={"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": "JOB"}},
+        UpdateExpression="REMOVE task_shards",
+    )
+    return moved
+
+
+def test_a_job_of_the_previous_layout_is_refused_in_one_line(
+    moto_endpoint: str, tmp_path: Path
+) -> None:
+    place = new_place(moto_endpoint)
+    config = make_aws_job(place, tmp_path / "job", 20, batch_size=5, workers=1)
+    done = cli(tmp_path, "submit", str(config), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert _to_previous_layout(place, "aws1") == 4
+    refused = cli(tmp_path, "retry", "--job-id", "aws1", "--tasks", "task-000000")
+    message = (
+        "job aws1 was submitted by an earlier slurmctl (every task under one DynamoDB partition "
+        "key); this version cannot run it: finish it with that version, or submit it again "
+        "under a new job_id"
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].endswith(message)
+    assert "Traceback" not in refused.stderr
+    # what only reads the job record and its counters still works
+    shown = cli(tmp_path, "status", "aws1")
+    assert shown.returncode == 0 and "SUCCESS 4" in shown.stdout, shown.stderr
+
+
+def test_init_sets_the_intermediates_lifecycle_rule(moto_endpoint: str, tmp_path: Path) -> None:
+    place = new_place(moto_endpoint, create=False)
+    config = make_aws_job(
+        place,
+        tmp_path / "job",
+        1,
+        extra="".join([]),  # the aws: section below replaces it
+    )
+    text = config.read_text().replace(
+        "prefix: slurmctl/}", "prefix: slurmctl/, expire_intermediates_days: 14}"
+    )
+    config.write_text(text)
+    made = cli(tmp_path, "init", str(config))
+    assert made.returncode == 0, made.stderr
+    assert (
+        "intermediates (batches, per-task results, aggregation levels): expire 14 days after "
+        "they are written" in made.stdout
+    )
+    rules = {
+        r["ID"]: r
+        for r in place.s3.get_bucket_lifecycle_configuration(Bucket=place.bucket)["Rules"]
+    }
+    assert set(rules) == {
+        "slurmctl-expire-checkpoints",
+        "slurmctl-abort-multipart",
+        "slurmctl-expire-intermediates",
+    }
+    rule = rules["slurmctl-expire-intermediates"]
+    assert rule["Expiration"] == {"Days": 14} and rule["Status"] == "Enabled"
+    assert rule["Filter"] == {
+        "And": {
+            "Prefix": "slurmctl/jobs/",
+            "Tags": [{"Key": "slurmctl-class", "Value": "intermediate"}],
+        }
+    }
+    names = ["--bucket", place.bucket, "--table", place.table, "--endpoint-url", moto_endpoint]
+    again = cli(tmp_path, "init", *names)
+    assert "expire 14 days after they are written" in again.stdout  # unset: left as it is
+    off = cli(tmp_path, "init", *names, "--expire-intermediates-days", "0")
+    assert off.returncode == 0, off.stderr
+    assert "intermediates (batches, per-task results, aggregation levels): kept" in off.stdout
+    left = place.s3.get_bucket_lifecycle_configuration(Bucket=place.bucket)["Rules"]
+    assert {r["ID"] for r in left} == {"slurmctl-expire-checkpoints", "slurmctl-abort-multipart"}
+
+
+def test_intermediates_are_tagged_and_the_final_output_is_not(aws: Backend) -> None:
+    s3 = aws.objects.s3.current  # type: ignore[attr-defined]
+    bucket = aws.objects.bucket  # type: ignore[attr-defined]
+    keys = {
+        "jobs/j/batches/batch-000001.jsonl": "intermediate",
+        "jobs/j/results/task-000001/ab.parquet": "intermediate",
+        "jobs/j/aggregate/L1/part-000000.parquet": "intermediate",
+        "jobs/j/final/j-00000.parquet": None,
+        "jobs/j/manifest.json": None,
+    }
+    for key in keys:
+        aws.objects.put_bytes(key, b"x")
+    for key, want in keys.items():
+        tags = s3.get_object_tagging(Bucket=bucket, Key=f"slurmctl/{key}")["TagSet"]
+        assert tags == ([{"Key": "slurmctl-class", "Value": want}] if want else []), key
+
+
+def test_expire_intermediates_days_is_checked_up_front(moto_endpoint: str, tmp_path: Path) -> None:
+    place = new_place(moto_endpoint, create=False)
+    config = make_aws_job(place, tmp_path / "job", 1)
+    config.write_text(
+        config.read_text().replace(
+            "prefix: slurmctl/}", "prefix: slurmctl/, expire_intermediates_days: 0}"
+        )
+    )
+    bad = cli(tmp_path, "init", str(config))
+    assert bad.returncode == 2
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "aws.expire_intermediates_days" in bad.stderr and "Traceback" not in bad.stderr
