@@ -301,7 +301,7 @@ def test_sha256_metadata_and_tampering(aws: Aws, tmp_path: Path) -> None:
 
 def test_checkpoints_are_tagged_for_the_lifecycle_rule(aws: Aws) -> None:
     aws.backend.objects.put_bytes("jobs/j/checkpoints/task-000001.sqlite", b"ck")
-    aws.backend.objects.put_bytes("jobs/j/results/task-000001/t.parquet", b"r")
+    aws.backend.objects.put_bytes("jobs/j/final/j-00000.parquet", b"r")
     tags = aws.s3.get_object_tagging(
         Bucket=aws.name, Key="slurmctl/jobs/j/checkpoints/task-000001.sqlite"
     )["TagSet"]
@@ -311,7 +311,7 @@ def test_checkpoints_are_tagged_for_the_lifecycle_rule(aws: Aws) -> None:
     assert ck["Expiration"]["Days"] == 7
     assert ck["Filter"]["And"]["Prefix"] == "slurmctl/jobs/"
     other = aws.s3.get_object_tagging(
-        Bucket=aws.name, Key="slurmctl/jobs/j/results/task-000001/t.parquet"
+        Bucket=aws.name, Key="slurmctl/jobs/j/final/j-00000.parquet"
     )["TagSet"]
     assert other == []
 

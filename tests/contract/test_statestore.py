@@ -320,3 +320,41 @@ def test_delete_tasks_removes_one_phase(backend: Backend) -> None:
     assert [t.task_id for t in backend.state.iter_tasks("j")] == ["task-000000", "task-000001"]
     assert list(backend.state.unfinished_tasks("j", "retry_1")) == []
     assert backend.state.delete_tasks("j", "retry_1") == 0
+
+
+def test_expired_running_and_pending_tasks(backend: Backend) -> None:
+    """What the reconciler and the dead-holder check read: by status, phase and lease expiry."""
+    _setup(backend, n=5)
+    backend.state.put_tasks([_task(9, phase="retry_1")])
+    state = backend.state
+    state.claim_task("j", "task-000000", "w", "a", 10, now=100.0)  # expires 110
+    state.claim_task("j", "task-000001", "w", "b", 50, now=100.0)  # expires 150
+    state.claim_task("j", "task-000002", "w", "c", 10, now=100.0)
+    state.commit_task("j", "task-000002", "c", _commit())  # finished: in none
+    state.heartbeat("j", "task-000001", "b", 5, now=100.0)  # now expires 105
+
+    def ids(tasks: object) -> list[str]:
+        return sorted(t.task_id for t in tasks)  # type: ignore[attr-defined]
+
+    assert ids(state.expired_tasks("j", "initial", 104.0)) == []
+    assert ids(state.expired_tasks("j", "initial", 106.0)) == ["task-000001"]
+    assert ids(state.expired_tasks("j", "initial", 111.0)) == ["task-000000", "task-000001"]
+    assert ids(state.expired_tasks("j", "retry_1", 1e9)) == []
+    assert ids(state.running_tasks("j", "initial")) == ["task-000000", "task-000001"]
+    assert ids(state.pending_tasks("j", "initial")) == ["task-000003", "task-000004"]
+    assert ids(state.pending_tasks("j", "retry_1")) == ["task-000009"]
+    state.release_task("j", "task-000000", "a")
+    assert ids(state.expired_tasks("j", "initial", 111.0)) == ["task-000001"]
+    assert ids(state.pending_tasks("j", "initial")) == ["task-000000", "task-000003", "task-000004"]
+
+
+def test_reconciler_turns_one_holder_at_a_time(backend: Backend) -> None:
+    from slurmctl.backends.reconcile import Turn, take_turn
+
+    _setup(backend, n=1)
+    state = backend.state
+    assert take_turn(state, "j", Turn("w1", 30.0), now=100.0)
+    assert not take_turn(state, "j", Turn("w2", 30.0), now=129.0)
+    assert take_turn(state, "j", Turn("w1", 30.0), now=129.0)  # ours: renewed to 159
+    assert not take_turn(state, "j", Turn("w2", 30.0), now=158.0)
+    assert take_turn(state, "j", Turn("w2", 30.0), now=160.0)
