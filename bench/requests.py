@@ -344,11 +344,13 @@ def run_reconcile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         snap0 = server.snapshot()
         got = reconcile(backend, JOB_ID, "initial", now=now)
         snap1 = server.snapshot()
+        turns = _turns(backend, server, now)
         backend.close()
     finally:
         server.stop()
     r = report(snap0, snap1, {"submitted": None, "workers_gone": None}, 1, 1)
     return {
+        "turns": turns,
         "unfinished": n,
         "expired": expired,
         "requeued": got.requeued,
@@ -358,6 +360,22 @@ def run_reconcile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "rcu_by_key": r["rcu_per_task_by_key"],
         "wcu_by_key": r["wcu_per_task_by_key"],
     }
+
+
+def _turns(backend: Any, server: Server, now: float) -> dict[str, Any]:
+    """What an idle worker's offer to reconcile costs beyond the pass: the turn taken, and the
+    turn refused (another worker holds it): units and requests, when the code has turns."""
+    try:
+        from slurmctl.backends.reconcile import Turn, take_turn
+    except ImportError:  # the layout before issue 16: every idle worker reconciled
+        return {}
+    out: dict[str, Any] = {}
+    for name, holder in (("taken", "w1"), ("refused", "w2")):
+        a = server.snapshot()
+        take_turn(backend.state, JOB_ID, Turn(holder, 30.0), now)
+        r = report(a, server.snapshot(), {"submitted": None, "workers_gone": None}, 1, 1)
+        out[name] = {"wcu": r["wcu_per_task"], "rcu": r["rcu_per_task"]}
+    return out
 
 
 def main() -> None:
@@ -388,6 +406,8 @@ def main() -> None:
             result["reconcile"] = r = run_reconcile(args, work)
             print(f"   requeued {r['requeued']}; requests: {r['requests']}")
             print(f"   WCU {r['wcu']}, RCU {r['rcu']} per pass; RCU by key {r['rcu_by_key']}")
+            if r["turns"]:
+                print(f"   an idle worker's turn, beyond the pass: {r['turns']}")
             name = "requests-reconcile"
         else:
             tasks = -(-args.items // args.batch_size)
