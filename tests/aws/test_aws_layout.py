@@ -4,6 +4,9 @@ the intermediates' lifecycle rule set by `slurmctl init`."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +17,11 @@ from slurmctl.backends import Backend
 from slurmctl.backends.reconcile import Turn, reconcile, reconcile_turn
 from slurmctl.backends.statestore import JobRecord, TaskRecord
 from slurmctl.states import JobStatus
-from tests.aws.jobs import make_aws_job, new_place
+from tests.aws.jobs import every_table_item, make_aws_job, new_place
 from tests.contract.conftest import make_backend
-from tests.helpers import cli
+from tests.helpers import cli, popen, wait_for
 from tests.moto_server import moto_endpoint, moto_server, require_boto3
+from tests.test_faults_local import SLOW_HANDLER, _calls
 
 _ = (moto_server, moto_endpoint)  # session fixtures
 require_boto3(module_level=True)
@@ -103,6 +107,34 @@ def test_counter_only_updates_write_one_counter_shard_and_not_the_job(aws: Backe
     assert state.counters("j")["obs.x"] == 10
 
 
+def test_a_task_life_writes_nothing_on_the_job_key(aws: Backend) -> None:
+    """Put, claim, heartbeat, commit and the per-task metrics update: every write lands on the
+    task's shard, its index shard or a counter shard, never on `JOB#<id>` (the job record)."""
+    from tests.contract.test_statestore import _commit
+
+    state = aws.state
+    assert state.create_job(JobRecord("j", JobStatus.RUNNING))
+    calls = Calls(aws)
+    state.put_tasks([_task(i) for i in range(3)])
+    for i in range(3):
+        tid = f"task-{i:06d}"
+        assert state.claim_task("j", tid, "w", f"t{i}", 60.0, 100.0) is not None
+        assert state.heartbeat("j", tid, f"t{i}", 60.0, 130.0)
+        assert state.commit_task("j", tid, f"t{i}", _commit())
+        assert state.update_job("j", {}, counter_deltas={"obs.tasks": 1})
+    written: set[str] = set()
+    for op, kw in calls.seen:
+        if op == "transact_write_items":
+            for entry in kw["TransactItems"]:
+                ((_, body),) = entry.items()
+                written.add((body.get("Key") or body["Item"])["pk"]["S"])
+        elif op in ("update_item", "put_item", "delete_item"):
+            written.add((kw.get("Key") or kw["Item"])["pk"]["S"])
+    assert written and "JOB#j" not in written
+    assert all(pk.startswith(("JOB#j#T#", "JOB#j#C#")) for pk in written), written
+    assert len({pk for pk in written if pk.startswith("JOB#j#T#")}) >= 2  # spread
+
+
 def _to_previous_layout(place: Any, job_id: str) -> int:
     """Rewrite a job's items as the previous layout had them: every task under `JOB#<id>`
     (index `JOB#<id>` / `<phase>#<task>`), no shard count on the job record."""
@@ -149,6 +181,34 @@ def test_a_job_of_the_previous_layout_is_refused_in_one_line(
     # what only reads the job record and its counters still works
     shown = cli(tmp_path, "status", "aws1")
     assert shown.returncode == 0 and "SUCCESS 4" in shown.stdout, shown.stderr
+
+
+def test_a_stopped_job_of_the_previous_layout_is_refused_at_resume(
+    moto_endpoint: str, tmp_path: Path
+) -> None:
+    """A job stopped (Ctrl-C) under the previous layout, resumed by this version: refused,
+    exit 2, one line, nothing changed."""
+    place = new_place(moto_endpoint)
+    calls = tmp_path / "calls.txt"
+    env = {"CALLS_FILE": str(calls)}
+    config = make_aws_job(
+        place, tmp_path / "job", 200, handler=SLOW_HANDLER, batch_size=10, workers=1
+    )
+    proc = popen(tmp_path, "submit", str(config), "--no-progress", env=env)
+    wait_for(lambda: len(_calls(calls)) >= 20, what="progress")
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert _to_previous_layout(place, "aws1") == 20
+    before = sorted(json.dumps(i, sort_keys=True) for i in every_table_item(place))
+    refused = cli(tmp_path, "resume", "aws1", "--no-progress", env=env)
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    [line] = refused.stderr.strip().splitlines()
+    assert line.endswith(
+        "this version cannot run it: finish it with that version, or submit it "
+        "again under a new job_id"
+    ), line
+    after = sorted(json.dumps(i, sort_keys=True) for i in every_table_item(place))
+    assert after == before
 
 
 def test_init_sets_the_intermediates_lifecycle_rule(moto_endpoint: str, tmp_path: Path) -> None:

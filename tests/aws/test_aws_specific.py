@@ -138,9 +138,7 @@ def test_gsi_holds_exactly_the_unfinished_tasks(aws: Aws) -> None:
     )
     assert [sk for _, sk, _ in entries] == [f"TASK#{t}" for t in unfinished]
     # each entry in its task's own shard; a RUNNING one sorted by its lease expiry (1 + 60 s)
-    assert {pk for pk, _, _ in entries} == {
-        task_pk("j", task_shard(t, shards)) for t in unfinished
-    }
+    assert {pk for pk, _, _ in entries} == {task_pk("j", task_shard(t, shards)) for t in unfinished}
     assert [g for _, _, g in entries] == [
         "R#00000000061.000000#task-000002",
         "P#task-000003",
@@ -310,9 +308,9 @@ def test_checkpoints_are_tagged_for_the_lifecycle_rule(aws: Aws) -> None:
     ck = next(r for r in rules if r["ID"] == "slurmctl-expire-checkpoints")
     assert ck["Expiration"]["Days"] == 7
     assert ck["Filter"]["And"]["Prefix"] == "slurmctl/jobs/"
-    other = aws.s3.get_object_tagging(
-        Bucket=aws.name, Key="slurmctl/jobs/j/final/j-00000.parquet"
-    )["TagSet"]
+    other = aws.s3.get_object_tagging(Bucket=aws.name, Key="slurmctl/jobs/j/final/j-00000.parquet")[
+        "TagSet"
+    ]
     assert other == []
 
 
