@@ -178,6 +178,8 @@ def test_a_job_of_the_previous_layout_is_refused_in_one_line(
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.strip().splitlines()[-1].endswith(message)
     assert "Traceback" not in refused.stderr
+    cleaned = cli(tmp_path, "clean", "aws1", "--everything", "--yes")
+    assert cleaned.returncode == 2 and cleaned.stderr.strip().endswith(message), cleaned.stderr
     # what only reads the job record and its counters still works
     shown = cli(tmp_path, "status", "aws1")
     assert shown.returncode == 0 and "SUCCESS 4" in shown.stdout, shown.stderr
