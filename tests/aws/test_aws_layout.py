@@ -287,3 +287,25 @@ def test_expire_intermediates_days_is_checked_up_front(moto_endpoint: str, tmp_p
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "aws.expire_intermediates_days" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_job_submitted_again_with_more_workers_is_read_with_its_new_shards(
+    aws: Backend, moto_endpoint: str
+) -> None:
+    """Another process deletes the job and creates it again with 1,000 workers (64 shards):
+    this store's next read of the job record refreshes the shard count it had cached."""
+    from slurmctl.backends.aws import open_aws
+
+    name = aws.state.t.name  # type: ignore[attr-defined]
+    other = open_aws(name, name, "us-east-1", moto_endpoint, queue_prefix=f"{name}-")
+    state = aws.state
+    assert state.create_job(JobRecord("j", JobStatus.RUNNING, workers=2))
+    state.put_tasks([_task(0)])
+    assert state.task_shards("j") == 16  # type: ignore[attr-defined]
+    other.state.delete_job("j")
+    assert other.state.create_job(JobRecord("j", JobStatus.RUNNING, workers=1000))
+    assert other.state.put_tasks([_task(i) for i in range(40)]) == 40
+    assert state.get_job("j") is not None
+    assert state.task_shards("j") == 64  # type: ignore[attr-defined]
+    assert [t.task_id for t in state.iter_tasks("j")] == [f"task-{i:06d}" for i in range(40)]
+    other.close()

@@ -200,6 +200,12 @@ class DynamoStateStore(RateBuckets, StateStore):
     # --- jobs -------------------------------------------------------------------------------
     def get_job(self, job_id: str) -> JobRecord | None:
         item = self.t.get(job_key(job_id))
+        # Each read of the record refreshes the cached shard count (a job deleted and submitted
+        # again, by another process, with more workers has another K).
+        if item and SHARDS_FIELD in item:
+            self._shards[job_id] = int(item[SHARDS_FIELD]["N"])
+        else:
+            self._shards.pop(job_id, None)
         return job_from(item) if item else None
 
     def list_jobs(self) -> list[JobRecord]:
