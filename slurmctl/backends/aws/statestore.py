@@ -85,8 +85,9 @@ class DynamoStateStore(RateBuckets, StateStore):
 
     # --- the layout ---------------------------------------------------------------------------
     def task_shards(self, job_id: str) -> int | None:
-        """The job's task shard count K (read once: it never changes), None when there is no such
-        job. A job of the previous layout (no K on its record) is refused (JobStateError)."""
+        """The job's task shard count K, None when there is no such job. Set when the job is
+        created, never changed; cached, and refreshed by every `get_job`, so no task operation
+        reads the job record. A job of the previous layout (no K) is refused (JobStateError)."""
         k = self._shards.get(job_id)
         if k is None:
             item = self.t.get(job_key(job_id))
