@@ -67,6 +67,7 @@ __all__ = [
 
 DEFAULT_ROOT = ".slurmctl"
 POLL_S = 0.25
+FAILURE_BATCH_ROWS = 64 * 1024
 STARTUP_S = 60.0
 """How long `submit(wait=False)` waits for its background runner to take the job lease."""
 
@@ -178,16 +179,34 @@ class Job:
         `errors` keeps only those error types."""
         import pyarrow as pa
 
-        from slurmctl.finalize.retry import phase_name, phase_number, read_failures
+        return pa.Table.from_batches(list(self.failure_batches(errors)), schema=FAILURE_SCHEMA())
 
-        job = self.record()
-        rows: list[dict[str, Any]] = []
-        for number in range(phase_number(job.phase) + 1):
-            doc = read_failures(self.backend, self.job_id, phase_name(number))
-            for e in doc["items"] if doc else []:
-                if errors is None or e["error_type"] in errors:
-                    rows.append(_failure_row(e))
-        return pa.Table.from_pylist(rows, schema=FAILURE_SCHEMA())
+    def failure_batches(
+        self, errors: set[str] | None = None, rows: int = FAILURE_BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
+        """`failures()` as record batches of at most `rows` rows, read from the manifests as
+        they stream: millions of failures are never held at once."""
+        import pyarrow as pa
+
+        from slurmctl.finalize import failures as manifests
+
+        schema = FAILURE_SCHEMA()
+        pending: list[dict[str, Any]] = []
+        for _, e in manifests.all_entries(self.backend, self.job_id, self.record().phase):
+            if errors is None or e["error_type"] in errors:
+                pending.append(_failure_row(e))
+                if len(pending) >= rows:
+                    yield pa.RecordBatch.from_pylist(pending, schema=schema)
+                    pending = []
+        if pending:
+            yield pa.RecordBatch.from_pylist(pending, schema=schema)
+
+    def failure_count(self) -> int:
+        """How many items failed for good: the manifests' counts, nothing read but them."""
+        from slurmctl.finalize import failures as manifests
+
+        phase = self.record().phase
+        return sum(m.count for m in manifests.manifests(self.backend, self.job_id, phase))
 
     def pause(self) -> bool:
         """Stop issuing rate-limit slots and claiming tasks; workers wait, nothing fails. False

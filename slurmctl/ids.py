@@ -20,6 +20,15 @@ def validate_job_id(job_id: str, where: str = "job_id") -> str:
     return job_id
 
 
+def phase_number(phase: str) -> int:
+    """0 for the initial phase, N for retry_N."""
+    return 0 if phase == "initial" else int(phase.removeprefix("retry_"))
+
+
+def phase_name(number: int) -> str:
+    return "initial" if number == 0 else f"retry_{number}"
+
+
 def phase_prefix(phase: str) -> str:
     """'' for the initial phase, 'r1-' for retry_1 and so on."""
     if phase == "initial":

@@ -39,6 +39,10 @@ class JobLayout:
     def final_output(self, part: int = 0) -> str:
         return self.root + f"final/{self.job_id}-{part:05d}.parquet"
 
+    @property
+    def final_prefix(self) -> str:
+        return self.root + "final/"
+
     def batch(self, batch_id: str) -> str:
         return self.root + f"batches/{batch_id}.jsonl"
 
@@ -54,8 +58,28 @@ class JobLayout:
     def checkpoint(self, task_id: str) -> str:
         return self.root + f"checkpoints/{task_id}.sqlite"
 
-    def failures(self, phase: str) -> str:
+    def failures(self, phase: str, token: str | None = None) -> str:
+        """The phase's failure manifest: one JSON record per line (a rewrite, by an operator's
+        retry taking entries out, goes under a new key named by its summary)."""
+        tail = f".{token}" if token else ""
+        return self.root + f"failures/{phase}{tail}.jsonl"
+
+    def failures_summary(self, phase: str) -> str:
+        """Which failures file is the phase's, its sha256 and counts: written after it."""
+        return self.root + f"failures/{phase}.summary.json"
+
+    def legacy_failures(self, phase: str) -> str:
+        """The old form: one JSON document `{"items": [...], "count": ...}` per phase."""
         return self.root + f"failures/{phase}.json"
+
+    @property
+    def intermediates_removed(self) -> str:
+        """Written by `clean --intermediates` before it removes anything."""
+        return self.root + "intermediates-removed.json"
+
+    def intermediates(self) -> tuple[str, ...]:
+        """The prefixes of what only a running job needs: `clean --intermediates` removes them."""
+        return tuple(self.root + p for p in ("batches/", "results/", "aggregate/", "checkpoints/"))
 
     def aggregate_part(self, level: int, index: int) -> str:
         return self.root + f"aggregate/L{level}/part-{index:06d}.parquet"

@@ -103,12 +103,21 @@ def accounted_ids(root: Path, job_id: str) -> dict[str, list[str]]:
             str(x) for x in pq.read_table(o["path"], columns=["id"]).column("id").to_pylist()
         ]
     jobdir = root / "objects" / "jobs" / job_id
-    for f in sorted((jobdir / "failures").glob("*.json")):
-        out["failures"] += [str(i["item_id"]) for i in json.loads(f.read_text())["items"]]
+    for f in sorted((jobdir / "failures").glob("*.summary.json")):
+        phase = f.name.removesuffix(".summary.json")
+        out["failures"] += [str(i["item_id"]) for i in failure_manifest(jobdir, phase)["items"]]
     q = jobdir / "quarantine.jsonl"
     if q.exists():
         out["quarantine"] += [str(json.loads(line)["line"]) for line in q.read_text().splitlines()]
     return out
+
+
+def failure_manifest(jobdir: Path, phase: str) -> dict[str, Any]:
+    """A phase's failure manifest of an embedded job (its summary, the records it names as
+    "items"), read as the files are: the records one JSON object per line."""
+    summary = json.loads((jobdir / "failures" / f"{phase}.summary.json").read_text())
+    records = (jobdir.parent.parent / summary["key"]).read_text().splitlines()
+    return {**summary, "items": [json.loads(line) for line in records]}
 
 
 def assert_exactly_once(root: Path, job_id: str, count: int) -> dict[str, list[str]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tests.helpers import assert_exactly_once, cli, make_job, status
+from tests.helpers import assert_exactly_once, cli, failure_manifest, make_job, status
 
 
 def test_10k_items_four_workers_every_item_once(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_10k_items_four_workers_every_item_once(tmp_path: Path) -> None:
     history = [json.loads(x) for x in (jobdir / "history.jsonl").read_text().splitlines()]
     [spawned] = [h for h in history if h["action"] == "workers"]
     assert spawned["count"] == 4
-    failures = json.loads((jobdir / "failures" / "initial.json").read_text())
+    failures = failure_manifest(jobdir, "initial")
     assert failures["count"] == 20
     assert failures["items"][0]["error_type"] == "validation"
     assert failures["items"][0]["reason"] == "permanent error"

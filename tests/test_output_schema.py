@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from slurmctl.backends import open_local
 from slurmctl.backends.statestore import OUTPUT_SCHEMA_DOC
 from slurmctl.output_schema import JobSchema
-from tests.helpers import cli, make_job, status
+from tests.helpers import cli, failure_manifest, make_job, status
 
 MIXED = """
 import time
@@ -86,7 +86,7 @@ def _job(
 
 
 def _failures(root: Path, phase: str = "initial") -> dict[str, tuple[str, str]]:
-    doc = json.loads((root / "objects" / "jobs" / "t1" / "failures" / f"{phase}.json").read_text())
+    doc = failure_manifest(root / "objects" / "jobs" / "t1", phase)
     return {i["item_id"]: (i["error_type"], i["message"]) for i in doc["items"]}
 
 

@@ -4,8 +4,8 @@ file, through the Python API (`Job.dataset`, `Job.failures`).
 Without `--to` or `--format` they show a preview table of the first `--limit` rows; with
 `--format` alone they write that format to stdout; with `--to PATH` they write the file (its
 format from `--format`, else from PATH's extension) to a temporary name beside it, renamed into
-place at the end, so a failed write leaves nothing half-written. `results` streams the output
-batch by batch: a large output is never loaded whole.
+place at the end, so a failed write leaves nothing half-written. Both stream batch by batch
+(the output's row groups, the failure manifests' records): a large output is never loaded whole.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from slurmctl.api import Job, check_error_types
+from slurmctl.api import FAILURE_SCHEMA, Job, check_error_types
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.errors import UserError
 
@@ -93,7 +93,7 @@ def _emit(
     what: str,
     schema: pa.Schema,
     batches: Iterable[pa.RecordBatch],
-    total: int,
+    total: Callable[[], int],
     to: Path | None,
     fmt: str | None,
     limit: int | None,
@@ -122,7 +122,9 @@ def _emit(
     click.echo(f"{rows} {what} written to {to} ({fmt})")
 
 
-def _preview(what: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], total: int) -> None:
+def _preview(
+    what: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], total: Callable[[], int]
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -133,8 +135,9 @@ def _preview(what: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], to
             table.add_row(*(_cell(v) for v in row.values()))
             shown += 1
     Console().print(table)
-    more = "; --to PATH or --format writes them all" if shown < total else ""
-    click.echo(f"{shown} of {total} {what} shown{more}")
+    count = total()
+    more = "; --to PATH or --format writes them all" if shown < count else ""
+    click.echo(f"{shown} of {count} {what} shown{more}")
 
 
 def _cell(value: Any) -> str:
@@ -157,7 +160,7 @@ TO = click.Path(path_type=Path, dir_okay=False)
 def results_cmd(env: Env, job_id: str, to: Path | None, fmt: str | None, limit: int | None) -> None:
     """The output rows of a COMPLETED job: a preview, or all of them to a file or stdout."""
     ds = Job(job_id, env.backend, env.root).dataset()
-    _emit("rows", ds.schema, ds.to_batches(), ds.count_rows(), to, fmt, limit)
+    _emit("rows", ds.schema, ds.to_batches(), ds.count_rows, to, fmt, limit)
 
 
 @cli.command("failures")
@@ -173,5 +176,11 @@ def failures_cmd(
     """The items that failed for good (id, phase, error type, message, attempts, reason, ...),
     from the failure manifests of every phase."""
     types = check_error_types(errors) if errors is not None else None
-    table = Job(job_id, env.backend, env.root).failures(types)
-    _emit("failures", table.schema, table.to_batches(), table.num_rows, to, fmt, limit)
+    job = Job(job_id, env.backend, env.root)
+
+    def total() -> int:  # for the preview's last line: the counts, or one more pass
+        if types is None:
+            return job.failure_count()
+        return sum(b.num_rows for b in job.failure_batches(types))
+
+    _emit("failures", FAILURE_SCHEMA(), job.failure_batches(types), total, to, fmt, limit)

@@ -19,6 +19,7 @@ from slurmctl.cli.run import print_outcome, run_job
 from slurmctl.errors import JobStateError, UserError
 from slurmctl.finalize import retry
 from slurmctl.finalize.rerun import missing_results, rerun_tasks
+from slurmctl.ids import phase_name, phase_number
 from slurmctl.jobs import JobLease, append_history, get_job, load_definition
 from slurmctl.worker.classify import PERMANENT, TRANSIENT
 
@@ -81,7 +82,7 @@ def retry_cmd(
         selection = retry.select_failures(
             env.backend, job_id, job.phase, types, definition.batch_size
         )
-        phase = retry.phase_name(retry.phase_number(job.phase) + 1)
+        phase = phase_name(phase_number(job.phase) + 1)
         click.echo(
             f"job {job_id}: would retry {selection.items} items ({_detail(selection)}) in "
             f"{selection.tasks} tasks of phase {phase}"

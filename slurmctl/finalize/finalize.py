@@ -27,10 +27,11 @@ from slurmctl.backends.statestore import (
 from slurmctl.config import JobDefinition
 from slurmctl.errors import IntegrityError
 from slurmctl.faults import kill_point
-from slurmctl.finalize import retry
+from slurmctl.finalize import failures, retry
 from slurmctl.finalize.aggregate import OutputConflict, aggregate
 from slurmctl.finalize.rerun import missing_results
 from slurmctl.finalize.retry import RetryPlan
+from slurmctl.ids import phase_name, phase_number
 from slurmctl.jobs import append_history, get_job, load_definition
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus, TaskStatus
@@ -164,9 +165,9 @@ def _plan_retry(
 ) -> RetryPlan | None:
     """Write the phase's failure manifest, then start the next phase if transient failures
     remain and have attempts left (retry.max_attempts counts every phase an item ran in)."""
-    number = retry.phase_number(phase)
+    number = phase_number(phase)
     can_retry = number + 1 < definition.retry.max_attempts
-    retry_path, failures_path, count, _ = retry.split_phase(
+    retry_path, failures_path, count, _, listed = retry.split_phase(
         backend,
         job_id,
         phase,
@@ -175,11 +176,13 @@ def _plan_retry(
         exhausted=not can_retry,
     )
     # Before the flip: the manifest is a pure function of the finished phase, so writing it
-    # again after a crash gives the same file, and a crash after the flip loses nothing.
-    backend.objects.put_file(JobLayout(job_id).failures(phase), failures_path)
+    # again after a crash gives the same records, and a crash after the flip loses nothing.
+    written = failures.read(backend, job_id, phase)
+    if written is None or get_job(backend, job_id).phase == phase:
+        failures.store(backend, job_id, phase, failures_path, listed, count)
     if count == 0:
         return None
-    new_phase = retry.phase_name(number + 1)
+    new_phase = phase_name(number + 1)
     if get_job(backend, job_id).phase != phase:  # another finalize started it: leave its tasks
         return _started_elsewhere(backend, job_id, count)
     tasks = retry.write_phase(backend, job_id, new_phase, retry_path, count, definition.batch_size)
@@ -224,13 +227,14 @@ def _failure_share_exceeded(definition: JobDefinition, counters: dict[str, int])
 
 
 def _failure_files(backend: Backend, job_id: str, last_phase: str) -> list[dict[str, Any]]:
-    out = []
-    for number in range(retry.phase_number(last_phase) + 1):
-        phase = retry.phase_name(number)
-        doc = retry.read_failures(backend, job_id, phase)
-        if doc is not None:
-            key = JobLayout(job_id).failures(phase)
-            out.append(
-                {"phase": phase, "key": key, "items": doc["count"], "retried": doc["retried"]}
-            )
-    return out
+    return [
+        {
+            "phase": m.phase,
+            "key": m.key,
+            "summary": JobLayout(job_id).failures_summary(m.phase),
+            "sha256": m.sha256,
+            "items": m.count,
+            "retried": m.retried,
+        }
+        for m in failures.manifests(backend, job_id, last_phase)
+    ]

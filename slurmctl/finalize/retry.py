@@ -10,6 +10,7 @@ uses the same machinery on the failure manifests, for the error types an operato
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import secrets
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from slurmctl import lifecycle
 from slurmctl.backends import Backend
@@ -30,21 +31,24 @@ from slurmctl.backends.statestore import (
     task_counter,
 )
 from slurmctl.config import JobDefinition
+from slurmctl.errors import IntegrityError, JobStateError
 from slurmctl.faults import kill_point
-from slurmctl.ids import batch_id, group_for_phase, id_width, phase_prefix, task_id
+from slurmctl.finalize import failures
+from slurmctl.finalize.failures import FailureWriter
+from slurmctl.ids import (
+    batch_id,
+    group_for_phase,
+    id_width,
+    phase_name,
+    phase_number,
+    phase_prefix,
+    task_id,
+)
 from slurmctl.layout import JobLayout
 from slurmctl.states import TaskStatus
 from slurmctl.worker.classify import PERMANENT
 
 TASKS_PER_WRITE = 500
-
-
-def phase_number(phase: str) -> int:
-    return 0 if phase == "initial" else int(phase.removeprefix("retry_"))
-
-
-def phase_name(number: int) -> str:
-    return "initial" if number == 0 else f"retry_{number}"
 
 
 def backoff_s(definition: JobDefinition, number: int) -> float:
@@ -78,28 +82,6 @@ def task_errors(backend: Backend, task: TaskRecord) -> list[dict[str, Any]]:
     return [json.loads(line) for line in batch_lines(data) if line.strip()]
 
 
-class FailureWriter:
-    """failures/<phase>.json, streamed: the items whose story ends in this phase."""
-
-    def __init__(self, path: Path, job_id: str, phase: str) -> None:
-        self.path = path
-        self.count = 0
-        self.retried = 0
-        self.f: IO[str] = open(path, "w")  # noqa: SIM115 - closed by finish()
-        head = f'{{"job_id": {json.dumps(job_id)}, "phase": {json.dumps(phase)}, "items": [\n'
-        self.f.write(head)
-
-    def add(self, entry: dict[str, Any], reason: str) -> None:
-        entry = {**entry, "reason": reason}
-        self.f.write((",\n" if self.count else "") + json.dumps(entry, sort_keys=True))
-        self.count += 1
-
-    def finish(self, retried_into: str | None) -> None:
-        tail = {"count": self.count, "retried": self.retried, "retried_into": retried_into}
-        self.f.write("\n], " + json.dumps(tail)[1:] + "\n")
-        self.f.close()
-
-
 def _reason(entry: dict[str, Any], exhausted: bool) -> str:
     if entry["error_type"] in PERMANENT:
         return "permanent error"
@@ -113,10 +95,12 @@ def split_phase(
     retry_if: Callable[[dict[str, Any]], bool],
     work: Path,
     exhausted: bool,
-) -> tuple[Path, Path, int, int]:
+) -> tuple[Path, Path, int, int, int]:
     """One pass over the phase's item errors: the retried ones (with their input lines) to a
-    JSON-lines file, the rest to the failure manifest. Returns both paths and the counts."""
-    failures = FailureWriter(work / f"failures-{phase}.json", job_id, phase)
+    JSON-lines file, the rest to the failure manifest's records (a local JSON-lines file).
+    Returns both paths, how many are retried, how many of those are permanent, and how many
+    are listed in the manifest."""
+    listed = FailureWriter(work / f"failures-{phase}.jsonl")
     retry_path = work / f"retry-from-{phase}.jsonl"
     retried = permanent = 0
     with open(retry_path, "wb") as retry_out:
@@ -126,7 +110,7 @@ def split_phase(
                 if retry_if(entry):
                     chosen.append(entry)
                 else:
-                    failures.add(entry, _reason(entry, exhausted))
+                    listed.add(entry, _reason(entry, exhausted))
             if chosen:
                 lines = backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)
                 batch = batch_lines(lines)
@@ -134,9 +118,8 @@ def split_phase(
                     retry_out.write(batch[entry["index"]] + b"\n")
                     permanent += entry["error_type"] in PERMANENT
                 retried += len(chosen)
-    failures.retried = retried
-    failures.finish(None)
-    return retry_path, failures.path, retried, permanent
+    listed.close()
+    return retry_path, listed.path, retried, permanent, listed.count
 
 
 def _lines(path: Path) -> Iterator[bytes]:
@@ -252,14 +235,6 @@ def start_phase(
     return RetryPlan(new_phase, items, permanent, tasks, begin_at)
 
 
-def read_failures(backend: Backend, job_id: str, phase: str) -> dict[str, Any] | None:
-    try:
-        doc: Any = backend.objects.get_json(JobLayout(job_id).failures(phase))
-    except ObjectNotFound:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
 @dataclass(frozen=True)
 class Selection:
     """What `slurmctl retry` would queue: items by error type, from the failure manifests."""
@@ -269,24 +244,13 @@ class Selection:
     tasks: int
 
 
-def _final_failures(
-    backend: Backend, job_id: str, last_phase: str
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    for number in range(phase_number(last_phase) + 1):
-        phase = phase_name(number)
-        doc = read_failures(backend, job_id, phase)
-        if doc is not None:
-            yield phase, doc
-
-
 def select_failures(
     backend: Backend, job_id: str, last_phase: str, types: set[str], batch_size: int
 ) -> Selection:
     by_type: dict[str, int] = {}
-    for _, doc in _final_failures(backend, job_id, last_phase):
-        for entry in doc["items"]:
-            if entry["error_type"] in types:
-                by_type[entry["error_type"]] = by_type.get(entry["error_type"], 0) + 1
+    for _, entry in failures.all_entries(backend, job_id, last_phase):
+        if entry["error_type"] in types:
+            by_type[entry["error_type"]] = by_type.get(entry["error_type"], 0) + 1
     items = sum(by_type.values())
     return Selection(by_type, items, -(-items // batch_size))
 
@@ -305,37 +269,31 @@ def operator_retry(
 ) -> RetryPlan | None:
     """A new phase for the failures of the given types, permanent ones included.
 
-    Which manifest entries move is recorded (`retries/<phase>.json`) before the phase flips and
-    applied to the manifests after it; finalize applies a recorded plan again if a crash came in
-    between (`settle_operator_retry`), so no item is ever listed twice or lost.
+    Which manifest entries move (those of these error types) is recorded
+    (`retries/<phase>.json`) before the phase flips and applied to the manifests after it;
+    finalize applies a recorded plan again if a crash came in between
+    (`settle_operator_retry`), so no item is ever listed twice or lost. One pass over the
+    manifests, one batch in memory at a time: entries of a task are consecutive in a manifest.
     """
     retry_path = work / "operator-retry.jsonl"
-    moved: dict[str, list[list[Any]]] = {}
+    moved: dict[str, int] = {}
     count = permanent = 0
-    tasks_cache: dict[str, TaskRecord | None] = {}
     with open(retry_path, "wb") as out:
-        for phase, doc in _final_failures(backend, job_id, last_phase):
-            chosen = [e for e in doc["items"] if e["error_type"] in types]
-            by_task: dict[str, list[dict[str, Any]]] = {}
-            for entry in chosen:
-                by_task.setdefault(entry["task_id"], []).append(entry)
-            for tid, entries in by_task.items():
-                task = tasks_cache.setdefault(tid, backend.state.get_task(job_id, tid))
-                if task is None:
-                    continue
-                lines = batch_lines(
-                    backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)
-                )
-                for entry in entries:
+        for manifest in failures.manifests(backend, job_id, last_phase):
+            chosen = (e for e in failures.entries(backend, manifest) if e["error_type"] in types)
+            for tid, group in itertools.groupby(chosen, key=lambda e: str(e["task_id"])):
+                lines = _task_batch(backend, job_id, tid)
+                for entry in group:
                     out.write(lines[entry["index"]] + b"\n")
-                    moved.setdefault(phase, []).append([tid, entry["index"]])
+                    moved[manifest.phase] = moved.get(manifest.phase, 0) + 1
                     count += 1
                     permanent += entry["error_type"] in PERMANENT
     if count == 0:
         return None
     new_phase = phase_name(phase_number(last_phase) + 1)
     tasks = write_phase(backend, job_id, new_phase, retry_path, count, definition.batch_size)
-    backend.objects.put_json(_plan_key(job_id, new_phase), {"phase": new_phase, "moved": moved})
+    plan_doc = {"phase": new_phase, "types": sorted(types), "moved": moved}
+    backend.objects.put_json(_plan_key(job_id, new_phase), plan_doc)
     kill_point("retry.after_tasks_written")
     plan = start_phase(
         backend, job_id, definition, last_phase, new_phase, count, permanent, tasks, backoff=False
@@ -347,23 +305,49 @@ def operator_retry(
     return plan
 
 
+def _task_batch(backend: Backend, job_id: str, tid: str) -> list[bytes]:
+    """The input lines of the task a failure manifest names, verified."""
+    task = backend.state.get_task(job_id, tid)
+    if task is None:
+        raise IntegrityError(f"job {job_id}: its failure manifest names task {tid}, which is gone")
+    try:
+        return batch_lines(backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256))
+    except ObjectNotFound:
+        raise JobStateError(
+            f"job {job_id}: task {tid}'s batch {task.batch_key} is gone"
+            + (
+                " (`slurmctl clean --intermediates` removed it): its failures cannot be retried"
+                if intermediates_removed(backend, job_id)
+                else ""
+            )
+        ) from None
+
+
+def _listed(gone: set[tuple[str, int]]) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: (e["task_id"], e["index"]) in gone
+
+
+def intermediates_removed(backend: Backend, job_id: str) -> bool:
+    return backend.objects.head(JobLayout(job_id).intermediates_removed) is not None
+
+
 def settle_operator_retry(backend: Backend, job_id: str, phase: str) -> bool:
     """Take the entries an operator's retry moved into `phase` out of the earlier failure
-    manifests (idempotent: entries are matched by task and index), then drop the plan."""
+    manifests (idempotent: the entries of the plan's error types, all of which moved; a plan
+    of an earlier version lists them by task and index), then drop the plan."""
     key = _plan_key(job_id, phase)
     try:
         plan: Any = backend.objects.get_json(key)
     except ObjectNotFound:
         return False
-    for from_phase, entries in plan["moved"].items():
-        doc = read_failures(backend, job_id, from_phase)
-        if doc is None:
-            continue
-        gone = {(tid, index) for tid, index in entries}
-        items = [e for e in doc["items"] if (e["task_id"], e["index"]) not in gone]
-        removed = len(doc["items"]) - len(items)
-        if removed:
-            doc = {**doc, "items": items, "count": len(items), "retried": doc["retried"] + removed}
-            backend.objects.put_json(JobLayout(job_id).failures(from_phase), doc)
+    if "types" in plan:
+        types = set(plan["types"])
+        for manifest in failures.manifests(backend, job_id, phase_name(phase_number(phase) - 1)):
+            failures.remove(backend, manifest, lambda e: e["error_type"] in types)
+    else:
+        for from_phase, listed in plan["moved"].items():
+            found = failures.read(backend, job_id, from_phase)
+            if found is not None:
+                failures.remove(backend, found, _listed({(t, i) for t, i in listed}))
     backend.objects.delete(key)
     return True

@@ -22,7 +22,8 @@ from typing import Any
 
 from slurmctl.backends import Backend
 from slurmctl.errors import FRAMEWORK_ERROR
-from slurmctl.finalize.retry import phase_name, phase_number, read_failures
+from slurmctl.finalize import failures as manifests
+from slurmctl.ids import phase_number
 from slurmctl.jobs import get_job
 from slurmctl.states import TaskStatus
 from slurmctl.worker.classify import PERMANENT
@@ -219,14 +220,12 @@ def analyze(backend: Backend, job_id: str) -> dict[str, Any]:
         if len(g.samples) < SAMPLES:
             g.samples.append(task.task_id)
     final = 0
-    for number in range(phase_number(job.phase) + 1):
-        doc = read_failures(backend, job_id, phase_name(number))
-        for entry in (doc or {}).get("items", []):
-            g = group(entry)
-            g.final += 1
-            reason = str(entry.get("reason") or "")
-            g.reasons[reason] = g.reasons.get(reason, 0) + 1
-            final += 1
+    for _, entry in manifests.all_entries(backend, job_id, job.phase):  # streamed
+        g = group(entry)
+        g.final += 1
+        reason = str(entry.get("reason") or "")
+        g.reasons[reason] = g.reasons.get(reason, 0) + 1
+        final += 1
     rate = failures / items if items else 0.0
     ordered = sorted(groups.values(), key=lambda g: (-g.count, -g.final, g.error_type, g.signature))
     by_type: dict[str, dict[str, int]] = {}

@@ -103,8 +103,9 @@ def s3_accounted_ids(root: Path, place: AwsPlace, job_id: str) -> dict[str, list
     jobdir = f"{place.prefix}jobs/{job_id}/"
     listed = s3.list_objects_v2(Bucket=place.bucket, Prefix=f"{jobdir}failures/")
     for obj in listed.get("Contents", []):
-        doc = json.loads(s3.get_object(Bucket=place.bucket, Key=obj["Key"])["Body"].read())
-        out["failures"] += [str(i["item_id"]) for i in doc["items"]]
+        if obj["Key"].endswith(".summary.json"):
+            phase = obj["Key"].rsplit("/", 1)[1].removesuffix(".summary.json")
+            out["failures"] += [str(i["item_id"]) for i in aws_failures(place, job_id, phase)]
     try:
         q = s3.get_object(Bucket=place.bucket, Key=f"{jobdir}quarantine.jsonl")["Body"].read()
     except s3.exceptions.NoSuchKey:
@@ -145,3 +146,14 @@ def job_queue_exists(place: AwsPlace, job_id: str) -> bool:
 
     urls = place.sqs.list_queues(QueueNamePrefix=queue_name(job_id)).get("QueueUrls", [])
     return bool(urls)
+
+
+def aws_failures(place: Any, job_id: str, phase: str) -> list[dict[str, Any]]:
+    """The records of a phase's failure manifest in S3: the summary names them."""
+    jobdir = f"{place.prefix}jobs/{job_id}/"
+    get = place.s3.get_object
+    summary = json.loads(
+        get(Bucket=place.bucket, Key=f"{jobdir}failures/{phase}.summary.json")["Body"].read()
+    )
+    data = get(Bucket=place.bucket, Key=place.prefix + summary["key"])["Body"].read()
+    return [json.loads(line) for line in data.splitlines()]

@@ -105,7 +105,7 @@ def test_2000_items_three_workers_every_item_once_no_secret_queue_gone(
     assert not leaked, f"the secret is in {leaked}"
     items = every_table_item(place)
     assert secret not in json.dumps(items)
-    failures = next(v for k, v in objects.items() if k.endswith("failures/initial.json"))
+    failures = next(v for k, v in objects.items() if k.endswith("failures/initial.jsonl"))
     assert b"refused for token" in failures  # the message is kept, redacted
 
     assert not job_queue_exists(place, "aws-e2e"), "the job's SQS queue outlived the job"

@@ -5,14 +5,13 @@ pyarrow and DuckDB."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.aws.jobs import every_table_item, make_aws_job, new_place, s3_url_parts
+from tests.aws.jobs import aws_failures, every_table_item, make_aws_job, new_place, s3_url_parts
 from tests.helpers import cli, status
 from tests.moto_server import moto_endpoint, moto_server, require_boto3
 
@@ -57,10 +56,7 @@ def test_aws_job_records_and_widens_one_schema(moto_endpoint: str, tmp_path: Pat
         f"SELECT count(*), count(email), typeof(any_value(v)) FROM read_parquet('{local}')"
     )
     assert got.fetchall() == [(18, 4, "DOUBLE")]
-    failures = place.s3.get_object(
-        Bucket=place.bucket, Key="slurmctl/jobs/aws1/failures/initial.json"
-    )["Body"].read()
-    messages = {i["item_id"]: i["message"] for i in json.loads(failures)["items"]}
+    messages = {i["item_id"]: i["message"] for i in aws_failures(place, "aws1", "initial")}
     assert messages["17"] == (
         "output field 'big': got int 1180591620717411303424, which does not fit in int64"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers import assert_exactly_once, cli, make_job, status
+from tests.helpers import assert_exactly_once, cli, failure_manifest, make_job, status
 
 # Attempts are counted in files, one per item, so the handler knows how often it saw an item.
 FLAKY = """
@@ -63,12 +63,12 @@ def test_transient_failures_are_retried_in_phases(tmp_path: Path) -> None:
     got = assert_exactly_once(root, "t1", 1000)
     assert sorted(map(int, got["failures"])) == sorted(perm | exhausted)
     jobdir = root / "objects/jobs/t1"
-    initial = json.loads((jobdir / "failures/initial.json").read_text())
+    initial = failure_manifest(jobdir, "initial")
     assert initial["count"] == 10 and initial["retried"] == len(flaky) + len(exhausted)
     assert {e["reason"] for e in initial["items"]} == {"permanent error"}
     first = min(initial["items"], key=lambda e: int(e["item_id"]))
     assert json.loads(first["item"]) == {"id": "3", "n": 3}, "logged with its input item"
-    last = json.loads((jobdir / "failures/retry_2.json").read_text())
+    last = failure_manifest(jobdir, "retry_2")
     assert last["count"] == 20 and {e["reason"] for e in last["items"]} == {"retries exhausted"}
     assert {e["error_type"] for e in last["items"]} == {"timeout"}
     assert len(list((jobdir / "batches").glob("r1-batch-000000.*.jsonl"))) == 1

@@ -4,11 +4,10 @@ the output or a failure manifest exactly once."""
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
-from tests.helpers import assert_exactly_once, cli, make_job, popen, status
+from tests.helpers import assert_exactly_once, cli, failure_manifest, make_job, popen, status
 
 # Items i % 100 == 3 fail permanently; i % 10 == 1 fail once with a reset (the retry succeeds);
 # with SLOW set, every retried item takes a little while (two retries overlap for sure).
@@ -54,7 +53,7 @@ def test_kill_between_the_phase_flip_and_the_failure_manifest(tmp_path: Path) ->
     assert "Traceback" not in resumed.stderr
     got = assert_exactly_once(root, "t1", 200)
     assert sorted(map(int, got["failures"])) == [3, 103]
-    initial = json.loads((root / "objects/jobs/t1/failures/initial.json").read_text())
+    initial = failure_manifest(root / "objects/jobs/t1", "initial")
     assert initial["count"] == 2 and initial["retried"] == 20
     s = status(root, "t1")
     assert s["status"] == "COMPLETED"
@@ -80,7 +79,7 @@ def test_a_raw_cr_in_a_json_line_survives_the_retry_phase(tmp_path: Path) -> Non
 
 def _failed_job(tmp_path: Path, count: int = 200) -> tuple[Path, dict[str, str]]:
     """A COMPLETED job, no automatic retry: 20 network failures (i % 10 == 1) and 2 validation
-    failures (3, 103) in failures/initial.json."""
+    failures (3, 103) in failures/initial.jsonl."""
     config, root, env = _job(tmp_path, count, "retry: {max_attempts: 1}\n")
     run = cli(root, "submit", str(config), "--no-progress", env=env)
     assert run.returncode == 0, run.stderr
