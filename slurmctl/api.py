@@ -127,7 +127,9 @@ class Job:
                     raise WaitTimeout(st, timeout or 0.0)
                 time.sleep(poll_s)
 
-    def _outputs(self) -> list[dict[str, Any]]:
+    def manifest(self) -> dict[str, Any]:
+        """The result manifest of a COMPLETED job: its files (path, key, rows, sha256, and the
+        partition values of a partitioned one), rows, items, failure manifests..."""
         from slurmctl.backends.objectstore import ObjectNotFound
 
         job = self.record()
@@ -142,36 +144,73 @@ class Job:
                 f"job {self.job_id} is COMPLETED but its final manifest "
                 f"{JobLayout(self.job_id).final_manifest} is missing"
             ) from None
-        files: list[dict[str, Any]] = manifest["files"]
+        result: dict[str, Any] = manifest
+        return result
+
+    def verify(self) -> list[dict[str, Any]]:
+        """Every file of the result manifest checked against its sha256 (read whole: fetched
+        from S3); IntegrityError or ObjectNotFound names the first that does not match."""
+        files: list[dict[str, Any]] = self.manifest()["files"]
+        with tempfile.TemporaryDirectory(prefix="slurmctl-verify-") as tmp:
+            for f in files:
+                if self.backend.objects.verify(f["key"], f["sha256"]) is None:
+                    check = Path(tmp) / "check.parquet"
+                    self.backend.objects.get_file(f["key"], check, sha256=f["sha256"])
+                    check.unlink()
         return files
 
     def results(self) -> pa.Table:
-        """The final output as one Arrow table (`.to_pandas()` for pandas); each file is checked
-        against the sha256 its manifest recorded."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        """The final output as one Arrow table (`.to_pandas()` for pandas), the partition
+        columns of a partitioned one included; each file is checked against the sha256 the
+        result manifest recorded."""
+        import pyarrow.dataset as pads
 
-        tables = []
+        from slurmctl.finalize.dataset import partitioning_of
+
+        manifest = self.manifest()
+        final = JobLayout(self.job_id).final_dataset
         with tempfile.TemporaryDirectory(prefix="slurmctl-results-") as tmp:
-            for i, f in enumerate(self._outputs()):
+            paths = []
+            for f in manifest["files"]:
                 path = self.backend.objects.verify(f["key"], f["sha256"])
                 if path is None:  # not on this host (S3): fetched, verified
-                    path = Path(tmp) / f"part-{i}.parquet"
+                    path = Path(tmp) / f["key"].removeprefix(final)
                     self.backend.objects.get_file(f["key"], path, sha256=f["sha256"])
-                tables.append(pq.read_table(path))
-        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+                paths.append(str(path))
+            partitioning = partitioning_of(manifest.get("partitioning"))
+            base = _base_dir(paths[0], manifest["files"][0]["key"], final)
+            ds = pads.dataset(
+                paths, format="parquet", partitioning=partitioning, partition_base_dir=base
+            )
+            return ds.to_table()
 
     def dataset(self) -> pads.Dataset:
         """The final output as a `pyarrow.dataset.Dataset`, read where it is (local or S3),
-        for filters and projections without loading it whole."""
+        for filters and projections without loading it whole (partition columns included)."""
         import pyarrow.dataset as pads
 
-        files = self._outputs()
+        from slurmctl.finalize.dataset import partitioning_of
+
+        manifest = self.manifest()
+        files = manifest["files"]
+        final = JobLayout(self.job_id).final_dataset
+        partitioning = partitioning_of(manifest.get("partitioning"))
         if self.backend.kind == "local":
-            return pads.dataset([f["path"] for f in files], format="parquet")
+            paths = [f["path"] for f in files]
+            base = _base_dir(paths[0], files[0]["key"], final)
+            return pads.dataset(
+                paths, format="parquet", partitioning=partitioning, partition_base_dir=base
+            )
         fs = _s3_filesystem(self.backend)
         paths = [f["path"].removeprefix("s3://") for f in files]
-        return pads.dataset(paths, format="parquet", filesystem=fs)
+        base = _base_dir(paths[0], files[0]["key"], final)
+        return pads.dataset(
+            paths,
+            format="parquet",
+            filesystem=fs,
+            partitioning=partitioning,
+            partition_base_dir=base,
+        )
 
     def failures(self, errors: set[str] | None = None) -> pa.Table:
         """The items that failed for good, one row each, from the failure manifests of every
@@ -334,6 +373,9 @@ def check_finished(backend: Backend, job: JobRecord) -> None:
             f"`slurmctl resume {job.job_id}` makes it progress"
         )
     check_phase_finished(backend, job)
+    from slurmctl.finalize.intermediates import refuse_if_removed
+
+    refuse_if_removed(backend, job.job_id, "its failures cannot be retried")
 
 
 def check_phase_finished(backend: Backend, job: JobRecord) -> None:
@@ -394,6 +436,12 @@ def _failure_row(e: Mapping[str, Any]) -> dict[str, Any]:
         "task_id": e.get("task_id"),
         "batch_id": e.get("batch_id"),
     }
+
+
+def _base_dir(path: str, key: str, final: str) -> str:
+    """The folder of the final output, for a file's path whose key is under `final`."""
+    rel = key.removeprefix(final)
+    return path[: len(path) - len(rel)].rstrip("/")
 
 
 def _s3_filesystem(backend: Backend) -> Any:

@@ -257,6 +257,14 @@ class OutputOptions(_Section):
     fan_in: int = Field(default=10, ge=2, le=1000)
     schema_: dict[str, str] | None = Field(default=None, alias="schema")
     """Pinned column types (output_schema.py's names); the other columns are inferred."""
+    partition_by: list[str] | None = Field(default=None, min_length=1, max_length=8)
+    """Columns of a hive-style partitioned dataset (`final/<col>=<value>/...`)."""
+    file_rows: int | None = Field(default=None, ge=1)
+    """At most this many rows per output file (several files instead of one)."""
+    file_mb: float | None = Field(default=None, gt=0)
+    """Output files of about this many megabytes (a target: rows per file estimated)."""
+    keep_intermediates: bool = True
+    """False: at COMPLETED, remove what `clean --intermediates` removes."""
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
@@ -273,6 +281,39 @@ class OutputOptions(_Section):
             except ValueError as exc:
                 raise FieldProblem(str(exc), (name,)) from None
         return value
+
+    @field_validator("partition_by")
+    @classmethod
+    def _check_partition_by(cls, value: list[str] | None) -> list[str] | None:
+        seen: set[str] = set()
+        for i, name in enumerate(value or []):
+            if not name.strip() or "/" in name or "=" in name:
+                raise FieldProblem("expected a column name (no '/' or '=')", (i,))
+            if name in seen:
+                raise FieldProblem("expected each column once", (i,))
+            seen.add(name)
+        return value
+
+    @model_validator(mode="after")
+    def _one_file_size(self) -> OutputOptions:
+        if self.file_rows is not None and self.file_mb is not None:
+            raise FieldProblem(
+                "give output.file_rows or output.file_mb, not both", ("file_mb",), show_found=False
+            )
+        for i, name in enumerate(self.partition_by or []):
+            pinned = (self.schema_ or {}).get(name, "").strip()
+            if pinned and ("<" in pinned or "{" in pinned or pinned.startswith(("list", "struct"))):
+                raise FieldProblem(
+                    f"expected a column of a scalar type: output.schema pins {name} as {pinned}",
+                    ("partition_by", i),
+                    show_found=False,
+                )
+        return self
+
+    @property
+    def several_files(self) -> bool:
+        """Whether the final output is a dataset of several files rather than one file."""
+        return bool(self.partition_by) or self.file_rows is not None or self.file_mb is not None
 
     def pins(self) -> dict[str, Pin]:
         """The pinned columns, parsed."""
@@ -384,6 +425,17 @@ class JobDefinition(_Section):
                     "expected a bucket name of letters, digits and '_'", (name,), show_found=False
                 )
         return value
+
+    @model_validator(mode="after")
+    def _not_partitioned_by_id(self) -> JobDefinition:
+        for i, name in enumerate(self.output.partition_by or []):
+            if name == self.id_field:
+                raise FieldProblem(
+                    f"expected a column other than the id field {self.id_field!r} "
+                    "(one folder per item)",
+                    ("output", "partition_by", i),
+                )
+        return self
 
     @model_validator(mode="after")
     def _id_column_is_text_or_int(self) -> JobDefinition:

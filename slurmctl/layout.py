@@ -40,8 +40,10 @@ class JobLayout:
         return self.root + f"final/{self.job_id}-{part:05d}.parquet"
 
     @property
-    def final_prefix(self) -> str:
-        return self.root + "final/"
+    def final_dataset(self) -> str:
+        """The folder of an output of several files (partitioned or split by size): nothing
+        else in it, so that it reads as one dataset (pyarrow, DuckDB, Spark)."""
+        return self.root + "final/data/"
 
     def batch(self, batch_id: str) -> str:
         return self.root + f"batches/{batch_id}.jsonl"

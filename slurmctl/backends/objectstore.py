@@ -92,6 +92,11 @@ class ObjectStore(ABC):
     def delete(self, key: str) -> None:
         """Remove key; absent keys are not an error."""
 
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove the keys (at most 1,000, S3's batch); absent ones are not an error."""
+        for key in keys:
+            self.delete(key)
+
     @abstractmethod
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under prefix, sorted. For humans and `clean`: never to find committed outputs."""

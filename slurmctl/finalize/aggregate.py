@@ -31,7 +31,10 @@ import pyarrow.parquet as pq
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import OUTPUT_ROWS, OUTPUT_SCHEMA_DOC
+from slurmctl.config import OutputOptions
 from slurmctl.errors import IntegrityError, SlurmctlError
+from slurmctl.finalize import dataset
+from slurmctl.finalize.dataset import OutputFile
 from slurmctl.layout import JobLayout, done_marker
 from slurmctl.output_schema import Conflict, JobSchema, type_name, widen
 from slurmctl.states import TaskStatus
@@ -57,12 +60,13 @@ class Part:
 
 @dataclass(frozen=True)
 class Final:
-    key: str
+    files: list[OutputFile]
     url: str
-    sha256: str
+    """Where the output is: its one file, or the folder of its files."""
     rows: int
     inputs: int
     levels: int
+    partitioning: dict[str, Any] | None = None
 
 
 def _inputs_digest(parts: list[Part]) -> str:
@@ -223,7 +227,15 @@ def committed_outputs(backend: Backend, job_id: str) -> list[Part]:
     ]
 
 
-def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None = None) -> Final:
+def aggregate(
+    backend: Backend,
+    job_id: str,
+    fan_in: int,
+    scratch: Path | None = None,
+    options: OutputOptions | None = None,
+) -> Final:
+    """Merge the committed outputs level by level; the last level writes the final output:
+    one file, or (options.several_files) a dataset of several (dataset.py)."""
     layout = JobLayout(job_id)
     inputs = committed_outputs(backend, job_id)
     expected_rows = backend.state.counters(job_id).get(OUTPUT_ROWS, 0)
@@ -252,14 +264,40 @@ def aggregate(backend: Backend, job_id: str, fan_in: int, scratch: Path | None =
                     )
                 )
             level += 1
-        final = _part(backend, parts, final_key, work, {}, target)
+        if options is not None and options.several_files and expected_rows:
+            files, partitioning = _dataset(backend, job_id, parts, work, options, target)
+            url = backend.objects.url(layout.final_manifest).removesuffix("manifest.json") + "data/"
+        else:
+            one = _part(backend, parts, final_key, work, {}, target)
+            url = backend.objects.url(one.key)
+            files = [OutputFile(one.key, url, one.sha256, one.rows)]
+            partitioning = None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if final.rows != expected_rows:
-        raise IntegrityError(f"{final_key}: {final.rows} rows, the counters say {expected_rows}")
-    return Final(
-        final.key, backend.objects.url(final.key), final.sha256, final.rows, len(inputs), level
-    )
+    rows = sum(f.rows for f in files)
+    if rows != expected_rows:
+        raise IntegrityError(f"{url}: {rows} rows, the counters say {expected_rows}")
+    return Final(files, url, rows, len(inputs), level, partitioning)
+
+
+def _dataset(
+    backend: Backend,
+    job_id: str,
+    parts: list[Part],
+    work: Path,
+    options: OutputOptions,
+    target: JobSchema | None,
+) -> tuple[list[OutputFile], dict[str, Any] | None]:
+    """The last level's parts, verified, written as the final dataset's files."""
+    local = []
+    for i, p in enumerate(parts):
+        path = backend.objects.verify(p.key, p.sha256)
+        if path is None:
+            path = work / f"last-{i}.parquet"
+            backend.objects.get_file(p.key, path, sha256=p.sha256)
+        local.append(path)
+    schema = _target(target, [pq.read_schema(p) for p in local], [p.key for p in parts])
+    return dataset.write(backend, job_id, local, schema, options, work, _conform)
 
 
 def _part(

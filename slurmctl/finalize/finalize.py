@@ -25,10 +25,12 @@ from slurmctl.backends.statestore import (
     task_counter,
 )
 from slurmctl.config import JobDefinition
-from slurmctl.errors import IntegrityError
+from slurmctl.errors import IntegrityError, SlurmctlError
 from slurmctl.faults import kill_point
 from slurmctl.finalize import failures, retry
 from slurmctl.finalize.aggregate import OutputConflict, aggregate
+from slurmctl.finalize.dataset import PartitionError
+from slurmctl.finalize.intermediates import remove_intermediates
 from slurmctl.finalize.rerun import missing_results
 from slurmctl.finalize.retry import RetryPlan
 from slurmctl.ids import phase_name, phase_number
@@ -100,9 +102,11 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
         scratch = Path(definition.scratch) if definition.scratch else None
         if scratch is not None:
             scratch.mkdir(parents=True, exist_ok=True)
-        final = aggregate(backend, job_id, definition.output.fan_in, scratch)
+        final = aggregate(backend, job_id, definition.output.fan_in, scratch, definition.output)
     except (ObjectNotFound, IntegrityError) as e:  # a committed object lost or damaged since
         return _fail(backend, job_id, unusable_result(backend, job_id, e))
+    except PartitionError as e:  # the user's partition_by does not fit the output
+        return _fail(backend, job_id, str(e))
     except OutputConflict as e:
         _fail(backend, job_id, str(e))
         raise
@@ -113,22 +117,40 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
     items = {k.removeprefix("items."): v for k, v in counters.items() if k.startswith("items.")}
     manifest = {
         "job_id": job_id,
-        "files": [
-            {"path": final.url, "key": final.key, "rows": final.rows, "sha256": final.sha256}
-        ],
+        "files": [f.entry() for f in final.files],
+        "output": final.url,
         "rows": final.rows,
         "items": items,
         "inputs": final.inputs,
         "levels": final.levels,
         "failures": _failure_files(backend, job_id, phase),
         "quarantine": layout.quarantine,
+        **({"partitioning": final.partitioning} if final.partitioning else {}),
         "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     backend.objects.put_json(layout.final_manifest, manifest)
     if not lifecycle.complete(backend, job_id, rows=final.rows, output=final.url):
         return FinalizeResult(get_job(backend, job_id).status, 0)  # cancelled during the merge
     backend.queue.delete_queue(job_id)
+    if not definition.output.keep_intermediates:
+        _remove_intermediates(backend, job_id)
     return FinalizeResult(JobStatus.COMPLETED, 0)
+
+
+def _remove_intermediates(backend: Backend, job_id: str) -> None:
+    """output.keep_intermediates: false. The job is COMPLETED whatever happens here: a removal
+    that fails is logged with its traceback and left to `slurmctl clean --intermediates`."""
+    try:
+        removed = remove_intermediates(backend, job_id, by="output.keep_intermediates")
+    except (SlurmctlError, OSError):
+        log.exception(
+            "%s: removing its intermediates failed; `slurmctl clean %s --intermediates` "
+            "finishes it",
+            job_id,
+            job_id,
+        )
+        return
+    log.info("%s: %d intermediate objects removed", job_id, removed.objects)
 
 
 def _fail(backend: Backend, job_id: str, reason: str) -> FinalizeResult:

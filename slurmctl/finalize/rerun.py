@@ -30,6 +30,7 @@ from slurmctl.backends.statestore import (
     task_counter,
 )
 from slurmctl.errors import IntegrityError, JobStateError, UserError
+from slurmctl.finalize.intermediates import refuse_if_removed
 from slurmctl.finalize.retry import batch_lines, task_errors
 from slurmctl.ids import group_for_phase
 from slurmctl.layout import JobLayout
@@ -73,6 +74,7 @@ def _batch(backend: Backend, job_id: str, task: TaskRecord) -> bytes:
     try:
         return backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)
     except ObjectNotFound:
+        refuse_if_removed(backend, job_id, f"task {task.task_id} cannot run again")
         what = "is missing"
     except IntegrityError:
         what = "is damaged (its sha256 is not the one recorded)"

@@ -35,6 +35,7 @@ from slurmctl.errors import IntegrityError, JobStateError
 from slurmctl.faults import kill_point
 from slurmctl.finalize import failures
 from slurmctl.finalize.failures import FailureWriter
+from slurmctl.finalize.intermediates import refuse_if_removed
 from slurmctl.ids import (
     batch_id,
     group_for_phase,
@@ -313,22 +314,12 @@ def _task_batch(backend: Backend, job_id: str, tid: str) -> list[bytes]:
     try:
         return batch_lines(backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256))
     except ObjectNotFound:
-        raise JobStateError(
-            f"job {job_id}: task {tid}'s batch {task.batch_key} is gone"
-            + (
-                " (`slurmctl clean --intermediates` removed it): its failures cannot be retried"
-                if intermediates_removed(backend, job_id)
-                else ""
-            )
-        ) from None
+        refuse_if_removed(backend, job_id, "its failures cannot be retried")
+        raise JobStateError(f"job {job_id}: task {tid}'s batch {task.batch_key} is gone") from None
 
 
 def _listed(gone: set[tuple[str, int]]) -> Callable[[dict[str, Any]], bool]:
     return lambda e: (e["task_id"], e["index"]) in gone
-
-
-def intermediates_removed(backend: Backend, job_id: str) -> bool:
-    return backend.objects.head(JobLayout(job_id).intermediates_removed) is not None
 
 
 def settle_operator_retry(backend: Backend, job_id: str, phase: str) -> bool:

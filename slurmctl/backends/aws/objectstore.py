@@ -213,6 +213,25 @@ class S3ObjectStore(ObjectStore):
             self._bucket_error(e)
             raise
 
+    def delete_many(self, keys: list[str]) -> None:
+        """One DeleteObjects request per 1,000 keys instead of one request per key."""
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            try:
+                resp = self.s3.call(
+                    "delete_objects", Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True}
+                )
+            except self.s3.ClientError as e:
+                self._bucket_error(e)
+                raise
+            errors = resp.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise SlurmctlError(
+                    f"{self.url(first['Key'][len(self.prefix) :])}: cannot delete: "
+                    f"{first.get('Code')}: {first.get('Message')}"
+                )
+
     def list(self, prefix: str) -> Iterator[str]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
         while True:
