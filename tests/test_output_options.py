@@ -69,10 +69,14 @@ def test_partitioned_output_read_by_pyarrow_and_duckdb(tmp_path: Path) -> None:
     rows = ds.to_table().to_pylist()
     assert sorted((r["id"] for r in rows), key=int) == IDS
     assert all(r["shard"] == "abc"[int(r["id"]) % 3] for r in rows)
-    got = duckdb.sql(
-        f"SELECT shard, count(*), sum(double) FROM read_parquet('{final}/**/*.parquet', "
-        "hive_partitioning = true) GROUP BY shard ORDER BY shard"
-    ).fetchall()
+    got = (
+        duckdb.connect()
+        .execute(
+            f"SELECT shard, count(*), sum(double) FROM read_parquet('{final}/**/*.parquet', "
+            "hive_partitioning = true) GROUP BY shard ORDER BY shard"
+        )
+        .fetchall()
+    )
     assert got == [
         ("a", 19, sum(2 * i for i in range(0, 60, 3) if i != 3)),
         ("b", 20, sum(2 * i for i in range(1, 60, 3))),
@@ -113,7 +117,9 @@ def test_files_of_a_target_size(tmp_path: Path) -> None:
         ("t1-00004.parquet", 19),
     ]
     paths = [f["path"] for f in files]
-    got = duckdb.sql(f"SELECT count(*), count(DISTINCT id) FROM read_parquet({paths!r})")
+    got = duckdb.connect().execute(
+        f"SELECT count(*), count(DISTINCT id) FROM read_parquet({paths!r})"
+    )
     assert got.fetchall() == [(199, 199)]
     assert pads.dataset(final).count_rows() == 199  # the folder holds the output only
     assert status(root, "t1")["outputs"][0]["path"] == str(final / "t1-00000.parquet")
