@@ -252,12 +252,15 @@ class RetryOptions(_Section):
     max_task_failures: int = Field(default=3, ge=1)
 
 
+MAX_PARTITION_COLUMNS = 8
+
+
 class OutputOptions(_Section):
     format: Literal["parquet"] = "parquet"
     fan_in: int = Field(default=10, ge=2, le=1000)
     schema_: dict[str, str] | None = Field(default=None, alias="schema")
     """Pinned column types (output_schema.py's names); the other columns are inferred."""
-    partition_by: list[str] | None = Field(default=None, min_length=1, max_length=8)
+    partition_by: list[str] | None = None
     """Columns of a hive-style partitioned dataset (`final/<col>=<value>/...`)."""
     file_rows: int | None = Field(default=None, ge=1)
     """At most this many rows per output file (several files instead of one)."""
@@ -285,6 +288,8 @@ class OutputOptions(_Section):
     @field_validator("partition_by")
     @classmethod
     def _check_partition_by(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not 1 <= len(value) <= MAX_PARTITION_COLUMNS:
+            raise FieldProblem(f"expected 1 to {MAX_PARTITION_COLUMNS} column names")
         seen: set[str] = set()
         for i, name in enumerate(value or []):
             if not name.strip() or "/" in name or "=" in name:

@@ -103,8 +103,8 @@ def accounted_ids(root: Path, job_id: str) -> dict[str, list[str]]:
             str(x) for x in pq.read_table(o["path"], columns=["id"]).column("id").to_pylist()
         ]
     jobdir = root / "objects" / "jobs" / job_id
-    for f in sorted((jobdir / "failures").glob("*.summary.json")):
-        phase = f.name.removesuffix(".summary.json")
+    phases = {f.name.split(".")[0] for f in (jobdir / "failures").glob("*.json")}
+    for phase in sorted(phases):
         out["failures"] += [str(i["item_id"]) for i in failure_manifest(jobdir, phase)["items"]]
     q = jobdir / "quarantine.jsonl"
     if q.exists():
@@ -114,7 +114,12 @@ def accounted_ids(root: Path, job_id: str) -> dict[str, list[str]]:
 
 def failure_manifest(jobdir: Path, phase: str) -> dict[str, Any]:
     """A phase's failure manifest of an embedded job (its summary, the records it names as
-    "items"), read as the files are: the records one JSON object per line."""
+    "items"), read as the files are: the records one JSON object per line; or one of the old
+    form, one JSON document."""
+    legacy = jobdir / "failures" / f"{phase}.json"
+    if legacy.exists():
+        old: dict[str, Any] = json.loads(legacy.read_text())
+        return old
     summary = json.loads((jobdir / "failures" / f"{phase}.summary.json").read_text())
     records = (jobdir.parent.parent / summary["key"]).read_text().splitlines()
     return {**summary, "items": [json.loads(line) for line in records]}

@@ -242,6 +242,42 @@ VALID_TOP = (
             "mymod.MyError, found 'not a class'",
         ),
         ("workers: 3\nworkers: 4\n", ":6: duplicate key 'workers' at top level"),
+        ("output: {file_rows: 0}\n", ":5: output.file_rows: expected an integer >= 1, found 0"),
+        ("output: {file_mb: -1}\n", ":5: output.file_mb: expected a number > 0, found -1"),
+        (
+            "output: {file_rows: 10, file_mb: 5}\n",
+            ":5: output.file_mb: give output.file_rows or output.file_mb, not both",
+        ),
+        (
+            "output: {partition_by: []}\n",
+            ":5: output.partition_by: expected 1 to 8 column names, found []",
+        ),
+        (
+            "output: {partition_by: country}\n",
+            ":5: output.partition_by: expected a list, found 'country'",
+        ),
+        (
+            "output:\n  partition_by: [country, 'a/b']\n",
+            ":6: output.partition_by[1]: expected a column name (no '/' or '='), found 'a/b'",
+        ),
+        (
+            "output: {partition_by: [day, day]}\n",
+            ":5: output.partition_by[1]: expected each column once, found 'day'",
+        ),
+        (
+            "output: {partition_by: [user_id]}\n",
+            ":5: output.partition_by[0]: expected a column other than the id field 'user_id' "
+            "(one folder per item), found 'user_id'",
+        ),
+        (
+            "output: {partition_by: [tags], schema: {tags: 'list<string>'}}\n",
+            ":5: output.partition_by[0]: expected a column of a scalar type: output.schema pins "
+            "tags as list<string>",
+        ),
+        (
+            "output: {keep_intermediates: 0}\n",
+            ":5: output.keep_intermediates: expected true or false, found 0",
+        ),
         (
             "slurm: [a\n",
             ":6: invalid YAML: expected ',' or ']', but got '<stream end>' "
