@@ -260,15 +260,27 @@ class Job:
         process for a local job, on Slurm for a Slurm job); with wait, as `wait()`."""
         job = self.record()
         if job.executor == "local" and live_lease_holder(self.backend, self.job_id) is not None:
-            # its runner lives: lifting the pause is all `slurmctl resume` would do
-            from slurmctl.worker.breaker import reset_breaker
-
-            if breaker_reason(job):
-                reset_breaker(self.backend, self.job_id)
-            lifecycle.lift_pause(self.backend, self.job_id, job)
+            self.lift_pause(job)  # its runner lives: that is all `slurmctl resume` would do
         else:
             self._run_cli("resume", self.job_id, "--no-progress")
         return self.wait(progress=progress) if wait else self.status()
+
+    def lift_pause(self, job: JobRecord | None = None) -> str | None:
+        """`resume`'s first step: the breaker's window starts again (before any worker may
+        run), then the pause is lifted. Returns what was lifted ("pause", "breaker") or None."""
+        job = job or self.record()
+        if breaker_reason(job):
+            from slurmctl.worker.breaker import reset_breaker
+
+            reset_breaker(self.backend, self.job_id)
+        return lifecycle.lift_pause(self.backend, self.job_id, job)
+
+    def reopen(self, job: JobRecord | None = None) -> bool:
+        """`resume`'s step for a FAILED or CANCELLED job: RUNNING again (what remains runs)."""
+        job = job or self.record()
+        if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            return False
+        return lifecycle.reopen(self.backend, self.job_id, from_status=job.status)
 
     def retry(
         self, errors: list[str] | set[str], wait: bool = False, progress: bool = False

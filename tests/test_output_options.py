@@ -36,18 +36,22 @@ def _manifest(root: Path) -> dict[str, object]:
     return doc
 
 
-def _submit(root: Path, config: Path, code: int = 0) -> None:
+def _submit(root: Path, config: Path, code: int = 0) -> str:
     out = cli(root, "submit", str(config), "--no-progress")
     assert out.returncode == code, out.stderr
     assert "Traceback" not in out.stderr
+    return out.stdout
 
 
 def test_partitioned_output_read_by_pyarrow_and_duckdb(tmp_path: Path) -> None:
     root = tmp_path / "root"
     extra = "output: {partition_by: [shard, odd], file_rows: 7}\n"
     config = make_job(tmp_path / "job", 60, handler=SHARDED, extra=extra, batch_size=10)
-    _submit(root, config)
+    printed = _submit(root, config)
     final = root / "objects" / "jobs" / "t1" / "final" / "data"
+    assert printed.splitlines()[-1] == (
+        f"output: {final}/ (12 files, 59 rows; `slurmctl status t1 --json` lists them)"
+    )
     manifest = _manifest(root)
     files = manifest["files"]
     assert isinstance(files, list)

@@ -18,13 +18,11 @@ from slurmctl.finalize.finalize import finalize
 from slurmctl.jobs import (
     JobLease,
     append_history,
-    breaker_reason,
     get_job,
     live_lease_holder,
     load_definition,
 )
 from slurmctl.states import JobStatus
-from slurmctl.worker.breaker import reset_breaker
 
 
 @cli.command("pause")
@@ -54,9 +52,8 @@ def resume_cmd(env: Env, job_id: str, no_progress: bool, follow: bool) -> None:
     if not job.submitted:  # submit died half way: its definition was stored first
         click.echo(f"job {job_id} was not fully submitted: carrying on with the submission")
         submit(env.backend, load_definition(env.backend, job_id), job_id=job_id)
-    if breaker_reason(job):  # the window starts again before any worker may run
-        reset_breaker(env.backend, job_id)
-    lifted = lifecycle.lift_pause(env.backend, job_id, job)
+    handle = Job(job_id, env.backend, env.root)
+    lifted = handle.lift_pause(job)  # the API's own step: `Job.resume` takes it too
     if lifted == "breaker":
         click.echo(f"job {job_id}: breaker closed ({job.error})")
     elif lifted:
@@ -66,8 +63,7 @@ def resume_cmd(env: Env, job_id: str, no_progress: bool, follow: bool) -> None:
             f"job {job_id} is being resumed by another slurmctl process; it carries on there"
         )
         return
-    if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-        lifecycle.reopen(env.backend, job_id, from_status=job.status)
+    handle.reopen(job)
     append_history(env.backend, job_id, "resume")
     try:
         status = run_job(env, job_id, progress=not no_progress, follow=follow)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from slurmctl.cli import EXIT_FAILED, EXIT_OK, EXIT_PAUSED, Env
@@ -48,6 +50,10 @@ def exit_code(status: str) -> int:
     return EXIT_OK
 
 
+MAX_OUTPUT_LINES = 5
+"""Output files listed one per line by `print_outcome`; more are shown as their folder."""
+
+
 def print_outcome(env: Env, job_id: str) -> int:
     """One closing summary; returns its exit code (`exit_code`)."""
     s = job_status(env.backend, job_id)
@@ -57,8 +63,17 @@ def print_outcome(env: Env, job_id: str) -> int:
         f"{items['failed_permanent']} failed permanently, {items['failed_transient']} failed "
         f"transiently, {items['quarantined']} quarantined, of {items['total']} items"
     )
-    for out in s["outputs"]:
+    outputs = s["outputs"]
+    for out in outputs if len(outputs) <= MAX_OUTPUT_LINES else []:
         click.echo(f"output: {out['path']} ({out['rows']} rows, sha256 {out['sha256'][:12]}…)")
+    if len(outputs) > MAX_OUTPUT_LINES:  # a partitioned or split output: its folder
+        folder = os.path.commonpath([o["path"].removeprefix("s3://") for o in outputs])
+        where = ("s3://" if outputs[0]["path"].startswith("s3://") else "") + folder + "/"
+        rows = sum(o["rows"] for o in outputs)
+        click.echo(
+            f"output: {where} ({len(outputs)} files, {rows} rows; `slurmctl status "
+            f"{job_id} --json` lists them)"
+        )
     if s["status"] == JobStatus.PAUSED:
         why = s["error"] or "paused"
         click.echo(f"job {job_id}: {why}; `slurmctl resume {job_id}` carries on", err=True)
