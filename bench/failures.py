@@ -81,7 +81,8 @@ def run(base: Path, n: int) -> dict[str, Any]:
     failures.store(backend, "t1", "initial", records, n, 0)
     backend.close()
     out = base / "f.parquet"
-    cmd = [sys.executable, "-m", "slurmctl", "--root", str(root), "failures", "t1", "--to", str(out)]
+    cmd = [sys.executable, "-m", "slurmctl", "--root", str(root), "failures", "t1"]
+    cmd += ["--to", str(out)]
     secs, rss, printed = _peak(cmd)
     assert printed.startswith(f"{n} failures written"), printed
     old = base / "old.json"
