@@ -3,7 +3,10 @@ to stdout and to a file, the preview table, --limit, --errors, and the one-line 
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -63,6 +66,34 @@ def test_results_to_a_file_in_each_format(done: Path, tmp_path: Path) -> None:
     _ok(done, "results", "t1", "--to", str(tmp_path / "r.out"), "--format", "jsonl")
     assert [json.loads(x) for x in (tmp_path / "r.out").read_text().splitlines()] == ROWS
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.out", "r.parquet"]
+
+
+def test_results_parquet_to_stdout_when_piped(done: Path) -> None:
+    args = ["results", "t1", "--format", "parquet", "--limit", "4"]
+    out = subprocess.run(
+        [sys.executable, "-m", "slurmctl", "--root", str(done), *args],
+        capture_output=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert pq.read_table(io.BytesIO(out.stdout)).to_pylist() == ROWS[:4]
+
+
+def test_failures_to_a_file_in_each_format_with_limit(done: Path, tmp_path: Path) -> None:
+    for fmt in ("csv", "jsonl", "parquet"):
+        to = tmp_path / f"f.{fmt}"
+        assert _ok(done, "failures", "t1", "--to", str(to), "--limit", "5") == (
+            f"1 failures written to {to} ({fmt})\n"
+        )
+    assert [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()] == [FAILURE]
+    assert (tmp_path / "f.csv").read_text().splitlines()[1].startswith('"3","initial",')
+    assert pq.read_table(tmp_path / "f.parquet").to_pylist() == [FAILURE]
+    assert _ok(done, "failures", "t1", "--format", "jsonl", "--limit", "0") == ""
+    to = tmp_path / "none.csv"
+    _ok(done, "failures", "t1", "--errors", "network", "--to", str(to))
+    assert to.read_text() == (
+        '"id","phase","error_type","permanent","message","attempts","reason","task_id","batch_id"\n'
+    )
 
 
 def test_results_preview_table(done: Path) -> None:
