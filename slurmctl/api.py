@@ -225,20 +225,20 @@ class Job:
     ) -> Iterator[pa.RecordBatch]:
         """`failures()` as record batches of at most `rows` rows, read from the manifests as
         they stream: millions of failures are never held at once."""
-        import pyarrow as pa
 
         from slurmctl.finalize import failures as manifests
 
         schema = FAILURE_SCHEMA()
-        pending: list[dict[str, Any]] = []
+        columns: list[list[Any]] = [[] for _ in schema]
         for _, e in manifests.all_entries(self.backend, self.job_id, self.record().phase):
             if errors is None or e["error_type"] in errors:
-                pending.append(_failure_row(e))
-                if len(pending) >= rows:
-                    yield pa.RecordBatch.from_pylist(pending, schema=schema)
-                    pending = []
-        if pending:
-            yield pa.RecordBatch.from_pylist(pending, schema=schema)
+                for column, value in zip(columns, _failure_row(e), strict=True):
+                    column.append(value)
+                if len(columns[0]) >= rows:
+                    yield _batch(columns, schema)
+                    columns = [[] for _ in schema]
+        if columns[0]:
+            yield _batch(columns, schema)
 
     def failure_count(self) -> int:
         """How many items failed for good: the manifests' counts, nothing read but them."""
@@ -436,18 +436,26 @@ def FAILURE_SCHEMA() -> pa.Schema:
     )
 
 
-def _failure_row(e: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "id": str(e["item_id"]),
-        "phase": e.get("phase"),
-        "error_type": e["error_type"],
-        "permanent": bool(e.get("permanent")),
-        "message": e.get("message"),
-        "attempts": e.get("attempt"),
-        "reason": e.get("reason"),
-        "task_id": e.get("task_id"),
-        "batch_id": e.get("batch_id"),
-    }
+def _batch(columns: list[list[Any]], schema: pa.Schema) -> pa.RecordBatch:
+    import pyarrow as pa
+
+    arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _failure_row(e: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A manifest record as the values of FAILURE_SCHEMA's columns, in order."""
+    return (
+        str(e["item_id"]),
+        e.get("phase"),
+        e["error_type"],
+        bool(e.get("permanent")),
+        e.get("message"),
+        e.get("attempt"),
+        e.get("reason"),
+        e.get("task_id"),
+        e.get("batch_id"),
+    )
 
 
 def _base_dir(path: str, key: str, final: str) -> str:

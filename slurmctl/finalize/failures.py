@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from slurmctl import fastjson
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.errors import IntegrityError
@@ -153,7 +154,7 @@ def entries(backend: Backend, manifest: FailureManifest) -> Iterator[dict[str, A
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        yield json.loads(line)
+                        yield fastjson.loads(line)
                     except ValueError:
                         raise IntegrityError(
                             f"{backend.objects.url(manifest.key)}: line {n} is not JSON"
