@@ -4,13 +4,14 @@ backend URL, `wait` raising on a FAILED job."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import slurmctl
 from slurmctl.api import Items
-from slurmctl.errors import JobNotFound
+from slurmctl.errors import JobNotFound, JobStateError, UserError
 from slurmctl.states import JobStatus
 from tests.aws.jobs import make_aws_job, new_place
 from tests.helpers import cli
@@ -84,3 +85,26 @@ def test_api_wait_on_a_failing_aws_job_raises(tmp_path: Path, moto_endpoint: str
     assert caught.value.status.items == Items(40, 0, 40, 0, 0, 0)
     assert str(caught.value) == f"job aws1 FAILED: {caught.value.status.error}"
     assert sorted(job.failures().column("id").to_pylist(), key=int) == [str(i) for i in range(40)]
+    # the CLI's one-line errors, raised as the library's exceptions
+    cases: list[tuple[Callable[[], object], type[Exception], str]] = [
+        (job.results, JobStateError, "job aws1 is FAILED: its results exist once it is COMPLETED"),
+        (job.dataset, JobStateError, "job aws1 is FAILED: its results exist once it is COMPLETED"),
+        (job.pause, JobStateError, "job aws1 is FAILED: nothing to pause"),
+        (job.cancel, JobStateError, "job aws1 is FAILED: nothing to cancel"),
+        (
+            lambda: job.retry(errors=["bogus"]),
+            UserError,
+            "--errors: unknown error type(s) bogus; valid: client, crash, network, not_found, "
+            "poison, preempted, schema, server, throttled, timeout, unknown, validation",
+        ),
+        (
+            lambda: job.retry(errors=["network"]),
+            JobStateError,
+            "job aws1: no failure of type network to retry",
+        ),
+    ]
+    for call, kind, message in cases:
+        with pytest.raises(kind) as error:
+            call()
+        assert str(error.value) == message
+        assert isinstance(error.value, slurmctl.errors.SlurmctlError)
