@@ -65,3 +65,16 @@ def test_files_roundtrip_and_list(backend: Backend, tmp_path: Path) -> None:
 def test_json_helpers(backend: Backend) -> None:
     backend.objects.put_json("m.json", {"b": 1, "a": [1, 2]})
     assert backend.objects.get_json("m.json") == {"a": [1, 2], "b": 1}
+
+
+def test_delete_many_removes_listed_keys_only(backend: Backend) -> None:
+    keys = [f"jobs/j1/results/task-{i:06d}/t.parquet" for i in range(1003)]
+    for key in keys:
+        backend.objects.put_bytes(key, b"x")
+    backend.objects.put_bytes("jobs/j1/final/manifest.json", b"{}")
+    # more than one S3 batch (1,000 keys); an absent key is not an error
+    backend.objects.delete_many([*keys[:1001], "jobs/j1/results/absent"])
+    left = list(backend.objects.list("jobs/j1/"))
+    assert left == ["jobs/j1/final/manifest.json", *keys[1001:]]
+    backend.objects.delete_many([])
+    assert backend.objects.head("jobs/j1/final/manifest.json") is not None
