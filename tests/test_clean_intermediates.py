@@ -95,7 +95,10 @@ def test_keep_intermediates_false_removes_them_at_completed(tmp_path: Path) -> N
 
 def test_clean_intermediates_refuses_an_unfinished_job(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    handler = "def process(item, ctx):\n    raise RuntimeError('boom')\n"
+    handler = (
+        "from slurmctl import PermanentError\n\n"
+        "def process(item, ctx):\n    raise PermanentError('no')\n"
+    )
     config = make_job(tmp_path / "job", 10, handler=handler, batch_size=5, workers=1)
     out = cli(root, "submit", str(config), "--no-progress")
     assert out.returncode == 1, out.stderr
