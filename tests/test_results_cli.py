@@ -148,7 +148,10 @@ def test_results_of_an_unfinished_job_is_refused(tmp_path: Path) -> None:
     config = make_job(tmp_path / "job", 10, batch_size=5, workers=1)
     out = cli(root, "submit", str(config), "--dry-run")
     assert out.returncode == 0
-    handler = "def process(item, ctx):\n    raise RuntimeError('boom')\n"
+    handler = (  # every item fails for good at once: FAILED without retry phases
+        "from slurmctl import PermanentError\n\n"
+        "def process(item, ctx):\n    raise PermanentError('no')\n"
+    )
     (tmp_path / "job" / "handler.py").write_text(handler)
     out = cli(root, "submit", str(config), "--no-progress")
     assert out.returncode == 1, out.stderr
