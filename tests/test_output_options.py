@@ -65,6 +65,8 @@ def test_partitioned_output_read_by_pyarrow_and_duckdb(tmp_path: Path) -> None:
         assert rel.name.startswith("t1-") and rel.suffix == ".parquet"
         assert hashlib.sha256(Path(f["path"]).read_bytes()).hexdigest() == f["sha256"]
         assert "shard" not in pq.read_schema(f["path"]).names  # in the folder names only
+    shown = cli(root, "status", "t1", env={"COLUMNS": "400"}).stdout
+    assert f"{final}/ (12 files, 59 rows; `slurmctl status t1 --json` lists them)" in shown
     assert status(root, "t1")["outputs"] == [
         {"path": f["path"], "rows": f["rows"], "sha256": f["sha256"]} for f in files
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
@@ -54,6 +55,22 @@ MAX_OUTPUT_LINES = 5
 """Output files listed one per line by `print_outcome`; more are shown as their folder."""
 
 
+def describe_outputs(job_id: str, outputs: list[dict[str, Any]], sha: bool = False) -> list[str]:
+    """A line per output file, or one for their folder when there are many (a partitioned or
+    split output)."""
+    if len(outputs) <= MAX_OUTPUT_LINES:
+        return [
+            f"{o['path']} ({o['rows']} rows" + (f", sha256 {o['sha256'][:12]}…)" if sha else ")")
+            for o in outputs
+        ]
+    folder = os.path.commonpath([o["path"].removeprefix("s3://") for o in outputs])
+    where = ("s3://" if outputs[0]["path"].startswith("s3://") else "") + folder + "/"
+    rows = sum(o["rows"] for o in outputs)
+    return [
+        f"{where} ({len(outputs)} files, {rows} rows; `slurmctl status {job_id} --json` lists them)"
+    ]
+
+
 def print_outcome(env: Env, job_id: str) -> int:
     """One closing summary; returns its exit code (`exit_code`)."""
     s = job_status(env.backend, job_id)
@@ -63,17 +80,8 @@ def print_outcome(env: Env, job_id: str) -> int:
         f"{items['failed_permanent']} failed permanently, {items['failed_transient']} failed "
         f"transiently, {items['quarantined']} quarantined, of {items['total']} items"
     )
-    outputs = s["outputs"]
-    for out in outputs if len(outputs) <= MAX_OUTPUT_LINES else []:
-        click.echo(f"output: {out['path']} ({out['rows']} rows, sha256 {out['sha256'][:12]}…)")
-    if len(outputs) > MAX_OUTPUT_LINES:  # a partitioned or split output: its folder
-        folder = os.path.commonpath([o["path"].removeprefix("s3://") for o in outputs])
-        where = ("s3://" if outputs[0]["path"].startswith("s3://") else "") + folder + "/"
-        rows = sum(o["rows"] for o in outputs)
-        click.echo(
-            f"output: {where} ({len(outputs)} files, {rows} rows; `slurmctl status "
-            f"{job_id} --json` lists them)"
-        )
+    for line in describe_outputs(job_id, s["outputs"], sha=True):
+        click.echo(f"output: {line}")
     if s["status"] == JobStatus.PAUSED:
         why = s["error"] or "paused"
         click.echo(f"job {job_id}: {why}; `slurmctl resume {job_id}` carries on", err=True)
