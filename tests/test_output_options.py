@@ -149,3 +149,15 @@ def test_a_partition_column_the_output_lacks_fails_the_job(tmp_path: Path) -> No
         "FAILED",
         "output.partition_by: column 'country' is not in the output (its columns: id, double)",
     )
+
+
+def test_output_options_are_checked_at_submit(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    config = make_job(tmp_path / "job", 20, extra="output: {file_rows: 10, file_mb: 1}\n")
+    out = cli(root, "submit", str(config), "--no-progress")
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (
+        f"error: {config}:10: output.file_mb: give output.file_rows or output.file_mb, not both\n"
+    )
+    assert cli(root, "list").stdout == f"no jobs in {root}\n"
+    assert not (root / "objects" / "jobs" / "t1").exists()
