@@ -101,8 +101,14 @@ def test_partitioned_output_read_by_pyarrow_and_duckdb(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     assert sorted(r["id"] for r in lines) == sorted(IDS) and set(lines[0]) >= {"shard", "odd"}
 
+    assert cli(root, "results", "t1", "--verify").stdout == (
+        "job t1: 12 output files (59 rows) match their sha256\n"
+    )
     damaged = Path(files[5]["path"])
     damaged.write_bytes(damaged.read_bytes() + b"x")
+    out = cli(root, "results", "t1", "--verify")
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr.startswith(f"integrity error: {damaged}: sha256 "), out.stderr
     with pytest.raises(IntegrityError, match=f"{damaged}: sha256 .* does not match"):
         job.verify()
     with pytest.raises(IntegrityError, match=str(damaged)):

@@ -156,10 +156,21 @@ TO = click.Path(path_type=Path, dir_okay=False)
 @click.option("--to", "to", type=TO, default=None, help="Write the rows to this file.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Output format.")
 @click.option("--limit", type=click.IntRange(0), default=None, help="At most N rows.")
+@click.option(
+    "--verify", is_flag=True, help="Check every output file against its sha256 (then stop)."
+)
 @pass_env
-def results_cmd(env: Env, job_id: str, to: Path | None, fmt: str | None, limit: int | None) -> None:
+def results_cmd(
+    env: Env, job_id: str, to: Path | None, fmt: str | None, limit: int | None, verify: bool
+) -> None:
     """The output rows of a COMPLETED job: a preview, or all of them to a file or stdout."""
-    ds = Job(job_id, env.backend, env.root).dataset()
+    job = Job(job_id, env.backend, env.root)
+    if verify:
+        files = job.verify()
+        rows = sum(f["rows"] for f in files)
+        click.echo(f"job {job_id}: {len(files)} output files ({rows} rows) match their sha256")
+        return
+    ds = job.dataset()
     _emit("rows", ds.schema, ds.to_batches(), ds.count_rows, to, fmt, limit)
 
 
