@@ -212,6 +212,18 @@ class Job:
             partition_base_dir=base,
         )
 
+    def remove_intermediates(self) -> int:
+        """What `slurmctl clean JOB --intermediates` removes of a COMPLETED job (its batches,
+        per-task results, aggregation levels, checkpoints; the final output, its manifest and
+        the failure manifests stay); returns how many objects went. `JobStateError` for a job
+        that is not COMPLETED or still has a live runner."""
+        from slurmctl.finalize.intermediates import remove_intermediates
+
+        holder = live_lease_holder(self.backend, self.job_id)
+        if holder is not None:
+            raise JobStateError(f"job {self.job_id} is running ({holder} is running it)")
+        return remove_intermediates(self.backend, self.job_id, by="clean").objects
+
     def failures(self, errors: set[str] | None = None) -> pa.Table:
         """The items that failed for good, one row each, from the failure manifests of every
         phase: id, phase, error_type, permanent, message, attempts, reason, task_id, batch_id.

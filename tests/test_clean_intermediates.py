@@ -8,6 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+import slurmctl
+from slurmctl.errors import JobStateError
 from tests.helpers import cli, make_job, status
 
 KEPT = {
@@ -109,6 +113,9 @@ def test_clean_intermediates_refuses_an_unfinished_job(tmp_path: Path) -> None:
         "or failed one still needs its batches and results)\n",
         "",
     )
+    with pytest.raises(JobStateError) as refused:  # the API's, which the command runs
+        slurmctl.job("t1", root=root).remove_intermediates()
+    assert f"error: {refused.value}\n" == out.stderr
     assert (root / "objects" / "jobs" / "t1" / "batches").is_dir()
     out = cli(root, "clean", "t1", "--intermediates", "--everything", "--yes")
     assert (out.returncode, out.stderr) == (

@@ -10,10 +10,11 @@ import time
 
 import click
 
+from slurmctl.api import Job
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.coordinator.submit import discard
 from slurmctl.errors import JobStateError, UserError
-from slurmctl.finalize.intermediates import check_removable, remove_intermediates
+from slurmctl.finalize.intermediates import check_removable
 from slurmctl.jobs import get_job, live_lease_holder, load_definition
 from slurmctl.scratch import scratch_root
 from slurmctl.states import TaskStatus
@@ -65,9 +66,9 @@ def clean_cmd(env: Env, job_id: str, intermediates: bool, everything: bool, yes:
         click.confirm(f"remove {what}?", abort=True)
     shutil.rmtree(scratch, ignore_errors=True)
     if intermediates:
-        removed = remove_intermediates(env.backend, job_id, by="clean")
+        removed = Job(job_id, env.backend, env.root).remove_intermediates()
         click.echo(
-            f"job {job_id}: removed {what} ({removed.objects} objects); its final output, "
+            f"job {job_id}: removed {what} ({removed} objects); its final output, "
             "manifest and failure manifests stay"
         )
         return
