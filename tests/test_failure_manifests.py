@@ -9,6 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import slurmctl
 from slurmctl.backends import open_local
 from tests.helpers import assert_exactly_once, cli, failure_manifest, make_job, status
 
@@ -89,6 +90,11 @@ def test_manifest_is_json_lines_with_a_summary(tmp_path: Path) -> None:
         }
     ]
     assert not (jobdir / "failures" / "initial.json").exists()
+
+    job = slurmctl.job("t1", root=root)  # streamed in record batches of at most `rows`
+    assert [b.num_rows for b in job.failure_batches(rows=8)] == [8, 8, 6]
+    assert [b.num_rows for b in job.failure_batches({"validation"}, rows=8)] == [2]
+    assert job.failure_count() == 22
 
     records.write_text(records.read_text().replace("reset by peer", "reset by peeR"))
     out = cli(root, "failures", "t1", "--format", "jsonl")
