@@ -38,6 +38,7 @@ from slurmctl.errors import (
     WaitTimeout,
 )
 from slurmctl.jobs import (
+    append_history,
     breaker_reason,
     get_job,
     live_lease_holder,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     import pyarrow.dataset as pads
 
     from slurmctl.coordinator.submit import Submitted
+    from slurmctl.finalize.retry import RetryPlan, Selection
 
 __all__ = [
     "Items",
@@ -315,6 +317,45 @@ class Job:
         # started once the new phase is there (the lease is taken before it is planned)
         self._run_cli("retry", *args, started=lambda: self.record().phase != job.phase)
         return self.wait(progress=progress) if wait else self.status()
+
+    def plan_retry(
+        self, types: set[str], job: JobRecord | None = None
+    ) -> tuple[RetryPlan, Selection] | None:
+        """`retry --errors`'s planning, which the command runs under the job lease: the job
+        must be finished; the failures of these types (permanent ones included) become a new
+        phase's batches and tasks, the job flips to it, the history records it. None when no
+        failure has these types. `retry()` runs the command (and so this) in the background."""
+        import shutil
+
+        from slurmctl.finalize import retry
+
+        job = job or self.record()
+        check_finished(self.backend, job)
+        definition = _definition(self.backend, self.job_id)
+        selection = retry.select_failures(
+            self.backend, self.job_id, job.phase, types, definition.batch_size
+        )
+        if selection.items == 0:
+            return None
+        work = Path(tempfile.mkdtemp(prefix=f"slurmctl-retry-{self.job_id}-"))
+        try:
+            plan = retry.operator_retry(
+                self.backend, self.job_id, definition, job.phase, types, work
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if plan is None:
+            raise JobStateError(f"job {self.job_id} changed while planning the retry; try again")
+        append_history(
+            self.backend,
+            self.job_id,
+            "retry",
+            errors=sorted(types),
+            phase=plan.phase,
+            items=plan.items,
+            tasks=plan.tasks,
+        )
+        return plan, selection
 
     def cancel(self) -> list[str]:
         """Mark the job CANCELLED (workers leave at their next check) and scancel its Slurm

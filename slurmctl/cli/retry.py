@@ -5,18 +5,15 @@ commit, a task that could not run). Both act under the job lease: a second `retr
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
-from pathlib import Path
 
 import click
 
-from slurmctl.api import check_error_types, check_finished
+from slurmctl.api import Job, check_error_types, check_finished
 from slurmctl.backends.statestore import JobRecord
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import print_outcome, run_job
-from slurmctl.errors import JobStateError, UserError
+from slurmctl.errors import UserError
 from slurmctl.finalize import retry
 from slurmctl.finalize.rerun import missing_results, rerun_tasks
 from slurmctl.ids import phase_name, phase_number
@@ -90,29 +87,11 @@ def retry_cmd(
         return
     with JobLease(env.backend, job_id) as lease:
         job = get_job(env.backend, job_id)  # as it is now that no one else acts on it
-        check_finished(env.backend, job)
-        selection = retry.select_failures(
-            env.backend, job_id, job.phase, types, definition.batch_size
-        )
-        if selection.items == 0:
+        planned = Job(job_id, env.backend, env.root).plan_retry(types, job)
+        if planned is None:
             click.echo(f"job {job_id}: no failure of type {', '.join(sorted(types))} to retry")
             return
-        work = Path(tempfile.mkdtemp(prefix=f"slurmctl-retry-{job_id}-"))
-        try:
-            plan = retry.operator_retry(env.backend, job_id, definition, job.phase, types, work)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        if plan is None:
-            raise JobStateError(f"job {job_id} changed while planning the retry; try again")
-        append_history(
-            env.backend,
-            job_id,
-            "retry",
-            errors=sorted(types),
-            phase=plan.phase,
-            items=plan.items,
-            tasks=plan.tasks,
-        )
+        plan, selection = planned
         click.echo(
             f"job {job_id}: retrying {plan.items} items ({_detail(selection)}) in phase "
             f"{plan.phase}"
