@@ -33,7 +33,6 @@ from slurmctl.errors import (
     JobFailed,
     JobStateError,
     JobStopped,
-    SlurmctlError,
     UserError,
     WaitTimeout,
 )
@@ -43,7 +42,6 @@ from slurmctl.jobs import (
     get_job,
     live_lease_holder,
 )
-from slurmctl.layout import JobLayout
 from slurmctl.observe.status import Items, JobStatusView, Output, job_status
 from slurmctl.states import JobStatus, TaskStatus
 
@@ -131,88 +129,33 @@ class Job:
 
     def manifest(self) -> dict[str, Any]:
         """The result manifest of a COMPLETED job: its files (path, key, rows, sha256, and the
-        partition values of a partitioned one), rows, items, failure manifests..."""
-        from slurmctl.backends.objectstore import ObjectNotFound
+        partition values of a partitioned one), the output's folder, rows, items, the failure
+        manifests, the partitioning. `JobStateError` for a job that is not COMPLETED."""
+        from slurmctl.observe import results
 
-        job = self.record()
-        if job.status != JobStatus.COMPLETED:
-            raise JobStateError(
-                f"job {self.job_id} is {job.status}: its results exist once it is COMPLETED"
-            )
-        try:
-            manifest: Any = self.backend.objects.get_json(JobLayout(self.job_id).final_manifest)
-        except ObjectNotFound:
-            raise SlurmctlError(
-                f"job {self.job_id} is COMPLETED but its final manifest "
-                f"{JobLayout(self.job_id).final_manifest} is missing"
-            ) from None
-        result: dict[str, Any] = manifest
-        return result
+        return results.result_manifest(self.backend, self.record())
 
     def verify(self) -> list[dict[str, Any]]:
         """Every file of the result manifest checked against its sha256 (read whole: fetched
         from S3); IntegrityError or ObjectNotFound names the first that does not match."""
-        files: list[dict[str, Any]] = self.manifest()["files"]
-        with tempfile.TemporaryDirectory(prefix="slurmctl-verify-") as tmp:
-            for f in files:
-                if self.backend.objects.verify(f["key"], f["sha256"]) is None:
-                    check = Path(tmp) / "check.parquet"
-                    self.backend.objects.get_file(f["key"], check, sha256=f["sha256"])
-                    check.unlink()
-        return files
+        from slurmctl.observe import results
+
+        return results.verify_outputs(self.backend, self.manifest())
 
     def results(self) -> pa.Table:
         """The final output as one Arrow table (`.to_pandas()` for pandas), the partition
         columns of a partitioned one included; each file is checked against the sha256 the
         result manifest recorded."""
-        import pyarrow.dataset as pads
+        from slurmctl.observe import results
 
-        from slurmctl.finalize.dataset import partitioning_of
-
-        manifest = self.manifest()
-        final = JobLayout(self.job_id).final_dataset
-        with tempfile.TemporaryDirectory(prefix="slurmctl-results-") as tmp:
-            paths = []
-            for f in manifest["files"]:
-                path = self.backend.objects.verify(f["key"], f["sha256"])
-                if path is None:  # not on this host (S3): fetched, verified
-                    path = Path(tmp) / f["key"].removeprefix(final)
-                    self.backend.objects.get_file(f["key"], path, sha256=f["sha256"])
-                paths.append(str(path))
-            partitioning = partitioning_of(manifest.get("partitioning"))
-            base = _base_dir(paths[0], manifest["files"][0]["key"], final)
-            ds = pads.dataset(
-                paths, format="parquet", partitioning=partitioning, partition_base_dir=base
-            )
-            return ds.to_table()
+        return results.results_table(self.backend, self.job_id, self.manifest())
 
     def dataset(self) -> pads.Dataset:
         """The final output as a `pyarrow.dataset.Dataset`, read where it is (local or S3),
         for filters and projections without loading it whole (partition columns included)."""
-        import pyarrow.dataset as pads
+        from slurmctl.observe import results
 
-        from slurmctl.finalize.dataset import partitioning_of
-
-        manifest = self.manifest()
-        files = manifest["files"]
-        final = JobLayout(self.job_id).final_dataset
-        partitioning = partitioning_of(manifest.get("partitioning"))
-        if self.backend.kind == "local":
-            paths = [f["path"] for f in files]
-            base = _base_dir(paths[0], files[0]["key"], final)
-            return pads.dataset(
-                paths, format="parquet", partitioning=partitioning, partition_base_dir=base
-            )
-        fs = _s3_filesystem(self.backend)
-        paths = [f["path"].removeprefix("s3://") for f in files]
-        base = _base_dir(paths[0], files[0]["key"], final)
-        return pads.dataset(
-            paths,
-            format="parquet",
-            filesystem=fs,
-            partitioning=partitioning,
-            partition_base_dir=base,
-        )
+        return results.results_dataset(self.backend, self.job_id, self.manifest())
 
     def remove_intermediates(self) -> int:
         """What `slurmctl clean JOB --intermediates` removes of a COMPLETED job (its batches,
@@ -232,6 +175,8 @@ class Job:
         `errors` keeps only those error types."""
         import pyarrow as pa
 
+        from slurmctl.observe.results import FAILURE_SCHEMA
+
         return pa.Table.from_batches(list(self.failure_batches(errors)), schema=FAILURE_SCHEMA())
 
     def failure_batches(
@@ -239,20 +184,10 @@ class Job:
     ) -> Iterator[pa.RecordBatch]:
         """`failures()` as record batches of at most `rows` rows, read from the manifests as
         they stream: millions of failures are never held at once."""
+        from slurmctl.observe import results
 
-        from slurmctl.finalize import failures as manifests
-
-        schema = FAILURE_SCHEMA()
-        columns: list[list[Any]] = [[] for _ in schema]
-        for _, e in manifests.all_entries(self.backend, self.job_id, self.record().phase):
-            if errors is None or e["error_type"] in errors:
-                for column, value in zip(columns, _failure_row(e), strict=True):
-                    column.append(value)
-                if len(columns[0]) >= rows:
-                    yield _batch(columns, schema)
-                    columns = [[] for _ in schema]
-        if columns[0]:
-            yield _batch(columns, schema)
+        phase = self.record().phase
+        return results.failure_batches(self.backend, self.job_id, phase, errors, rows)
 
     def failure_count(self) -> int:
         """How many items failed for good: the manifests' counts, nothing read but them."""
@@ -469,73 +404,6 @@ def _definition(backend: Backend, job_id: str) -> JobDefinition:
     from slurmctl.jobs import load_definition
 
     return load_definition(backend, job_id)
-
-
-def FAILURE_SCHEMA() -> pa.Schema:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("id", pa.string()),
-            ("phase", pa.string()),
-            ("error_type", pa.string()),
-            ("permanent", pa.bool_()),
-            ("message", pa.string()),
-            ("attempts", pa.int64()),
-            ("reason", pa.string()),
-            ("task_id", pa.string()),
-            ("batch_id", pa.string()),
-        ]
-    )
-
-
-def _batch(columns: list[list[Any]], schema: pa.Schema) -> pa.RecordBatch:
-    import pyarrow as pa
-
-    arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)]
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _failure_row(e: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A manifest record as the values of FAILURE_SCHEMA's columns, in order."""
-    return (
-        str(e["item_id"]),
-        e.get("phase"),
-        e["error_type"],
-        bool(e.get("permanent")),
-        e.get("message"),
-        e.get("attempt"),
-        e.get("reason"),
-        e.get("task_id"),
-        e.get("batch_id"),
-    )
-
-
-def _base_dir(path: str, key: str, final: str) -> str:
-    """The folder of the final output, for a file's path whose key is under `final`."""
-    rel = key.removeprefix(final)
-    return path[: len(path) - len(rel)].rstrip("/")
-
-
-def _s3_filesystem(backend: Backend) -> Any:
-    """pyarrow's S3 filesystem on the backend's endpoint, with boto3's credentials."""
-    import boto3
-    from pyarrow import fs
-
-    objects: Any = backend.objects
-    endpoint = objects.s3.endpoint
-    session = boto3.session.Session()
-    creds = session.get_credentials()
-    frozen = creds.get_frozen_credentials() if creds is not None else None
-    scheme, _, host = endpoint.partition("://")
-    return fs.S3FileSystem(
-        access_key=frozen.access_key if frozen else None,
-        secret_key=frozen.secret_key if frozen else None,
-        session_token=frozen.token if frozen else None,
-        region=objects.s3.client.meta.region_name,
-        endpoint_override=host if "amazonaws.com" not in host else None,
-        scheme=scheme or "https",
-    )
 
 
 class _progress:

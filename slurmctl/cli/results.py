@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from slurmctl.api import FAILURE_SCHEMA, Job, check_error_types
+from slurmctl.api import Job, check_error_types
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.errors import UserError
 
@@ -193,5 +193,7 @@ def failures_cmd(
         if types is None:
             return job.failure_count()
         return sum(b.num_rows for b in job.failure_batches(types))
+
+    from slurmctl.observe.results import FAILURE_SCHEMA
 
     _emit("failures", FAILURE_SCHEMA(), job.failure_batches(types), total, to, fmt, limit)
