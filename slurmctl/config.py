@@ -66,6 +66,9 @@ assert set(get_args(ErrorType)) == set(ERROR_TYPES) == set(TRANSIENT_TYPES + PER
 if TYPE_CHECKING:
     from slurmctl.output_schema import Pin
 
+INPUT_COLUMN_TYPES = ("string", "int64", "float64", "bool", "timestamp", "json")
+"""The types a CSV column may be declared with (`input_columns`): output.schema's scalar names."""
+
 _IDENT_RE = re.compile(r"^[A-Za-z_]\w*$", re.ASCII)
 _TIME_RE = re.compile(r"^(?:\d+-\d{1,2}|\d+)(?::\d{1,2}){0,2}$")
 
@@ -370,6 +373,10 @@ class JobDefinition(_Section):
     job_type: JobType
     handler: Handler
     input: InputRef
+    input_format: Literal["jsonl", "csv", "parquet"] | None = None
+    """None: from each file's extension (coordinator/inputs.py)."""
+    input_columns: dict[str, str] | None = None
+    """CSV only: the types of some columns (the others are strings)."""
     id_field: str = Field(min_length=1)
     batch_size: int = Field(default=100, ge=1, le=1_000_000)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -430,6 +437,27 @@ class JobDefinition(_Section):
                     "expected a bucket name of letters, digits and '_'", (name,), show_found=False
                 )
         return value
+
+    @field_validator("input_columns")
+    @classmethod
+    def _check_input_columns(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, text in (value or {}).items():
+            if not name.strip():
+                raise FieldProblem("expected a column name", (name,))
+            if text.strip() not in INPUT_COLUMN_TYPES:
+                expected = ", ".join(INPUT_COLUMN_TYPES)
+                raise FieldProblem(f"expected one of {expected}", (name,))
+        return value
+
+    @model_validator(mode="after")
+    def _id_input_column_is_text_or_int(self) -> JobDefinition:
+        declared = (self.input_columns or {}).get(self.id_field)
+        if declared is not None and declared.strip() not in ("string", "int64"):
+            raise FieldProblem(
+                "expected string or int64: the id column holds ids, which are text or integers",
+                ("input_columns", self.id_field),
+            )
+        return self
 
     @model_validator(mode="after")
     def _not_partitioned_by_id(self) -> JobDefinition:

@@ -23,6 +23,7 @@ from slurmctl.cli import EXIT_FAILED, Env, cli, pass_env
 from slurmctl.cli.progress import stderr
 from slurmctl.cli.run import finished, print_outcome, run_job
 from slurmctl.config import JobDefinition, load_job_definition
+from slurmctl.coordinator.inputs import Part
 from slurmctl.coordinator.scan import InputScanner, InputSource
 from slurmctl.coordinator.submit import check_existing, open_input, plan
 from slurmctl.errors import BackendUnavailable, ConfigError, UserError
@@ -334,23 +335,46 @@ class _TriedColumns:
 
 
 class _FirstLines:
-    """The input's first lines only: `try` never reads a whole large input."""
+    """The input's first lines (or rows) only: `try` never reads a whole large input."""
 
     def __init__(self, source: InputSource, limit: int) -> None:
         self.source, self.limit = source, limit
         self.name = source.name
         self.first: bytes | None = None
+        self.files = list(getattr(source, "files", ()))
+        self._read = 0
 
     def size(self) -> int:
         return self.source.size()
 
     def lines(self) -> Iterator[bytes]:
-        for n, line in enumerate(self.source.lines()):
-            if n >= self.limit:
-                return
-            if self.first is None and line.strip():
-                self.first = line
-            yield line
+        return self._first(self.source.lines())
+
+    def parts(self, work_dir: Path, id_field: str, tap: Any = None) -> Iterator[Part]:
+        of = getattr(self.source, "parts", None)
+        if of is None:
+            yield Part(self.name, "line", lines=self.lines())
+            return
+        for part in of(work_dir, id_field, tap):
+            if part.lines is not None:
+                part.lines = self._first(part.lines)
+            elif part.rows is not None:
+                part.rows = self._first(part.rows)
+            yield part
+
+    def _first(self, records: Iterator[Any]) -> Iterator[Any]:
+        try:
+            for record in records:
+                if self._read >= self.limit:
+                    return
+                self._read += 1
+                if self.first is None and isinstance(record, bytes) and record.strip():
+                    self.first = record
+                yield record
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
 
 
 def _check_id_field(

@@ -18,11 +18,13 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.config import JobDefinition
+from slurmctl.coordinator.inputs import Part, Tap
 from slurmctl.coordinator.scan import FileSource, InputSource
 from slurmctl.errors import UserError
 from slurmctl.layout import JobLayout
@@ -49,13 +51,21 @@ def key(job_id: str) -> str:
 
 
 def stamp(source: InputSource) -> str | None:
-    """A cheap change marker: a local file's mtime in ns (None for a stream)."""
+    """A cheap change marker: a local file's mtime in ns, an S3 object's ETag, a digest of the
+    names, sizes and stamps of several files (None for a stream without one)."""
     if isinstance(source, FileSource):
         try:
             return f"mtime_ns:{source.path.stat().st_mtime_ns}"
         except OSError:
             return None
-    return None
+    of = getattr(source, "stamp", None)
+    if of is None:
+        return None
+    try:
+        found: str | None = of()
+    except UserError:
+        return None
+    return found
 
 
 def load(backend: Backend, job_id: str) -> InputFingerprint | None:
@@ -71,12 +81,23 @@ def store(backend: Backend, job_id: str, fp: InputFingerprint) -> None:
 
 
 class HashingSource:
-    """An input source whose raw lines feed a sha256 as the scan reads them."""
+    """An input source whose raw bytes feed a sha256 as the scan reads them."""
 
     def __init__(self, source: InputSource) -> None:
         self.source = source
         self.name = source.name
         self.digest = hashlib.sha256()
+        self.files: list[object] = list(getattr(source, "files", ()))
+
+    def parts(self, work_dir: Path, id_field: str, tap: Tap | None = None) -> Iterator[Part]:
+        """The source's parts (an `inputs.Input`), or its lines as one JSON Lines part."""
+        update = self.digest.update
+        both: Tap = update if tap is None else (lambda raw: (update(raw), tap(raw)))
+        of = getattr(self.source, "parts", None)
+        if of is not None:
+            parts: Iterator[Part] = of(work_dir, id_field, both)
+            return parts
+        return iter([Part(self.name, "line", lines=_tapped(self.source.lines(), both))])
 
     def size(self) -> int:
         return self.source.size()
@@ -92,6 +113,17 @@ class HashingSource:
             close = getattr(raws, "close", None)
             if close is not None:
                 close()
+
+
+def _tapped(lines: Iterator[bytes], tap: Tap) -> Iterator[bytes]:
+    try:
+        for raw in lines:
+            tap(raw)
+            yield raw
+    finally:
+        close = getattr(lines, "close", None)
+        if close is not None:
+            close()
 
 
 def full_digest(source: InputSource) -> str:

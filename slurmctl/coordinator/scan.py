@@ -1,23 +1,29 @@
-"""Streaming the input: each line a JSON object with a unique id, checked without holding the ids
-in memory (a SQLite index on disk, `idindex.py`), bad lines set aside with their line numbers.
+"""Streaming the input: each record (a JSON Lines line, a CSV or Parquet row) an object with a
+unique id, checked without holding the ids in memory (a SQLite index on disk, `idindex.py`), bad
+records set aside with their line or row numbers (and their file, for an input of several).
 
-The input is a local file or any `InputSource`: something with a name (for messages) that yields
-the input's raw lines, each with its `\n`, e.g. `backends.objectstore.lines_of(chunks)` over an
-S3 object's body.
+The input is a local file, an `inputs.Input` (files of any format, as `Part`s of lines or rows),
+or any `InputSource`: something with a name (for messages) that yields the input's raw lines,
+each with its `\n`, e.g. `backends.objectstore.lines_of(chunks)` over an S3 object's body.
 """
 
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
 from slurmctl import fastjson
 from slurmctl.coordinator.idindex import ChildIndex, Duplicate, LocalIndex
+from slurmctl.coordinator.inputs import Part, Tap
+from slurmctl.coordinator.records import bad_id, id_text
 from slurmctl.errors import InputError
+
+__all__ = ["FileSource", "InputScanner", "InputSource", "ScanStats", "id_text"]
 
 CHUNK_LINES = 2000
 DEPTH = 2
@@ -36,7 +42,9 @@ class InputSource(Protocol):
         ...
 
     def lines(self) -> Iterator[bytes]:
-        """The raw lines in order, each with its b"\n" (the last one may lack it)."""
+        """The raw lines in order, each with its b"\n" (the last one may lack it). A source
+        with `parts` (`inputs.Input`) is scanned through them instead: its `lines()` are the
+        raw bytes its digest covers."""
         ...
 
 
@@ -64,9 +72,12 @@ class FileSource:
 @dataclass
 class ScanStats:
     lines: int = 0
+    """Records read: lines of JSON Lines and CSV (but blank lines), rows of Parquet."""
     items: int = 0
     quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    unit: str = "line"
+    """What the input's records are called in messages: line (JSON Lines, CSV) or row (Parquet)."""
 
 
 class InputScanner:
@@ -90,14 +101,27 @@ class InputScanner:
         self.on_bytes = on_bytes
         self.child_index = child_index
         self.stats = ScanStats()
+        self._files: list[tuple[int, str, str]] = []
+        """(first number - 1, name, unit) of each file read so far."""
+        self._starts: list[int] = []
+        self._multi = False
+        self._last = 0
 
-    def _reject(self, lineno: int, reason: str, raw: bytes) -> None:
+    def _where(self, number: int) -> tuple[str | None, str, int]:
+        """A record's file (None for an input of one file), unit and number in that file."""
+        at = bisect_right(self._starts, number) - 1
+        start, name, unit = self._files[at]
+        return (name if len(self._files) > 1 or self._multi else None), unit, number - start
+
+    def _reject(self, number: int, reason: str, raw: bytes) -> None:
         self.stats.quarantined += 1
         kind = reason.split(":", 1)[0]
         self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
         if self.quarantine is not None:
             text = raw[:TEXT_KEEP].decode("utf-8", "replace")
-            doc = {"line": lineno, "reason": reason, "text": text}
+            name, unit, local = self._where(number)
+            doc: dict[str, object] = {} if name is None else {"file": name}
+            doc.update({unit: local, "reason": reason, "text": text})
             self.quarantine.write(json.dumps(doc).encode() + b"\n")
 
     def _index(self, db_path: Path) -> LocalIndex | ChildIndex:
@@ -114,58 +138,57 @@ class InputScanner:
                 pass  # no big enough pipe on this system: one core it is
         return LocalIndex(db_path)
 
+    def _parts(self) -> Iterator[Part]:
+        """The source's files as parts; its progress (on_bytes) fed with every raw byte read."""
+        on_bytes = self.on_bytes
+        tap: Tap | None = None if on_bytes is None else (lambda raw: on_bytes(len(raw)))
+        parts = getattr(self.source, "parts", None)
+        if parts is not None:
+            return iter(parts(self.work_dir, self.id_field, tap))
+        return iter([Part(self.name, "line", lines=_tapped_lines(self.source.lines(), tap))])
+
     def items(self) -> Iterator[bytes]:
-        """The valid lines in input order. A chunk's lines are yielded once the id index has
-        checked it; the index works on the next chunks meanwhile (at most DEPTH ahead)."""
+        """The valid records' JSON lines in input order. A chunk's lines are yielded once the id
+        index has checked it; the index works on the next chunks meanwhile (at most DEPTH
+        ahead). Records are numbered across files: file k's record n is number start_k + n."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         db_path = self.work_dir / "ids.sqlite"
         db_path.unlink(missing_ok=True)
         index = self._index(db_path)
-        raws: Iterator[bytes] | None = None
         sent: deque[_Chunk] = deque()
-        # the hot loop: only the id matters here, and an id orjson turned into a float (an
-        # integer beyond 64 bits) is read again exactly
-        loads, id_field, on_bytes = fastjson.loads_unchecked, self.id_field, self.on_bytes
+        parts: Iterator[Part] | None = None
+        self._multi = len(getattr(self.source, "files", ())) > 1
+        self._starts.clear()
+        self._files.clear()
+        self._last = 0
         try:
-            raws = self.source.lines()
+            parts = self._parts()
             chunk = _Chunk()
-            lineno = 0
-            for raw in raws:
-                lineno += 1
-                if on_bytes is not None:
-                    on_bytes(len(raw))
-                line = raw.rstrip(b"\r\n")
-                if not line or line.isspace():
-                    continue  # blank lines are not items
-                self.stats.lines += 1
+            start = 0
+            for part in parts:
+                self._starts.append(start)
+                self._files.append((start, part.name, part.unit))
+                self.stats.unit = self._files[0][2]
+                records = (
+                    self._lines(part, start) if part.lines is not None else self._rows(part, start)
+                )
                 try:
-                    obj = loads(line)
-                except json.JSONDecodeError as e:
-                    chunk.bad(lineno, f"invalid JSON: {e.msg} at column {e.colno}", line)
-                    continue
-                except UnicodeDecodeError:
-                    chunk.bad(lineno, "invalid JSON: not UTF-8 text", line)
-                    continue
-                if type(obj) is not dict:
-                    chunk.bad(lineno, f"not a JSON object: a {type(obj).__name__}", line)
-                    continue
-                key = obj.get(id_field)
-                if type(key) is not str or not key.isascii():
-                    if type(key) is float:
-                        obj = json.loads(line)
-                    key = id_text(obj.get(id_field))
-                if not key:
-                    chunk.bad(lineno, _bad_id(obj.get(id_field), id_field), line)
-                    continue
-                chunk.ids.append(key)
-                chunk.linenos.append(lineno)
-                chunk.lines.append(line)
-                if len(chunk.ids) >= CHUNK_LINES:
-                    index.send(chunk.ids, chunk.linenos)
-                    sent.append(chunk)
-                    chunk = _Chunk()
-                    if len(sent) > DEPTH:
-                        yield from self._settle(sent.popleft(), index.receive())
+                    for number, key, line, reason in records:
+                        if reason is not None:
+                            chunk.bad(number, reason, line)
+                            continue
+                        chunk.ids.append(key)
+                        chunk.linenos.append(number)
+                        chunk.lines.append(line)
+                        if len(chunk.ids) >= CHUNK_LINES:
+                            index.send(chunk.ids, chunk.linenos)
+                            sent.append(chunk)
+                            chunk = _Chunk()
+                            if len(sent) > DEPTH:
+                                yield from self._settle(sent.popleft(), index.receive())
+                finally:
+                    records.close()
+                start = self._last
             index.send(chunk.ids, chunk.linenos)
             sent.append(chunk)
             while sent:
@@ -173,18 +196,74 @@ class InputScanner:
         except UnicodeDecodeError as e:
             raise InputError(f"{self.name}: cannot read input: {e}") from None
         finally:
-            close = getattr(raws, "close", None)  # a file, or a generator over a stream
+            close = getattr(parts, "close", None)
             if close is not None:
                 close()
             index.close()
             db_path.unlink(missing_ok=True)
+
+    def _rows(self, part: Part, start: int) -> Generator[tuple[int, str, bytes, str | None]]:
+        assert part.rows is not None
+        rows = part.rows
+        stats = self.stats
+        try:
+            for number, key, line, reason in rows:
+                stats.lines += 1
+                self._last = start + number
+                yield start + number, key, line, reason
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
+
+    def _lines(self, part: Part, start: int) -> Generator[tuple[int, str, bytes, str | None]]:
+        """The hot loop: only the id matters here, and an id orjson turned into a float (an
+        integer beyond 64 bits) is read again exactly."""
+        assert part.lines is not None
+        raws = part.lines
+        loads, id_field, stats = fastjson.loads_unchecked, self.id_field, self.stats
+        lineno = start
+        try:
+            for raw in raws:
+                lineno += 1
+                line = raw.rstrip(b"\r\n")
+                if not line or line.isspace():
+                    continue  # blank lines are not items
+                stats.lines += 1
+                try:
+                    obj = loads(line)
+                except json.JSONDecodeError as e:
+                    yield lineno, "", line, f"invalid JSON: {e.msg} at column {e.colno}"
+                    continue
+                except UnicodeDecodeError:
+                    yield lineno, "", line, "invalid JSON: not UTF-8 text"
+                    continue
+                if type(obj) is not dict:
+                    yield lineno, "", line, f"not a JSON object: a {type(obj).__name__}"
+                    continue
+                key = obj.get(id_field)
+                if type(key) is not str or not key.isascii():
+                    if type(key) is float:
+                        obj = json.loads(line)
+                    key = id_text(obj.get(id_field))
+                if not key:
+                    yield lineno, "", line, bad_id(obj.get(id_field), id_field)
+                    continue
+                yield lineno, key, line, None
+        finally:
+            self._last = lineno
+            close = getattr(raws, "close", None)  # a file, or a generator over a stream
+            if close is not None:
+                close()
 
     def _settle(self, chunk: _Chunk, duplicates: list[Duplicate]) -> Iterator[bytes]:
         """The chunk's bad lines and duplicates to the quarantine, in line order; the rest out."""
         dup = dict(duplicates)
         rejects = list(chunk.rejects)
         for position, first in duplicates:
-            reason = f"duplicate id: {chunk.ids[position]!r} first seen on line {first}"
+            name, unit, local = self._where(first)
+            where = f"{unit} {local}" if name is None else f"{unit} {local} of {name}"
+            reason = f"duplicate id: {chunk.ids[position]!r} first seen on {where}"
             rejects.append((chunk.linenos[position], reason, chunk.lines[position]))
         rejects.sort(key=lambda r: r[0])
         for lineno, reason, raw in rejects:
@@ -199,38 +278,18 @@ class InputScanner:
                 yield line
 
 
-def id_text(value: object) -> str:
-    """An id's canonical form, its text: ids are strings or integers (of any size, exact), so
-    `1` and `"1"` are the same id. "" when the value cannot be an id: absent, empty, a float, a
-    boolean, an object, a list, or text with a lone surrogate from a "\\ud800" escape (no
-    store accepts it)."""
-    if type(value) is int:
-        return str(value)
-    if type(value) is not str:
-        return ""
+def _tapped_lines(lines: Iterator[bytes], tap: Tap | None) -> Iterator[bytes]:
+    if tap is None:
+        yield from lines
+        return
     try:
-        value.encode()
-    except UnicodeEncodeError:
-        return ""
-    return value
-
-
-def _bad_id(value: object, id_field: str) -> str:
-    if value is None or value == "":
-        return f"missing id: no usable {id_field!r} field"
-    if isinstance(value, str):
-        what = "text that is not valid Unicode (a lone surrogate)"
-    elif isinstance(value, bool):
-        what = "true" if value else "false"
-    elif isinstance(value, float):
-        what = f"a float ({value!r})"
-    elif isinstance(value, dict):
-        what = "an object"
-    elif isinstance(value, list):
-        what = "a list"
-    else:
-        what = type(value).__name__
-    return f"bad id: {id_field!r} is {what}; ids are strings or integers"
+        for line in lines:
+            tap(line)
+            yield line
+    finally:
+        close = getattr(lines, "close", None)
+        if close is not None:
+            close()
 
 
 @dataclass

@@ -34,8 +34,8 @@ from slurmctl.backends.statestore import (
     task_counter,
 )
 from slurmctl.config import JobDefinition
-from slurmctl.coordinator import fingerprint
-from slurmctl.coordinator.scan import FileSource, InputScanner, InputSource, ScanStats
+from slurmctl.coordinator import fingerprint, inputs
+from slurmctl.coordinator.scan import InputScanner, InputSource, ScanStats
 from slurmctl.errors import InputError, JobStateError, UserError
 from slurmctl.faults import kill_point
 from slurmctl.ids import batch_id, group_for_phase, id_width, task_id
@@ -76,35 +76,22 @@ def _check(definition: JobDefinition, stats: ScanStats, path: str) -> None:
             raise InputError(f"{path}: no valid item: the input is empty")
         top = ", ".join(f"{n} {k}" for k, n in sorted(stats.reasons.items()))
         raise InputError(
-            f"{path}: no valid item in {stats.lines} lines ({top}); see the id_field "
-            f"{definition.id_field!r} and the input format (one JSON object per line)"
+            f"{path}: no valid item in {stats.lines} {stats.unit}s ({top}); see the id_field "
+            f"{definition.id_field!r} and the input format (one object per {stats.unit})"
         )
     share = stats.quarantined / stats.lines
     if share > definition.max_quarantine_share:
         top = ", ".join(f"{n} {k}" for k, n in sorted(stats.reasons.items()))
         raise InputError(
-            f"{path}: {stats.quarantined} bad lines of {stats.lines} ({share:.1%}, {top}) exceed "
+            f"{path}: {stats.quarantined} bad {stats.unit}s of {stats.lines} ({share:.1%}, {top}) "
+            "exceed "
             f"max_quarantine_share {definition.max_quarantine_share:g}; fix the input or raise it"
         )
 
 
 def open_input(definition: JobDefinition, backend: Backend | None = None) -> InputSource:
-    """The definition's input: a local file, or an s3:// object read as a stream through the
-    job's AWS backend (or, without one, e.g. for a dry run, the definition's `aws:` settings)."""
-    ref = definition.resolved_input()
-    if not ref.startswith("s3://"):
-        return FileSource(Path(ref))
-    if backend is not None and backend.kind == "aws":
-        from slurmctl.backends.aws import open_s3_input
-
-        return open_s3_input(ref, objects=backend.objects)
-    if definition.backend == "aws" and backend is None:
-        from slurmctl.backends.aws import open_s3_input
-
-        aws = definition.aws
-        endpoint = str(aws.endpoint_url) if aws.endpoint_url else None
-        return open_s3_input(ref, region=aws.region, endpoint_url=endpoint)
-    raise UserError(f"{definition.config_path}: input: s3:// inputs need backend: aws")
+    """The definition's input (coordinator/inputs.py): local files or s3:// objects."""
+    return inputs.open_input(definition, backend)
 
 
 def _git_commit(folder: Path) -> str | None:

@@ -13,6 +13,7 @@ from slurmctl.backends.objectstore import ObjectStore
 
 if TYPE_CHECKING:
     from slurmctl.backends.aws.inputs import S3Input
+    from slurmctl.backends.aws.session import Service
 
 
 def open_aws(
@@ -70,16 +71,37 @@ def open_s3_input(
     region: str | None = None,
     endpoint_url: str | None = None,
 ) -> S3Input:
-    """An `input: s3://...` as a stream: through the S3 client of an AWS backend's object store
-    (`objects`), else through a client of its own (same credential chain and endpoint rules)."""
+    """An `input: s3://...` object as a stream: through the S3 client of an AWS backend's object
+    store (`objects`), else through a client of its own (same credential chain and endpoint
+    rules)."""
     from slurmctl.backends.aws.inputs import S3Input
+
+    return S3Input(_input_client(objects, region, endpoint_url), url)
+
+
+def open_s3_inputs(
+    url: str,
+    *,
+    objects: ObjectStore | None = None,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+) -> list[S3Input]:
+    """The objects of an `input: s3://...`: the object, or every object under the prefix."""
+    from slurmctl.backends.aws.inputs import list_s3_input
+
+    return list_s3_input(_input_client(objects, region, endpoint_url), url)
+
+
+def _input_client(
+    objects: ObjectStore | None, region: str | None, endpoint_url: str | None
+) -> Service:
     from slurmctl.backends.aws.objectstore import S3ObjectStore
     from slurmctl.backends.aws.session import AwsSession, AwsSettings
 
     if isinstance(objects, S3ObjectStore):
-        return S3Input(objects.s3, url)
+        return objects.s3
     session = AwsSession(AwsSettings(region=region, endpoint_url=endpoint_url or None))
-    return S3Input(session.service("s3"), url)
+    return session.service("s3")
 
 
-__all__ = ["open_aws", "open_s3_input"]
+__all__ = ["open_aws", "open_s3_input", "open_s3_inputs"]

@@ -1,9 +1,13 @@
-"""An `input: s3://bucket/key`, read as a stream (never whole in memory, never a local copy).
+"""An `input: s3://bucket/key` (or a prefix of such objects), read as a stream (never whole in
+memory).
 
-`S3Input` is the coordinator's `InputSource`: its size from one HEAD, its lines split from the
-object's body, read in chunks. A stream that breaks (timeout, connection reset) carries on with a
-ranged GET from the byte it stopped at, on the same version of the object (`If-Match` on the ETag
-the HEAD saw): an object replaced meanwhile is an error, never a mix of two versions.
+`S3Input` is one object of the coordinator's input (`coordinator/inputs.py`, `InputFile`): its
+size and ETag from one HEAD, its bytes read in chunks, its lines split from them. `list_s3_input`
+turns a URL into its objects: the object itself, or every object under the prefix (a URL ending
+in `/`, or naming no object), in key order. A stream that breaks (timeout, connection reset)
+carries on with a ranged GET from the byte it stopped at, on the same version of the object
+(`If-Match` on the ETag the HEAD saw): an object replaced meanwhile is an error, never a mix of
+two versions.
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ class S3Input:
     def size(self) -> int:
         return self._stat()[0]
 
+    def stamp(self) -> str | None:
+        """The object's ETag: a new upload (of other bytes) always has another one."""
+        etag = self._stat()[1]
+        return f"etag:{etag}" if etag else None
+
     def _open(self, offset: int) -> Any:
         size, etag = self._stat()
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
@@ -110,3 +119,43 @@ class S3Input:
 
     def lines(self) -> Iterator[bytes]:
         return lines_of(self.chunks())
+
+
+def _hidden(key: str, prefix: str) -> bool:
+    """A folder marker, or a file a tool leaves beside its data (`_SUCCESS`, `.crc`)."""
+    rest = key[len(prefix) :]
+    return key.endswith("/") or any(p.startswith(("_", ".")) for p in rest.split("/"))
+
+
+def list_s3_input(s3: Service, url: str) -> list[S3Input]:
+    """The objects of an input URL: the object it names, else (or when it ends in `/`) every
+    object under it as a prefix, in key order, but `_`- and `.`-named ones."""
+    bucket, key = parse_s3_url(url)
+    if not key.endswith("/"):
+        single = S3Input(s3, url)
+        try:
+            single.size()
+            return [single]
+        except InputError as e:
+            if "no such object" not in str(e):
+                raise
+            key += "/"
+    found: list[S3Input] = []
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
+    while True:
+        try:
+            page = s3.call("list_objects_v2", **kwargs)
+        except s3.ClientError as e:
+            raise S3Input(s3, url)._error(e) from None
+        for obj in page.get("Contents", []):
+            name = str(obj["Key"])
+            if not _hidden(name, key):
+                one = S3Input(s3, f"s3://{bucket}/{name}")
+                one._head = (int(obj["Size"]), str(obj.get("ETag", "")))  # no HEAD each
+                found.append(one)
+        if not page.get("IsTruncated"):
+            break
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+    if not found:
+        raise InputError(f"{url}: cannot read input: no such object, and no object under {key!r}")
+    return found

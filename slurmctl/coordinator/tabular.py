@@ -1,0 +1,280 @@
+"""CSV and Parquet files as rows for the scan: each row's number, its id, and the JSON line the
+batches store (workers read JSON Lines batches whatever the input's format), or why the row is
+quarantined.
+
+Streamed: a CSV is parsed by pyarrow block by block (1 MiB), a Parquet file read row group by
+row group in record batches, never whole. CSV cells are read as text and converted here, value
+by value, to the types `input_columns` declares, so a bad cell quarantines its row (naming the
+field, what was expected and what was found) instead of failing the file. Integers stay exact
+(Python ints; JSON text of any size), timestamps become RFC 3339 text in UTC.
+
+Numbers: a CSV row's `line` counts the header as line 1 (its line in the file, unless values
+hold newlines); a Parquet row's `row` counts from 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from slurmctl import fastjson
+from slurmctl.coordinator.records import bad_id, id_text
+from slurmctl.coordinator.streams import ChunkReader
+from slurmctl.errors import InputError
+
+Row = tuple[int, str, bytes, str | None]
+"""(line or row number, the id's text, the JSON line, None) for an item; (number, "", the text
+kept in the quarantine, the reason) for a bad row."""
+
+CSV_BLOCK = 1 << 20
+PARQUET_BATCH = 65_536
+MAX_COLUMNS = 10_000
+INT64 = (-(2**63), 2**63 - 1)
+TRUE = frozenset({"true", "t", "yes", "y", "1"})
+FALSE = frozenset({"false", "f", "no", "n", "0"})
+TEXT_KEEP = 200
+
+
+def _why(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+# --- CSV cells to declared types ----------------------------------------------------------------
+def _int(text: str) -> int:
+    body = text.strip()
+    digits = body[1:] if body[:1] in "+-" else body
+    if not digits.isdigit() or not digits.isascii():
+        raise ValueError
+    value = int(body)
+    if not INT64[0] <= value <= INT64[1]:
+        raise ValueError
+    return value
+
+
+def _float(text: str) -> float:
+    if "_" in text:
+        raise ValueError
+    return float(text)
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in TRUE:
+        return True
+    if low in FALSE:
+        return False
+    raise ValueError
+
+
+def _timestamp(text: str) -> datetime:
+    value = datetime.fromisoformat(text.strip())
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+CONVERT: dict[str, Callable[[str], Any]] = {
+    "int64": _int,
+    "float64": _float,
+    "bool": _bool,
+    "timestamp": _timestamp,
+    "json": fastjson.loads,
+}
+
+
+def _converters(
+    columns: dict[str, str], header: list[str], name: str
+) -> list[tuple[str, str, Callable[[str], Any]]]:
+    out = []
+    for column, type_name in columns.items():
+        if column not in header:
+            raise InputError(
+                f"{name}: input_columns: no column {column!r} in the header ({', '.join(header)})"
+            )
+        kind = type_name.strip()
+        if kind != "string":
+            out.append((column, kind, CONVERT[kind]))
+    return out
+
+
+def _convert(
+    record: dict[str, Any], converters: list[tuple[str, str, Callable[[str], Any]]]
+) -> str | None:
+    """Convert the record's typed cells in place; the reason when one cannot be."""
+    for column, kind, convert in converters:
+        text = record[column]
+        if text is None or text == "":
+            record[column] = None
+            continue
+        try:
+            record[column] = convert(text)
+        except ValueError:
+            return f"bad value: {column!r} expected {kind}, found {text[:60]!r}"
+    return None
+
+
+# --- rows to JSON lines -------------------------------------------------------------------------
+def _default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()  # not UTF-8: a ValueError, the row is quarantined
+    if isinstance(value, Decimal):
+        return str(value)  # exact, as text
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return str(value)
+
+
+def _dump(record: dict[str, Any]) -> bytes:
+    """The record as one JSON line; integers beyond 64 bits through the standard library."""
+    try:
+        return orjson.dumps(record, default=_default)
+    except TypeError:
+        text = json.dumps(record, default=_default, ensure_ascii=False, separators=(",", ":"))
+        return text.encode()
+
+
+def _item(number: int, record: dict[str, Any], id_field: str, reason: str | None = None) -> Row:
+    if reason is None:
+        value = record.get(id_field)
+        if type(value) is bytes:
+            try:
+                value = record[id_field] = value.decode()
+            except UnicodeDecodeError:
+                value = None
+        key = id_text(value)
+        if not key:
+            reason = bad_id(value, id_field)
+        else:
+            try:
+                return number, key, _dump(record), None
+            except (TypeError, ValueError) as e:
+                reason = f"bad value: cannot be written as JSON ({_why(e)})"
+    text = orjson.dumps(record, default=repr)[:TEXT_KEEP]
+    return number, "", text, reason
+
+
+# --- CSV ----------------------------------------------------------------------------------------
+class _Invalid:
+    """Rows with the wrong number of fields, which pyarrow skips and reports here."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, tuple[int, int, str]] = {}
+
+    def __call__(self, row: Any) -> str:
+        self.rows[int(row.number)] = (row.expected_columns, row.actual_columns, str(row.text))
+        return "skip"
+
+    def pop(self, line: int) -> Row:
+        expected, actual, text = self.rows.pop(line)
+        reason = f"bad row: expected {expected} fields, found {actual}"
+        return line, "", text.encode()[:TEXT_KEEP], reason
+
+
+def _open_csv(raw: Iterator[bytes], name: str, invalid: _Invalid) -> Any:
+    import pyarrow.csv as pacsv
+
+    try:
+        return pacsv.open_csv(
+            pa.PythonFile(ChunkReader(raw), mode="r"),
+            # one thread: a skipped row's number is known only then
+            read_options=pacsv.ReadOptions(
+                use_threads=False, block_size=CSV_BLOCK, autogenerate_column_names=True
+            ),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types={f"f{i}": pa.string() for i in range(MAX_COLUMNS)}
+            ),
+        )
+    except pa.ArrowInvalid as e:
+        if "Empty CSV file" in str(e):
+            return None
+        raise InputError(f"{name}: cannot read input: {_why(e)}") from None
+
+
+def _csv_batches(reader: Any, name: str) -> Iterator[pa.RecordBatch]:
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            if isinstance(e, InputError):
+                raise
+            raise InputError(f"{name}: cannot read input: {_why(e)}") from None
+        yield batch
+
+
+def _header(values: list[Any], name: str, id_field: str) -> list[str]:
+    header = [str(v) for v in values]
+    seen: set[str] = set()
+    for column in header:
+        if column in seen:
+            raise InputError(f"{name}: line 1: the header names column {column!r} twice")
+        seen.add(column)
+    if id_field not in seen:
+        raise InputError(
+            f"{name}: line 1: no column {id_field!r} (the id_field) in the header "
+            f"({', '.join(header)})"
+        )
+    return header
+
+
+def csv_rows(
+    raw: Iterator[bytes], name: str, id_field: str, columns: dict[str, str]
+) -> Iterator[Row]:
+    """The rows of a CSV file (raw: its decompressed bytes), the header on its first line."""
+    invalid = _Invalid()
+    reader = _open_csv(raw, name, invalid)
+    if reader is None:
+        return
+    header: list[str] | None = None
+    converters: list[tuple[str, str, Callable[[str], Any]]] = []
+    line = 0
+    for batch in _csv_batches(reader, name):
+        cells = [column.to_pylist() for column in batch.columns]
+        start = 0
+        if header is None:
+            header = _header([c[0] for c in cells], name, id_field)
+            converters = _converters(columns, header, name)
+            line, start = 1, 1
+        for i in range(start, batch.num_rows):
+            line += 1
+            while line in invalid.rows:
+                yield invalid.pop(line)
+                line += 1
+            record = dict(zip(header, [c[i] for c in cells], strict=True))
+            yield _item(line, record, id_field, _convert(record, converters))
+    for rest in sorted(invalid.rows):
+        yield invalid.pop(rest)
+
+
+# --- Parquet ------------------------------------------------------------------------------------
+def parquet_rows(path: Path, name: str, id_field: str) -> Iterator[Row]:
+    """The rows of a Parquet file, row group by row group."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{name}: not a Parquet file ({_why(e)})") from None
+    names = parquet.schema_arrow.names
+    if id_field not in names:
+        raise InputError(
+            f"{name}: no column {id_field!r} (the id_field) in the Parquet schema "
+            f"({', '.join(names)})"
+        )
+    number = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, use_threads=False):
+            for record in batch.to_pylist():
+                number += 1
+                yield _item(number, record, id_field)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{name}: row {number + 1}: cannot read input: {_why(e)}") from None
+    finally:
+        parquet.close()
