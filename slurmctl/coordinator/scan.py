@@ -10,7 +10,7 @@ each with its `\n`, e.g. `backends.objectstore.lines_of(chunks)` over an S3 obje
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -109,7 +109,7 @@ class InputScanner:
 
     def _where(self, number: int) -> tuple[str | None, str, int]:
         """A record's file (None for an input of one file), unit and number in that file."""
-        at = bisect_right(self._starts, number) - 1
+        at = bisect_left(self._starts, number) - 1
         start, name, unit = self._files[at]
         return (name if len(self._files) > 1 or self._multi else None), unit, number - start
 
