@@ -12,16 +12,19 @@ from __future__ import annotations
 import json
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from slurmctl import fastjson
 from slurmctl.coordinator.idindex import ChildIndex, Duplicate, LocalIndex
 from slurmctl.coordinator.inputs import Part, Tap
 from slurmctl.coordinator.records import bad_id, id_text
 from slurmctl.errors import InputError
+
+if TYPE_CHECKING:
+    from slurmctl.coordinator.tabular import Row  # pyarrow: only for CSV and Parquet inputs
 
 __all__ = ["FileSource", "InputScanner", "InputSource", "ScanStats", "id_text"]
 
@@ -106,6 +109,8 @@ class InputScanner:
         self._starts: list[int] = []
         self._multi = False
         self._last = 0
+        self._chunk = _Chunk()
+        self._sent: deque[_Chunk] = deque()
 
     def _where(self, number: int) -> tuple[str | None, str, int]:
         """A record's file (None for an input of one file), unit and number in that file."""
@@ -155,42 +160,26 @@ class InputScanner:
         db_path = self.work_dir / "ids.sqlite"
         db_path.unlink(missing_ok=True)
         index = self._index(db_path)
-        sent: deque[_Chunk] = deque()
         parts: Iterator[Part] | None = None
         self._multi = len(getattr(self.source, "files", ())) > 1
         self._starts.clear()
         self._files.clear()
         self._last = 0
+        self._chunk, self._sent = _Chunk(), deque()
         try:
             parts = self._parts()
-            chunk = _Chunk()
-            start = 0
             for part in parts:
+                start = self._last
                 self._starts.append(start)
                 self._files.append((start, part.name, part.unit))
                 self.stats.unit = self._files[0][2]
-                records = (
-                    self._lines(part, start) if part.lines is not None else self._rows(part, start)
-                )
-                try:
-                    for number, key, line, reason in records:
-                        if reason is not None:
-                            chunk.bad(number, reason, line)
-                            continue
-                        chunk.ids.append(key)
-                        chunk.linenos.append(number)
-                        chunk.lines.append(line)
-                        if len(chunk.ids) >= CHUNK_LINES:
-                            index.send(chunk.ids, chunk.linenos)
-                            sent.append(chunk)
-                            chunk = _Chunk()
-                            if len(sent) > DEPTH:
-                                yield from self._settle(sent.popleft(), index.receive())
-                finally:
-                    records.close()
-                start = self._last
-            index.send(chunk.ids, chunk.linenos)
-            sent.append(chunk)
+                if part.lines is not None:
+                    yield from self._scan_lines(part.lines, start, index)
+                elif part.rows is not None:
+                    yield from self._scan_rows(part.rows, start, index)
+            sent = self._sent
+            index.send(self._chunk.ids, self._chunk.linenos)
+            sent.append(self._chunk)
             while sent:
                 yield from self._settle(sent.popleft(), index.receive())
         except UnicodeDecodeError as e:
@@ -202,26 +191,45 @@ class InputScanner:
             index.close()
             db_path.unlink(missing_ok=True)
 
-    def _rows(self, part: Part, start: int) -> Generator[tuple[int, str, bytes, str | None]]:
-        assert part.rows is not None
-        rows = part.rows
+    def _full(self, index: LocalIndex | ChildIndex) -> Iterator[bytes]:
+        """The current chunk to the index; the oldest answered chunk out, DEPTH behind."""
+        chunk, sent = self._chunk, self._sent
+        index.send(chunk.ids, chunk.linenos)
+        sent.append(chunk)
+        self._chunk = _Chunk()
+        if len(sent) > DEPTH:
+            yield from self._settle(sent.popleft(), index.receive())
+
+    def _scan_rows(
+        self, rows: Iterator[Row], start: int, index: LocalIndex | ChildIndex
+    ) -> Iterator[bytes]:
         stats = self.stats
         try:
             for number, key, line, reason in rows:
                 stats.lines += 1
-                self._last = start + number
-                yield start + number, key, line, reason
+                number += start
+                self._last = number
+                chunk = self._chunk
+                if reason is not None:
+                    chunk.bad(number, reason, line)
+                    continue
+                chunk.ids.append(key)
+                chunk.linenos.append(number)
+                chunk.lines.append(line)
+                if len(chunk.ids) >= CHUNK_LINES:
+                    yield from self._full(index)
         finally:
             close = getattr(rows, "close", None)
             if close is not None:
                 close()
 
-    def _lines(self, part: Part, start: int) -> Generator[tuple[int, str, bytes, str | None]]:
+    def _scan_lines(
+        self, raws: Iterator[bytes], start: int, index: LocalIndex | ChildIndex
+    ) -> Iterator[bytes]:
         """The hot loop: only the id matters here, and an id orjson turned into a float (an
         integer beyond 64 bits) is read again exactly."""
-        assert part.lines is not None
-        raws = part.lines
         loads, id_field, stats = fastjson.loads_unchecked, self.id_field, self.stats
+        chunk = self._chunk
         lineno = start
         try:
             for raw in raws:
@@ -233,13 +241,13 @@ class InputScanner:
                 try:
                     obj = loads(line)
                 except json.JSONDecodeError as e:
-                    yield lineno, "", line, f"invalid JSON: {e.msg} at column {e.colno}"
+                    chunk.bad(lineno, f"invalid JSON: {e.msg} at column {e.colno}", line)
                     continue
                 except UnicodeDecodeError:
-                    yield lineno, "", line, "invalid JSON: not UTF-8 text"
+                    chunk.bad(lineno, "invalid JSON: not UTF-8 text", line)
                     continue
                 if type(obj) is not dict:
-                    yield lineno, "", line, f"not a JSON object: a {type(obj).__name__}"
+                    chunk.bad(lineno, f"not a JSON object: a {type(obj).__name__}", line)
                     continue
                 key = obj.get(id_field)
                 if type(key) is not str or not key.isascii():
@@ -247,9 +255,14 @@ class InputScanner:
                         obj = json.loads(line)
                     key = id_text(obj.get(id_field))
                 if not key:
-                    yield lineno, "", line, bad_id(obj.get(id_field), id_field)
+                    chunk.bad(lineno, bad_id(obj.get(id_field), id_field), line)
                     continue
-                yield lineno, key, line, None
+                chunk.ids.append(key)
+                chunk.linenos.append(lineno)
+                chunk.lines.append(line)
+                if len(chunk.ids) >= CHUNK_LINES:
+                    yield from self._full(index)
+                    chunk = self._chunk
         finally:
             self._last = lineno
             close = getattr(raws, "close", None)  # a file, or a generator over a stream

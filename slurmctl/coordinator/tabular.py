@@ -15,7 +15,7 @@ hold newlines); a Parquet row's `row` counts from 1.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -102,6 +102,39 @@ def _converters(
     return out
 
 
+VECTOR = {"int64": pa.int64(), "float64": pa.float64()}
+"""Types pyarrow converts a whole column to at once; a column it refuses goes value by value."""
+
+
+def _typed(
+    batch: pa.RecordBatch, converters: list[tuple[str, str, Callable[[str], Any]]]
+) -> tuple[list[dict[str, Any]], list[str | None] | None]:
+    """The batch's records with their typed cells converted, and each record's reason (None
+    when every record converted)."""
+    import pyarrow.compute as pc
+
+    rest = []
+    for converter in converters:
+        column, kind, _ = converter
+        target = VECTOR.get(kind)
+        if target is not None:
+            at = batch.schema.get_field_index(column)
+            cells = batch.column(at)
+            try:
+                empty = pc.equal(pc.utf8_trim_whitespace(cells), "")
+                typed = pc.cast(pc.if_else(empty, pa.scalar(None, pa.string()), cells), target)
+            except pa.ArrowException:
+                rest.append(converter)  # some cell is bad: value by value, naming it
+                continue
+            batch = batch.set_column(at, column, typed)
+            continue
+        rest.append(converter)
+    records = batch.to_pylist()
+    if not rest:
+        return records, None
+    return records, [_convert(record, rest) for record in records]
+
+
 def _convert(
     record: dict[str, Any], converters: list[tuple[str, str, Callable[[str], Any]]]
 ) -> str | None:
@@ -156,6 +189,28 @@ def _item(number: int, record: dict[str, Any], id_field: str, reason: str | None
                 reason = f"bad value: cannot be written as JSON ({_why(e)})"
     text = orjson.dumps(record, default=repr)[:TEXT_KEEP]
     return number, "", text, reason
+
+
+def _emit(
+    records: list[dict[str, Any]],
+    numbers: Iterable[int],
+    id_field: str,
+    reasons: list[str | None] | None = None,
+) -> Iterator[Row]:
+    """The hot loop: a text id and a record orjson writes as it is take no other call."""
+    dumps, default = orjson.dumps, _default
+    for at, (number, record) in enumerate(zip(numbers, records, strict=True)):
+        if reasons is not None and reasons[at] is not None:
+            yield _item(number, record, id_field, reasons[at])
+            continue
+        key = record.get(id_field)
+        if type(key) is str and key and key.isascii():
+            try:
+                yield number, key, dumps(record, default=default), None
+                continue
+            except (TypeError, ValueError):
+                pass
+        yield _item(number, record, id_field)
 
 
 # --- CSV ----------------------------------------------------------------------------------------
@@ -236,19 +291,21 @@ def csv_rows(
     converters: list[tuple[str, str, Callable[[str], Any]]] = []
     line = 0
     for batch in _csv_batches(reader, name):
-        cells = [column.to_pylist() for column in batch.columns]
-        start = 0
         if header is None:
-            header = _header([c[0] for c in cells], name, id_field)
+            header = _header([c[0].as_py() for c in batch.columns], name, id_field)
             converters = _converters(columns, header, name)
-            line, start = 1, 1
-        for i in range(start, batch.num_rows):
+            line, batch = 1, batch.slice(1)
+        records, reasons = _typed(batch.rename_columns(header), converters)
+        if not invalid.rows or min(invalid.rows) > line + len(records):
+            yield from _emit(records, range(line + 1, line + len(records) + 1), id_field, reasons)
+            line += len(records)
+            continue
+        for at, record in enumerate(records):  # a row with the wrong field count among them
             line += 1
             while line in invalid.rows:
                 yield invalid.pop(line)
                 line += 1
-            record = dict(zip(header, [c[i] for c in cells], strict=True))
-            yield _item(line, record, id_field, _convert(record, converters))
+            yield from _emit([record], [line], id_field, None if reasons is None else [reasons[at]])
     for rest in sorted(invalid.rows):
         yield invalid.pop(rest)
 
@@ -271,9 +328,10 @@ def parquet_rows(path: Path, name: str, id_field: str) -> Iterator[Row]:
     number = 0
     try:
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, use_threads=False):
-            for record in batch.to_pylist():
-                number += 1
-                yield _item(number, record, id_field)
+            yield from _emit(
+                batch.to_pylist(), range(number + 1, number + batch.num_rows + 1), id_field
+            )
+            number += batch.num_rows
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{name}: row {number + 1}: cannot read input: {_why(e)}") from None
     finally:
