@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,10 +67,40 @@ def generate(folder: Path, count: int) -> dict[str, Path]:
     return paths
 
 
-def _peak_mb() -> tuple[float, float]:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return round(own, 1), round(children, 1)
+def _hwm_mb(pid: int | str = "self") -> float:
+    """A process's peak RSS (VmHWM: its own, from exec on; ru_maxrss would count the fork)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+class ChildPeak:
+    """The peak RSS of this process's children (the id index), their VmHWM read every 50 ms."""
+
+    def __init__(self) -> None:
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(0.05):
+            for child in me.children(recursive=True):
+                self.peak = max(self.peak, _hwm_mb(child.pid))
+
+    def __enter__(self) -> ChildPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def child_submit(fmt: str, path: Path, work: Path, batch_size: int) -> dict[str, Any]:
@@ -87,14 +117,24 @@ def child_submit(fmt: str, path: Path, work: Path, batch_size: int) -> dict[str,
     backend = open_local(work / "root")
     definition = load_job_definition(config)
     common.warm(path)
-    t0 = time.perf_counter()
-    result = submit(backend, definition)
-    wall = time.perf_counter() - t0
+    before = _hwm_mb()
+    with ChildPeak() as index:
+        t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        result = submit(backend, definition)
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
     job = backend.state.get_job(result.job_id)
     backend.close()
-    own, index = _peak_mb()
     items = job.item_count if job else 0
-    return {"wall_s": wall, "items": items, "peak_rss_mb": own, "index_peak_rss_mb": index}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "items": items,
+        "peak_rss_mb": _hwm_mb(),
+        "rss_before_mb": before,
+        "index_peak_rss_mb": index.peak,
+    }
 
 
 def child_pyarrow(fmt: str, path: Path) -> dict[str, Any]:
@@ -107,7 +147,7 @@ def child_pyarrow(fmt: str, path: Path) -> dict[str, Any]:
     common.warm(path)
     t0 = time.perf_counter()
     rows = 0
-    if fmt == "parquet":
+    if fmt == "parquet":  # pyarrow's own threads: the limit on this machine
         for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
             rows += batch.num_rows
     else:
@@ -116,7 +156,7 @@ def child_pyarrow(fmt: str, path: Path) -> dict[str, Any]:
         for batch in reader:
             rows += batch.num_rows
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "items": rows, "peak_rss_mb": _peak_mb()[0]}
+    return {"wall_s": wall, "items": rows, "peak_rss_mb": _hwm_mb()}
 
 
 def _child(*args: str) -> dict[str, Any]:
@@ -152,6 +192,7 @@ def measure(fmt: str, path: Path, count: int, tmp: Path, batch_size: int) -> dic
     }
     print(
         f"   {fmt:9} {count:>10,}  {row['mb']:7.1f} MB  submit {s['wall_s']:6.1f} s "
+        f"(cpu {s['cpu_s']:5.1f} s) "
         f"{common.fmt_rate(s['items_per_s']):>9}/s  peak {s['peak_rss_mb']:6.1f} MB "
         f"(index {s['index_peak_rss_mb']:5.1f} MB) | pyarrow {b['wall_s']:5.2f} s "
         f"{common.fmt_rate(b['items_per_s']):>9}/s  peak {b['peak_rss_mb']:6.1f} MB "
