@@ -94,6 +94,8 @@ def test_typed_csv_columns_convert_and_quarantine_bad_cells(tmp_path: Path) -> N
         "g,99999999999999999999,1,1,,,\n"  # line 8: beyond int64
         'h,1,1,1,,,"two\nlines"\n'  # lines 9-10: a value with a newline
         "i,1\n"  # row 10: too few fields
+        "j,1,1,1,,123456789012345678901234567890,\n"  # row 11: a JSON integer beyond 64 bits
+        ",1,1,1,,123456789012345678901234567890,\n"  # row 12: no id
     )
     columns = {"n": "int64", "x": "float64", "ok": "bool", "at": "timestamp", "meta": "json"}
     items, quarantined, _ = scan(Input(str(path), local_files(path), columns=columns), tmp_path)
@@ -117,6 +119,15 @@ def test_typed_csv_columns_convert_and_quarantine_bad_cells(tmp_path: Path) -> N
             "note": "",
         },
         {"id": "h", "n": 1, "x": 1.0, "ok": True, "at": None, "meta": None, "note": "two\nlines"},
+        {
+            "id": "j",
+            "n": 1,
+            "x": 1.0,
+            "ok": True,
+            "at": None,
+            "note": "",
+            "meta": 123456789012345678901234567890,
+        },
     ]
     assert [(q["line"], q["reason"]) for q in quarantined] == [
         (4, "bad value: 'n' expected int64, found 'x'"),
@@ -125,8 +136,10 @@ def test_typed_csv_columns_convert_and_quarantine_bad_cells(tmp_path: Path) -> N
         (7, "bad value: 'meta' expected json, found '{oops'"),
         (8, "bad value: 'n' expected int64, found '99999999999999999999'"),
         (10, "bad row: expected 7 fields, found 2"),
+        (12, "missing id: no usable 'id' field"),
     ]
-    assert quarantined[-1]["text"] == "i,1"
+    assert quarantined[-2]["text"] == "i,1"
+    assert "123456789012345678901234567890" in quarantined[-1]["text"]
 
 
 def test_a_folder_is_read_in_sorted_order_with_files_named(tmp_path: Path) -> None:

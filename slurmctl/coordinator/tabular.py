@@ -187,8 +187,15 @@ def _item(number: int, record: dict[str, Any], id_field: str, reason: str | None
                 return number, key, _dump(record), None
             except (TypeError, ValueError) as e:
                 reason = f"bad value: cannot be written as JSON ({_why(e)})"
-    text = orjson.dumps(record, default=repr)[:TEXT_KEEP]
-    return number, "", text, reason
+    return number, "", _text(record), reason
+
+
+def _text(record: dict[str, Any]) -> bytes:
+    """A bad record as the quarantine keeps it: JSON, whatever its values."""
+    try:
+        return orjson.dumps(record, default=repr)[:TEXT_KEEP]
+    except TypeError:  # an integer beyond 64 bits
+        return json.dumps(record, default=repr, ensure_ascii=False).encode()[:TEXT_KEEP]
 
 
 def _emit(
