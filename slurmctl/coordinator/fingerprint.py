@@ -102,6 +102,11 @@ class HashingSource:
     def size(self) -> int:
         return self.source.size()
 
+    def scan_size(self) -> int:
+        of = getattr(self.source, "scan_size", self.source.size)
+        found: int = of()
+        return found
+
     def lines(self) -> Iterator[bytes]:
         update = self.digest.update
         raws = self.source.lines()

@@ -143,6 +143,14 @@ class Input:
     def size(self) -> int:
         return sum(f.size() for f in self.files)
 
+    def scan_size(self) -> int:
+        """About how many bytes the scan parses: compressed files and Parquet count 8 times
+        their size (what decides the id index's second process, scan.py)."""
+        return sum(
+            f.size() * (8 if fmt == "parquet" or f.name.lower().endswith(COMPRESSED) else 1)
+            for f, fmt in zip(self.files, self.formats, strict=True)
+        )
+
     def stamp(self) -> str | None:
         stamps = [f.stamp() for f in self.files]
         if len(self.files) == 1 or None in stamps:

@@ -32,7 +32,8 @@ CHUNK_LINES = 2000
 DEPTH = 2
 """Chunks sent to the id index and not yet answered, beyond the one being answered."""
 CHILD_INDEX_BYTES = 8 << 20
-"""From this input size on, the id index runs in a child process (a second core)."""
+"""From this input size on (`scan_size` when the source has one: compressed files and Parquet
+count more than their bytes), the id index runs in a child process (a second core)."""
 TEXT_KEEP = 200
 
 
@@ -133,7 +134,8 @@ class InputScanner:
         child = self.child_index
         if child is None:
             try:
-                child = self.source.size() >= CHILD_INDEX_BYTES
+                size = getattr(self.source, "scan_size", self.source.size)
+                child = size() >= CHILD_INDEX_BYTES
             except InputError:
                 child = False
         if child:
