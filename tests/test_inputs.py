@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +367,36 @@ def test_try_and_dry_run_read_a_csv(tmp_path: Path) -> None:
         '0\tok\t{"id": "0", "double": 0, "kind": "str"}',
         '1\tok\t{"id": "1", "double": 2, "kind": "str"}',
     ]
+
+
+@pytest.mark.parametrize(("fmt", "codec"), [("parquet", "none"), ("csv", "gzip")])
+def test_a_killed_submit_resumes_from_the_same_rows(tmp_path: Path, fmt: str, codec: str) -> None:
+    rows = [{"id": str(i), "n": i} for i in range(1000)]
+    name = f"in{EXT[fmt]}{SUFFIX[codec]}"
+    data = (
+        encode(fmt, rows, codec, row_group_size=100)
+        if fmt == "parquet"
+        else encode(fmt, rows, codec)
+    )
+    config = _job(tmp_path, name, data)
+    config.write_text(config.read_text().replace("batch_size: 40", "batch_size: 10"))
+    root = tmp_path / "root"
+    kill = {"SLURMCTL_KILL_AT": "submit.after_batch@30"}
+    killed = cli(root, "submit", "--no-progress", str(config), env=kill)
+    assert killed.returncode == -signal.SIGKILL
+    batches = root / "objects/jobs/in1/batches"
+    assert len(list(batches.iterdir())) == 30
+    path = config.parent / name
+    changed = encode(fmt, rows[:-1], codec)
+    path.write_bytes(changed)
+    refused = cli(root, "resume", "in1", "--no-progress")
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"error: job in1 exists with input {path} of {len(data)} bytes, it now has "
+        f"{len(changed)} bytes; use another job_id\n"
+    )
+    path.write_bytes(data)  # restored (another mtime): the batches cut again are compared
+    resumed = cli(root, "resume", "in1", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "COMPLETED: 1000 succeeded" in resumed.stdout
+    assert sorted(int(r["id"]) for r in _output(root, "in1")) == list(range(1000))

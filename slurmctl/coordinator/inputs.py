@@ -210,8 +210,9 @@ class Input:
         from slurmctl.coordinator.tabular import parquet_rows
 
         if isinstance(f, LocalFile) and not _compressed(f):
-            for _ in _tapped(f.chunks(), tap):  # the digest: one sequential read
-                pass
+            if tap is not None:  # the digest: one sequential read (from the page cache after)
+                for _ in _tapped(f.chunks(), tap):
+                    pass
             yield from parquet_rows(f.path, f.name, id_field)
             return
         work_dir.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,9 @@ kept in the quarantine, the reason) for a bad row."""
 
 CSV_BLOCK = 1 << 20
 PARQUET_BATCH = 65_536
+PARQUET_BUFFER = 1 << 20
+"""Column chunks are read through a buffer of this size, not whole (nor a row group ahead):
+memory stays flat whatever the row groups' size."""
 MAX_COLUMNS = 10_000
 INT64 = (-(2**63), 2**63 - 1)
 TRUE = frozenset({"true", "t", "yes", "y", "1"})
@@ -323,7 +326,7 @@ def parquet_rows(path: Path, name: str, id_field: str) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER)
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{name}: not a Parquet file ({_why(e)})") from None
     names = parquet.schema_arrow.names
