@@ -296,6 +296,21 @@ def iam_policy(
                 "Resource": [_object_arn(p, u) for u in inputs],
             }
         )
+    listed: dict[str, list[str]] = {}  # an input prefix is listed before it is read
+    for url in inputs:
+        if url.endswith("/"):
+            in_bucket, _, key = url[5:].partition("/")
+            listed.setdefault(in_bucket, []).append(f"{key}*")
+    for n, (in_bucket, keys) in enumerate(sorted(listed.items())):
+        statements.append(
+            {
+                "Sid": f"SlurmctlListInputs{n}",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": f"arn:{p}:s3:::{in_bucket}",
+                "Condition": {"StringLike": {"s3:prefix": keys}},
+            }
+        )
     if with_init:
         statements += [
             {

@@ -179,3 +179,27 @@ def test_listing_skips_markers_and_names_a_missing_prefix(aws: Aws) -> None:
     ]
     with pytest.raises(InputError, match="no such object, and no object under 'q/'"):
         list_s3_input(service, f"s3://{aws.name}/q")
+
+
+def test_iam_policy_lets_a_job_list_its_input_prefixes(tmp_path: Path) -> None:
+    out = cli(
+        tmp_path,
+        *("iam-policy", "--bucket", "b", "--table", "t", "--account", "123456789012"),
+        *("--input", "s3://data/day/", "--input", "s3://data/one.csv", "--input", "s3://x/p/"),
+    )
+    assert out.returncode == 0, out.stderr
+    st = {s["Sid"]: s for s in json.loads(out.stdout)["Statement"]}
+    assert st["SlurmctlInputs"]["Resource"] == [
+        "arn:aws:s3:::data/day/*",
+        "arn:aws:s3:::data/one.csv",
+        "arn:aws:s3:::x/p/*",
+    ]
+    assert st["SlurmctlListInputs0"] == {
+        "Sid": "SlurmctlListInputs0",
+        "Effect": "Allow",
+        "Action": "s3:ListBucket",
+        "Resource": "arn:aws:s3:::data",
+        "Condition": {"StringLike": {"s3:prefix": ["day/*"]}},
+    }
+    assert st["SlurmctlListInputs1"]["Resource"] == "arn:aws:s3:::x"
+    assert "SlurmctlListInputs2" not in st
