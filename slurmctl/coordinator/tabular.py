@@ -2,10 +2,11 @@
 batches store (workers read JSON Lines batches whatever the input's format), or why the row is
 quarantined.
 
-Streamed: a CSV is parsed by pyarrow block by block (1 MiB), a Parquet file read row group by
-row group in record batches, never whole. CSV cells are read as text and converted here, value
-by value, to the types `input_columns` declares, so a bad cell quarantines its row (naming the
-field, what was expected and what was found) instead of failing the file. Integers stay exact
+Streamed: a CSV is parsed by pyarrow block by block (256 KiB), a Parquet file read row group by
+row group in record batches, never whole. CSV cells are read as text and converted here to the
+types `input_columns` declares (a whole column at once where pyarrow can, value by value when a
+cell is bad or the type needs it), so a bad cell quarantines its row (naming the field, what was
+expected and what was found) instead of failing the file. Integers stay exact
 (Python ints; JSON text of any size), timestamps become RFC 3339 text in UTC.
 
 Numbers: a CSV row's `line` counts the header as line 1 (its line in the file, unless values
@@ -33,8 +34,8 @@ Row = tuple[int, str, bytes, str | None]
 """(line or row number, the id's text, the JSON line, None) for an item; (number, "", the text
 kept in the quarantine, the reason) for a bad row."""
 
-CSV_BLOCK = 1 << 20
-PARQUET_BATCH = 65_536
+CSV_BLOCK = 256 << 10
+PARQUET_BATCH = 16_384
 PARQUET_BUFFER = 1 << 20
 """Column chunks are read through a buffer of this size, not whole (nor a row group ahead):
 memory stays flat whatever the row groups' size."""
