@@ -205,22 +205,27 @@ class InputScanner:
     def _scan_rows(
         self, rows: Iterator[Row], start: int, index: LocalIndex | ChildIndex
     ) -> Iterator[bytes]:
-        stats = self.stats
+        chunk = self._chunk
+        ids, numbers, lines = chunk.ids, chunk.linenos, chunk.lines
+        count, number = 0, start
         try:
-            for number, key, line, reason in rows:
-                stats.lines += 1
-                number += start
-                self._last = number
-                chunk = self._chunk
+            for local, key, line, reason in rows:
+                count += 1
+                number = start + local
                 if reason is not None:
                     chunk.bad(number, reason, line)
                     continue
-                chunk.ids.append(key)
-                chunk.linenos.append(number)
-                chunk.lines.append(line)
-                if len(chunk.ids) >= CHUNK_LINES:
+                ids.append(key)
+                numbers.append(number)
+                lines.append(line)
+                if len(ids) >= CHUNK_LINES:
+                    self._last = number
                     yield from self._full(index)
+                    chunk = self._chunk
+                    ids, numbers, lines = chunk.ids, chunk.linenos, chunk.lines
         finally:
+            self.stats.lines += count
+            self._last = number
             close = getattr(rows, "close", None)
             if close is not None:
                 close()
