@@ -284,6 +284,20 @@ def test_a_folder_that_gains_a_file_is_refused_on_resubmit(tmp_path: Path) -> No
     [
         (
             "in.csv",
+            b"id,n\n,1\n,2\n",
+            "",
+            "{path}: no valid item in 2 lines (2 missing id); see the id_field 'id' and the input "
+            "format (a header line, then one row per line)",
+        ),
+        (
+            "in.parquet",
+            encode("parquet", [{"id": None, "n": 1}, {"id": "2", "n": 2}]),
+            "",
+            "{path}: 1 bad rows of 2 (50.0%, 1 missing id) exceed max_quarantine_share 0.01; fix "
+            "the input or raise it",
+        ),
+        (
+            "in.csv",
             b"user,n\n1,2\n",
             "",
             "{path}: line 1: no column 'id' (the id_field) in the header (user, n)",
@@ -311,6 +325,8 @@ def test_a_folder_that_gains_a_file_is_refused_on_resubmit(tmp_path: Path) -> No
         ("in.parquet", b"not parquet at all", "", "{path}: not a Parquet file ("),
     ],
     ids=[
+        "csv-all-bad",
+        "parquet-too-many-bad",
         "csv-no-id",
         "parquet-no-id",
         "columns-absent",

@@ -101,6 +101,7 @@ class Part:
     unit: Literal["line", "row"]
     lines: Iterator[bytes] | None = None
     rows: Iterator[tuple[int, str, bytes, str | None]] | None = None
+    format: Format = "jsonl"
 
 
 def format_of(name: str) -> Format | None:
@@ -183,9 +184,11 @@ class Input:
 
                 raw = decompressed(_tapped(f.chunks(), tap), f.name)
                 rows = csv_rows(raw, f.name, id_field, self.columns or {})
-                yield Part(f.name, "line", rows=rows)
+                yield Part(f.name, "line", rows=rows, format="csv")
             else:
-                yield Part(f.name, "row", rows=self._parquet(f, work_dir, id_field, tap))
+                yield Part(
+                    f.name, "row", rows=self._parquet(f, work_dir, id_field, tap), format="parquet"
+                )
 
     def _jsonl(self, f: InputFile, tap: Tap | None) -> Iterator[bytes]:
         if isinstance(f, LocalFile) and not _compressed(f):

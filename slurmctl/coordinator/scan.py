@@ -35,6 +35,11 @@ CHILD_INDEX_BYTES = 8 << 20
 """From this input size on (`scan_size` when the source has one: compressed files and Parquet
 count more than their bytes), the id index runs in a child process (a second core)."""
 TEXT_KEEP = 200
+SHAPES = {
+    "jsonl": "one JSON object per line",
+    "csv": "a header line, then one row per line",
+    "parquet": "one row per item",
+}
 
 
 class InputSource(Protocol):
@@ -82,6 +87,13 @@ class ScanStats:
     reasons: dict[str, int] = field(default_factory=dict)
     unit: str = "line"
     """What the input's records are called in messages: line (JSON Lines, CSV) or row (Parquet)."""
+    format: str = "jsonl"
+    """The first file's format."""
+
+    @property
+    def shape(self) -> str:
+        """What a record of the input is expected to be, for messages."""
+        return SHAPES.get(self.format, SHAPES["jsonl"])
 
 
 class InputScanner:
@@ -174,7 +186,8 @@ class InputScanner:
                 start = self._last
                 self._starts.append(start)
                 self._files.append((start, part.name, part.unit))
-                self.stats.unit = self._files[0][2]
+                if len(self._files) == 1:
+                    self.stats.unit, self.stats.format = part.unit, part.format
                 if part.lines is not None:
                     yield from self._scan_lines(part.lines, start, index)
                 elif part.rows is not None:

@@ -77,15 +77,15 @@ def _check(definition: JobDefinition, stats: ScanStats, path: str) -> None:
         top = ", ".join(f"{n} {k}" for k, n in sorted(stats.reasons.items()))
         raise InputError(
             f"{path}: no valid item in {stats.lines} {stats.unit}s ({top}); see the id_field "
-            f"{definition.id_field!r} and the input format (one object per {stats.unit})"
+            f"{definition.id_field!r} and the input format ({stats.shape})"
         )
     share = stats.quarantined / stats.lines
     if share > definition.max_quarantine_share:
         top = ", ".join(f"{n} {k}" for k, n in sorted(stats.reasons.items()))
         raise InputError(
-            f"{path}: {stats.quarantined} bad {stats.unit}s of {stats.lines} ({share:.1%}, {top}) "
-            "exceed "
-            f"max_quarantine_share {definition.max_quarantine_share:g}; fix the input or raise it"
+            f"{path}: {stats.quarantined} bad {stats.unit}s of {stats.lines} ({share:.1%}, "
+            f"{top}) exceed max_quarantine_share {definition.max_quarantine_share:g}; fix the "
+            "input or raise it"
         )
 
 
