@@ -7,7 +7,8 @@ JSON Lines file, the rows of a CSV or Parquet file with their numbers, `tabular.
 every raw byte it reads to a `tap` (the fingerprint's digest), so a resume still detects a
 changed input at no second read. Nothing is loaded whole: lines and 1 MiB chunks, CSV blocks,
 Parquet row groups. A Parquet file needs random access, so one that is compressed or on S3 is
-first copied (streamed, while it is hashed) into the submit's scratch folder, one file at a time.
+first copied (streamed, while it is hashed) into the submit's temporary folder, one file at a
+time.
 
 The format comes from each file's name (`.jsonl`, `.ndjson`, `.json`, `.csv`, `.parquet`, then
 an optional `.gz` / `.zst`) or from `input_format:`; compression from the file's first bytes.
