@@ -110,11 +110,12 @@ VECTOR = {"int64": pa.int64(), "float64": pa.float64()}
 """Types pyarrow converts a whole column to at once; a column it refuses goes value by value."""
 
 
-def _typed(
+def _cast(
     batch: pa.RecordBatch, converters: list[tuple[str, str, Callable[[str], Any]]]
-) -> tuple[list[dict[str, Any]], list[str | None] | None]:
-    """The batch's records with their typed cells converted, and each record's reason (None
-    when every record converted)."""
+) -> tuple[pa.RecordBatch, list[tuple[str, str, Callable[[str], Any]]]]:
+    """The batch with the columns pyarrow can convert at once converted, and the converters
+    left to apply value by value (a column with a bad cell, a type pyarrow does not parse
+    as these rules say)."""
     import pyarrow.compute as pc
 
     rest = []
@@ -133,10 +134,7 @@ def _typed(
             batch = batch.set_column(at, column, typed)
             continue
         rest.append(converter)
-    records = batch.to_pylist()
-    if not rest:
-        return records, None
-    return records, [_convert(record, rest) for record in records]
+    return batch, rest
 
 
 def _convert(
@@ -224,6 +222,78 @@ def _emit(
         yield _item(number, record, id_field)
 
 
+# --- a whole batch at once ----------------------------------------------------------------------
+_ESCAPED = r'["\\\x00-\x1f]'
+"""What orjson escapes in a string: a string without any is written between quotes as it is."""
+
+
+def _string_piece(cells: pa.Array) -> pa.Array | None:
+    import pyarrow.compute as pc
+
+    if pc.any(pc.match_substring_regex(cells, _ESCAPED)).as_py():
+        return None
+    piece: pa.Array = pc.binary_join_element_wise('"', cells, '"', "")
+    return piece
+
+
+def _piece(cells: pa.Array) -> pa.Array | None:
+    """A column's values as JSON text (null where null), or None when not of a simple type."""
+    import pyarrow.compute as pc
+
+    kind = cells.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return _string_piece(cells)
+    if pa.types.is_integer(kind):
+        return pc.cast(cells, pa.string())
+    if pa.types.is_boolean(kind):
+        return pc.if_else(cells, "true", "false")
+    if pa.types.is_null(kind):
+        return pa.nulls(len(cells), pa.string())
+    return None
+
+
+def _keys(cells: pa.Array) -> list[str] | None:
+    """The ids' text when every one is a non-empty ASCII string or an integer."""
+    import pyarrow.compute as pc
+
+    if cells.null_count:
+        return None
+    if pa.types.is_integer(cells.type):
+        cells = pc.cast(cells, pa.string())
+    elif not (pa.types.is_string(cells.type) or pa.types.is_large_string(cells.type)):
+        return None
+    if len(cells) and not pc.all(pc.string_is_ascii(cells)).as_py():
+        return None
+    if len(cells) and pc.min(pc.binary_length(cells)).as_py() == 0:
+        return None
+    keys: list[str] = cells.to_pylist()
+    return keys
+
+
+def _whole(batch: pa.RecordBatch, id_field: str) -> tuple[list[str], list[bytes]] | None:
+    """The batch's ids and JSON lines built by pyarrow's kernels, byte for byte what the row by
+    row path (orjson) writes; None (go row by row) unless every column holds strings orjson
+    writes as they are, integers, booleans or nulls, and every id is usable as it is."""
+    import pyarrow.compute as pc
+
+    names = batch.schema.names
+    if len(set(names)) != len(names):
+        return None
+    keys = _keys(batch.column(names.index(id_field)))
+    if keys is None:
+        return None
+    pieces: list[Any] = []
+    for at, name in enumerate(names):
+        piece = _piece(batch.column(at))
+        if piece is None:
+            return None
+        pieces += [("," if at else "{") + orjson.dumps(name).decode() + ":"]
+        pieces += [pc.fill_null(piece, "null")]
+    joined = pc.binary_join_element_wise(*pieces, "}", "")
+    lines: list[bytes] = pc.cast(joined, pa.binary()).to_pylist()
+    return keys, lines
+
+
 # --- CSV ----------------------------------------------------------------------------------------
 class _Invalid:
     """Rows with the wrong number of fields, which pyarrow skips and reports here."""
@@ -306,8 +376,17 @@ def csv_rows(
             header = _header([c[0].as_py() for c in batch.columns], name, id_field)
             converters = _converters(columns, header, name)
             line, batch = 1, batch.slice(1)
-        records, reasons = _typed(batch.rename_columns(header), converters)
-        if not invalid.rows or min(invalid.rows) > line + len(records):
+        typed, rest = _cast(batch.rename_columns(header), converters)
+        clean = not invalid.rows or min(invalid.rows) > line + typed.num_rows
+        whole = None if rest or not clean else _whole(typed, id_field)
+        if whole is not None:
+            for n, (key, text) in enumerate(zip(*whole, strict=True), line + 1):
+                yield n, key, text, None
+            line += typed.num_rows
+            continue
+        records = typed.to_pylist()
+        reasons = [_convert(record, rest) for record in records] if rest else None
+        if clean:
             yield from _emit(records, range(line + 1, line + len(records) + 1), id_field, reasons)
             line += len(records)
             continue
@@ -317,8 +396,8 @@ def csv_rows(
                 yield invalid.pop(line)
                 line += 1
             yield from _emit([record], [line], id_field, None if reasons is None else [reasons[at]])
-    for rest in sorted(invalid.rows):
-        yield invalid.pop(rest)
+    for left in sorted(invalid.rows):
+        yield invalid.pop(left)
 
 
 # --- Parquet ------------------------------------------------------------------------------------
@@ -339,9 +418,13 @@ def parquet_rows(path: Path, name: str, id_field: str) -> Iterator[Row]:
     number = 0
     try:
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, use_threads=False):
-            yield from _emit(
-                batch.to_pylist(), range(number + 1, number + batch.num_rows + 1), id_field
-            )
+            whole = _whole(batch, id_field)
+            if whole is not None:
+                for n, (key, text) in enumerate(zip(*whole, strict=True), number + 1):
+                    yield n, key, text, None
+            else:
+                numbers = range(number + 1, number + batch.num_rows + 1)
+                yield from _emit(batch.to_pylist(), numbers, id_field)
             number += batch.num_rows
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{name}: row {number + 1}: cannot read input: {_why(e)}") from None
