@@ -454,3 +454,23 @@ def test_a_batch_written_at_once_is_byte_for_byte_the_rows_written_one_by_one(
         return
     assert [(key, line) for _, key, line, _ in by_row] == list(zip(*whole, strict=True))
     assert all(reason is None for *_, reason in by_row)
+
+
+def test_try_reads_the_first_rows_of_a_parquet_folder(tmp_path: Path) -> None:
+    config = _job(tmp_path, "x.csv", b"")
+    folder = config.parent / "parts"
+    folder.mkdir()
+    (config.parent / "x.csv").unlink()
+    (folder / "a.parquet").write_bytes(encode("parquet", [{"id": "a", "n": 1}]))
+    (folder / "b.parquet").write_bytes(
+        encode("parquet", [{"id": f"b{i}", "n": i} for i in range(50_000)], row_group_size=1000)
+    )
+    config.write_text(config.read_text().replace("input: x.csv", "input: parts"))
+    tried = cli(tmp_path / "root", "try", str(config), "--items", "3")
+    assert tried.returncode == 0, tried.stderr
+    assert tried.stdout.splitlines()[:3] == [
+        'a\tok\t{"id": "a", "double": 2, "kind": "int"}',
+        'b0\tok\t{"id": "b0", "double": 0, "kind": "int"}',
+        'b1\tok\t{"id": "b1", "double": 2, "kind": "int"}',
+    ]
+    assert tried.stdout.splitlines()[3].startswith("3 ok, 0 failed")
