@@ -286,6 +286,13 @@ def test_a_folder_that_gains_a_file_is_refused_on_resubmit(tmp_path: Path) -> No
     [
         (
             "in.csv",
+            b"id,n\n\xff\xfe,1\n",
+            "",
+            "{path}: cannot read input: In CSV column #0: Row #2: CSV conversion error to string: "
+            "invalid UTF8 data",
+        ),
+        (
+            "in.csv",
             b"id,n\n,1\n,2\n",
             "",
             "{path}: no valid item in 2 lines (2 missing id); see the id_field 'id' and the input "
@@ -327,6 +334,7 @@ def test_a_folder_that_gains_a_file_is_refused_on_resubmit(tmp_path: Path) -> No
         ("in.parquet", b"not parquet at all", "", "{path}: not a Parquet file ("),
     ],
     ids=[
+        "csv-not-utf8",
         "csv-all-bad",
         "parquet-too-many-bad",
         "csv-no-id",
