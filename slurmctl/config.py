@@ -29,6 +29,7 @@ from pydantic import (
 from slurmctl.config_yaml import FieldProblem, format_validation_error, read_yaml_mapping
 from slurmctl.errors import ConfigError, InputError, UserError
 from slurmctl.ids import validate_job_id
+from slurmctl.ratelimit.allocation import SIGNAL_EARLY_S, signal_lead_s, time_limit_s
 from slurmctl.secrets import ParamsError, check_no_literal_secrets
 
 ERROR_TYPES = (
@@ -228,6 +229,24 @@ class SlurmOptions(_Section):
     python: Interpreter | None = None
     """The interpreter on the nodes, when it is not the submitter's (`sys.executable`)."""
     container: ContainerOptions | None = None
+    min_remaining: float | None = Field(default=None, ge=0)
+    """Seconds a task needs, instead of the worker's own estimate (worker/walltime.py): a worker
+    claims a task only while at least this long remains before USR1 may come. 0: claim until
+    USR1 comes."""
+
+    @model_validator(mode="after")
+    def _min_remaining_fits(self) -> SlurmOptions:
+        limit = time_limit_s(self.time)
+        if self.min_remaining and limit is not None:
+            room = limit - signal_lead_s(self.time) - SIGNAL_EARLY_S
+            if self.min_remaining > room:
+                raise FieldProblem(
+                    f"expected at most {room:g} s: time {self.time} leaves {room:g} s before USR1 "
+                    f"may come (a {signal_lead_s(self.time)} s lead, and Slurm signals up to "
+                    f"{SIGNAL_EARLY_S:g} s early), so no worker could claim a task",
+                    ("min_remaining",),
+                )
+        return self
 
 
 class AwsOptions(_Section):

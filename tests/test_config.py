@@ -119,7 +119,7 @@ VALID_TOP = (
             "slurm:\n  partition: debug\n  walltime: 5\n",
             ":7: unknown key 'walltime' in slurm (did you mean 'time'?); valid keys: partition, "
             "account, qos, time, cpus_per_task, mem, gres, array_parallelism, extra_args, setup, "
-            "python, container",
+            "python, container, min_remaining",
         ),
         (
             "retry: {backof_s: 5}\n",
@@ -157,6 +157,12 @@ VALID_TOP = (
             "slurm: {time: '1:75:00'}\n",
             ":5: slurm.time: expected a Slurm time: MM, MM:SS, "
             "HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, found '1:75:00'",
+        ),
+        (
+            "slurm: {time: '00:05:00', min_remaining: 200}\n",
+            ":5: slurm.min_remaining: expected at most 150 s: time 00:05:00 leaves 150 s before "
+            "USR1 may come (a 120 s lead, and Slurm signals up to 30 s early), so no worker could "
+            "claim a task, found 200",
         ),
         (
             "slurm: {mem: 8GB}\n",

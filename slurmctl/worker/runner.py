@@ -37,6 +37,7 @@ from slurmctl.worker.handler import Handler, load_handler
 from slurmctl.worker.inflight import EventLoop, call_hook
 from slurmctl.worker.limiter import DistributedRateLimiter, WorkerStopping
 from slurmctl.worker.task import Outcome, TaskRunner
+from slurmctl.worker.walltime import WalltimeRule
 
 log = logging.getLogger("slurmctl.worker")
 
@@ -80,6 +81,8 @@ class Worker:
         self.stop_reason: str | None = None
         self.limiters: dict[str, DistributedRateLimiter] = {}
         self.allocation = AllocationClock()
+        self.walltime: WalltimeRule | None = None
+        """Slurm workers only: no claim of a task that cannot finish before USR1."""
         self._writes: dict[str, int] = {}
         self._job_cache: tuple[float, JobRecord] | None = None
         self.breaker: Breaker | None = None
@@ -207,6 +210,9 @@ class Worker:
         job = get_job(self.backend, self.job_id)
         definition = load_definition(self.backend, self.job_id)
         self._workers = job.workers
+        if definition.executor == "slurm":
+            options = definition.slurm
+            self.walltime = WalltimeRule.of(self.allocation, options.time, options.min_remaining)
         try:
             handler = load_handler(definition.handler, definition.config_dir)
         except HandlerImportError as e:
@@ -381,6 +387,8 @@ class Worker:
             if job.not_before > time.time():  # a retry phase's backoff
                 time.sleep(min(self.poll_s, job.not_before - time.time()))
                 continue
+            if not self._may_claim(job.phase):
+                return EXIT_OK
             # Ask without waiting after a task (work is likely there); wait when last time idle.
             msgs = queue.receive(
                 self.job_id, max_messages=1, visibility_s=int(lease_s), wait_s=idle_wait
@@ -401,10 +409,12 @@ class Worker:
                 queue.delete(self.job_id, [msg.receipt])  # claimed or stale: the hint is used up
                 if task is None:
                     continue
+                began = time.monotonic()
                 try:
                     outcome = runner.run(task)
                 except WorkerStopping:
                     outcome = Outcome.STOPPED
+                self._took(job.phase, outcome, time.monotonic() - began)
                 self._record_usage(runner.ctx)
                 log.info("worker %s: %s %s", self.worker_id, task.task_id, outcome.value)
                 continue
@@ -436,6 +446,22 @@ class Worker:
         job = get_job(self.backend, self.job_id)
         self._job_cache = (now, job)
         return job
+
+    def _may_claim(self, phase: str) -> bool:
+        """The walltime rule, asked before each claim: False when a task of the phase would
+        not finish before USR1 (the worker then leaves, holding no lease)."""
+        refusal = self.walltime.refusal(phase) if self.walltime is not None else None
+        if refusal is None:
+            return True
+        self.stop_reason = refusal
+        log.info("worker %s: %s", self.worker_id, refusal)
+        return False
+
+    def _took(self, phase: str, outcome: Outcome, seconds: float) -> None:
+        """A finished task's duration feeds the walltime estimate (a stopped one says
+        nothing of how long a task takes)."""
+        if self.walltime is not None and outcome in (Outcome.COMMITTED, Outcome.FAILED):
+            self.walltime.durations.add(phase, seconds)
 
     def _fail_job(self, reason: str) -> None:
         log.error("%s", reason)

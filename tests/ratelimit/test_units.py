@@ -83,9 +83,12 @@ def test_allocation_clock_env_then_squeue_cached() -> None:
     assert clock.near_end(margin_s=600)
     clock = AllocationClock({"SLURM_JOB_ID": "42"}, squeue, lambda: now[0])
     assert clock.near_end() and clock.seconds_left() == 100.0
-    now[0] += 10
-    clock.seconds_left()
-    assert asked == ["42"]  # asked once a minute at most
+    now[0] += 3600
+    assert clock.seconds_left() == 100.0 - 3600
+    assert asked == ["42"] and clock.squeue_calls == 1  # asked once per worker, never again
+    unanswered = AllocationClock({"SLURM_JOB_ID": "43"}, lambda j: asked.append(j), lambda: 0.0)
+    assert unanswered.seconds_left() is None and unanswered.seconds_left() is None
+    assert asked == ["42", "43"]
     assert AllocationClock({}, squeue, lambda: now[0]).seconds_left() is None
     assert parse_end_time("N/A") is None and parse_end_time("Unknown") is None
     assert parse_end_time("2026-11-28T20:15:00") is not None

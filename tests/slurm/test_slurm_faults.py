@@ -137,7 +137,8 @@ def test_time_limit_stops_workers_and_finalize_resubmits_them(
         batch_size=20,
         workers=1,
         job_id=jid,
-        extra=util.SLURM_JOB + 'slurm: {time: "00:01:00"}\ncheckpoint_every: 5\n',
+        # min_remaining 0: claim until USR1 comes (no walltime rule), to see the stop itself
+        extra=util.SLURM_JOB + 'slurm: {time: "00:01:00", min_remaining: 0}\ncheckpoint_every: 5\n',
     )
     root = tmp_path / "root"
     out = cli(

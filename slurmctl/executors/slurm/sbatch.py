@@ -18,6 +18,7 @@ from pathlib import Path
 
 from slurmctl.errors import SlurmctlError, UserError
 from slurmctl.executors.slurm.states import SlurmState, parse_state
+from slurmctl.ratelimit.allocation import time_limit_s as time_limit_s  # re-exported
 
 log = logging.getLogger("slurmctl.slurm")
 
@@ -290,21 +291,3 @@ def sbatch_error(stderr: str) -> str:
 
 def _first_line(text: str) -> str:
     return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-
-
-def time_limit_s(text: str | None) -> int | None:
-    """A Slurm time (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in seconds; None when
-    unlimited or unset."""
-    if not text or text.upper() in ("UNLIMITED", "INFINITE"):
-        return None
-    days, _, clock = text.rpartition("-")
-    parts = [int(p) for p in clock.split(":")]
-    if days:
-        parts += [0] * (3 - len(parts))
-        h, m, s = parts
-        return ((int(days) * 24 + h) * 60 + m) * 60 + s
-    if len(parts) == 1:
-        return parts[0] * 60
-    if len(parts) == 2:
-        return parts[0] * 60 + parts[1]
-    return (parts[0] * 60 + parts[1]) * 60 + parts[2]

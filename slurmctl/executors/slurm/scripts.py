@@ -14,10 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from slurmctl.config import SlurmOptions
-from slurmctl.executors.slurm.sbatch import time_limit_s
-
-SIGNAL_LEAD_S = 120
-"""USR1 this long before the time limit (`--signal=B:USR1@120`): time to checkpoint."""
+from slurmctl.ratelimit.allocation import signal_lead_s as lead_of_time
 
 
 @dataclass(frozen=True)
@@ -87,10 +84,7 @@ def setup_lines(setup: list[str]) -> list[str]:
 
 def signal_lead_s(options: SlurmOptions) -> int:
     """120 s, or half a shorter time limit: a worker told to stop at once would do nothing."""
-    limit = time_limit_s(options.time)
-    if limit is None or limit >= 2 * SIGNAL_LEAD_S:
-        return SIGNAL_LEAD_S
-    return max(limit // 2, 10)
+    return lead_of_time(options.time)
 
 
 def resource_args(options: SlurmOptions, *, gres: bool = True) -> list[str]:
