@@ -40,6 +40,8 @@ def run_slurm(env: Env, job_id: str, *, progress: bool, follow: bool) -> JobStat
 
 
 def describe(job_id: str, out: Advance) -> None:
+    for note in out.capped:
+        click.echo(f"job {job_id}: capped by the site's limits: {note}", err=True)
     if out.submitted:
         arrays = ", ".join(out.submitted)
         click.echo(

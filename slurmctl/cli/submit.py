@@ -28,6 +28,9 @@ from slurmctl.coordinator.scan import InputScanner, InputSource
 from slurmctl.coordinator.submit import check_existing, open_input, plan
 from slurmctl.errors import BackendUnavailable, ConfigError, UserError
 from slurmctl.executors.slurm import preflight
+from slurmctl.executors.slurm.limits import SiteLimits
+from slurmctl.executors.slurm.limits import describe as describe_limits
+from slurmctl.executors.slurm.limits import size as size_under
 from slurmctl.output_schema import JobSchema, with_rules
 from slurmctl.ratelimit import gcra
 from slurmctl.worker.classify import classify
@@ -61,7 +64,8 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
     definition = load_job_definition(config)
     for name in secret_refs.unresolved_refs(definition.params):
         click.echo(f"note: params reference {name}; it must be set where the workers run", err=True)
-    preflight(definition)  # before anything is written: a refused job leaves nothing behind
+    limits = preflight(definition)  # before anything is written: a refused job leaves nothing
+    # behind
     if dry_run:
         existing = _existing(env, definition)  # a changed definition or input: refused here too
         p = plan(definition)
@@ -78,6 +82,8 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
         click.echo(f"  batches       {p.batches} of up to {definition.batch_size} items")
         click.echo(f"  tasks         {p.batches}")
         click.echo(f"  workers       {p.workers} ({definition.executor} executor)")
+        if limits is not None:
+            _print_limits(limits, p.workers, definition)
         if p.shortest_s is not None:
             click.echo(
                 f"  shortest run  {_duration(p.shortest_s)} at {p.rate:g} requests/s "
@@ -100,6 +106,15 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
         click.echo(f"job {job_id} submitted")
     if finished(run_job(env, job_id, progress=not no_progress, follow=follow)):
         sys.exit(print_outcome(env, job_id))
+
+
+def _print_limits(limits: SiteLimits, workers: int, definition: JobDefinition) -> None:
+    """The site's limits `submit` read, and what they cap in this job's workers."""
+    for i, line in enumerate(describe_limits(limits)):
+        click.echo(f"  {'slurm limits' if i == 0 else '':<13} {line}")
+    sizing = size_under(workers, definition.slurm, limits)
+    for i, note in enumerate(sizing.capped or ["nothing"]):
+        click.echo(f"  {'capped' if i == 0 else '':<13} {note}")
 
 
 def _existing(env: Env, definition: JobDefinition) -> JobRecord | None:

@@ -10,10 +10,11 @@ import pytest
 
 from slurmctl.backends import open_local
 from slurmctl.backends.statestore import WORKERS_LOST
-from slurmctl.config import load_job_definition
+from slurmctl.config import SlurmOptions, load_job_definition
 from slurmctl.coordinator.submit import submit
 from slurmctl.errors import ConfigError
 from slurmctl.executors.slurm import SlurmExecutor, preflight
+from slurmctl.executors.slurm.limits import SiteLimits
 from slurmctl.executors.slurm.sbatch import Element, Partition, SlurmClient
 from slurmctl.executors.slurm.states import SlurmState
 from slurmctl.holders import Holder
@@ -40,6 +41,9 @@ class FakeSlurm(SlurmClient):
 
     def max_array_size(self) -> int:
         return 1001
+
+    def site_limits(self, options: SlurmOptions) -> SiteLimits:
+        return SiteLimits(max_array_size=1001)
 
     def sbatch(self, args: Sequence[str], script: Path) -> str:
         self.submitted.append(list(args))

@@ -22,6 +22,8 @@ from slurmctl.config import SlurmOptions
 from slurmctl.errors import JobStateError, SlurmctlError
 from slurmctl.executors.base import Executor, Liveness, Marker, Run, RunEnd, StartRequest, Step
 from slurmctl.executors.slurm import scripts
+from slurmctl.executors.slurm.limits import SiteLimits
+from slurmctl.executors.slurm.limits import size as size_under
 from slurmctl.executors.slurm.sbatch import Element, SlurmClient
 from slurmctl.executors.slurm.states import SlurmState
 from slurmctl.holders import Holder
@@ -51,6 +53,8 @@ class Advance:
     """Workers already queued or running (nothing submitted for them)."""
     waiting: list[str] = field(default_factory=list)
     """Finalize jobs already queued."""
+    capped: list[str] = field(default_factory=list)
+    """What the site's limits capped in the workers submitted now, and why."""
 
 
 @dataclass
@@ -130,6 +134,7 @@ class SlurmLiveness(Liveness):
 class Submitted:
     arrays: list[str]
     finalize: str
+    capped: list[str] = field(default_factory=list)
 
 
 class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
@@ -205,9 +210,12 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         logs.mkdir(parents=True, exist_ok=True)
         script = self._script(job_id, "worker.sbatch", definition.slurm)
         arrays: list[str] = []
-        plan = scripts.split(
-            request.count, self.client.max_array_size(), definition.slurm.array_parallelism
-        )
+        # submit and resume read the site's limits afresh; finalize sizes by what they read
+        limits = self._limits(job_id, definition.slurm, fresh=request.operator)
+        sizing = size_under(request.count, definition.slurm, limits)
+        for note in sizing.capped:
+            log.warning("job %s: %s", job_id, note)
+        plan = scripts.split(sizing.workers, limits.max_array_size, sizing.parallelism)
         try:
             for size, parallelism in plan:
                 args = scripts.worker_args(
@@ -217,9 +225,9 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
             fin = self._submit_finalize(job_id, arrays)
         except SlurmctlError:
             if arrays:  # record what is queued: `resume` chains a finalize to it
-                self._record(job_id, arrays, None, request.count, request)
+                self._record(job_id, arrays, None, sizing.workers, request, limits)
             raise
-        self._record(job_id, arrays, fin, request.count, request)
+        self._record(job_id, arrays, fin, sizing.workers, request, limits)
         append_history(
             self.backend,
             job_id,
@@ -227,13 +235,22 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
             executor="slurm",
             array=arrays[0],
             arrays=arrays,
-            count=request.count,
+            count=sizing.workers,
             finalize=fin,
             run=request.run,
             begin_in_s=begin_s,
+            capped=sizing.capped,
         )
-        log.info("job %s: %d workers in arrays %s, finalize %s", job_id, request.count, arrays, fin)
-        return Submitted(arrays, fin)
+        log.info(
+            "job %s: %d workers in arrays %s, finalize %s", job_id, sizing.workers, arrays, fin
+        )
+        return Submitted(arrays, fin, sizing.capped)
+
+    def _limits(self, job_id: str, options: SlurmOptions, *, fresh: bool) -> SiteLimits:
+        stored = read_manifest(self.backend, job_id).get("slurm_limits")
+        if fresh or not isinstance(stored, dict):
+            return self.client.site_limits(options)
+        return SiteLimits.from_dict(stored)
 
     def fruitless_reason(self, job_id: str, count: int, codes: list[int]) -> str:
         return (
@@ -278,6 +295,7 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
                 step.work_left,
                 submitted=step.started.arrays,
                 finalize=step.started.finalize,
+                capped=step.started.capped,
             )
         if step.status == JobStatus.FAILED:
             return Advance(JobStatus.FAILED)
@@ -315,6 +333,7 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         fin: str | None,
         workers: int | None,
         request: StartRequest | None = None,
+        limits: SiteLimits | None = None,
     ) -> None:
         """Read-modify-write of the job manifest (under the job lease): every Slurm id, and each
         run with the marker it started from (the fruitless-runs rule reads them back)."""
@@ -332,6 +351,8 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
                 "operator": bool(request and request.operator),
             }
         )
+        if limits is not None:
+            doc["slurm_limits"] = limits.as_dict()
         ids = doc.setdefault("slurm_job_ids", [])
         ids.extend(i for i in [*arrays, fin] if i and i not in ids)
         if not doc.get("slurm_array_id") and arrays:

@@ -1,19 +1,22 @@
 """Checks made before submit writes anything, so a refused job leaves nothing behind
 (docs/architecture.md, invariant 7): reserved sbatch arguments, the partition, the embedded
-backend on a multi-node partition, and Slurm's own verdict on the options (`sbatch --test-only`)."""
+backend on a multi-node partition, and Slurm's own verdict on the options (`sbatch --test-only`);
+then the site's limits are read (limits.py), for `--dry-run` to show."""
 
 from __future__ import annotations
 
 from slurmctl.config import JobDefinition
 from slurmctl.errors import ConfigError
 from slurmctl.executors.slurm import scripts
+from slurmctl.executors.slurm.limits import SiteLimits
 from slurmctl.executors.slurm.sbatch import SlurmClient
 
 
-def preflight(definition: JobDefinition, client: SlurmClient | None = None) -> None:
-    """Raise a one-line ConfigError (exit code 2) if the Slurm executor cannot run this job."""
+def preflight(definition: JobDefinition, client: SlurmClient | None = None) -> SiteLimits | None:
+    """Raise a one-line ConfigError (exit code 2) if the Slurm executor cannot run this job;
+    else the site's limits the workers will be sized under (None for another executor)."""
     if definition.executor != "slurm":
-        return
+        return None
     client = client or SlurmClient()
     where = str(definition.config_path)
     options = definition.slurm
@@ -51,3 +54,4 @@ def preflight(definition: JobDefinition, client: SlurmClient | None = None) -> N
     refused = client.test_only(scripts.resource_args(options))
     if refused:
         raise ConfigError(f"{where}: slurm options refused by sbatch: {refused}")
+    return client.site_limits(options)

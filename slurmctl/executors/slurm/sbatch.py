@@ -8,7 +8,6 @@ so its absence is logged once at debug level and never again.
 from __future__ import annotations
 
 import logging
-import re
 import subprocess
 import time
 import uuid
@@ -16,7 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from slurmctl.config import SlurmOptions
 from slurmctl.errors import SlurmctlError, UserError
+from slurmctl.executors.slurm.limits import (
+    ASSOC_FORMAT,
+    QOS_FORMAT,
+    SiteLimits,
+    combine,
+    current_user,
+    parse_assoc,
+    parse_config,
+    parse_qos,
+)
 from slurmctl.executors.slurm.states import SlurmState, parse_state
 from slurmctl.ratelimit.allocation import time_limit_s as time_limit_s  # re-exported
 
@@ -65,6 +75,9 @@ class Partition:
     default: bool
 
 
+_LIMITS: dict[tuple[str | None, str | None], SiteLimits] = {}
+
+
 class SlurmClient:
     """One per process: caches MaxArraySize and whether sacct works."""
 
@@ -72,7 +85,7 @@ class SlurmClient:
     """The first pause before a command is run again after a transient failure (doubling)."""
 
     def __init__(self, *, min_interval_s: float = 0.0) -> None:
-        self._max_array: int | None = None
+        self._config: tuple[int, int | None] | None = None
         self._sacct_ok: bool | None = None
         self.min_interval_s = min_interval_s
         """The same question asked again sooner gets the last answer (`status --watch`, the
@@ -179,11 +192,44 @@ class SlurmClient:
     # --- cluster facts ------------------------------------------------------------------------
     def max_array_size(self) -> int:
         """MaxArraySize from `scontrol show config` (read once): indexes go up to it minus one."""
-        if self._max_array is None:
-            out = self.run(["scontrol", "show", "config"])
-            m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.M)
-            self._max_array = int(m.group(1)) if m else 1001
-        return self._max_array
+        return self.cluster_config()[0]
+
+    def cluster_config(self) -> tuple[int, int | None]:
+        """MaxArraySize and MaxJobCount, from one `scontrol show config` per process."""
+        if self._config is None:
+            self._config = parse_config(self.run(["scontrol", "show", "config"]).stdout)
+        return self._config
+
+    def site_limits(self, options: SlurmOptions) -> SiteLimits:
+        """The configuration's limits, and the user's association and QOS limits where
+        slurmdbd answers (two sacctmgr calls, to slurmdbd rather than slurmctld). Read once
+        per process and options: `submit`'s preflight and its first submission share them."""
+        key = (options.account, options.qos)
+        if key not in _LIMITS:
+            _LIMITS[key] = self._read_site_limits(options)
+        return SiteLimits.from_dict(_LIMITS[key].as_dict())
+
+    def _read_site_limits(self, options: SlurmOptions) -> SiteLimits:
+        max_array, max_jobs = self.cluster_config()
+        limits = SiteLimits(max_array, max_jobs)
+        user = current_user()
+        out = self.run(
+            ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", f"format={ASSOC_FORMAT}"],
+            check=False,
+        )
+        if out.returncode != 0:
+            limits.unread = f"sacctmgr: {_first_line(out.stderr) or f'exit {out.returncode}'}"
+            return limits
+        assoc, default_qos = parse_assoc(out.stdout, options.account)
+        name = options.qos or default_qos
+        qos = None
+        if name:
+            q = self.run(
+                ["sacctmgr", "-n", "-P", "show", "qos", f"format={QOS_FORMAT}"], check=False
+            )
+            if q.returncode == 0:
+                qos = parse_qos(q.stdout, name)
+        return combine(limits, assoc, qos, name)
 
     def partitions(self) -> list[Partition]:
         out = self.run(["scontrol", "show", "partition", "-o"])
