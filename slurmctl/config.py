@@ -39,6 +39,7 @@ ERROR_TYPES = (
     "server",
     "preempted",
     "crash",
+    "oom",
     "not_found",
     "client",
     "validation",
@@ -46,7 +47,16 @@ ERROR_TYPES = (
     "schema",
     "unknown",
 )
-TRANSIENT_TYPES = ("network", "timeout", "throttled", "server", "preempted", "crash", "unknown")
+TRANSIENT_TYPES = (
+    "network",
+    "timeout",
+    "throttled",
+    "server",
+    "preempted",
+    "crash",
+    "oom",
+    "unknown",
+)
 PERMANENT_TYPES = ("not_found", "client", "validation", "poison", "schema")
 ErrorType = Literal[
     "network",
@@ -55,6 +65,7 @@ ErrorType = Literal[
     "server",
     "preempted",
     "crash",
+    "oom",
     "not_found",
     "client",
     "validation",
@@ -229,6 +240,16 @@ class SlurmOptions(_Section):
     python: Interpreter | None = None
     """The interpreter on the nodes, when it is not the submitter's (`sys.executable`)."""
     container: ContainerOptions | None = None
+    exclude: list[
+        Annotated[
+            str,
+            _matching(
+                r"^[A-Za-z0-9][A-Za-z0-9_.\[\],-]*$",
+                "expected a node name or hostlist like node[01-04]",
+            ),
+        ]
+    ] = Field(default_factory=list)
+    """Nodes the workers must avoid (`--exclude`), besides those slurmctl found bad."""
     min_remaining: float | None = Field(default=None, ge=0)
     """Seconds a task needs, instead of the worker's own estimate (worker/walltime.py): a worker
     claims a task only while at least this long remains before USR1 may come. 0: claim until
@@ -272,6 +293,9 @@ class RetryOptions(_Section):
     backoff_s: float = Field(default=30.0, ge=0)
     backoff_max_s: float = Field(default=900.0, ge=0)
     max_task_failures: int = Field(default=3, ge=1)
+    mem_factor: float | None = Field(default=None, ge=1)
+    """Slurm: retry phase n asks for `slurm.mem` times mem_factor**n (after an OOM kill, an
+    item fails as `oom`, transient, and its retry gets more memory)."""
 
 
 MAX_PARTITION_COLUMNS = 8
@@ -496,6 +520,16 @@ class JobDefinition(_Section):
             raise FieldProblem(
                 "expected string or int64: the id column holds ids, which are text or integers",
                 ("output", "schema", self.id_field),
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _mem_factor_needs_mem(self) -> JobDefinition:
+        if self.retry.mem_factor is not None and self.slurm.mem is None:
+            raise FieldProblem(
+                "needs slurm.mem (the memory it multiplies for retry phases)",
+                ("retry", "mem_factor"),
+                show_found=False,
             )
         return self
 

@@ -86,6 +86,17 @@ BREAKER_PREFIX = "paused by the breaker: "
 """The job's `error` while the circuit breaker holds it paused (see worker/breaker.py)."""
 
 
+def oom_killed(backend: Backend, job_id: str, task_id: str) -> bool:
+    """Whether a worker holding this task was killed for its memory, as the Slurm executor
+    recorded in the job manifest (`slurm_deaths`, executors/slurm/deaths.py)."""
+    try:
+        doc = backend.objects.get_json(JobLayout(job_id).manifest)
+    except ObjectNotFound:
+        return False
+    deaths = doc.get("slurm_deaths", {}) if isinstance(doc, dict) else {}
+    return any(d.get("kind") == "oom" and d.get("task") == task_id for d in deaths.values())
+
+
 def breaker_reason(job: JobRecord) -> str | None:
     """The breaker's line while it holds the job paused, else None."""
     if job.paused and job.error and job.error.startswith(BREAKER_PREFIX):

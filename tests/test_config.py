@@ -49,6 +49,7 @@ def test_defaults(tmp_path: Path) -> None:
         "backoff_s": 30.0,
         "backoff_max_s": 900.0,
         "max_task_failures": 3,
+        "mem_factor": None,
     }
     assert (job.output.format, job.output.fan_in) == ("parquet", 10)
     assert (job.lease.ttl_s, job.lease.heartbeat_s, job.checkpoint_every) == (120.0, 30.0, 100)
@@ -119,12 +120,13 @@ VALID_TOP = (
             "slurm:\n  partition: debug\n  walltime: 5\n",
             ":7: unknown key 'walltime' in slurm (did you mean 'time'?); valid keys: partition, "
             "account, qos, time, cpus_per_task, mem, gres, array_parallelism, extra_args, setup, "
-            "python, container, min_remaining",
+            "python, container, exclude, min_remaining",
         ),
         (
             "retry: {backof_s: 5}\n",
             ":5: unknown key 'backof_s' in retry (did you mean "
-            "'backoff_s'?); valid keys: max_attempts, backoff_s, backoff_max_s, max_task_failures",
+            "'backoff_s'?); valid keys: max_attempts, backoff_s, backoff_max_s, max_task_failures, "
+            "mem_factor",
         ),
         (
             "rate_limits:\n  api: {tokens_per_sec: 1, bust: 2}\n",
@@ -163,6 +165,15 @@ VALID_TOP = (
             ":5: slurm.min_remaining: expected at most 150 s: time 00:05:00 leaves 150 s before "
             "USR1 may come (a 120 s lead, and Slurm signals up to 30 s early), so no worker could "
             "claim a task, found 200",
+        ),
+        (
+            "retry: {mem_factor: 1.5}\n",
+            ":5: retry.mem_factor: needs slurm.mem (the memory it multiplies for retry phases)",
+        ),
+        (
+            "slurm: {exclude: ['node 1']}\n",
+            ":5: slurm.exclude[0]: expected a node name or hostlist like node[01-04], "
+            "found 'node 1'",
         ),
         (
             "slurm: {mem: 8GB}\n",
@@ -234,7 +245,8 @@ VALID_TOP = (
         (
             "error_rules:\n  - {type: network, status: 503}\n  - {type: flaky, status: 500}\n",
             ":7: error_rules[1].type: expected 'network', 'timeout', 'throttled', 'server', "
-            "'preempted', 'crash', 'not_found', 'client', 'validation', 'poison', 'schema' or "
+            "'preempted', 'crash', 'oom', 'not_found', 'client', 'validation', 'poison', 'schema' "
+            "or "
             "'unknown', found 'flaky'",
         ),
         (

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from slurmctl.errors import PermanentError, TransientError
 
 TRANSIENT = frozenset(
-    {"network", "timeout", "throttled", "server", "preempted", "crash", "unknown"}
+    {"network", "timeout", "throttled", "server", "preempted", "crash", "oom", "unknown"}
 )
 PERMANENT = frozenset({"not_found", "client", "validation", "poison", "schema"})
 

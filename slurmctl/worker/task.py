@@ -26,6 +26,7 @@ from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import TaskCommit, TaskRecord
 from slurmctl.errors import FRAMEWORK_ERROR, BackendUnavailable, IntegrityError
 from slurmctl.fastjson import loads_for
+from slurmctl.jobs import oom_killed
 from slurmctl.layout import JobLayout
 from slurmctl.output_schema import Pin
 from slurmctl.scratch import private_dirs
@@ -367,7 +368,8 @@ class TaskRunner:
         self, task: TaskRecord, lines: list[bytes], done: set[int], ckpt: Checkpoint
     ) -> None:
         """The task's workers died `max_task_failures` times: run its items one by one, and fail
-        as poison the item that was in flight when the last worker died."""
+        as poison the item that was in flight when the last worker died (as `oom`, transient,
+        when Slurm killed the worker for its memory: the retry phase may get more)."""
         log.warning(
             "%s: lost its worker %d times: isolating items one by one",
             task.task_id,
@@ -377,14 +379,18 @@ class TaskRunner:
         if idx is None or idx in done:
             return
         item_id = str(json.loads(lines[idx])[self.id_field])
+        if oom_killed(self.backend, self.job_id, task.task_id):  # Slurm killed it for memory
+            kind, what, how = "oom", "killed for its memory", "transient: retried"
+        else:
+            kind, what, how = "poison", "died", "failed permanently"
         message = (
-            f"poison: the worker died while this item was in flight ({task.worker_losses} deaths)"
+            f"{kind}: the worker {what} while this item was in flight ({task.worker_losses} deaths)"
         )
         ckpt.write(
-            [(idx, item_id, False, None, "poison", message, "poison: worker died on this item")]
+            [(idx, item_id, False, None, kind, message, f"{kind}: worker {what} on this item")]
         )
         done.add(idx)
-        log.error("%s: item %s is poison: failed permanently", task.task_id, item_id)
+        log.error("%s: item %s is %s: %s", task.task_id, item_id, kind, how)
 
     def _leave(self, task: TaskRecord, token: str, ckpt: Checkpoint, lost: threading.Event) -> None:
         """Stopping on a signal: upload the checkpoint so any node can resume, release the lease."""

@@ -22,14 +22,16 @@ from slurmctl.config import SlurmOptions
 from slurmctl.errors import JobStateError, SlurmctlError
 from slurmctl.executors.base import Executor, Liveness, Marker, Run, RunEnd, StartRequest, Step
 from slurmctl.executors.slurm import scripts
+from slurmctl.executors.slurm.deaths import Death, bad_nodes, kind_of
 from slurmctl.executors.slurm.limits import SiteLimits
 from slurmctl.executors.slurm.limits import size as size_under
 from slurmctl.executors.slurm.sbatch import Element, SlurmClient
 from slurmctl.executors.slurm.states import SlurmState
+from slurmctl.finalize.retry import phase_number
 from slurmctl.holders import Holder
-from slurmctl.jobs import append_history, load_definition
+from slurmctl.jobs import append_history, get_job, load_definition
 from slurmctl.layout import JobLayout
-from slurmctl.states import JobStatus
+from slurmctl.states import JobStatus, TaskStatus
 
 log = logging.getLogger("slurmctl.slurm")
 
@@ -128,6 +130,8 @@ class SlurmLiveness(Liveness):
     """Alive worker elements."""
     waiting: list[str] = field(default_factory=list)
     """Finalize jobs queued or running."""
+    ended: list[Element] = field(default_factory=list)
+    """Worker elements Slurm reports ended (judged by deaths.py: OOM kills, crashes)."""
 
 
 @dataclass(frozen=True)
@@ -193,8 +197,67 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         waiting = sorted({e.job_id for e in elements if e.job_id in ids.finalize and e.state.alive})
         now = Marker.of(self.backend.state.counters(job_id))
         return SlurmLiveness(
-            len(alive), dead, _runs(self.backend, job_id, workers, now), alive, waiting
+            len(alive),
+            dead,
+            _runs(self.backend, job_id, workers, now),
+            alive,
+            waiting,
+            [e for e in workers if e.element_id in ended],
         )
+
+    def release_dead(self, job_id: str, phase: str, live: Liveness) -> int:
+        """Judge the ended elements not judged yet (deaths.py) while their leases still say
+        which task each held, then free those leases."""
+        found = self._deaths(job_id, phase, live) if isinstance(live, SlurmLiveness) else []
+        freed = super().release_dead(job_id, phase, live)
+        if found:
+            self._record_deaths(job_id, found)
+        return freed
+
+    def _deaths(self, job_id: str, phase: str, live: SlurmLiveness) -> list[Death]:
+        judged = read_manifest(self.backend, job_id).get("slurm_deaths", {})
+        logs = self.log_dir(job_id)
+        kinds = {
+            e.element_id: (e, k)
+            for e in live.ended
+            if e.element_id not in judged
+            and (k := kind_of(e, logs / f"worker-{e.element_id}.log")) is not None
+        }
+        if not kinds:
+            return []
+        held: dict[str, str] = {}
+        for task in self.backend.state.unfinished_tasks(job_id, phase):
+            holder = Holder.decode(task.holder) if task.status == TaskStatus.RUNNING else None
+            if holder is not None and holder.slurm_element in kinds:
+                held[holder.slurm_element] = task.task_id
+        return [
+            Death(element, e.node, kind, e.exit_code, held.get(element))
+            for element, (e, kind) in sorted(kinds.items())
+        ]
+
+    def _record_deaths(self, job_id: str, found: list[Death]) -> None:
+        """Into the manifest (under the job lease), and the history; a node that turns bad
+        now is said once."""
+        key = JobLayout(job_id).manifest
+        doc = read_manifest(self.backend, job_id)
+        before = bad_nodes(doc)
+        deaths = doc.setdefault("slurm_deaths", {})
+        for d in found:
+            deaths[d.element] = d.as_dict()
+            log.warning(
+                "job %s: worker %s on %s: %s (exit %s)%s",
+                job_id,
+                d.element,
+                d.node or "?",
+                "killed for its memory (oom)" if d.kind == "oom" else "crashed",
+                d.exit_code,
+                f" holding {d.task}" if d.task else "",
+            )
+        self.backend.objects.put_json(key, doc)
+        for node, crashes in bad_nodes(doc).items():
+            if node not in before:
+                log.warning("job %s: node %s is bad (%d worker crashes)", job_id, node, crashes)
+                append_history(self.backend, job_id, "bad_node", node=node, crashes=crashes)
 
     def while_alive(self, job_id: str, live: SlurmLiveness) -> None:
         if not live.waiting:  # its finalize was cancelled or failed: chain a new one
@@ -209,6 +272,9 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         logs = self.log_dir(job_id)
         logs.mkdir(parents=True, exist_ok=True)
         script = self._script(job_id, "worker.sbatch", definition.slurm)
+        retry = phase_number(get_job(self.backend, job_id).phase)
+        options = scripts.for_phase(definition.slurm, definition.retry.mem_factor, retry)
+        exclude = self._exclude(job_id, options)
         arrays: list[str] = []
         # submit and resume read the site's limits afresh; finalize sizes by what they read
         limits = self._limits(job_id, definition.slurm, fresh=request.operator)
@@ -219,7 +285,7 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         try:
             for size, parallelism in plan:
                 args = scripts.worker_args(
-                    definition.slurm, job_id, logs, size, parallelism, begin_s
+                    options, job_id, logs, size, parallelism, begin_s, exclude
                 )
                 arrays.append(self.client.sbatch(args, script))
             fin = self._submit_finalize(job_id, arrays)
@@ -240,11 +306,32 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
             run=request.run,
             begin_in_s=begin_s,
             capped=sizing.capped,
+            exclude=exclude,
+            mem=options.mem,
         )
         log.info(
             "job %s: %d workers in arrays %s, finalize %s", job_id, sizing.workers, arrays, fin
         )
         return Submitted(arrays, fin, sizing.capped)
+
+    def _exclude(self, job_id: str, options: SlurmOptions) -> list[str]:
+        """The bad nodes, unless they are every node of the partitions the job uses (then the
+        workers would never start: the nodes are only reported)."""
+        bad = sorted(bad_nodes(read_manifest(self.backend, job_id)))
+        if not bad:
+            return []
+        names = set((options.partition or "").split(",")) - {""}
+        parts = [
+            p for p in self.client.partitions() if p.name in names or (not names and p.default)
+        ]
+        if len(bad) >= sum(p.nodes for p in parts):
+            log.warning(
+                "job %s: not excluding the bad nodes %s: they are every node of the partition",
+                job_id,
+                ", ".join(bad),
+            )
+            return []
+        return bad
 
     def _limits(self, job_id: str, options: SlurmOptions, *, fresh: bool) -> SiteLimits:
         stored = read_manifest(self.backend, job_id).get("slurm_limits")

@@ -61,6 +61,8 @@ class Element:
     reason: str = ""
     exit_code: int | None = None
     """The script's exit status (143: a worker stopped at a checkpoint); None when unknown."""
+    node: str = ""
+    """The node it ran on (empty while pending)."""
 
     @property
     def job_id(self) -> str:
@@ -273,7 +275,7 @@ class SlurmClient:
                 "-j",
                 ",".join(ids),
                 "-O",
-                "JobArrayID:|,State:|,Reason:|,exit_code:|",
+                "JobArrayID:|,State:|,Reason:|,exit_code:|,NodeList:|",
             ],
             check=False,
         )
@@ -288,7 +290,7 @@ class SlurmClient:
         if self._sacct_ok is False:
             return []
         out = self.run(
-            ["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,ExitCode"],
+            ["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,ExitCode,NodeList"],
             check=False,
         )
         if out.returncode != 0:
@@ -303,21 +305,32 @@ class SlurmClient:
                 code = parts[2].split(":", 1)[0]
                 found.append(
                     Element(
-                        parts[0], parse_state(parts[1]), "", int(code) if code.isdigit() else None
+                        parts[0],
+                        parse_state(parts[1]),
+                        "",
+                        int(code) if code.isdigit() else None,
+                        _node(parts[3] if len(parts) > 3 else ""),
                     )
                 )
         return found
 
 
+def _node(text: str) -> str:
+    text = text.strip()
+    return "" if text in ("", "None assigned", "(null)") else text
+
+
 def _squeue_line(line: str) -> Element:
-    element, state, reason, code = line.split("|")[:4]
+    fields = line.split("|")
+    element, state, reason, code = fields[:4]
+    node = _node(fields[4]) if len(fields) > 5 else ""
     status = int(code) if code.strip().isdigit() else None
     # squeue prints the raw wait status: exit code << 8, or the killing signal (as 128 + signal,
     # the shell's way)
     exit_code = None
     if status is not None:
         exit_code = status >> 8 if status & 0x7F == 0 else 128 + (status & 0x7F)
-    return Element(element.strip(), parse_state(state), reason.strip(), exit_code)
+    return Element(element.strip(), parse_state(state), reason.strip(), exit_code, node)
 
 
 def _job_id(stdout: str) -> str:

@@ -6,9 +6,11 @@ the environment and `exec` slurmctl, so signals reach Python.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -111,8 +113,10 @@ def worker_args(
     size: int,
     parallelism: int | None,
     begin_s: int | None = None,
+    exclude: Sequence[str] = (),
 ) -> list[str]:
-    """sbatch arguments for one array of `size` workers."""
+    """sbatch arguments for one array of `size` workers, kept off the `exclude` nodes
+    (`slurm.exclude` and the nodes found bad)."""
     array = f"0-{size - 1}" + (f"%{parallelism}" if parallelism else "")
     args = [
         f"--array={array}",
@@ -124,6 +128,9 @@ def worker_args(
     ]
     if begin_s:
         args.append(f"--begin=now+{begin_s}")
+    avoid = list(dict.fromkeys([*options.exclude, *exclude]))
+    if avoid:
+        args.append(f"--exclude={','.join(avoid)}")
     return args + resource_args(options)
 
 
@@ -137,6 +144,29 @@ def finalize_args(options: SlurmOptions, job_id: str, logs: Path, after: list[st
         "--requeue",
         *resource_args(options, gres=False),
     ]
+
+
+def scaled_mem(mem: str, factor: float, times: int) -> str:
+    """`mem` (8G, 512M, 8192) times factor**times, in whole megabytes rounded up (sbatch's
+    default unit); as it was when nothing scales it."""
+    if times <= 0 or factor == 1:
+        return mem
+    m = re.fullmatch(r"(\d+)([KMGT]?)", mem.strip(), re.I)
+    if m is None:
+        return mem
+    mb = int(m.group(1)) * MEM_UNITS_MB[m.group(2).upper() or "M"]
+    return f"{math.ceil(mb * factor**times)}M"
+
+
+MEM_UNITS_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def for_phase(options: SlurmOptions, mem_factor: float | None, retry: int) -> SlurmOptions:
+    """The options of retry phase `retry` (0: the initial phase): more memory after OOM kills
+    when `retry.mem_factor` says so."""
+    if mem_factor is None or options.mem is None or retry <= 0:
+        return options
+    return options.model_copy(update={"mem": scaled_mem(options.mem, mem_factor, retry)})
 
 
 def split(count: int, max_array_size: int, parallelism: int | None) -> list[tuple[int, int | None]]:
@@ -191,6 +221,8 @@ NAMED = {
     "-c": "cpus_per_task",
     "--mem": "mem",
     "--gres": "gres",
+    "--exclude": "exclude",
+    "-x": "exclude",
 }
 
 
