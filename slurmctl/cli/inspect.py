@@ -15,6 +15,7 @@ from rich.table import Table
 from slurmctl.api import Job, job_records
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import describe_outputs, exit_code
+from slurmctl.executors.slurm.deaths import describe_nodes
 from slurmctl.jobs import local_job_stopped, read_history
 from slurmctl.observe.status import ITEM_KEYS, shown_status
 from slurmctl.observe.timeseries import format_duration, progress_bar
@@ -52,6 +53,9 @@ def _status_table(s: dict[str, Any]) -> Table:
         table.add_row(
             "slurm workers", f"{sl['workers_running']} running, {sl['workers_queued']} queued"
         )
+        nodes = describe_nodes(sl)
+        if nodes:
+            table.add_row("slurm bad nodes", nodes)
     for line in describe_outputs(s["job_id"], s["outputs"]):
         table.add_row("output", line)
     if s["error"]:

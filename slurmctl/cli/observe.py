@@ -10,6 +10,7 @@ import click
 
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.errors import UserError
+from slurmctl.executors.slurm.deaths import describe_nodes
 from slurmctl.jobs import get_job, load_definition
 from slurmctl.observe import alerts
 from slurmctl.observe.errors import TASK_GROUPS, analyze
@@ -77,6 +78,12 @@ def analyze_errors_cmd(env: Env, job_id: str, as_json: bool, max_groups: int) ->
         f"failures in {result['items_processed']} items processed "
         f"({100 * result['failure_rate']:.2f}%); {result['final_failures']} items failed for good"
     )
+    nodes = describe_nodes(result["slurm_nodes"])
+    if nodes:
+        click.echo(f"bad nodes: {nodes}")
+    deaths = result["slurm_nodes"]["worker_deaths"]
+    if deaths:
+        click.echo("slurm worker deaths: " + ", ".join(f"{k} {n}" for k, n in deaths.items()))
     if not result["groups"]:
         click.echo("no failures")
         return

@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slurmctl.backends import Backend
+from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.errors import FRAMEWORK_ERROR
+from slurmctl.executors.slurm.deaths import node_report
 from slurmctl.finalize import failures as manifests
 from slurmctl.ids import phase_number
 from slurmctl.jobs import get_job
+from slurmctl.layout import JobLayout
 from slurmctl.states import TaskStatus
 from slurmctl.worker.classify import PERMANENT
 
@@ -249,8 +252,18 @@ def analyze(backend: Backend, job_id: str) -> dict[str, Any]:
         "by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1]["count"])),
         "groups": [g.as_dict() for g in ordered],
         "hot_spots": spots,
+        "slurm_nodes": _nodes(backend, job_id),
         "analyzed_at": _iso(time.time()),
     }
+
+
+def _nodes(backend: Backend, job_id: str) -> dict[str, Any]:
+    """The Slurm workers' deaths by kind and the bad nodes (executors/slurm/deaths.py)."""
+    try:
+        doc = backend.objects.get_json(JobLayout(job_id).manifest)
+    except ObjectNotFound:
+        return node_report({})
+    return node_report(doc if isinstance(doc, dict) else {})
 
 
 def _iso(ts: float | None) -> str | None:

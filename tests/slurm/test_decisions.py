@@ -8,17 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from slurmctl.backends import open_local
+from slurmctl.backends import Backend, open_local
 from slurmctl.backends.statestore import WORKERS_LOST
 from slurmctl.config import SlurmOptions, load_job_definition
 from slurmctl.coordinator.submit import submit
 from slurmctl.errors import ConfigError
-from slurmctl.executors.slurm import SlurmExecutor, preflight
+from slurmctl.executors.slurm import SlurmExecutor, preflight, slurm_summary
+from slurmctl.executors.slurm.deaths import bad_nodes, describe_nodes
+from slurmctl.executors.slurm.executor import read_manifest
 from slurmctl.executors.slurm.limits import SiteLimits
 from slurmctl.executors.slurm.sbatch import Element, Partition, SlurmClient
 from slurmctl.executors.slurm.states import SlurmState
 from slurmctl.holders import Holder
 from slurmctl.jobs import get_job, read_history
+from slurmctl.observe.errors import analyze
 from slurmctl.states import JobStatus, TaskStatus
 from tests.helpers import make_job
 
@@ -141,3 +144,69 @@ def test_finalize_frees_the_leases_of_ended_elements_at_once(tmp_path: Path) -> 
         out = SlurmExecutor(backend, tmp_path / "root", client=fake, own_id="x").advance("t1")
         assert out.status != JobStatus.FAILED and out.submitted, run
     assert state.counters("t1")[WORKERS_LOST] == 5  # 101_1's task too, once 101_1 ended
+
+
+def _crash_holding(
+    backend: Backend, elements: list[Element], array: str, node: str, tasks: list[str]
+) -> None:
+    """Elements <array>_i on `node` claim tasks[i], then end FAILED with exit 1 (a crash)."""
+    for i, task_id in enumerate(tasks):
+        element = f"{array}_{i}"
+        holder = Holder(node, 999_999, "77", element).encode()
+        claimed = backend.state.claim_task(
+            "t1", task_id, element, f"tok{element}", 600, 1e10, holder=holder
+        )
+        assert claimed is not None
+        elements.append(Element(element, SlurmState.FAILED, "NonZeroExitCode", 1, node))
+
+
+def test_a_node_where_workers_crash_is_excluded_from_the_next_submissions(tmp_path: Path) -> None:
+    backend = open_local(tmp_path / "root")
+    config = make_job(tmp_path / "job", 40, batch_size=10, workers=2, extra="executor: slurm\n")
+    submit(backend, load_job_definition(config))
+    elements: list[Element] = []
+    fake = FakeSlurm(CLUSTER, elements)  # partition big (the default): 4 nodes
+    assert SlurmExecutor(backend, tmp_path / "root", client=fake).advance("t1", operator=True)
+    assert not any(a.startswith("--exclude") for a in fake.submitted[0])
+    _crash_holding(backend, elements, "101", "n2", ["task-000000", "task-000001"])
+    out = SlurmExecutor(backend, tmp_path / "root", client=fake, own_id="x").advance("t1")
+    assert out.submitted == ["103"]
+    assert "--exclude=n2" in fake.submitted[2]  # the new array (then its finalize)
+    assert not any(a.startswith("--exclude") for a in fake.submitted[3])  # finalize: anywhere
+    assert [h["node"] for h in read_history(backend, "t1") if h["action"] == "bad_node"] == ["n2"]
+    summary = slurm_summary(backend, "t1", fake)
+    assert summary["bad_nodes"] == {"n2": 2} and summary["excluded_nodes"] == ["n2"]
+    assert summary["worker_deaths"] == {"crash": 2}
+    assert analyze(backend, "t1")["slurm_nodes"]["bad_nodes"] == {"n2": 2}
+    assert describe_nodes(summary) == "n2 (2 worker crashes, excluded from the latest workers)"
+    # judged once: the same ended elements seen again add nothing
+    SlurmExecutor(backend, tmp_path / "root", client=fake, own_id="y").advance("t1")
+    assert len(read_manifest(backend, "t1")["slurm_deaths"]) == 2
+
+
+def test_a_poison_task_or_the_only_node_is_not_excluded(tmp_path: Path) -> None:
+    backend = open_local(tmp_path / "root")
+    config = make_job(
+        tmp_path / "job",
+        40,
+        batch_size=10,
+        workers=1,
+        extra="executor: slurm\nslurm: {partition: one}\nretry: {max_task_failures: 5}\n",
+    )
+    submit(backend, load_job_definition(config))
+    elements: list[Element] = []
+    fake = FakeSlurm([Partition("big", 4, True), Partition("one", 1, False)], elements)
+    assert SlurmExecutor(backend, tmp_path / "root", client=fake).advance("t1", operator=True)
+    # one task kills its worker twice on n1: the item's fault (poison isolation), not n1's
+    for array in ("101", "103"):
+        _crash_holding(backend, elements, array, "n1", ["task-000000"])
+        SlurmExecutor(backend, tmp_path / "root", client=fake, own_id="x").advance("t1")
+    assert bad_nodes(read_manifest(backend, "t1")) == {}
+    # a crash on another task makes n1 bad, but it is partition one's only node: kept
+    _crash_holding(backend, elements, "105", "n1", ["task-000001"])
+    SlurmExecutor(backend, tmp_path / "root", client=fake, own_id="x").advance("t1")
+    assert not any(a.startswith("--exclude") for a in fake.submitted[-2])
+    summary = slurm_summary(backend, "t1", fake)
+    assert describe_nodes(summary) == (
+        "n1 (3 worker crashes, not excluded: every node of the partition is bad)"
+    )

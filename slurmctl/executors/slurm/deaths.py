@@ -86,3 +86,35 @@ def bad_nodes(manifest: dict[str, Any]) -> dict[str, int]:
         for node, causes in sorted(by_node.items())
         if len(causes) >= BAD_NODE_CRASHES and len(set(causes)) > 1
     }
+
+
+def node_report(manifest: dict[str, Any]) -> dict[str, Any]:
+    """For `status` and `analyze-errors`: the bad nodes (crashes there), the nodes the latest
+    workers were kept off, and the deaths by kind."""
+    kinds: dict[str, int] = {}
+    for d in manifest.get("slurm_deaths", {}).values():
+        kinds[str(d.get("kind"))] = kinds.get(str(d.get("kind")), 0) + 1
+    return {
+        "bad_nodes": bad_nodes(manifest),
+        "excluded_nodes": list(manifest.get("slurm_excluded", [])),
+        "kept_bad_nodes": list(manifest.get("slurm_kept_bad", [])),
+        "worker_deaths": dict(sorted(kinds.items())),
+    }
+
+
+def describe_nodes(report: dict[str, Any]) -> str | None:
+    """One line on the bad nodes, or None when there are none."""
+    bad = report.get("bad_nodes") or {}
+    if not bad:
+        return None
+    excluded = set(report.get("excluded_nodes") or [])
+    kept = set(report.get("kept_bad_nodes") or [])
+
+    def fate(node: str) -> str:
+        if node in excluded:
+            return "excluded from the latest workers"
+        if node in kept:
+            return "not excluded: every node of the partition is bad"
+        return "no workers submitted since"
+
+    return ", ".join(f"{node} ({n} worker crashes, {fate(node)})" for node, n in bad.items())

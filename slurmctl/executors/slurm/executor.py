@@ -22,7 +22,7 @@ from slurmctl.config import SlurmOptions
 from slurmctl.errors import JobStateError, SlurmctlError
 from slurmctl.executors.base import Executor, Liveness, Marker, Run, RunEnd, StartRequest, Step
 from slurmctl.executors.slurm import scripts
-from slurmctl.executors.slurm.deaths import Death, bad_nodes, kind_of
+from slurmctl.executors.slurm.deaths import Death, bad_nodes, kind_of, node_report
 from slurmctl.executors.slurm.limits import SiteLimits
 from slurmctl.executors.slurm.limits import size as size_under
 from slurmctl.executors.slurm.sbatch import Element, SlurmClient
@@ -106,6 +106,7 @@ def slurm_summary(
         "workers_running": None,
         "workers_queued": None,
         "finalize_queued": None,
+        **node_report(doc),
     }
     try:
         elements = (client or _STATUS_CLIENT).elements(ids.all)
@@ -161,6 +162,8 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         self.own_id = own_id
         """The finalize job we run in, if any: not a job to wait for."""
         self._chained: str | None = None
+        self._kept: list[str] = []
+        """Bad nodes not excluded now: they are every node of the partition."""
 
     # --- Executor -----------------------------------------------------------------------------
     def run(self, job_id: str) -> JobStatus:
@@ -291,9 +294,9 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
             fin = self._submit_finalize(job_id, arrays)
         except SlurmctlError:
             if arrays:  # record what is queued: `resume` chains a finalize to it
-                self._record(job_id, arrays, None, sizing.workers, request, limits)
+                self._record(job_id, arrays, None, sizing.workers, request, limits, exclude)
             raise
-        self._record(job_id, arrays, fin, sizing.workers, request, limits)
+        self._record(job_id, arrays, fin, sizing.workers, request, limits, exclude)
         append_history(
             self.backend,
             job_id,
@@ -318,6 +321,7 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         """The bad nodes, unless they are every node of the partitions the job uses (then the
         workers would never start: the nodes are only reported)."""
         bad = sorted(bad_nodes(read_manifest(self.backend, job_id)))
+        self._kept = []
         if not bad:
             return []
         names = set((options.partition or "").split(",")) - {""}
@@ -325,6 +329,7 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
             p for p in self.client.partitions() if p.name in names or (not names and p.default)
         ]
         if len(bad) >= sum(p.nodes for p in parts):
+            self._kept = bad
             log.warning(
                 "job %s: not excluding the bad nodes %s: they are every node of the partition",
                 job_id,
@@ -421,6 +426,7 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         workers: int | None,
         request: StartRequest | None = None,
         limits: SiteLimits | None = None,
+        exclude: list[str] | None = None,
     ) -> None:
         """Read-modify-write of the job manifest (under the job lease): every Slurm id, and each
         run with the marker it started from (the fruitless-runs rule reads them back)."""
@@ -440,6 +446,9 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         )
         if limits is not None:
             doc["slurm_limits"] = limits.as_dict()
+        if exclude is not None:
+            doc["slurm_excluded"] = exclude
+            doc["slurm_kept_bad"] = self._kept
         ids = doc.setdefault("slurm_job_ids", [])
         ids.extend(i for i in [*arrays, fin] if i and i not in ids)
         if not doc.get("slurm_array_id") and arrays:
