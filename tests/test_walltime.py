@@ -3,7 +3,12 @@ Slurm test is tests/slurm/test_walltime.py)."""
 
 from __future__ import annotations
 
-from slurmctl.ratelimit.allocation import AllocationClock
+import os
+from pathlib import Path
+
+import pytest
+
+from slurmctl.ratelimit.allocation import AllocationClock, _squeue_end, parse_end_time
 from slurmctl.worker.walltime import TaskDurations, WalltimeRule
 
 
@@ -51,3 +56,27 @@ def test_estimate_is_the_longest_of_the_last_ten_tasks_with_a_margin() -> None:
     for _ in range(10):
         d.add("initial", 8.0)
     assert d.estimate("initial") == 10.0  # the 100 s task is no longer among the last ten
+
+
+def test_the_end_time_query_backs_off_on_a_timed_out_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in `squeue` first on PATH: a timed-out socket, then the answer."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "squeue"
+    fake.write_text(
+        "#!/bin/bash\n"
+        f'echo "$*" >> {calls}\n'
+        f'if [ "$(wc -l < {calls})" -eq 1 ]; then\n'
+        '  echo "slurm_load_jobs error: Socket timed out on send/recv operation" >&2; exit 1\n'
+        "fi\n"
+        "echo 2026-12-01T13:00:00\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert _squeue_end("42", backoff_s=0.01) == parse_end_time("2026-12-01T13:00:00")
+    assert calls.read_text().splitlines() == ["-h -j 42 -o %e"] * 2
+    fake.write_text(
+        "#!/bin/bash\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n"
+    )
+    assert _squeue_end("42", backoff_s=0.01) is None  # not transient: asked once

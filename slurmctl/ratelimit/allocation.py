@@ -68,22 +68,37 @@ def parse_end_time(text: str) -> float | None:
         return None
 
 
-def _squeue_end(job_id: str) -> float | None:
+TRANSIENT = ("Unable to contact slurm controller", "Socket timed out", "Resource temporarily")
+"""squeue failures worth asking again (a busy or unreachable slurmctld), with backoff."""
+ATTEMPTS = 3
+
+
+def _squeue_end(job_id: str, backoff_s: float = 1.0) -> float | None:
     exe = shutil.which("squeue")
     if exe is None:
         return None
-    try:
-        out = subprocess.run(
-            [exe, "-h", "-j", job_id, "-o", "%e"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = out.stdout.split()
-    return parse_end_time(lines[0]) if out.returncode == 0 and lines else None
+    for attempt in range(ATTEMPTS):
+        if attempt:
+            time.sleep(backoff_s * 2.0 ** (attempt - 1))
+        try:
+            out = subprocess.run(
+                [exe, "-h", "-j", job_id, "-o", "%e"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            continue
+        except (OSError, subprocess.SubprocessError):
+            return None
+        lines = out.stdout.split()
+        if out.returncode == 0:
+            return parse_end_time(lines[0]) if lines else None
+        if not any(t in out.stderr for t in TRANSIENT):
+            return None
+        log.debug("squeue for the end time: %s; asking again", out.stderr.strip())
+    return None
 
 
 class AllocationClock:
