@@ -111,8 +111,33 @@ def test_sbatch_arguments_match_golden_file() -> None:
         "worker": scripts.worker_args(OPTIONS, JOB, logs, 4, 2),
         "worker_retry_phase": scripts.worker_args(SlurmOptions(), JOB, logs, 1, None, 60),
         "finalize": scripts.finalize_args(OPTIONS, JOB, logs, ["101", "102"]),
+        # retry phase 2 after OOM kills (mem_factor 1.5: 8G -> 18432M), off a bad node
+        "worker_retry_2_oom_bad_node": scripts.worker_args(
+            scripts.for_phase(OPTIONS.model_copy(update={"exclude": ["gpu07"]}), 1.5, 2),
+            JOB,
+            logs,
+            4,
+            2,
+            None,
+            ["node12", "gpu07"],
+        ),
     }
     check_golden("sbatch-args.json", json.dumps(args, indent=2) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("mem", "factor", "times", "scaled"),
+    [
+        ("8G", 2.0, 1, "16384M"),
+        ("512M", 1.5, 2, "1152M"),
+        ("1000", 1.1, 1, "1100M"),
+        ("8G", 2.0, 0, "8G"),
+        ("2T", 1.0, 3, "2T"),
+        ("100K", 2.0, 1, "1M"),
+    ],
+)
+def test_retry_phases_scale_the_memory(mem: str, factor: float, times: int, scaled: str) -> None:
+    assert scripts.scaled_mem(mem, factor, times) == scaled
 
 
 def test_exec_so_signals_reach_python() -> None:

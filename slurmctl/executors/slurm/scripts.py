@@ -155,7 +155,7 @@ def scaled_mem(mem: str, factor: float, times: int) -> str:
     if m is None:
         return mem
     mb = int(m.group(1)) * MEM_UNITS_MB[m.group(2).upper() or "M"]
-    return f"{math.ceil(mb * factor**times)}M"
+    return f"{math.ceil(round(mb * factor**times, 6))}M"  # 1000 x 1.1 is 1100, not 1101
 
 
 MEM_UNITS_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
