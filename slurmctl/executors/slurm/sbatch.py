@@ -8,6 +8,7 @@ so its absence is logged once at debug level and never again.
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import time
 import uuid
@@ -45,6 +46,7 @@ NOT_RECEIVED = ("Unable to contact slurm controller", "Resource temporarily unav
 be reached, or it refused the RPC while busy): submitted again without a look-up. The others
 (a timed-out socket, a reply lost) are ambiguous: the job may be queued."""
 SBATCH_ATTEMPTS = 5
+SACCTMGR_TIMEOUT_S = 10.0
 COMMENT_PREFIX = "slurmctl-submission="
 
 
@@ -163,13 +165,15 @@ class SlurmClient:
         found = (ln.split("|", 1)[0].strip() for ln in out.stdout.splitlines() if ln.endswith(mark))
         return True, next(found, None)
 
-    def _once(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+    def _once(
+        self, args: list[str], timeout: float = COMMAND_TIMEOUT_S
+    ) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run(
                 args,
                 capture_output=True,
                 text=True,
-                timeout=COMMAND_TIMEOUT_S,
+                timeout=timeout,
                 check=False,
                 stdin=subprocess.DEVNULL,
             )
@@ -215,9 +219,14 @@ class SlurmClient:
         max_array, max_jobs = self.cluster_config()
         limits = SiteLimits(max_array, max_jobs)
         user = current_user()
-        out = self.run(
+        if shutil.which("sacctmgr") is None:
+            limits.unread = "sacctmgr: command not found"
+            return limits
+        # slurmdbd, not slurmctld; advisory: asked once, briefly (a slurmdbd down must not
+        # hold up a submission), and a refusal only means the QOS limits are not applied
+        out = self._once(
             ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", f"format={ASSOC_FORMAT}"],
-            check=False,
+            SACCTMGR_TIMEOUT_S,
         )
         if out.returncode != 0:
             limits.unread = f"sacctmgr: {_first_line(out.stderr) or f'exit {out.returncode}'}"
@@ -226,8 +235,8 @@ class SlurmClient:
         name = options.qos or default_qos
         qos = None
         if name:
-            q = self.run(
-                ["sacctmgr", "-n", "-P", "show", "qos", f"format={QOS_FORMAT}"], check=False
+            q = self._once(
+                ["sacctmgr", "-n", "-P", "show", "qos", f"format={QOS_FORMAT}"], SACCTMGR_TIMEOUT_S
             )
             if q.returncode == 0:
                 qos = parse_qos(q.stdout, name)
