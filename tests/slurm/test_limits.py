@@ -10,6 +10,7 @@ runs here), while sbatch, squeue and scontrol are the real ones.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,7 @@ ASSOC = (  # sacctmgr -n -P show assoc user=<me> format=Account,Partition,QOS,De
     "chem||normal|normal|||\n"
 )
 QOS = (  # sacctmgr -n -P show qos format=Name,MaxSubmitPU,MaxJobsPU,GrpTRES
-    "normal|4|2|cpu=16,mem=64G\nlong|100||\n"
+    "normal|6|2|cpu=16,mem=64G\nlong|100||\n"
 )
 
 
@@ -71,14 +72,19 @@ def test_association_and_qos_rows_are_parsed_and_the_smaller_limit_wins() -> Non
     assert parse_qos(QOS, "long") == QosLimits(100, None, None)
     assert parse_qos(QOS, "missing") is None
     limits = combine(SiteLimits(1001, 100000), assoc, parse_qos(QOS, "normal"), "normal")
-    assert (limits.max_submit, limits.max_jobs, limits.grp_cpus) == (4, 2, 16)
+    assert (limits.max_submit, limits.max_jobs, limits.grp_cpus) == (6, 2, 16)
     assert limits.max_submit_from == "QOS normal MaxSubmitJobsPerUser"
     sizing = size(50, SlurmOptions(cpus_per_task=4), limits)
-    assert (sizing.workers, sizing.parallelism) == (3, 2)
+    assert (sizing.workers, sizing.parallelism) == (5, 2)
     assert sizing.capped == [
-        "workers 50 -> 3: QOS normal MaxSubmitJobsPerUser is 4 and finalize is a job too",
-        "%P 3 -> 2: QOS normal MaxJobsPerUser (workers running at once)",
+        "workers 50 -> 5: QOS normal MaxSubmitJobsPerUser is 6 and finalize is a job too",
+        "%P 5 -> 2: QOS normal MaxJobsPerUser (workers running at once)",
     ]
+    limits.user_jobs = 4  # the user's other jobs count against MaxSubmitJobsPerUser
+    assert size(50, SlurmOptions(), limits).capped[0] == (
+        "workers 50 -> 1: QOS normal MaxSubmitJobsPerUser is 6, you have 4 jobs queued or "
+        "running, and finalize is a job too"
+    )
     roomy = combine(SiteLimits(1001, 100000), QosLimits(), QosLimits(None, None, 16), "big")
     assert size(10, SlurmOptions(cpus_per_task=4), roomy).capped == [
         "%P 10 -> 4: QOS big GrpTRES cpu 16 / 4 CPUs per worker (workers running at once)"
@@ -87,8 +93,9 @@ def test_association_and_qos_rows_are_parsed_and_the_smaller_limit_wins() -> Non
 
 @pytest.fixture
 def sacctmgr(tmp_path: Path) -> Path:
-    """A stand-in `sacctmgr` (first on PATH) answering as a slurmdbd with QOS `normal` would;
-    each call logged."""
+    """A stand-in `sacctmgr` (first on PATH) answering as a slurmdbd with QOS `normal` would,
+    each call logged; and a stand-in `squeue` that says the user has 2 jobs already (other
+    tests' jobs run as the same user) and hands every other query to the real one."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "sacctmgr.calls"
@@ -102,6 +109,13 @@ def sacctmgr(tmp_path: Path) -> Path:
         " esac\n"
     )
     fake.chmod(0o755)
+    real = shutil.which("squeue")
+    squeue = bin_dir / "squeue"
+    squeue.write_text(
+        '#!/bin/bash\ncase " $* " in *" -u "*) printf "11\\n12_3\\n";;'
+        f' *) exec {real} "$@";; esac\n'
+    )
+    squeue.chmod(0o755)
     return log
 
 
@@ -123,17 +137,19 @@ def test_submit_sizes_workers_and_parallelism_under_the_qos(
     assert dry.returncode == 0, dry.stderr
     assert (
         "  slurm limits  MaxArraySize 1001, MaxJobCount 100000\n"
-        "                QOS normal: MaxSubmitJobsPerUser 4 (QOS normal MaxSubmitJobsPerUser), "
-        "MaxJobsPerUser 2 (QOS normal MaxJobsPerUser), GrpTRES cpu 16 (QOS normal GrpTRES cpu)\n"
-        "  capped        workers 6 -> 3: QOS normal MaxSubmitJobsPerUser is 4 and finalize is a "
-        "job too\n"
+        "                QOS normal: MaxSubmitJobsPerUser 6 (QOS normal MaxSubmitJobsPerUser), "
+        "MaxJobsPerUser 2 (QOS normal MaxJobsPerUser), GrpTRES cpu 16 (QOS normal GrpTRES cpu), "
+        "2 jobs of yours queued or running\n"
+        "  capped        workers 6 -> 3: QOS normal MaxSubmitJobsPerUser is 6, you have 2 jobs "
+        "queued or running, and finalize is a job too\n"
         "                %P 3 -> 2: QOS normal MaxJobsPerUser (workers running at once)\n"
     ) in dry.stdout
     out = cli(root, "submit", str(config), "--follow", "--no-progress", env=env, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert (
         f"job {jid}: capped by the site's limits: workers 6 -> 3: QOS normal "
-        "MaxSubmitJobsPerUser is 4 and finalize is a job too" in out.stderr
+        "MaxSubmitJobsPerUser is 6, you have 2 jobs queued or running, and finalize is a job too"
+        in out.stderr
     )
     assert_exactly_once(root, jid, 12)
     array = util.manifest(root, jid)["slurm_array_id"]
@@ -144,4 +160,4 @@ def test_submit_sizes_workers_and_parallelism_under_the_qos(
     assert "ArrayTaskThrottle=2" in shown
     # read by the dry run and by submit, each an assoc and a qos call; never by finalize
     assert [c.split()[3] for c in sacctmgr.read_text().splitlines()] == ["assoc", "qos"] * 2
-    assert util.manifest(root, jid)["slurm_limits"]["max_submit"] == 4
+    assert util.manifest(root, jid)["slurm_limits"]["max_submit"] == 6

@@ -51,6 +51,9 @@ class SiteLimits:
     """GrpTRES cpu=N: CPUs the group may use at once."""
     grp_cpus_from: str = ""
     qos: str | None = None
+    user_jobs: int = 0
+    """The user's jobs queued or running when the limits were read (asked only when a
+    MaxSubmitJobsPerUser applies): they count against it too."""
     unread: str | None = None
     """Why the QOS limits could not be read (sacctmgr's reason), or None."""
 
@@ -165,11 +168,14 @@ def size(
         (limits.max_submit, limits.max_submit_from),
         (limits.max_job_count, "MaxJobCount (scontrol show config)"),
     ]
-    for limit, source in room:
-        if limit is not None and out.workers + jobs_per_run > limit:
-            cap = max(limit - jobs_per_run, 1)
+    for i, (limit, source) in enumerate(room):
+        others = limits.user_jobs if i == 0 else 0
+        if limit is not None and out.workers + jobs_per_run + others > limit:
+            cap = max(limit - jobs_per_run - others, 1)
+            mine = f", you have {others} jobs queued or running," if others else ""
             out.capped.append(
-                f"workers {out.workers} -> {cap}: {source} is {limit} and finalize is a job too"
+                f"workers {out.workers} -> {cap}: {source} is {limit}{mine} and finalize is a "
+                "job too"
             )
             out.workers = cap
     running = [(limits.max_jobs, limits.max_jobs_from)]
@@ -213,6 +219,8 @@ def describe(limits: SiteLimits) -> list[str]:
         )
         if value is not None
     ]
+    if limits.max_submit is not None:
+        shown.append(f"{limits.user_jobs} jobs of yours queued or running")
     lines.append(f"QOS {limits.qos or 'none'}: " + (", ".join(shown) or "no per-user limits set"))
     return lines
 

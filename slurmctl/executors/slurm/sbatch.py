@@ -240,7 +240,14 @@ class SlurmClient:
             )
             if q.returncode == 0:
                 qos = parse_qos(q.stdout, name)
-        return combine(limits, assoc, qos, name)
+        limits = combine(limits, assoc, qos, name)
+        if limits.max_submit is not None:  # the user's other jobs count against it
+            mine = self.run(
+                ["squeue", "-h", "-r", "-u", user, "-t", "PD,CF,R,S,CG", "-o", "%i"], check=False
+            )
+            if mine.returncode == 0:
+                limits.user_jobs = len(mine.stdout.split())
+        return limits
 
     def partitions(self) -> list[Partition]:
         out = self.run(["scontrol", "show", "partition", "-o"])
