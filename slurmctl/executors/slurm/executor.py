@@ -27,8 +27,8 @@ from slurmctl.executors.slurm.limits import SiteLimits
 from slurmctl.executors.slurm.limits import size as size_under
 from slurmctl.executors.slurm.sbatch import Element, SlurmClient
 from slurmctl.executors.slurm.states import SlurmState
-from slurmctl.finalize.retry import phase_number
 from slurmctl.holders import Holder
+from slurmctl.ids import phase_number
 from slurmctl.jobs import append_history, get_job, load_definition
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus, TaskStatus
