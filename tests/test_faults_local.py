@@ -20,7 +20,15 @@ from slurmctl.worker.context import Context
 from slurmctl.worker.handler import load_handler
 from slurmctl.worker.runner import Worker
 from slurmctl.worker.task import Outcome, TaskRunner
-from tests.helpers import assert_exactly_once, cli, make_job, popen, status, wait_for
+from tests.helpers import (
+    assert_exactly_once,
+    cli,
+    failure_manifest,
+    make_job,
+    popen,
+    status,
+    wait_for,
+)
 
 SLOW_HANDLER = """
 import os, time
@@ -220,7 +228,7 @@ def test_secret_never_written_anywhere(tmp_path: Path) -> None:
     assert scanned > 20
     definition = (root / "objects/jobs/t1/definition.json").read_text()
     assert "${SECRET_TOKEN}" in definition
-    failures = json.loads((root / "objects/jobs/t1/failures/retry_1.json").read_text())
+    failures = failure_manifest(root / "objects/jobs/t1", "retry_1")
     assert failures["count"] == 43
     assert {f["reason"] for f in failures["items"]} == {"retries exhausted"}
     assert failures["items"][0]["message"].startswith("ValueError: token *** rejected")

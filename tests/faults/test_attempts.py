@@ -14,7 +14,15 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 
-from tests.helpers import assert_exactly_once, cli, make_job, popen, status, wait_for
+from tests.helpers import (
+    assert_exactly_once,
+    cli,
+    failure_manifest,
+    make_job,
+    popen,
+    status,
+    wait_for,
+)
 
 SLOW = """
 import os, time
@@ -278,7 +286,7 @@ def test_an_output_value_that_cannot_be_stored_fails_its_item_as_schema(tmp_path
         assert (s["items"]["succeeded"], s["items"]["failed_permanent"]) == (38, 2)
         got = assert_exactly_once(root, "t1", 40)
         assert sorted(got["failures"]) == ["20", "7"]
-        failures = json.loads((root / "objects/jobs/t1/failures/initial.json").read_text())
+        failures = failure_manifest(root / "objects/jobs/t1", "initial")
         assert {(f["item_id"], f["error_type"]) for f in failures["items"]} == {
             ("7", "schema"),
             ("20", "schema"),

@@ -23,7 +23,7 @@ from tests.faults.chaos import (
     run_chaos,
     set_lease,
 )
-from tests.helpers import assert_exactly_once, cli, make_job, status
+from tests.helpers import assert_exactly_once, cli, failure_manifest, make_job, status
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_poison_item_that_sigkills_its_worker_is_isolated(
     assert "COMPLETED: 399 succeeded, 1 failed permanently" in run.stdout
     got = assert_exactly_once(root, "t1", 400)
     assert got["failures"] == ["137"]
-    failures = json.loads((root / "objects/jobs/t1/failures/initial.json").read_text())
+    failures = failure_manifest(root / "objects/jobs/t1", "initial")
     [poison] = failures["items"]
     assert poison["error_type"] == "poison"
     assert poison["message"].startswith("poison: the worker died while this item was in flight")

@@ -14,7 +14,15 @@ from pathlib import Path
 import psutil
 
 from tests.faults.chaos import live_workers
-from tests.helpers import assert_exactly_once, cli, make_job, popen, status, wait_for
+from tests.helpers import (
+    assert_exactly_once,
+    cli,
+    failure_manifest,
+    make_job,
+    popen,
+    status,
+    wait_for,
+)
 
 QUICK = """
 import time
@@ -177,7 +185,7 @@ def test_poison_item_segfaults_its_worker_only_it_fails(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     got = assert_exactly_once(root, "t1", 300)
     assert got["failures"] == ["137"]
-    failures = json.loads((root / "objects/jobs/t1/failures/initial.json").read_text())
+    failures = failure_manifest(root / "objects/jobs/t1", "initial")
     [poison] = failures["items"]
     assert poison["error_type"] == "poison" and poison["reason"] == "permanent error"
     assert status(root, "t1")["items"]["succeeded"] == 299
