@@ -105,7 +105,12 @@ class TaskRunner:
             self.ctx.metrics.make_threadsafe()
 
     def close(self) -> None:
-        """The worker leaves: the item threads end (they are idle between tasks)."""
+        """The worker leaves: the task manifests not written yet are, and the item threads end
+        (they are idle between tasks)."""
+        try:
+            self._outputs.flush_manifests(force=True)
+        except Exception:
+            log.exception("worker %s: task manifests not written", self.worker_id)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

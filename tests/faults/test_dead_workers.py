@@ -23,7 +23,7 @@ from tests.faults.chaos import (
     run_chaos,
     set_lease,
 )
-from tests.helpers import assert_exactly_once, cli, make_job, status
+from tests.helpers import assert_exactly_once, cli, make_job, status, task_manifest, task_manifests
 
 
 @pytest.fixture
@@ -93,13 +93,9 @@ def test_poison_item_that_sigkills_its_worker_is_isolated(
     [poison] = failures["items"]
     assert poison["error_type"] == "poison"
     assert poison["message"].startswith("poison: the worker died while this item was in flight")
-    task = json.loads((root / "objects/jobs/t1/tasks/task-000006.json").read_text())
+    task = task_manifest(root, "t1", "task-000006")
     assert task["attempts"] > max_task_failures  # the deaths, then the isolating attempts
-    others = [
-        json.loads(p.read_text())
-        for p in (root / "objects/jobs/t1/tasks").glob("*.json")
-        if p.name != "task-000006.json"
-    ]
+    others = [m for m in task_manifests(root, "t1") if m["task_id"] != "task-000006"]
     assert len(others) == 19 and all(m["attempts"] == 1 for m in others)
 
 

@@ -14,7 +14,16 @@ from pathlib import Path
 import psutil
 
 from tests.faults.chaos import live_workers
-from tests.helpers import assert_exactly_once, cli, make_job, popen, status, wait_for
+from tests.helpers import (
+    assert_exactly_once,
+    cli,
+    make_job,
+    popen,
+    status,
+    task_manifest,
+    task_manifests,
+    wait_for,
+)
 
 QUICK = """
 import time
@@ -51,7 +60,7 @@ def test_sigkill_a_worker_every_few_seconds(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert kills >= 3, "the job ended before the faults"
     assert_exactly_once(root, "t1", 20_000)
-    tasks = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
+    tasks = task_manifests(root, "t1")
     assert len(tasks) == 200 and max(t["attempts"] for t in tasks) >= 2
 
 
@@ -181,5 +190,5 @@ def test_poison_item_segfaults_its_worker_only_it_fails(tmp_path: Path) -> None:
     [poison] = failures["items"]
     assert poison["error_type"] == "poison" and poison["reason"] == "permanent error"
     assert status(root, "t1")["items"]["succeeded"] == 299
-    task = json.loads((root / "objects/jobs/t1/tasks/task-000006.json").read_text())
+    task = task_manifest(root, "t1", "task-000006")
     assert task["attempts"] >= 3

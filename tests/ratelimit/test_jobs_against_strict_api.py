@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from slurmctl.cli import Env
-from tests.helpers import cli, make_job, popen, status, wait_for
+from tests.helpers import cli, make_job, popen, status, task_manifests, wait_for
 from tests.ratelimit.strict_api import HANDLER, INJECTED_429, OK, STRICT_429, RemoteAPI
 
 RATE, BURST, WORKERS = 40.0, 5, 4
@@ -155,9 +155,9 @@ def test_one_job_pause_set_rate_and_throttling(run: Run) -> None:
     b = run.bucket()
     assert 0 < b["wait_share"] <= 1.0 and b["wait_ms"] > 0 and b["writes"] > 0
     if run.kind == "local":  # per task, in the task manifests
-        manifests = list((run.root / "objects/jobs/t1/tasks").glob("*.json"))
+        manifests = task_manifests(run.root, "t1")
         assert manifests
-        rl = json.loads(manifests[0].read_text())["metrics"]["handler"]["ratelimit"]
+        rl = manifests[0]["metrics"]["handler"]["ratelimit"]
         assert 0 < rl["wait_share"] <= 1 and rl["wait_s_by_bucket"]["default"] == rl["wait_s"]
     print(
         f"{run.kind}: steady {steady:.1f}/s, after the 429s {cut:.1f}/s (effective {e1:.1f} then "
