@@ -7,13 +7,24 @@ beside the result, and the manifests (for people and tools) cost one PUT per hun
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 from pathlib import Path
 
 from slurmctl.backends import open_local
 from slurmctl.backends.statestore import TaskStatus
 from slurmctl.layout import JobLayout
 from slurmctl.worker.outputs import MANIFEST_FLUSH_TASKS, read_task_manifests
-from tests.helpers import assert_exactly_once, cli, make_job, task_manifests
+from tests.helpers import (
+    assert_exactly_once,
+    cli,
+    make_job,
+    popen,
+    status,
+    task_manifests,
+    wait_for,
+)
+from tests.test_faults_local import SLOW_HANDLER
 
 NOOP = """
 def process(item, ctx):
@@ -87,3 +98,51 @@ def test_manifests_of_a_job_written_before_are_read_beside_the_new_ones(tmp_path
     )
     got = sorted(m["task_id"] for m in read_task_manifests(backend, "old"))
     assert got == ["task-000000", "task-000001", "task-000002"]
+
+
+def _to_previous_layout(root: Path, job_id: str) -> int:
+    """What the previous version left for the tasks committed so far: a `.done` beside each
+    result and one `tasks/<task_id>.json` per task, no gathered manifests. Returns how many."""
+    backend = open_local(root)
+    folder = root / "objects/jobs" / job_id / "tasks"
+    manifests = {m["task_id"]: m for m in task_manifests(root, job_id)}
+    for path in folder.glob("*.jsonl"):
+        path.unlink()
+    committed = [t for t in backend.state.iter_tasks(job_id) if t.status is TaskStatus.SUCCESS]
+    for t in committed:
+        assert t.output_key is not None
+        done = f"{t.output_sha256} {t.output_rows}\n".encode()
+        backend.objects.put_bytes(t.output_key + ".done", done)
+        backend.objects.put_json(f"jobs/{job_id}/tasks/{t.task_id}.json", manifests[t.task_id])
+    return len(committed)
+
+
+def _committed(calls: Path, root: Path) -> int:
+    if not calls.exists():  # no item ran yet: the job may not be in the state store either
+        return 0
+    return status(root, "t1")["tasks"]["SUCCESS"]
+
+
+def test_a_job_stopped_under_the_previous_layout_resumes_to_completed(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.txt"
+    config = make_job(
+        tmp_path / "job", 600, handler=SLOW_HANDLER, batch_size=50, workers=2,
+        extra="checkpoint_every: 10\n",
+    )  # fmt: skip
+    root = tmp_path / "root"
+    env = {"CALLS_FILE": str(calls)}
+    proc = popen(root, "submit", str(config), env=env)
+    wait_for(lambda: _committed(calls, root) >= 2, what="two commits")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    before = _to_previous_layout(root, "t1")
+    assert 2 <= before < 12
+    resumed = cli(root, "resume", "t1", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "COMPLETED: 600 succeeded" in resumed.stdout
+    assert_exactly_once(root, "t1", 600)
+    manifests = task_manifests(root, "t1")  # the old per-task files and the gathered lines
+    assert sorted(m["task_id"] for m in manifests) == [f"task-{i:06d}" for i in range(12)]
+    folder = root / "objects/jobs/t1/tasks"
+    assert len(list(folder.glob("*.json"))) == before
