@@ -12,8 +12,8 @@ import signal
 from pathlib import Path
 
 from slurmctl.backends import open_local
-from slurmctl.backends.statestore import TaskStatus
 from slurmctl.layout import JobLayout
+from slurmctl.states import TaskStatus
 from slurmctl.worker.outputs import MANIFEST_FLUSH_TASKS, read_task_manifests
 from tests.helpers import (
     assert_exactly_once,
@@ -120,7 +120,7 @@ def _to_previous_layout(root: Path, job_id: str) -> int:
 def _committed(calls: Path, root: Path) -> int:
     if not calls.exists():  # no item ran yet: the job may not be in the state store either
         return 0
-    return status(root, "t1")["tasks"]["SUCCESS"]
+    return int(status(root, "t1")["tasks"]["SUCCESS"])
 
 
 def test_a_job_stopped_under_the_previous_layout_resumes_to_completed(tmp_path: Path) -> None:
