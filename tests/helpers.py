@@ -158,3 +158,11 @@ def s3_task_manifests(objects: Mapping[str, bytes]) -> list[dict[str, Any]]:
         for line in data.split(b"\n")
         if line.strip()
     ]
+
+
+def task_records(root: Path, job_id: str) -> dict[str, Any]:
+    """The state store's record of every task of a job (embedded backend), by task id: what
+    vouches for a task (status, attempts, output), whether or not its manifest was written."""
+    from slurmctl.backends import open_local
+
+    return {t.task_id: t for t in open_local(root).state.iter_tasks(job_id)}

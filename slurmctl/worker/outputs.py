@@ -11,8 +11,10 @@ state store's commit already records the result's key, sha256, rows and counts, 
 `.done` marker beside it; and the task manifest (for people and tools, read by nothing that
 decides) is one JSON line in an object the worker writes every `MANIFEST_FLUSH_TASKS` tasks,
 every `MANIFEST_FLUSH_S` seconds and when it leaves: one PUT per hundred tasks instead of two per
-task (issue 16's cost). A worker SIGKILLed loses the manifests it had not written yet, never an
-item: the commits count.
+task (issue 16's cost). A worker SIGKILLed (or OOM-killed) loses the manifests it had not
+written yet, never an item: the commits count, and the state store keeps each task's status,
+attempts, worker, times and output. Before it runs a task taken over from another attempt (the
+kind that kills workers), a worker writes what it has gathered.
 """
 
 from __future__ import annotations

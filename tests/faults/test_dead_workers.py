@@ -23,7 +23,7 @@ from tests.faults.chaos import (
     run_chaos,
     set_lease,
 )
-from tests.helpers import assert_exactly_once, cli, make_job, status, task_manifest, task_manifests
+from tests.helpers import assert_exactly_once, cli, make_job, status, task_records
 
 
 @pytest.fixture
@@ -93,10 +93,10 @@ def test_poison_item_that_sigkills_its_worker_is_isolated(
     [poison] = failures["items"]
     assert poison["error_type"] == "poison"
     assert poison["message"].startswith("poison: the worker died while this item was in flight")
-    task = task_manifest(root, "t1", "task-000006")
-    assert task["attempts"] > max_task_failures  # the deaths, then the isolating attempts
-    others = [m for m in task_manifests(root, "t1") if m["task_id"] != "task-000006"]
-    assert len(others) == 19 and all(m["attempts"] == 1 for m in others)
+    tasks = task_records(root, "t1")
+    # the deaths, then the isolating attempts
+    assert tasks.pop("task-000006").attempts > max_task_failures
+    assert len(tasks) == 19 and all(t.attempts == 1 for t in tasks.values())
 
 
 SETUP_CRASH = """
