@@ -79,8 +79,11 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="10,000 items, one run")
     ap.add_argument("--tmp", help="folder for the runs (default: $TMPDIR)")
     args = ap.parse_args()
+    if args.quick:
+        args.items, args.repeat = 10_000, 1
     tasks = -(-args.items // args.batch_size)
     m = common.machine()
     print(
