@@ -86,6 +86,18 @@ def write_job(
     return config
 
 
+def task_manifests(jobdir: Path) -> list[dict[str, Any]]:
+    """A local job's task manifests: the JSON lines each worker gathers (`tasks/*.jsonl`), and
+    the one file per task of jobs written before (`tasks/*.json`)."""
+    found: list[dict[str, Any]] = []
+    for path in sorted((jobdir / "tasks").glob("*.json*")):
+        if path.suffix == ".jsonl":
+            found += [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        elif path.suffix == ".json":
+            found.append(json.loads(path.read_text()))
+    return found
+
+
 def work_dir(base: str | None, name: str) -> Path:
     """A fresh temporary folder for one benchmark run (under --tmp when given)."""
     if base:

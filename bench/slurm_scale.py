@@ -497,8 +497,7 @@ def manifests_report(jobdir: Path) -> dict[str, Any]:
     rss: dict[str, int] = {}
     elements: set[str] = set()
     count = 0
-    for path in (jobdir / "tasks").glob("*.json"):
-        doc = json.loads(path.read_text())
+    for doc in common.task_manifests(jobdir):
         count += 1
         w = doc.get("worker_id") or "?"
         rss[w] = max(rss.get(w, 0), int(doc.get("metrics", {}).get("max_rss_kb", 0)))

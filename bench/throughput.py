@@ -135,14 +135,12 @@ def _iso(text: str) -> float:
 
 
 def task_metrics(root: Path, job_id: str) -> dict[str, Any]:
-    """Sums over the task manifests (tasks/*.json)."""
-    folder = root / "objects" / "jobs" / job_id / "tasks"
+    """Sums over the task manifests (`tasks/`)."""
     wall = cpu = 0.0
     count = 0
     starts: list[float] = []
     ends: list[float] = []
-    for path in folder.glob("*.json"):
-        doc = json.loads(path.read_text())
+    for doc in common.task_manifests(root / "objects" / "jobs" / job_id):
         wall += doc["metrics"]["wall_s"]
         cpu += doc["metrics"]["cpu_s"]
         starts.append(_iso(doc["start_time"]))

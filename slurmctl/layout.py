@@ -48,8 +48,14 @@ class JobLayout:
     def batch(self, batch_id: str) -> str:
         return self.root + f"batches/{batch_id}.jsonl"
 
-    def task_manifest(self, task_id: str) -> str:
-        return self.root + f"tasks/{task_id}.json"
+    @property
+    def task_manifests_prefix(self) -> str:
+        return self.root + "tasks/"
+
+    def task_manifests(self, worker_id: str, part: str) -> str:
+        """One object per worker per `MANIFEST_FLUSH_TASKS` tasks: a JSON line per task. (Jobs
+        written before held one `tasks/<task_id>.json` per task; readers take both.)"""
+        return self.root + f"tasks/{worker_id}-{part}.jsonl"
 
     def result(self, task_id: str, token: str) -> str:
         return self.root + f"results/{task_id}/{token}.parquet"
@@ -91,4 +97,6 @@ class JobLayout:
 
 
 def done_marker(key: str) -> str:
+    """An aggregation part's marker (finalize/aggregate.py). A task's result has none: the
+    state store's commit records its key, sha256 and row count."""
     return key + ".done"

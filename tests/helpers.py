@@ -132,3 +132,37 @@ def assert_exactly_once(root: Path, job_id: str, count: int) -> dict[str, list[s
     assert len(everything) == len(set(everything)), "an item is accounted for twice"
     assert sorted(everything, key=int) == [str(i) for i in range(count)]
     return got
+
+
+def task_manifests(root: Path, job_id: str) -> list[dict[str, Any]]:
+    """Every task manifest of a job on the embedded backend (JSON lines gathered by each
+    worker under `tasks/`), through the library's reader."""
+    from slurmctl.backends import open_local
+    from slurmctl.worker.outputs import read_task_manifests
+
+    return read_task_manifests(open_local(root), job_id)
+
+
+def task_manifest(root: Path, job_id: str, task_id: str) -> dict[str, Any]:
+    """The one manifest of a committed task."""
+    [found] = [m for m in task_manifests(root, job_id) if m["task_id"] == task_id]
+    return found
+
+
+def s3_task_manifests(objects: Mapping[str, bytes]) -> list[dict[str, Any]]:
+    """The task manifests among a bucket's objects (key -> bytes)."""
+    return [
+        json.loads(line)
+        for key, data in objects.items()
+        if "/tasks/" in key and key.endswith(".jsonl")
+        for line in data.split(b"\n")
+        if line.strip()
+    ]
+
+
+def task_records(root: Path, job_id: str) -> dict[str, Any]:
+    """The state store's record of every task of a job (embedded backend), by task id: what
+    vouches for a task (status, attempts, output), whether or not its manifest was written."""
+    from slurmctl.backends import open_local
+
+    return {t.task_id: t for t in open_local(root).state.iter_tasks(job_id)}

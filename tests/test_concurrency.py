@@ -16,7 +16,15 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import assert_exactly_once, cli, make_job, popen, status, wait_for
+from tests.helpers import (
+    assert_exactly_once,
+    cli,
+    make_job,
+    popen,
+    status,
+    task_manifests,
+    wait_for,
+)
 
 THREADS = """
 import os, random, threading, time
@@ -105,7 +113,7 @@ def test_items_in_flight_errors_per_item_and_input_order(tmp_path: Path, mode: s
     for o in s["outputs"]:
         out_ids = [int(x) for x in pq.read_table(o["path"]).column("id").to_pylist()]
         assert out_ids == sorted(out_ids)
-    manifests = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
+    manifests = task_manifests(root, "t1")
     assert sum(m["metrics"]["handler"]["counters"]["api_requests"] for m in manifests) == 300
     if mode == "threads":
         threads = {line.split()[1] for line in calls.read_text().splitlines()}
@@ -139,7 +147,7 @@ def test_sigkill_mid_task_then_resume_is_exactly_once(tmp_path: Path, mode: str)
     # CHECKPOINT_MIN_INTERVAL_S of work, whichever is more)
     print("REDONE", redone, before)
     assert redone <= 16 + 40, redone
-    manifests = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
+    manifests = task_manifests(root, "t1")
     assert sum(m["metrics"]["items_from_checkpoint"] for m in manifests) >= 30
 
 
@@ -204,7 +212,7 @@ def test_sigterm_lets_items_in_flight_finish_and_none_is_called_twice(
     assert _failures(root) == _expected_failures(300)
     # the items in flight finished and were kept: the next attempt called none of them again
     assert Counter(_calls(calls)) == Counter(str(i) for i in range(300))
-    manifests = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
+    manifests = task_manifests(root, "t1")
     resumed = [m for m in manifests if m["metrics"]["items_from_checkpoint"]]
     assert len(resumed) == 1 and resumed[0]["metrics"]["items_from_checkpoint"] >= 50
 

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tests.helpers import assert_exactly_once, cli, failure_manifest, make_job, status
+from tests.helpers import (
+    assert_exactly_once,
+    cli,
+    failure_manifest,
+    make_job,
+    status,
+    task_manifests,
+)
 
 
 def test_10k_items_four_workers_every_item_once(tmp_path: Path) -> None:
@@ -41,7 +48,7 @@ def test_10k_items_four_workers_every_item_once(tmp_path: Path) -> None:
     # four workers drained 100 tasks, several of them (one may start after the others are done:
     # a task takes a few ms, a worker's start-up ~0.4 s on 2 busy cores)
     jobdir = root / "objects" / "jobs" / "t1"
-    workers = {json.loads(p.read_text())["worker_id"] for p in (jobdir / "tasks").glob("*.json")}
+    workers = {m["worker_id"] for m in task_manifests(root, "t1")}
     assert workers <= {f"local-1-{i}" for i in range(4)} and len(workers) >= 2, workers
     history = [json.loads(x) for x in (jobdir / "history.jsonl").read_text().splitlines()]
     [spawned] = [h for h in history if h["action"] == "workers"]

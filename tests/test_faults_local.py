@@ -27,6 +27,7 @@ from tests.helpers import (
     make_job,
     popen,
     status,
+    task_manifests,
     wait_for,
 )
 
@@ -72,7 +73,7 @@ def test_sigkilled_worker_task_is_freed_at_once_and_taken_over(tmp_path: Path) -
     assert submit_proc.returncode == 0, err
     assert "COMPLETED: 400 succeeded" in out
     assert_exactly_once(root, "t1", 400)
-    manifests = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
+    manifests = task_manifests(root, "t1")
     taken_over = [m for m in manifests if m["attempts"] >= 2]
     assert len(taken_over) == 1, "the killed worker's task was claimed again"
     # freed by release_dead (the executor saw the worker die), not by its lease expiring
@@ -111,7 +112,7 @@ def test_sigterm_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
         per_batch[int(item_id) // 100] = per_batch.get(int(item_id) // 100, 0) + 1
     assert all(n <= 100 + 10 for n in per_batch.values()), per_batch
     assert sum(per_batch.values()) <= 300 + 10
-    manifests = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
+    manifests = task_manifests(root, "t1")
     resumed = [m for m in manifests if m["metrics"]["items_from_checkpoint"] > 0]
     assert len(resumed) == 1 and resumed[0]["metrics"]["items_from_checkpoint"] >= 30
     # it resumed from the checkpoint uploaded to the object store on SIGTERM

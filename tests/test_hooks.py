@@ -3,7 +3,6 @@ observer may add to a task manifest, and that a job needs no observer to complet
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from slurmctl.finalize.finalize import finalize
 from slurmctl.observe import status
 from slurmctl.states import JobStatus
 from slurmctl.worker.runner import Worker
-from tests.helpers import make_job
+from tests.helpers import make_job, task_manifest
 
 
 class Recorder(hooks.Hooks):
@@ -104,7 +103,7 @@ def test_worker_and_finalize_call_each_hook_at_its_point(
     assert recorder.polls >= len(tasks)
     # what before_task_manifest added is in the manifest; no metrics observer was installed
     for t in tasks:
-        manifest = json.loads((tmp_path / f"root/objects/jobs/t1/tasks/{t}.json").read_text())
+        manifest = task_manifest(tmp_path / "root", "t1", t)
         assert manifest["metrics"]["seen_by_hook"] == t
         assert "io" not in manifest["metrics"]
     recorder.calls.clear()

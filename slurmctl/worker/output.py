@@ -23,7 +23,6 @@ from itertools import repeat
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from slurmctl.errors import PermanentError
 from slurmctl.output_schema import (
@@ -446,6 +445,8 @@ def _fit(
 def _big_ints(arr: pa.Array, values: list[Any]) -> bool:
     """Whether the column's integers go beyond ±2**53 (min/max in C; the values are looked at
     only when a float column holds that large a magnitude, to find integers among them)."""
+    import pyarrow.compute as pc  # here: ~14 MB and ~20 ms that `submit` and `status` never need
+
     if pa.types.is_integer(arr.type):
         low, high = pc.min_max(arr).values()
         return bool(high.is_valid and (high.as_py() > MAX_EXACT or low.as_py() < -MAX_EXACT))

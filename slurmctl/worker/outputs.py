@@ -2,10 +2,19 @@
 
 An attempt's rows sit in its checkpoint until the task ends; then they become the attempt-unique
 Parquet output and error records (the failure manifest's input), encoded under the job's output
-schema, which this module widens with a compare-and-swap before the commit. After the commit,
-the `.done` marker and the task manifest (for people and tools) are written. Kept apart from the
+schema, which this module widens with a compare-and-swap before the commit. Kept apart from the
 attempt's control flow (task.py: lease, checkpoint, items, commit) because it is the one part
 that knows the output's format; output.py below it turns rows into a table.
+
+A committed task stores one object: its result (plus its item errors when it has any). The
+state store's commit already records the result's key, sha256, rows and counts, so there is no
+`.done` marker beside it; and the task manifest (for people and tools, read by nothing that
+decides) is one JSON line in an object the worker writes every `MANIFEST_FLUSH_TASKS` tasks,
+every `MANIFEST_FLUSH_S` seconds and when it leaves: one PUT per hundred tasks instead of two per
+task (issue 16's cost). A worker SIGKILLed (or OOM-killed) loses the manifests it had not
+written yet, never an item: the commits count, and the state store keeps each task's status,
+attempts, worker, times and output. Before it runs a task taken over from another attempt (the
+kind that kills workers), a worker writes what it has gathered.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import json
 import logging
 import os
 import resource
+import secrets
 import socket
 import time
 from collections.abc import Sequence
@@ -28,7 +38,7 @@ from slurmctl import hooks
 from slurmctl.backends import Backend
 from slurmctl.backends.statestore import OUTPUT_SCHEMA_DOC, TaskCommit, TaskRecord
 from slurmctl.errors import SlurmctlError
-from slurmctl.layout import JobLayout, done_marker
+from slurmctl.layout import JobLayout
 from slurmctl.output_schema import JobSchema, Pin, with_rules
 from slurmctl.secrets import redact
 from slurmctl.worker.checkpoint import Checkpoint, Row
@@ -45,6 +55,11 @@ SCHEMA_ROUNDS = 100
 SLURM_VARS = frozenset(
     {"SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME"}
 )
+MANIFEST_FLUSH_TASKS = 100
+"""Task manifests gathered into one object: at most this many per object."""
+MANIFEST_FLUSH_S = float(os.environ.get("SLURMCTL_MANIFEST_FLUSH_S", "30"))
+"""... and none waits longer than this after its commit before it is written (checked at the
+next commit; the rest when the worker leaves)."""
 
 
 @dataclass
@@ -64,6 +79,12 @@ class Outputs:
     """Items finished out of order (worker/inflight.py): the output is sorted back."""
     _schema: JobSchema | None = field(default=None, init=False)
     """The job's output schema as this worker last saw it (it only ever widens)."""
+    _manifests: list[bytes] = field(default_factory=list, init=False)
+    """Task manifests not written yet (JSON lines)."""
+    _first_at: float = field(default=0.0, init=False)
+    _parts: int = field(default=0, init=False)
+    _session: str = field(default_factory=lambda: secrets.token_hex(4), init=False)
+    """In the manifests' keys: a worker id used again (a resumed local run) never overwrites."""
 
     def write(
         self,
@@ -203,12 +224,9 @@ class Outputs:
         calls: int,
         resumed: int,
     ) -> None:
-        """`.done` and the task manifest: for humans and tools, never read by the aggregator."""
+        """The task manifest, for humans and tools (never read by the aggregator): gathered, and
+        written with the others when due (`flush_manifests`)."""
         objects = self.backend.objects
-        objects.put_bytes(
-            done_marker(commit.output_key),
-            f"{commit.output_sha256} {commit.output_rows}\n".encode(),
-        )
         base = {
             "items": task.items,
             "items_processed": calls,
@@ -251,8 +269,42 @@ class Outputs:
             "metrics": metrics,
             "error": None,
         }
-        objects.put_json(self.layout.task_manifest(task.task_id), manifest)
+        if not self._manifests:
+            self._first_at = time.monotonic()
+        self._manifests.append(json.dumps(manifest, sort_keys=True).encode())
         hooks.registry.after_task_committed(event)  # e.g. the job's time series; the log
+        self.flush_manifests()
+
+    def flush_manifests(self, force: bool = False) -> None:
+        """Write the gathered task manifests as one object when due (or `force`: the worker
+        leaves). A failed write keeps them for the next try."""
+        if not self._manifests:
+            return
+        due = (
+            len(self._manifests) >= MANIFEST_FLUSH_TASKS
+            or time.monotonic() - self._first_at >= MANIFEST_FLUSH_S
+        )
+        if not (force or due):
+            return
+        key = self.layout.task_manifests(self.worker_id, f"{self._session}-{self._parts:06d}")
+        self.backend.objects.put_bytes(key, b"".join(m + b"\n" for m in self._manifests))
+        self._parts += 1
+        self._manifests = []
+
+
+def read_task_manifests(backend: Backend, job_id: str) -> list[dict[str, Any]]:
+    """Every task manifest written for the job: the gathered JSON lines, and the one object per
+    task of jobs written before (`tasks/<task_id>.json`)."""
+    objects = backend.objects
+    found: list[dict[str, Any]] = []
+    for key in objects.list(JobLayout(job_id).task_manifests_prefix):
+        if key.endswith(".jsonl"):
+            text = objects.get_bytes(key)
+            found.extend(json.loads(line) for line in text.split(b"\n") if line.strip())
+        elif key.endswith(".json"):
+            doc: Any = objects.get_json(key)
+            found.append(doc)
+    return found
 
 
 def _index(row: Row) -> int:

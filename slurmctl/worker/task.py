@@ -106,7 +106,12 @@ class TaskRunner:
             self.ctx.metrics.make_threadsafe()
 
     def close(self) -> None:
-        """The worker leaves: the item threads end (they are idle between tasks)."""
+        """The worker leaves: the task manifests not written yet are, and the item threads end
+        (they are idle between tasks)."""
+        try:
+            self._outputs.flush_manifests(force=True)
+        except Exception:
+            log.exception("worker %s: task manifests not written", self.worker_id)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -176,6 +181,8 @@ class TaskRunner:
         return len(seen)
 
     def _attempt(self, task: TaskRecord, token: str, lost: threading.Event) -> Outcome:
+        if task.attempts > 1:  # taken over: it may be what killed its last worker, and this one
+            self._outputs.flush_manifests(force=True)
         t0, cpu0 = time.time(), time.process_time()
         try:
             batch = self.backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)

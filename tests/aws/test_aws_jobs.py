@@ -18,7 +18,7 @@ from tests.aws.jobs import (
     make_aws_job,
     new_place,
 )
-from tests.helpers import cli, popen, status, wait_for
+from tests.helpers import cli, popen, s3_task_manifests, status, wait_for
 from tests.moto_server import MotoServer, free_port, moto_endpoint, moto_server, require_boto3
 
 _ = (moto_server, moto_endpoint)  # session fixtures
@@ -96,7 +96,7 @@ def test_2000_items_three_workers_every_item_once_no_secret_queue_gone(
     assert sorted(got["failures"], key=int) == ["3", "503", "1003", "1503"]
 
     objects = every_s3_object(place)
-    tasks = [json.loads(v) for k, v in objects.items() if "/tasks/" in k]
+    tasks = s3_task_manifests(objects)
     assert len(tasks) == 20 and len({t["worker_id"] for t in tasks}) == 3
     # the secret: referenced in the stored definition, its value nowhere in S3 or DynamoDB
     definition = next(v for k, v in objects.items() if k.endswith("definition.json"))

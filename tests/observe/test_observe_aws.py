@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from tests.aws.jobs import every_s3_object, make_aws_job, new_place
-from tests.helpers import cli, status
+from tests.helpers import cli, s3_task_manifests, status
 from tests.moto_server import moto_endpoint, moto_server  # noqa: F401  (session fixtures)
 from tests.observe.test_observe_job import _free_port, _get
 
@@ -48,7 +48,7 @@ def test_an_aws_job_is_observed_like_a_local_one(
     assert s["backend"] == "aws" and s["items_per_s"]["average"] > 0
 
     objects = every_s3_object(place)
-    manifests = [json.loads(v) for k, v in objects.items() if "/tasks/" in k]
+    manifests = s3_task_manifests(objects)
     assert len(manifests) == 3
     assert sum(m["metrics"]["failures_by_type"].get("validation", 0) for m in manifests) == 30
     assert all(m["metrics"]["io"] is not None for m in manifests)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import cli, make_job, status
+from tests.helpers import cli, make_job, status, task_manifest
 from tests.observe.conftest import Recorder
 
 SECRET = "tok-Zq8-very-secret-value"
@@ -62,7 +62,7 @@ def job(tmp_path_factory: pytest.TempPathFactory, http_server: Recorder) -> Iter
 
 
 def test_task_manifest_metrics_are_present_and_plausible(job: Path) -> None:
-    manifest = json.loads((job / "objects/jobs/t1/tasks/task-000000.json").read_text())
+    manifest = task_manifest(job, "t1", "task-000000")
     m = manifest["metrics"]
     assert m["items"] == 100 and m["handler_calls"] == 100
     assert m["succeeded"] == 98 and m["failed_permanent"] == 1 and m["failed_transient"] == 1

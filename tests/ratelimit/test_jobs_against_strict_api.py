@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from slurmctl.cli import Env
-from tests.helpers import cli, make_job, popen, status, wait_for
+from tests.helpers import cli, make_job, popen, status, task_manifests, wait_for
 from tests.ratelimit.strict_api import HANDLER, INJECTED_429, OK, STRICT_429, RemoteAPI
 
 RATE, BURST, WORKERS = 40.0, 5, 4
@@ -72,7 +72,8 @@ def run(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Run]:
         config = make_job(
             tmp_path / "job", 4000, handler=HANDLER, extra=extra, batch_size=40, workers=WORKERS
         )
-        proc = popen(tmp_path / "root", "submit", "--no-progress", str(config))
+        env = {"SLURMCTL_MANIFEST_FLUSH_S": "1"}  # task manifests readable while it runs
+        proc = popen(tmp_path / "root", "submit", "--no-progress", str(config), env=env)
         try:
             yield Run(tmp_path / "root", "t1", api, proc, request.param)
         finally:
@@ -155,9 +156,9 @@ def test_one_job_pause_set_rate_and_throttling(run: Run) -> None:
     b = run.bucket()
     assert 0 < b["wait_share"] <= 1.0 and b["wait_ms"] > 0 and b["writes"] > 0
     if run.kind == "local":  # per task, in the task manifests
-        manifests = list((run.root / "objects/jobs/t1/tasks").glob("*.json"))
-        assert manifests
-        rl = json.loads(manifests[0].read_text())["metrics"]["handler"]["ratelimit"]
+        wait_for(lambda: bool(task_manifests(run.root, "t1")), timeout=30, what="manifests")
+        manifests = task_manifests(run.root, "t1")
+        rl = manifests[0]["metrics"]["handler"]["ratelimit"]
         assert 0 < rl["wait_share"] <= 1 and rl["wait_s_by_bucket"]["default"] == rl["wait_s"]
     print(
         f"{run.kind}: steady {steady:.1f}/s, after the 429s {cut:.1f}/s (effective {e1:.1f} then "

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.helpers import assert_exactly_once, cli, make_job, status
+from tests.helpers import assert_exactly_once, cli, make_job, status, task_records
 from tests.slurm import util
 from tests.slurm.conftest import _unavailable, slurm_up
 
@@ -40,6 +40,8 @@ def test_fifty_batches_over_four_array_elements(
     # every task names its worker: <array>_<index>@<node>
     node = socket.gethostname().split(".")[0]
     ids = {m["worker_id"] for m in util.task_manifests(root, jid)}
+    # every element that committed a task wrote its gathered manifests when it left
+    assert ids == {t.worker_id for t in task_records(root, jid).values()}
     assert ids <= {f"{array}_{i}@{node}" for i in range(4)} and len(ids) >= 2, ids
     assert all(m["slurm"]["SLURM_ARRAY_JOB_ID"] == array for m in util.task_manifests(root, jid))
     ended = util.elements(array, fin)

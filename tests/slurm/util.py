@@ -10,6 +10,7 @@ from typing import Any
 from slurmctl.backends import open_local
 from slurmctl.backends.statestore import JobRecord, TaskRecord
 from slurmctl.executors.slurm.sbatch import Element, SlurmClient
+from tests import helpers
 from tests.helpers import wait_for
 
 SLURM_JOB = "executor: slurm\n"
@@ -59,7 +60,7 @@ def history(root: Path, job_id: str) -> list[dict[str, Any]]:
 
 
 def task_manifests(root: Path, job_id: str) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in (jobdir(root, job_id) / "tasks").glob("*.json")]
+    return helpers.task_manifests(root, job_id)
 
 
 def elements(*ids: str) -> list[Element]:
