@@ -23,11 +23,14 @@ from tests.faults.chaos import (
     run_chaos,
     set_lease,
 )
-<<<<<<< HEAD
-from tests.helpers import assert_exactly_once, cli, failure_manifest, make_job, status
-=======
-from tests.helpers import assert_exactly_once, cli, make_job, status, task_records
->>>>>>> perf
+from tests.helpers import (
+    assert_exactly_once,
+    cli,
+    failure_manifest,
+    make_job,
+    status,
+    task_records,
+)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -17,18 +16,12 @@ from tests.faults.chaos import live_workers
 from tests.helpers import (
     assert_exactly_once,
     cli,
-<<<<<<< HEAD
     failure_manifest,
-    make_job,
-    popen,
-    status,
-=======
     make_job,
     popen,
     status,
     task_manifests,
     task_records,
->>>>>>> perf
     wait_for,
 )
 
