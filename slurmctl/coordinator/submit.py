@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from slurmctl.backends import Backend
+from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import (
     ITEMS_PENDING,
     ITEMS_QUARANTINED,
@@ -39,12 +40,15 @@ from slurmctl.coordinator.scan import InputScanner, InputSource, ScanStats
 from slurmctl.errors import InputError, JobStateError, UserError
 from slurmctl.faults import kill_point
 from slurmctl.ids import batch_id, group_for_phase, id_width, task_id
-from slurmctl.jobs import append_history, store_definition, stored_definition
+from slurmctl.jobs import SubmitHeartbeat, append_history, store_definition, stored_definition
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus
 from slurmctl.worker.handler import load_handler
 
 TASKS_PER_WRITE = 500
+"""Task records per chunk stored, counted and queued together (the first chunks are smaller)."""
+WRITER_THREADS = 8
+"""Chunks of task records stored and queued at once on AWS."""
 PHASE = "initial"
 UPLOAD_THREADS = 16
 """Batches uploaded at once on AWS (the S3 client keeps 32 connections)."""
@@ -156,8 +160,17 @@ def submit(
     progress: Callable[[int], None] | None = None,
     input_size: Callable[[int], None] | None = None,
     job_id: str | None = None,
+    on_durable: Callable[[str], None] | None = None,
+    on_refused: Callable[[], None] | None = None,
 ) -> Submitted:
-    """job_id: the id of a job whose submission is carried on (resume), else the definition's."""
+    """job_id: the id of a job whose submission is carried on (resume), else the definition's.
+
+    on_durable(job_id): called once, in this thread, as soon as the first tasks are durable
+    (stored, counted and queued) while the rest are still being cut: the caller starts the
+    workers then (streaming submit). The phase cannot end before the "submit done" marker
+    (`submitted`), which is set last. on_refused(): called before a submission refused after
+    on_durable (too many bad lines, a changed input) is discarded: stop what on_durable
+    started."""
     job_id = job_id or definition.effective_job_id()
     load_handler(definition.handler, definition.config_dir)
     source = open_input(definition, backend)
@@ -190,9 +203,19 @@ def submit(
         )
     if fresh:
         fingerprint.store(backend, job_id, fp)  # before any batch: a resume keeps its width
+    started: list[bool] = []
+
+    def durable() -> None:
+        started.append(True)
+        if on_durable is not None:
+            on_durable(job_id)
+
     try:
-        _write(backend, definition, job_id, source, fp, progress)
+        with SubmitHeartbeat(backend, job_id):
+            _write(backend, definition, job_id, source, fp, progress, durable)
     except UserError:
+        if started and on_refused is not None:
+            on_refused()
         if created:
             discard(backend, job_id)
         raise
@@ -241,18 +264,23 @@ def _write(
     source: InputSource,
     fp: fingerprint.InputFingerprint,
     progress: Callable[[int], None] | None,
+    on_durable: Callable[[], None],
 ) -> None:
     layout = JobLayout(job_id)
     hashing = fingerprint.HashingSource(source)
     store_definition(backend, job_id, definition)
     backend.queue.create_queue(job_id)
+    for name, limit in _buckets(definition).items():  # before any worker can run
+        backend.state.put_bucket(Bucket(job_id, name, limit[0], limit[1]))
+    if backend.objects.head(layout.manifest) is None:
+        backend.objects.put_json(layout.manifest, _manifest(definition, job_id, None, None))
     work = Path(tempfile.mkdtemp(prefix=f"slurmctl-submit-{job_id}-"))
     try:
         qpath = work / "quarantine.jsonl"
         with open(qpath, "wb") as qfile:
             scanner = InputScanner(hashing, definition.id_field, work, qfile, progress)
             # Ids are sized at the first submit, on the bytes (a first pass would cost a read).
-            count = _write_batches(backend, definition, job_id, scanner, fp.width)
+            count = _write_batches(backend, definition, job_id, scanner, fp.width, on_durable)
         stats = scanner.stats
         _check(definition, stats, source.name)
         backend.objects.put_file(layout.quarantine, qpath)
@@ -260,25 +288,21 @@ def _write(
         shutil.rmtree(work, ignore_errors=True)
     fp.sha256, fp.lines, fp.batches = hashing.digest.hexdigest(), stats.lines, count
     fingerprint.store(backend, job_id, fp)
-    for name, limit in _buckets(definition).items():
-        backend.state.put_bucket(Bucket(job_id, name, limit[0], limit[1]))
-    manifest = _manifest(definition, job_id, stats, count)
+    # the Slurm executor may have recorded its arrays in the manifest meanwhile: keep them
+    manifest = _read_manifest(backend, layout.manifest) or _manifest(
+        definition, job_id, stats, count
+    )
+    counts = _manifest(definition, job_id, stats, count)
+    manifest.update(
+        {k: counts[k] for k in ("task_count", "item_count", "input_lines", "quarantined")}
+    )
     backend.objects.put_json(layout.manifest, manifest)
+    kill_point("submit.before_done")
     done = backend.state.update_job(
         job_id,
-        {
-            "submitted": True,
-            "task_count": count,
-            "item_count": stats.items,
-            "updated_at": time.time(),
-        },
-        expect={"submitted": False},
-        counter_deltas={
-            task_counter(PHASE, "PENDING"): count,
-            ITEMS_TOTAL: stats.items,
-            ITEMS_PENDING: stats.items,
-            ITEMS_QUARANTINED: stats.quarantined,
-        },
+        {"submitted": True, "updated_at": time.time()},  # the "submit done" marker
+        expect={"submitted": False, "task_count": count},
+        counter_deltas={ITEMS_QUARANTINED: stats.quarantined},
     )
     if not done:
         raise JobStateError(f"job {job_id}: another submit finished it first")
@@ -293,8 +317,21 @@ def _write(
     )
 
 
+def _read_manifest(backend: Backend, key: str) -> dict[str, Any]:
+    try:
+        doc = backend.objects.get_json(key)
+    except ObjectNotFound:
+        return {}
+    return dict(doc) if isinstance(doc, dict) else {}
+
+
 def _write_batches(
-    backend: Backend, definition: JobDefinition, job_id: str, scanner: InputScanner, width: int
+    backend: Backend,
+    definition: JobDefinition,
+    job_id: str,
+    scanner: InputScanner,
+    width: int,
+    on_durable: Callable[[], None],
 ) -> int:
     layout = JobLayout(job_id)
 
@@ -324,16 +361,26 @@ def _write_batches(
 
     batches = enumerate(_batches(scanner.items(), definition.batch_size))
     threads = 1 if backend.kind == "local" else UPLOAD_THREADS
+    writer = TaskWriter(backend, job_id, 1 if backend.kind == "local" else WRITER_THREADS)
     tasks: list[TaskRecord] = []
     count = 0
-    for record in _in_order(put, batches, threads):
-        tasks.append(record)
-        count += 1
-        kill_point("submit.after_batch")
-        if len(tasks) >= TASKS_PER_WRITE:
-            _flush(backend, job_id, tasks)
-            tasks = []
-    _flush(backend, job_id, tasks)
+    flush_at = 1  # the first task alone, so the workers start at once; then doubling
+    try:
+        for record in _in_order(put, batches, threads):
+            tasks.append(record)
+            count += 1
+            kill_point("submit.after_batch")
+            if len(tasks) >= flush_at:
+                writer.add(tasks)
+                tasks = []
+                flush_at = min(flush_at * 2, TASKS_PER_WRITE)
+                if writer.started(on_durable):
+                    kill_point("submit.streaming")
+        writer.add(tasks)
+        writer.close()
+    finally:
+        writer.abandon()
+    writer.started(on_durable)
     return count
 
 
@@ -367,10 +414,112 @@ def _in_order(
                 pending.cancel()
 
 
-def _flush(backend: Backend, job_id: str, tasks: list[TaskRecord]) -> None:
-    if tasks:
-        backend.state.put_tasks(tasks)
-        backend.queue.send(job_id, [t.task_id for t in tasks])
+class TaskWriter:
+    """Stores the task records, counts them and queues their ids, chunk by chunk in input order.
+
+    A chunk is counted (the job's `task_count` moves, with the task and item counters, in one
+    conditional update on the `task_count` read) only after every chunk before it, so
+    `task_count` is how many tasks, from the first, are stored and counted: a submit killed at
+    any line and carried on counts each task exactly once (tasks already stored are not stored
+    again: `put_tasks` inserts the missing ones only). Only counted tasks are queued, so a
+    worker never claims a task the counters do not know yet.
+
+    With threads > 1 (AWS) the stores' puts and the queue's sends run on a small pool, at most
+    2 * threads chunks in flight: submit is bounded by DynamoDB and SQS, not by one thread.
+    """
+
+    def __init__(self, backend: Backend, job_id: str, threads: int) -> None:
+        self.backend, self.job_id = backend, job_id
+        job = backend.state.get_job(job_id)
+        self.counted = job.task_count if job else 0
+        self.items = job.item_count if job else 0
+        self.next = 0
+        """Index of the next task added."""
+        self.pool = (
+            ThreadPoolExecutor(threads, thread_name_prefix="slurmctl-tasks")
+            if threads > 1
+            else None
+        )
+        self.window: deque[tuple[int, list[TaskRecord], Future[int] | None]] = deque()
+        self.sends: deque[Future[None]] = deque()
+        self.limit = 2 * threads
+        self._started = False
+
+    def add(self, tasks: list[TaskRecord]) -> None:
+        if not tasks:
+            return
+        start, self.next = self.next, self.next + len(tasks)
+        if self.pool is None:
+            self.backend.state.put_tasks(tasks)
+            self._count(start, tasks)
+            return
+        self.window.append((start, tasks, self.pool.submit(self.backend.state.put_tasks, tasks)))
+        # the first chunk is waited for: the workers start as soon as it is counted
+        self._settle(block=len(self.window) >= self.limit or not self._started)
+
+    def _settle(self, *, block: bool) -> None:
+        """Count the chunks whose puts are done, oldest first (waiting for the oldest if block)."""
+        while self.window:
+            start, tasks, put = self.window[0]
+            if put is not None and not put.done() and not block:
+                return
+            if put is not None:
+                put.result()
+            self.window.popleft()
+            self._count(start, tasks)
+            block = False
+        while self.sends and self.sends[0].done():
+            self.sends.popleft().result()
+
+    def _count(self, start: int, tasks: list[TaskRecord]) -> None:
+        end = start + len(tasks)
+        fresh = tasks[max(0, self.counted - start) :] if end > self.counted else []
+        if fresh:
+            items = sum(t.items for t in fresh)
+            moved = self.backend.state.update_job(
+                self.job_id,
+                {
+                    "task_count": end,
+                    "item_count": self.items + items,
+                    "updated_at": time.time(),
+                },
+                expect={"submitted": False, "task_count": self.counted},
+                counter_deltas={
+                    task_counter(PHASE, "PENDING"): len(fresh),
+                    ITEMS_TOTAL: items,
+                    ITEMS_PENDING: items,
+                },
+            )
+            if not moved:
+                raise JobStateError(f"job {self.job_id}: another submit is writing its tasks")
+            self.counted, self.items = end, self.items + items
+        ids = [t.task_id for t in tasks]  # counted now or before: queued (again) either way
+        if self.pool is None or not self._started:
+            self.backend.queue.send(self.job_id, ids)
+        else:
+            self.sends.append(self.pool.submit(self.backend.queue.send, self.job_id, ids))
+
+    def started(self, on_durable: Callable[[], None]) -> bool:
+        """Call on_durable once, when the first tasks are counted and queued; True then."""
+        if self._started or self.counted == 0:
+            return False
+        self._started = True
+        on_durable()
+        return True
+
+    def close(self) -> None:
+        """Every chunk stored, counted and queued."""
+        while self.window:
+            self._settle(block=True)
+        while self.sends:
+            self.sends.popleft().result()
+
+    def abandon(self) -> None:
+        if self.pool is not None:
+            for _, _, put in self.window:
+                if put is not None:
+                    put.cancel()
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _buckets(definition: JobDefinition) -> dict[str, tuple[float, int]]:
@@ -381,8 +530,9 @@ def _buckets(definition: JobDefinition) -> dict[str, tuple[float, int]]:
 
 
 def _manifest(
-    definition: JobDefinition, job_id: str, stats: ScanStats, count: int
+    definition: JobDefinition, job_id: str, stats: ScanStats | None, count: int | None
 ) -> dict[str, Any]:
+    """The job manifest; while submit still cuts batches (stats None), without the counts."""
     return {
         "job_id": job_id,
         "job_type": definition.job_type,
@@ -392,9 +542,9 @@ def _manifest(
         "input_file": definition.resolved_input(),
         "batch_size": definition.batch_size,
         "task_count": count,
-        "item_count": stats.items,
-        "input_lines": stats.lines,
-        "quarantined": stats.quarantined,
+        "item_count": stats.items if stats else None,
+        "input_lines": stats.lines if stats else None,
+        "quarantined": stats.quarantined if stats else None,
         "workers": definition.workers,
         "executor": definition.executor,
         "backend": definition.backend,
