@@ -364,7 +364,7 @@ class Worker:
         lease_s = definition.lease.ttl_s
         reconcile_every = min(max(lease_s / 4, 2.0), 30.0)
         last_reconcile = last_dead = 0.0
-        paused_logged = False
+        paused_logged = waiting_logged = False
         idle_wait = 0.0
         while not self.should_stop():
             self.check_supervisor()
@@ -433,6 +433,12 @@ class Worker:
                     self.job_id,
                 )
                 return EXIT_OK
+            if left == 0 and not waiting_logged:
+                log.info(
+                    "worker %s: no task left; waiting for submit to write the rest",
+                    self.worker_id,
+                )
+                waiting_logged = True
             # Idle while others finish: the embedded store is polled often (a local read), so the
             # last worker leaves, and finalize starts, within LOCAL_POLL_S of the last commit.
             idle_wait = self.poll_s if self.backend.kind != "local" else LOCAL_POLL_S
