@@ -75,28 +75,42 @@ def run_slurmctl(
 ) -> dict[str, Any]:
     root = folder / "root"
     cmd = [*common.slurmctl_cmd(), "--root", str(root), "submit", str(config), "--no-progress"]
+    cpu0 = common.children_cpu_s()
     t0 = time.perf_counter()
     watch = FirstCommit(config, root, t0, every_s)
-    submitted: float | None = None
     with open(folder / "submit.stderr", "wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
         assert proc.stdout is not None
+        marks: list[float] = []
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                if raw.decode(errors="replace").rstrip().endswith(" submitted"):
+                    marks.append(time.perf_counter() - t0)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
         if stop_at_first:
             watch.thread.join()
             proc.terminate()  # stopped at a checkpoint; the figure is the first commit
             proc.wait()
-            proc.stdout.close()
+            reader.join()
         else:
-            for raw in proc.stdout:
-                if raw.decode(errors="replace").rstrip().endswith(" submitted"):
-                    submitted = time.perf_counter() - t0
             code = proc.wait()
+            reader.join()
             if code != 0:
                 text = (folder / "submit.stderr").read_text(errors="replace")
                 raise SystemExit(f"slurmctl submit failed ({code}):\n{text[-3000:]}")
     wall = time.perf_counter() - t0
+    submitted = marks[0] if marks else None
     first = watch.close()
-    out: dict[str, Any] = {"first_commit_s": first, "submitted_s": submitted, "wall_s": wall}
+    out: dict[str, Any] = {
+        "first_commit_s": first,
+        "submitted_s": submitted,
+        "wall_s": wall,
+        "cpu_s": common.children_cpu_s() - cpu0,  # submit and the workers it waited for
+    }
     if not stop_at_first:
         status = common.cli_json(root, "status", JOB_ID, env=env)
         out["status"] = status["status"]
@@ -111,6 +125,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--aws", action="store_true", help="against a moto server; first commit only")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--label", default="", help="added to the results' file name")
     ap.add_argument("--tmp", help="folder for the inputs and outputs (default: $TMPDIR)")
     args = ap.parse_args()
     info = common.machine()
@@ -147,11 +162,10 @@ def main() -> None:
         result["slurmctl"] = s
         first = s["first_commit_s"]
         print(f"   first commit after {first:.2f} s" if first else "   no commit seen")
+        if s["submitted_s"] is not None:
+            print(f"   `submitted` printed after {s['submitted_s']:.2f} s")
         if not args.aws:
-            print(
-                f"   slurmctl {s['wall_s']:.2f} s end to end ({s['status']}), `submitted` "
-                f"printed after {s['submitted_s']:.2f} s"
-            )
+            print(f"   slurmctl {s['wall_s']:.2f} s end to end ({s['status']})")
         print(f"     meanwhile: {common.Monitor.describe(mon.summary)}")
         if not args.aws and not args.no_baseline:
             common.warm(folder / "input.jsonl")
@@ -171,7 +185,7 @@ def main() -> None:
         if server is not None:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"   results: {common.save(f'streaming-{where}-{args.items}', result)}")
+    print(f"   results: {common.save(f'streaming-{where}-{args.items}{args.label}', result)}")
 
 
 if __name__ == "__main__":

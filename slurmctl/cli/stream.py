@@ -84,15 +84,14 @@ class StreamingRun:
             SlurmExecutor(self.env.backend, self.env.root).cancel(self.job_id)
 
     def interrupted(self) -> None:
-        """Ctrl-C while submit cut batches or the workers ran: stop at a checkpoint."""
-        if self.job_id is None:
+        """Ctrl-C while submit cut batches or the workers ran: a local job's workers stop at a
+        checkpoint. A Slurm job's arrays are left alone (they finish the tasks written and
+        leave once they see the submit gone; `resume` carries the submission on)."""
+        if self.job_id is None or self.local is None:
             return
         self.stop()
-        if self.local is not None:
-            append_history(self.env.backend, self.job_id, "interrupted", reason="Ctrl-C (SIGINT)")
-            click.echo(
-                f"stopped at a checkpoint; `slurmctl resume {self.job_id}` carries on", err=True
-            )
+        append_history(self.env.backend, self.job_id, "interrupted", reason="Ctrl-C (SIGINT)")
+        click.echo(f"stopped at a checkpoint; `slurmctl resume {self.job_id}` carries on", err=True)
 
     def finish(self) -> JobStatus:
         """Submit wrote its last task: run the job on to its end (local) or queue what it
