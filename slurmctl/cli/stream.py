@@ -83,6 +83,13 @@ class StreamingRun:
         elif self.job_id is not None:
             SlurmExecutor(self.env.backend, self.env.root).cancel(self.job_id)
 
+    def abort(self) -> None:
+        """Submit failed after the workers started (e.g. a full disk): a local job's workers
+        stop at a checkpoint, so that `resume` finds nothing running; a Slurm job's are left
+        alone (they leave once they see the submit gone)."""
+        if self.local is not None:
+            self.stop()
+
     def interrupted(self) -> None:
         """Ctrl-C while submit cut batches or the workers ran: a local job's workers stop at a
         checkpoint. A Slurm job's arrays are left alone (they finish the tasks written and

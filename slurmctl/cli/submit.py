@@ -115,6 +115,9 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
     except KeyboardInterrupt:
         stream.interrupted()
         raise
+    except BaseException:  # e.g. a full disk: the workers it started stop at a checkpoint too
+        stream.abort()
+        raise
     job_id = result.job_id
     if not result.created:
         if result.status.terminal:
