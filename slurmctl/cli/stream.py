@@ -38,7 +38,9 @@ class StreamingRun:
         """The job was there before this submit (a submit carried on)."""
         self.job_id: str | None = None
         self.local: LocalExecutor | None = None
-        self.thread: threading.Thread | None = None
+        self.done = threading.Event()
+        """Set when the executor's thread has returned (an Event, not Thread.join: a Ctrl-C
+        during a join can leave the thread seen as ended while it still runs)."""
         self.status: JobStatus | None = None
         self.error: BaseException | None = None
         self.update: Callable[[dict[str, int]], None] | None = None
@@ -59,10 +61,9 @@ class StreamingRun:
             run_slurm(self.env, job_id, progress=False, follow=False)
             return
         self.local = LocalExecutor(self.env.backend, self.env.root, progress=self._report)
-        self.thread = threading.Thread(
+        threading.Thread(
             target=self._drive, args=(job_id,), name="slurmctl-executor", daemon=True
-        )
-        self.thread.start()
+        ).start()
 
     def _report(self, counters: dict[str, int]) -> None:
         if self.update is not None:
@@ -74,12 +75,14 @@ class StreamingRun:
             self.status = self.local.run(job_id)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, raised there
             self.error = e
+        finally:
+            self.done.set()
 
     def stop(self) -> None:
         """submit's on_refused (and Ctrl-C): stop the workers started so far."""
-        if self.local is not None and self.thread is not None:
+        if self.local is not None:
             self.local.stopping.set()
-            self.thread.join()
+            self.done.wait()
         elif self.job_id is not None:
             SlurmExecutor(self.env.backend, self.env.root).cancel(self.job_id)
 
@@ -104,12 +107,12 @@ class StreamingRun:
         """Submit wrote its last task: run the job on to its end (local) or queue what it
         needs (Slurm), as `submit` does."""
         assert self.job_id is not None
-        if self.local is None or self.thread is None:
+        if self.local is None:
             return run_job(self.env, self.job_id, progress=self.progress, follow=self.follow)
         with items_bar(self.progress, self.job_id) as update:
             self.update = update
-            while self.thread.is_alive():
-                self.thread.join(JOIN_POLL_S)
+            while not self.done.wait(JOIN_POLL_S):
+                pass
         if self.error is not None:
             raise self.error
         assert self.status is not None
