@@ -7,6 +7,7 @@ tasks, from the first, are stored and counted, so a submit killed at any line an
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,9 +46,14 @@ class TaskWriter:
             if threads > 1
             else None
         )
-        self.window: deque[tuple[int, list[TaskRecord], Future[int] | None]] = deque()
-        self.sends: deque[Future[None]] = deque()
+        self.window: deque[tuple[int, list[TaskRecord], Future[int]]] = deque()
+        self.sends: list[Future[None]] = []
         self.limit = 2 * threads
+        self.cond = threading.Condition()
+        """Guards window, sends, counted and failed: chunks are counted by whichever pool
+        thread finishes the oldest put, at once (not at the next add: a slow input must not
+        keep stored tasks from the workers)."""
+        self.failed: BaseException | None = None
         self._started = False
 
     def add(self, tasks: list[TaskRecord]) -> None:
@@ -58,23 +64,39 @@ class TaskWriter:
             self.backend.state.put_tasks(tasks)
             self._count(start, tasks)
             return
-        self.window.append((start, tasks, self.pool.submit(self.backend.state.put_tasks, tasks)))
-        # the first chunk is waited for: the workers start as soon as it is counted
-        self._settle(block=len(self.window) >= self.limit or not self._started)
+        with self.cond:
+            while len(self.window) >= self.limit and self.failed is None:
+                self.cond.wait()
+            self._raise()
+        put = self.pool.submit(self.backend.state.put_tasks, tasks)
+        with self.cond:
+            self.window.append((start, tasks, put))
+        put.add_done_callback(self._on_put)
+        if not self._started:  # the first chunk is waited for: the workers start once counted
+            self._drain()
 
-    def _settle(self, *, block: bool) -> None:
-        """Count the chunks whose puts are done, oldest first (waiting for the oldest if block)."""
-        while self.window:
-            start, tasks, put = self.window[0]
-            if put is not None and not put.done() and not block:
-                return
-            if put is not None:
-                put.result()
-            self.window.popleft()
-            self._count(start, tasks)
-            block = False
-        while self.sends and self.sends[0].done():
-            self.sends.popleft().result()
+    def _on_put(self, _: Future[int]) -> None:
+        with self.cond:
+            try:
+                while self.window and self.failed is None and self.window[0][2].done():
+                    start, tasks, put = self.window[0]
+                    put.result()
+                    self._count(start, tasks)
+                    self.window.popleft()
+            except BaseException as e:  # noqa: BLE001 - raised in the submit's thread
+                self.failed = e
+            self.cond.notify_all()
+
+    def _drain(self) -> None:
+        """Wait until every chunk added so far is counted (or one failed)."""
+        with self.cond:
+            while self.window and self.failed is None:
+                self.cond.wait()
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.failed is not None:
+            raise self.failed
 
     def _count(self, start: int, tasks: list[TaskRecord]) -> None:
         end = start + len(tasks)
@@ -103,6 +125,7 @@ class TaskWriter:
             self.backend.queue.send(self.job_id, ids)
         else:
             self.sends.append(self.pool.submit(self.backend.queue.send, self.job_id, ids))
+            self.sends = [f for f in self.sends if not f.done() or f.exception() is not None]
 
     def started(self, on_durable: Callable[[], None]) -> bool:
         """Call on_durable once, when the first tasks are counted and queued; True then."""
@@ -114,14 +137,17 @@ class TaskWriter:
 
     def close(self) -> None:
         """Every chunk stored, counted and queued."""
-        while self.window:
-            self._settle(block=True)
-        while self.sends:
-            self.sends.popleft().result()
+        if self.pool is None:
+            return
+        self._drain()
+        with self.cond:
+            sends = list(self.sends)
+        for f in sends:
+            f.result()
 
     def abandon(self) -> None:
         if self.pool is not None:
-            for _, _, put in self.window:
-                if put is not None:
+            with self.cond:
+                for _, _, put in self.window:
                     put.cancel()
             self.pool.shutdown(wait=True, cancel_futures=True)
