@@ -470,13 +470,31 @@ def create(
     root: Path,
     progress: Callable[[int], None] | None = None,
     input_size: Callable[[int], None] | None = None,
+    on_durable: Callable[[str], None] | None = None,
+    on_refused: Callable[[], None] | None = None,
 ) -> tuple[Job, Submitted]:
     """Write the job's state (batches, tasks, counters: `coordinator.submit`), or find the
     same job submitted before, and remember in the state root where a remote job lives, so
-    later commands and `slurmctl.job` find it. Runs nothing. `submit` and the command do this."""
+    later commands and `slurmctl.job` find it. Runs nothing itself; on_durable(job_id) is
+    called once the first tasks are durable, while the rest are still written (the command
+    starts the workers then: streaming submit), on_refused() before a submission refused after
+    that is discarded. `submit` and the command do this."""
     from slurmctl.coordinator.submit import submit as submit_job
 
-    result = submit_job(backend, definition, progress=progress, input_size=input_size)
+    def durable(job_id: str) -> None:
+        if backend.kind != "local":  # before any worker: later commands find the job
+            Registry(root).add(job_id, BackendSpec.parse(backend.url))
+        if on_durable is not None:
+            on_durable(job_id)
+
+    result = submit_job(
+        backend,
+        definition,
+        progress=progress,
+        input_size=input_size,
+        on_durable=durable,
+        on_refused=on_refused,
+    )
     if backend.kind != "local":
         Registry(root).add(result.job_id, BackendSpec.parse(backend.url))
     return Job(result.job_id, backend, root), result

@@ -11,6 +11,10 @@ is written), which must become the job's reason, never a silent worker death.
 `kill_point(<point>)` SIGKILL the calling process, so a test can show what a crash at that very
 line leaves behind (a power cut, an OOM kill) and that the next run carries on.
 
+`SLURMCTL_HOLD_AT=<point>[@<n>]=<path>` makes the n-th call of `kill_point(<point>)` wait until
+the file <path> exists, so a test can hold a process at that very line (a slow input, a submit
+still cutting batches) while it looks at what the others do, and then let it go on.
+
 Unset (always, outside the tests), each is one dictionary lookup.
 """
 
@@ -18,10 +22,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 
 _calls: Counter[str] = Counter()
 _kills: Counter[str] = Counter()
+_holds: Counter[str] = Counter()
+HOLD_ENV = "SLURMCTL_HOLD_AT"
 
 
 def inject(point: str) -> None:
@@ -46,7 +53,21 @@ def inject_error(point: str) -> None:
         raise RuntimeError(f"fault injected at {point} ({ERROR_ENV})")
 
 
+def _hold(point: str, spec: str) -> None:
+    where, _, gate = spec.partition("=")
+    name, _, nth = where.partition("@")
+    if name != point:
+        return
+    _holds[point] += 1
+    if _holds[point] == int(nth or 1):
+        while not os.path.exists(gate):
+            time.sleep(0.02)
+
+
 def kill_point(point: str) -> None:
+    hold = os.environ.get(HOLD_ENV)
+    if hold:
+        _hold(point, hold)
     wanted = os.environ.get("SLURMCTL_KILL_AT")
     if not wanted:
         return

@@ -19,6 +19,7 @@ from slurmctl.config import JobDefinition
 from slurmctl.errors import JobBusy, JobNotFound, SlurmctlError
 from slurmctl.ids import validate_job_id
 from slurmctl.layout import JobLayout
+from slurmctl.states import JobStatus
 
 
 def get_job(backend: Backend, job_id: str) -> JobRecord:
@@ -168,8 +169,11 @@ def _record_dead_holder(backend: Backend, job_id: str, holder: str) -> None:
 
 def local_job_stopped(backend: Backend, job: JobRecord) -> bool:
     """A local-executor job is run by the foreground process holding its job lease: unfinished,
-    submitted and with no live holder, nobody runs it (Ctrl-C, a killed `submit`)."""
-    if job.executor != "local" or job.status.terminal or not job.submitted:
+    submitted (or running while its submit still writes tasks) and with no live holder, nobody
+    runs it (Ctrl-C, a killed `submit`). A job killed before its first tasks stays PENDING."""
+    if job.executor != "local" or job.status.terminal:
+        return False
+    if not job.submitted and (job.status is JobStatus.PENDING or submit_running(backend, job)):
         return False
     return live_lease_holder(backend, job.job_id) is None
 
@@ -235,3 +239,75 @@ class JobLease:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+# --- the streaming submit's heartbeat ----------------------------------------------------------
+
+SUBMIT_DOC = "submit"
+"""The versioned document a submit still cutting batches refreshes (its holder and time)."""
+SUBMIT_TTL_S = 30.0
+"""A submit whose heartbeat is older than this is gone (killed): `resume` carries it on."""
+
+
+class SubmitHeartbeat:
+    """Held by a submit while it writes a job's tasks (workers already run them): refreshed
+    every SUBMIT_TTL_S / 3 in the background, so workers waiting for the "submit done" marker
+    (`submitted`) can tell a live submit from a killed one (`submit_running`)."""
+
+    def __init__(self, backend: Backend, job_id: str, ttl_s: float = SUBMIT_TTL_S) -> None:
+        self.backend, self.job_id, self.ttl_s = backend, job_id, ttl_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        state = self.backend.state
+        doc = {"holder": local_holder(), "at": time.time()}
+        for _ in range(5):  # another beat (a second submit) in between: read it again
+            current = state.get_versioned(self.job_id, SUBMIT_DOC)
+            version = current.version if current else 0
+            if state.put_versioned(self.job_id, SUBMIT_DOC, json.dumps(doc).encode(), version):
+                return
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                self.beat()
+            except SlurmctlError:  # the store is unreachable for now: the next beat tries again
+                continue
+
+    def __enter__(self) -> SubmitHeartbeat:
+        self.beat()
+        self._thread = threading.Thread(target=self._keep, name="slurmctl-submit-beat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def submit_running(backend: Backend, job: JobRecord) -> bool:
+    """Whether a submit is still writing this job's tasks: not `submitted` yet, and its
+    heartbeat fresh (on this host: its process alive). False once submit is done or gone."""
+    if job.submitted:
+        return False
+    doc = backend.state.get_versioned(job.job_id, SUBMIT_DOC)
+    if doc is None:
+        return False
+    try:
+        beat = json.loads(doc.value)
+        holder, at = str(beat["holder"]), float(beat["at"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    if time.time() - at > SUBMIT_TTL_S:
+        return False
+    prefix = f"local-{socket.gethostname()}-"
+    if holder.startswith(prefix):
+        try:
+            os.kill(int(holder.removeprefix(prefix)), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError):
+            pass
+    return True

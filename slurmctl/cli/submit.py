@@ -22,6 +22,7 @@ from slurmctl.backends.statestore import JobRecord
 from slurmctl.cli import EXIT_FAILED, Env, cli, pass_env
 from slurmctl.cli.progress import stderr
 from slurmctl.cli.run import finished, print_outcome, run_job
+from slurmctl.cli.stream import StreamingRun
 from slurmctl.config import JobDefinition, load_job_definition
 from slurmctl.coordinator.inputs import Part
 from slurmctl.coordinator.scan import InputScanner, InputSource
@@ -93,9 +94,30 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
             click.echo("  shortest run  no rate limit configured")
         return
     job_id = env.job_id = definition.effective_job_id()
-    with _bytes_bar(not no_progress, "batching") as (on_size, on_bytes):
-        backend = env.use(BackendSpec.for_definition(definition, env.root))
-        _, result = create(backend, definition, env.root, progress=on_bytes, input_size=on_size)
+    stream = StreamingRun(env, progress=not no_progress, follow=follow)
+    try:
+        with _bytes_bar(not no_progress, "batching") as (on_size, on_bytes):
+            backend = env.use(BackendSpec.for_definition(definition, env.root))
+            stream.existed = backend.state.get_job(job_id) is not None
+            _, result = create(
+                backend,
+                definition,
+                env.root,
+                progress=on_bytes,
+                input_size=on_size,
+                on_durable=stream.start,
+                on_refused=stream.stop,
+            )
+        if stream.started:  # the workers run since the first tasks were durable
+            if finished(stream.finish()):
+                sys.exit(print_outcome(env, result.job_id))
+            return
+    except KeyboardInterrupt:
+        stream.interrupted()
+        raise
+    except BaseException:  # e.g. a full disk: the workers it started stop at a checkpoint too
+        stream.abort()
+        raise
     job_id = result.job_id
     if not result.created:
         if result.status.terminal:

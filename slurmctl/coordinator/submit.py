@@ -4,9 +4,15 @@ Idempotent: the batches are a pure function of the input, stored put-if-absent, 
 inserted only when missing, so a submit that died half way carries on when run again. A refused
 submission removes everything it wrote (docs/architecture.md, invariant 7).
 
+Streaming: the tasks are stored, counted and queued chunk by chunk in input order (`TaskWriter`),
+and the caller is told as soon as the first ones are durable (`on_durable`), so the workers start
+while the rest of the input is still being cut; the "submit done" marker (`submitted`) is set
+last, and nothing finishes the phase before it (docs/architecture.md, "Streaming submit").
+
 The input is a local file or, with the AWS backend, an S3 object read as a stream. On AWS the
 batches are uploaded by a small thread pool (a bounded window of batches in flight, task records
-kept in input order); the embedded backend writes them one after another, as fast as before.
+kept in input order) and the task records and queue messages by another; the embedded backend
+writes them one after another, as fast as before.
 """
 
 from __future__ import annotations
@@ -24,28 +30,29 @@ from pathlib import Path
 from typing import Any
 
 from slurmctl.backends import Backend
+from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import (
-    ITEMS_PENDING,
     ITEMS_QUARANTINED,
-    ITEMS_TOTAL,
     Bucket,
     JobRecord,
     TaskRecord,
-    task_counter,
 )
 from slurmctl.config import JobDefinition
 from slurmctl.coordinator import fingerprint, inputs
 from slurmctl.coordinator.scan import InputScanner, InputSource, ScanStats
+from slurmctl.coordinator.writer import PHASE, TaskWriter
 from slurmctl.errors import InputError, JobStateError, UserError
 from slurmctl.faults import kill_point
 from slurmctl.ids import batch_id, group_for_phase, id_width, task_id
-from slurmctl.jobs import append_history, store_definition, stored_definition
+from slurmctl.jobs import SubmitHeartbeat, append_history, store_definition, stored_definition
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus
 from slurmctl.worker.handler import load_handler
 
 TASKS_PER_WRITE = 500
-PHASE = "initial"
+"""Task records per chunk stored, counted and queued together (the first chunks are smaller)."""
+WRITER_THREADS = 8
+"""Chunks of task records stored and queued at once on AWS."""
 UPLOAD_THREADS = 16
 """Batches uploaded at once on AWS (the S3 client keeps 32 connections)."""
 UPLOAD_WINDOW = 2 * UPLOAD_THREADS
@@ -156,8 +163,17 @@ def submit(
     progress: Callable[[int], None] | None = None,
     input_size: Callable[[int], None] | None = None,
     job_id: str | None = None,
+    on_durable: Callable[[str], None] | None = None,
+    on_refused: Callable[[], None] | None = None,
 ) -> Submitted:
-    """job_id: the id of a job whose submission is carried on (resume), else the definition's."""
+    """job_id: the id of a job whose submission is carried on (resume), else the definition's.
+
+    on_durable(job_id): called once, in this thread, as soon as the first tasks are durable
+    (stored, counted and queued) while the rest are still being cut: the caller starts the
+    workers then (streaming submit). The phase cannot end before the "submit done" marker
+    (`submitted`), which is set last. on_refused(): called before a submission refused after
+    on_durable (too many bad lines, a changed input) is discarded: stop what on_durable
+    started."""
     job_id = job_id or definition.effective_job_id()
     load_handler(definition.handler, definition.config_dir)
     source = open_input(definition, backend)
@@ -190,9 +206,19 @@ def submit(
         )
     if fresh:
         fingerprint.store(backend, job_id, fp)  # before any batch: a resume keeps its width
+    started: list[bool] = []
+
+    def durable() -> None:
+        started.append(True)
+        if on_durable is not None:
+            on_durable(job_id)
+
     try:
-        _write(backend, definition, job_id, source, fp, progress)
+        with SubmitHeartbeat(backend, job_id):
+            _write(backend, definition, job_id, source, fp, progress, durable)
     except UserError:
+        if started and on_refused is not None:
+            on_refused()
         if created:
             discard(backend, job_id)
         raise
@@ -241,18 +267,23 @@ def _write(
     source: InputSource,
     fp: fingerprint.InputFingerprint,
     progress: Callable[[int], None] | None,
+    on_durable: Callable[[], None],
 ) -> None:
     layout = JobLayout(job_id)
     hashing = fingerprint.HashingSource(source)
     store_definition(backend, job_id, definition)
     backend.queue.create_queue(job_id)
+    for name, limit in _buckets(definition).items():  # before any worker can run
+        backend.state.put_bucket(Bucket(job_id, name, limit[0], limit[1]))
+    if backend.objects.head(layout.manifest) is None:
+        backend.objects.put_json(layout.manifest, _manifest(definition, job_id, None, None))
     work = Path(tempfile.mkdtemp(prefix=f"slurmctl-submit-{job_id}-"))
     try:
         qpath = work / "quarantine.jsonl"
         with open(qpath, "wb") as qfile:
             scanner = InputScanner(hashing, definition.id_field, work, qfile, progress)
             # Ids are sized at the first submit, on the bytes (a first pass would cost a read).
-            count = _write_batches(backend, definition, job_id, scanner, fp.width)
+            count = _write_batches(backend, definition, job_id, scanner, fp.width, on_durable)
         stats = scanner.stats
         _check(definition, stats, source.name)
         backend.objects.put_file(layout.quarantine, qpath)
@@ -260,25 +291,21 @@ def _write(
         shutil.rmtree(work, ignore_errors=True)
     fp.sha256, fp.lines, fp.batches = hashing.digest.hexdigest(), stats.lines, count
     fingerprint.store(backend, job_id, fp)
-    for name, limit in _buckets(definition).items():
-        backend.state.put_bucket(Bucket(job_id, name, limit[0], limit[1]))
-    manifest = _manifest(definition, job_id, stats, count)
+    # the Slurm executor may have recorded its arrays in the manifest meanwhile: keep them
+    manifest = _read_manifest(backend, layout.manifest) or _manifest(
+        definition, job_id, stats, count
+    )
+    counts = _manifest(definition, job_id, stats, count)
+    manifest.update(
+        {k: counts[k] for k in ("task_count", "item_count", "input_lines", "quarantined")}
+    )
     backend.objects.put_json(layout.manifest, manifest)
+    kill_point("submit.before_done")
     done = backend.state.update_job(
         job_id,
-        {
-            "submitted": True,
-            "task_count": count,
-            "item_count": stats.items,
-            "updated_at": time.time(),
-        },
-        expect={"submitted": False},
-        counter_deltas={
-            task_counter(PHASE, "PENDING"): count,
-            ITEMS_TOTAL: stats.items,
-            ITEMS_PENDING: stats.items,
-            ITEMS_QUARANTINED: stats.quarantined,
-        },
+        {"submitted": True, "updated_at": time.time()},  # the "submit done" marker
+        expect={"submitted": False, "task_count": count},
+        counter_deltas={ITEMS_QUARANTINED: stats.quarantined},
     )
     if not done:
         raise JobStateError(f"job {job_id}: another submit finished it first")
@@ -293,8 +320,21 @@ def _write(
     )
 
 
+def _read_manifest(backend: Backend, key: str) -> dict[str, Any]:
+    try:
+        doc = backend.objects.get_json(key)
+    except ObjectNotFound:
+        return {}
+    return dict(doc) if isinstance(doc, dict) else {}
+
+
 def _write_batches(
-    backend: Backend, definition: JobDefinition, job_id: str, scanner: InputScanner, width: int
+    backend: Backend,
+    definition: JobDefinition,
+    job_id: str,
+    scanner: InputScanner,
+    width: int,
+    on_durable: Callable[[], None],
 ) -> int:
     layout = JobLayout(job_id)
 
@@ -324,16 +364,26 @@ def _write_batches(
 
     batches = enumerate(_batches(scanner.items(), definition.batch_size))
     threads = 1 if backend.kind == "local" else UPLOAD_THREADS
+    writer = TaskWriter(backend, job_id, 1 if backend.kind == "local" else WRITER_THREADS)
     tasks: list[TaskRecord] = []
     count = 0
-    for record in _in_order(put, batches, threads):
-        tasks.append(record)
-        count += 1
-        kill_point("submit.after_batch")
-        if len(tasks) >= TASKS_PER_WRITE:
-            _flush(backend, job_id, tasks)
-            tasks = []
-    _flush(backend, job_id, tasks)
+    flush_at = 1  # the first task alone, so the workers start at once; then doubling
+    try:
+        for record in _in_order(put, batches, threads):
+            tasks.append(record)
+            count += 1
+            kill_point("submit.after_batch")
+            if len(tasks) >= flush_at:
+                writer.add(tasks)
+                tasks = []
+                flush_at = min(flush_at * 2, TASKS_PER_WRITE)
+                if writer.started(on_durable):
+                    kill_point("submit.streaming")
+        writer.add(tasks)
+        writer.close()
+    finally:
+        writer.abandon()
+    writer.started(on_durable)
     return count
 
 
@@ -367,12 +417,6 @@ def _in_order(
                 pending.cancel()
 
 
-def _flush(backend: Backend, job_id: str, tasks: list[TaskRecord]) -> None:
-    if tasks:
-        backend.state.put_tasks(tasks)
-        backend.queue.send(job_id, [t.task_id for t in tasks])
-
-
 def _buckets(definition: JobDefinition) -> dict[str, tuple[float, int]]:
     out = {name: (r.tokens_per_sec, r.burst) for name, r in definition.rate_limits.items()}
     if definition.rate_limit is not None:
@@ -381,8 +425,9 @@ def _buckets(definition: JobDefinition) -> dict[str, tuple[float, int]]:
 
 
 def _manifest(
-    definition: JobDefinition, job_id: str, stats: ScanStats, count: int
+    definition: JobDefinition, job_id: str, stats: ScanStats | None, count: int | None
 ) -> dict[str, Any]:
+    """The job manifest; while submit still cuts batches (stats None), without the counts."""
     return {
         "job_id": job_id,
         "job_type": definition.job_type,
@@ -392,9 +437,9 @@ def _manifest(
         "input_file": definition.resolved_input(),
         "batch_size": definition.batch_size,
         "task_count": count,
-        "item_count": stats.items,
-        "input_lines": stats.lines,
-        "quarantined": stats.quarantined,
+        "item_count": stats.items if stats else None,
+        "input_lines": stats.lines if stats else None,
+        "quarantined": stats.quarantined if stats else None,
         "workers": definition.workers,
         "executor": definition.executor,
         "backend": definition.backend,

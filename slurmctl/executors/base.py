@@ -128,6 +128,8 @@ class Step(Generic[LiveT, StartT]):
     """Leases of dead holders freed now."""
     started: StartT | None = None
     """What start_workers returned, when workers were started now."""
+    submitting: bool = False
+    """Submit is still writing the phase's tasks: not done even with no work left now."""
 
 
 class Executor(ABC, Generic[LiveT, StartT]):
@@ -195,13 +197,16 @@ class Executor(ABC, Generic[LiveT, StartT]):
         gives up.
         """
         result = finalize(self.backend, job_id, notify=self.finalize_alerts)
-        if not result.work_left:
-            return Step(result.status)
+        if not result.work_left:  # done, or (streaming submit) nothing to run yet
+            return Step(result.status, submitting=result.submitting)
         job = get_job(self.backend, job_id)
         live = self.liveness(job_id)
         freed = self.release_dead(job_id, job.phase, live)
-        step: Step[LiveT, StartT] = Step(job.status, result.work_left, live, freed)
-        wanted = min(job.workers, result.work_left)
+        step: Step[LiveT, StartT] = Step(
+            job.status, result.work_left, live, freed, submitting=result.submitting
+        )
+        # while submit still writes tasks, all the job's workers: more work is on its way
+        wanted = job.workers if result.submitting else min(job.workers, result.work_left)
         if live.alive and (not self.top_up or live.alive >= wanted):
             self.while_alive(job_id, live)
             return step

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,9 @@ class LocalExecutor(Executor[Liveness, list[str]]):
         self.runs: list[LocalRun] = []
         self.dead: set[int] = set()
         """Pids of the workers this executor saw exit (reaped: certainly gone)."""
+        self.stopping = threading.Event()
+        """Set by another thread (a streaming submit refused or interrupted): stop the workers
+        at a checkpoint and return."""
 
     @property
     def procs(self) -> list[subprocess.Popen[bytes]]:
@@ -93,11 +97,19 @@ class LocalExecutor(Executor[Liveness, list[str]]):
 
     def _drive(self, job_id: str) -> JobStatus:
         while True:
+            if self.stopping.is_set():
+                self.stop_workers()
+                return JobStatus.STOPPED
             step = self.step(job_id)
-            if step.status.terminal or not step.work_left:
+            if step.status.terminal or not (step.work_left or step.submitting):
                 self._report(job_id)
                 self._reap_all()
                 return step.status
+            if step.submitting and not any(p.poll() is None for p in self.procs):
+                # streaming submit, no task to run yet and no worker: wait for the next ones
+                self._report(job_id)
+                self.stopping.wait(POLL_S)
+                continue
             if self._wait_for_an_exit(job_id):
                 return JobStatus.PAUSED  # the breaker: `resume` carries on
 
@@ -169,6 +181,8 @@ class LocalExecutor(Executor[Liveness, list[str]]):
         its place taken without a poll's delay). True when the circuit breaker paused the job:
         its workers are then stopped at a checkpoint, and the foreground command ends."""
         while alive := [p for p in self.procs if p.poll() is None]:
+            if self.stopping.is_set():
+                break
             self._report(job_id)
             if breaker_reason(get_job(self.backend, job_id)):
                 log.warning("%s: the breaker paused the job: stopping the workers", job_id)

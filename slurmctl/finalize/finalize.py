@@ -48,6 +48,9 @@ class FinalizeResult:
     """Tasks of the current phase still PENDING or RUNNING: workers are needed."""
     begin_at: float = 0.0
     """When a retry phase's workers may start (its backoff)."""
+    submitting: bool = False
+    """Submit has not written its last task yet (no "submit done" marker): the phase cannot
+    end, whatever the counters say."""
 
 
 def finalize(backend: Backend, job_id: str, *, notify: bool = True) -> FinalizeResult:
@@ -79,6 +82,8 @@ def _finalize(backend: Backend, job_id: str) -> FinalizeResult:
     left = counters.get(task_counter(phase, "PENDING"), 0) + counters.get(
         task_counter(phase, "RUNNING"), 0
     )
+    if not job.submitted:  # streaming submit: more tasks may come; never finished early
+        return FinalizeResult(job.status, left, job.not_before, submitting=True)
     if left:
         return FinalizeResult(job.status, left, job.not_before)
     failed = counters.get(task_counter(phase, "FAILED"), 0)

@@ -26,7 +26,7 @@ from slurmctl.backends.statestore import JobRecord, task_counter
 from slurmctl.config import JobDefinition
 from slurmctl.errors import FRAMEWORK_ERROR, BackendUnavailable, HandlerImportError, UserError
 from slurmctl.holders import Holder
-from slurmctl.jobs import SUPERVISOR_ENV, get_job, load_definition
+from slurmctl.jobs import SUPERVISOR_ENV, get_job, load_definition, submit_running
 from slurmctl.ratelimit.allocation import LEAVE_MARGIN_S, AllocationClock
 from slurmctl.scratch import ScratchRefused, ensure_private_dir, scratch_root
 from slurmctl.secrets import redact, redact_uncaught
@@ -364,7 +364,7 @@ class Worker:
         lease_s = definition.lease.ttl_s
         reconcile_every = min(max(lease_s / 4, 2.0), 30.0)
         last_reconcile = last_dead = 0.0
-        paused_logged = False
+        paused_logged = waiting_logged = False
         idle_wait = 0.0
         while not self.should_stop():
             self.check_supervisor()
@@ -422,9 +422,23 @@ class Worker:
             left = counters.get(task_counter(job.phase, "PENDING"), 0) + counters.get(
                 task_counter(job.phase, "RUNNING"), 0
             )
-            if left == 0:
+            if left == 0 and job.submitted:
                 log.info("worker %s: phase %s has no task left, leaving", self.worker_id, job.phase)
                 return EXIT_OK
+            if left == 0 and not submit_running(self.backend, job):
+                log.info(
+                    "worker %s: no task left and the submit writing them is gone, leaving "
+                    "(`slurmctl resume %s` carries it on)",
+                    self.worker_id,
+                    self.job_id,
+                )
+                return EXIT_OK
+            if left == 0 and not waiting_logged:
+                log.info(
+                    "worker %s: no task left; waiting for submit to write the rest",
+                    self.worker_id,
+                )
+                waiting_logged = True
             # Idle while others finish: the embedded store is polled often (a local read), so the
             # last worker leaves, and finalize starts, within LOCAL_POLL_S of the last commit.
             idle_wait = self.poll_s if self.backend.kind != "local" else LOCAL_POLL_S

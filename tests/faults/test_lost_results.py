@@ -128,12 +128,14 @@ def test_a_truncated_state_store_is_one_line(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MB tmpfs (mounting needs root: the test machine and CI are)."""
+    """A 16 MB tmpfs (mounting needs root: the test machine and CI are): room for the job's
+    run once the filler is gone, counting what the workers a streaming submit started wrote
+    before the disk filled."""
     if os.geteuid() != 0 and os.environ.get("CI") != "true":
         pytest.skip("NOT RUN: a full disk needs root to mount a small tmpfs")
     mount = tmp_path / "disk"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
@@ -143,7 +145,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def test_a_full_disk_is_one_line(tmp_path: Path, small_disk: Path) -> None:
     config = make_job(tmp_path / "job", 20_000, batch_size=200, workers=1)  # ~0.6 MB of input
     root = small_disk / "root"
-    (small_disk / "filler").write_bytes(b"x" * (7 << 20))
+    (small_disk / "filler").write_bytes(b"x" * (15 << 20))
     out = cli(root, "submit", str(config), "--no-progress")
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr
