@@ -42,7 +42,9 @@ def test_fifty_batches_over_four_array_elements(
     ids = {m["worker_id"] for m in util.task_manifests(root, jid)}
     # every element that committed a task wrote its gathered manifests when it left
     assert ids == {t.worker_id for t in task_records(root, jid).values()}
-    assert ids <= {f"{array}_{i}@{node}" for i in range(4)} and len(ids) >= 2, ids
+    # (how the 50 tasks spread is Slurm's timing: since streaming submit one element may start
+    # early enough to take them all; that all four ran is checked below)
+    assert ids and ids <= {f"{array}_{i}@{node}" for i in range(4)}, ids
     assert all(m["slurm"]["SLURM_ARRAY_JOB_ID"] == array for m in util.task_manifests(root, jid))
     ended = util.elements(array, fin)
     assert sorted(e.element_id for e in ended) == sorted([f"{array}_{i}" for i in range(4)] + [fin])
