@@ -25,6 +25,7 @@ class Metrics:
         self.counters: dict[str, int] = {}
         self.timers: dict[str, float] = {}
         self._extra = extra
+        self._lock: threading.Lock | None = None
 
     def incr(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -42,9 +43,10 @@ class Metrics:
             self._add_time(name, time.perf_counter() - t0)
 
     def make_threadsafe(self) -> None:
-        """Several items in flight on threads: every update under one lock. A worker running
-        one item at a time never calls this, its updates stay a plain dict write."""
-        lock = threading.Lock()
+        """Items in flight (on threads, or on the loop while a task's thread takes the
+        figures): every update under one lock. A worker running one item at a time never calls
+        this, its updates stay a plain dict write."""
+        lock = self._lock = threading.Lock()
         incr, add_time = self.incr, self._add_time
 
         def locked_incr(name: str, n: int = 1) -> None:
@@ -69,6 +71,18 @@ class Metrics:
     def reset(self) -> None:
         self.counters.clear()
         self.timers.clear()
+
+    def take(self) -> dict[str, Any]:
+        """The snapshot, and reset, in one step: an update from an item in flight meanwhile
+        lands in this task's figures or the next one's, never in neither."""
+        if self._lock is None:
+            out = self.snapshot()
+            self.reset()
+            return out
+        with self._lock:
+            out = self.snapshot()
+            self.reset()
+        return out
 
 
 Acquire = Callable[[int, str | None], float]
@@ -129,6 +143,11 @@ class Context:
         self._task_id = value
         self._task_t0 = time.monotonic()
         self._wait = {}
+
+    def name_task(self, value: str | None) -> None:
+        """The next task starts while the previous one's last items are in flight (prefetch):
+        `task_id` names it, the wait accounting goes on (the worker takes it per task)."""
+        self._task_id = value
 
     def acquire(self, n: int = 1, bucket: str | None = None) -> float:
         """Block until the job-wide rate limiter grants n send slots; returns seconds waited."""

@@ -2,14 +2,20 @@
 
 An I/O-bound handler spends its time waiting on the API: one worker keeps N items in flight
 instead of one, on a pool of N threads for a sync `process`, or on the worker's one asyncio event
-loop for an `async def process`. What holds for one item holds for N because only the handler's
-call leaves the task's thread: the task's thread takes items in input order, starts one whenever
-fewer than N are in flight and the task may go on (no stop, no lost lease, the breaker closed),
-and records every finished item itself, in completion order, by its line index. So the
-checkpoint, the breaker and the rate limiter's throttle reports are fed from that one thread, as
-in the sequential loop; an item counts as done only once the checkpoint holds it, and a killed
-worker redoes at most the items in flight plus `checkpoint_every`. A stop lets the items in
-flight finish (or stop inside `ctx.acquire`) and starts none.
+loop (on a thread of its own) for an `async def process`. What holds for one item holds for N
+because only the handler's call leaves the task's thread: the task's thread takes items in input
+order, starts one whenever the worker's window has a free slot and the task may go on (no stop,
+no lost lease, the breaker closed), and records every finished item itself, in completion order,
+by its line index. So the checkpoint, the breaker and the rate limiter's throttle reports are fed
+from the task's thread, as in the sequential loop; an item counts as done only once the
+checkpoint holds it, and a killed worker redoes at most the items in flight plus
+`checkpoint_every`. A stop lets the items in flight finish (or stop inside `ctx.acquire`) and
+starts none.
+
+The window (`Window`: N slots) belongs to the worker, not to a task: once every item of a task
+has started, the task calls `on_drain` (the worker claims its next task, worker/prefetch.py), and
+the next task's items take the slots its last ones free, so the API never waits for a task's
+tail, its commit and the next claim.
 
 `run_in_flight` is a task's item loop here. N = 1 with a sync `process` never comes here:
 task.py's per-item loop is the hot path.
@@ -22,7 +28,7 @@ import concurrent.futures as cf
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 from slurmctl.fastjson import loads_for
@@ -41,11 +47,14 @@ Result = tuple[list[dict[str, Any]] | None, BaseException | None]
 its end, and is not recorded)."""
 Todo = tuple[int, dict[str, Any], str]
 """(line index, item, item id)."""
+Started = Callable[[Todo], "cf.Future[Result]"]
+"""Starts one item (on the pool, or on the loop): its future."""
 
 
 class EventLoop:
-    """The worker's one asyncio event loop: `async def` setup, process and teardown run on it, in
-    the thread that runs the worker's tasks. Its default executor (what `ctx.acquire_async` and a
+    """The worker's one asyncio event loop, on a thread of its own: `async def` setup, process
+    and teardown run on it, whichever thread of the worker starts them (the tasks in hand start
+    their items from their own threads). Its default executor (what `ctx.acquire_async` and a
     handler's `asyncio.to_thread` use) has a thread per item in flight."""
 
     def __init__(self, width: int) -> None:
@@ -53,17 +62,27 @@ class EventLoop:
         self.loop.set_default_executor(
             cf.ThreadPoolExecutor(max_workers=max(width, 4), thread_name_prefix="slurmctl-aio")
         )
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="slurmctl-loop", daemon=True
+        )
+        self._thread.start()
+        self.thread_id: int = self._thread.ident or 0
+
+    def submit(self, aw: Coroutine[Any, Any, T]) -> cf.Future[T]:
+        return asyncio.run_coroutine_threadsafe(aw, self.loop)
 
     def run(self, aw: Awaitable[T]) -> T:
         async def wrapped() -> T:
             return await aw
 
-        return self.loop.run_until_complete(wrapped())
+        return self.submit(wrapped()).result()
 
     def close(self) -> None:
         try:
-            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            self.submit(self.loop.shutdown_default_executor()).result()
         finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
             self.loop.close()
 
 
@@ -75,13 +94,10 @@ def call_hook(hook: Callable[[Context], object], ctx: Context, loop: EventLoop |
 
 
 def on_loop(loop: EventLoop, ctx: Context, aw: Awaitable[T]) -> T:
-    """Run aw on the loop; meanwhile a blocking `ctx.acquire()` from the loop's thread is
-    refused (it would stall every item in flight)."""
-    ctx.loop_thread = threading.get_ident()
-    try:
-        return loop.run(aw)
-    finally:
-        ctx.loop_thread = None
+    """Run aw on the loop; a blocking `ctx.acquire()` from the loop's thread is refused (it
+    would stall every item in flight)."""
+    ctx.loop_thread = loop.thread_id
+    return loop.run(aw)
 
 
 def call_sync(
@@ -110,8 +126,101 @@ async def call_async(
         return None, exc
 
 
+class Window:
+    """The worker's N item slots, shared by its tasks in hand (the one whose last items are in
+    flight and the next one), and the figures `status` shows: the items in flight over time
+    and each item's latency. Thread-safe: every task's thread and the items' callbacks use it."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.cond = threading.Condition()
+        self.free = width
+        self.items = 0
+        self.item_s = 0.0
+        """Items finished, and the sum of their latencies (start to finish)."""
+        self.area_s = 0.0
+        self.occupied_s = 0.0
+        """Integral of the items in flight over time, and the time with at least one."""
+        self._since = time.monotonic()
+
+    def _tick(self, now: float) -> None:
+        """Called under the lock before the count of items in flight changes."""
+        held = self.width - self.free
+        if held:
+            self.area_s += held * (now - self._since)
+            self.occupied_s += now - self._since
+        self._since = now
+
+    def busy(self) -> bool:
+        """Items of some task are in flight."""
+        with self.cond:
+            return self.free < self.width
+
+    def take_figures(self) -> tuple[int, float, float, float]:
+        """(items, item seconds, in-flight area, occupied seconds) since the last take."""
+        with self.cond:
+            self._tick(time.monotonic())
+            out = (self.items, self.item_s, self.area_s, self.occupied_s)
+            self.items, self.item_s, self.area_s, self.occupied_s = 0, 0.0, 0.0, 0.0
+        return out
+
+
+class Lane:
+    """One task's items in the worker's window."""
+
+    def __init__(self, window: Window, width: int) -> None:
+        self.window, self.width = window, width
+        self.count = 0
+        self.finished: list[tuple[Todo, cf.Future[Result]]] = []
+        self.futures: set[cf.Future[Result]] = set()
+
+    def next_event(self, want_slot: bool) -> tuple[list[tuple[Todo, cf.Future[Result]]], bool]:
+        """Block until a slot is free (taken, when `want_slot`: returns True) or items of this
+        task finished (returned); returns ([], False) when nothing is in flight or wanted."""
+        w = self.window
+        with w.cond:
+            while True:
+                if want_slot and w.free > 0 and self.count < self.width:
+                    w._tick(time.monotonic())
+                    w.free -= 1
+                    self.count += 1
+                    return [], True
+                if self.finished:
+                    out, self.finished = self.finished, []
+                    return out, False
+                if not want_slot and self.count == 0:
+                    return [], False
+                w.cond.wait()
+
+    def give_back(self) -> None:
+        with self.window.cond:
+            self.window._tick(time.monotonic())
+            self.window.free += 1
+            self.count -= 1
+            self.window.cond.notify_all()
+
+    def started(self, one: Todo, fut: cf.Future[Result]) -> None:
+        t0 = time.monotonic()
+        self.futures.add(fut)
+
+        def done(f: cf.Future[Result]) -> None:
+            w = self.window
+            with w.cond:
+                now = time.monotonic()
+                w._tick(now)
+                w.free += 1
+                w.items += 1
+                w.item_s += now - t0
+                self.count -= 1
+                self.finished.append((one, f))
+                w.cond.notify_all()
+
+        fut.add_done_callback(done)
+
+
 class Recorder:
-    """Records finished items into the task's checkpoint: called from the task's thread only."""
+    """Records finished items into the task's checkpoint: called from the task's thread only
+    (the breaker and the limiter's reports under the worker's lock, shared by its tasks)."""
 
     def __init__(
         self,
@@ -126,10 +235,12 @@ class Recorder:
         on_failed: Callable[[str, BaseException], None],
         rules: Sequence[Rule],
         secrets: Sequence[str],
+        lock: threading.Lock,
     ) -> None:
         self.ckpt, self.ctx, self.every, self.min_interval_s = ckpt, ctx, every, min_interval_s
         self.is_lost, self.isolate = is_lost, isolate
         self.on_ok, self.on_failed, self.rules, self.secrets = on_ok, on_failed, rules, secrets
+        self.lock = lock
         self.pending: list[Row] = []
         self.last_write = time.monotonic()
         self.stopped = False
@@ -142,11 +253,13 @@ class Recorder:
             return
         if exc is None:
             self.pending.append((idx, item_id, True, rows, None, None, None))
-            self.on_ok()
+            with self.lock:
+                self.on_ok()
         else:
             c = classify(exc, self.rules)
-            self.ctx.note_error(c.type, exc)  # a `throttled` one slows the job's rate limiter
-            self.on_failed(c.type, exc)  # the circuit breaker's window
+            with self.lock:
+                self.ctx.note_error(c.type, exc)  # a `throttled` one slows the job's limiter
+                self.on_failed(c.type, exc)  # the circuit breaker's window
             message = redact(c.message, self.secrets)
             sig = redact(c.signature, self.secrets)
             self.pending.append((idx, item_id, False, None, c.type, message, sig))
@@ -167,73 +280,44 @@ class Recorder:
             self.ckpt.write(self.pending, durable=self.stopped)
 
 
-def run_threads(
-    pool: cf.ThreadPoolExecutor,
-    width: int,
-    todo: Iterable[Todo],
+def run_window(
+    lane: Lane,
+    todo: Iterator[Todo],
     may_start: Callable[[], bool],
-    call: Callable[[dict[str, Any], str], Result],
+    start: Started,
     recorder: Recorder,
+    on_drain: Callable[[], None],
 ) -> int:
-    """Up to `width` items in flight on the pool; returns how many were started."""
-    inflight: dict[cf.Future[Result], Todo] = {}
+    """The task's items through the worker's window, recorded as they finish; `on_drain` once
+    every item has started (not after a stop). Returns how many were started."""
     started = 0
-
-    def collect() -> None:
-        done, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
-        for fut in done:
-            recorder.record(inflight.pop(fut), fut.result())
-
-    for one in todo:
-        while len(inflight) >= width:
-            collect()
-        if recorder.stopped or not may_start():
-            recorder.stopped = True
-            break
-        if recorder.isolate:
-            recorder.ckpt.begin_item(one[0])
-        inflight[pool.submit(call, one[1], one[2])] = one
-        started += 1
-    while inflight:
-        collect()
-    return started
-
-
-async def run_async(
-    width: int,
-    todo: Iterable[Todo],
-    may_start: Callable[[], bool],
-    call: Callable[[dict[str, Any], str], Coroutine[Any, Any, Result]],
-    recorder: Recorder,
-) -> int:
-    """Up to `width` items in flight on the running loop; returns how many were started."""
-    inflight: dict[asyncio.Future[Result], Todo] = {}
-    started = 0
-
-    async def collect() -> None:
-        done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-        for fut in done:
-            recorder.record(inflight.pop(fut), fut.result())
-
+    nxt = next(todo, None)
     try:
-        for one in todo:
-            while len(inflight) >= width:
-                await collect()
-            if recorder.stopped or not may_start():
-                recorder.stopped = True
-                break
-            if recorder.isolate:
-                recorder.ckpt.begin_item(one[0])
-            inflight[asyncio.ensure_future(call(one[1], one[2]))] = one
-            started += 1
-        while inflight:
-            await collect()
+        while True:
+            if nxt is not None and (recorder.stopped or not may_start()):
+                recorder.stopped, nxt = True, None
+            finished, slot = lane.next_event(nxt is not None)
+            if slot and nxt is not None:
+                if recorder.stopped or not may_start():  # the wait for a slot may be long
+                    lane.give_back()
+                    recorder.stopped, nxt = True, None
+                    continue
+                if recorder.isolate:
+                    recorder.ckpt.begin_item(nxt[0])
+                lane.started(nxt, start(nxt))
+                started += 1
+                nxt = next(todo, None)
+                if nxt is None:
+                    on_drain()
+            for one, fut in finished:
+                lane.futures.discard(fut)
+                recorder.record(one, fut.result())
+            if not slot and not finished:
+                return started  # nothing in flight, nothing to start
     finally:  # an error of slurmctl's own (a checkpoint write): no item outlives its attempt
-        for fut in inflight:
-            fut.cancel()
-        if inflight:
-            await asyncio.wait(inflight)
-    return started
+        for fut in lane.futures:
+            fut.cancel()  # an item on the loop stops; one on a thread runs to its end
+        cf.wait(lane.futures)
 
 
 def run_in_flight(
@@ -246,17 +330,19 @@ def run_in_flight(
     handler: Handler,
     ctx: Context,
     id_field: str,
-    concurrency: int,
+    window: Window,
     checkpoint_every: int,
     should_stop: Callable[[], bool],
     on_ok: Callable[[], None],
     on_failed: Callable[[str, BaseException], None],
+    on_drain: Callable[[], None],
     rules: Sequence[Rule],
     secrets: Sequence[str],
+    lock: threading.Lock,
     loop: EventLoop | None,
     pool: Callable[[], cf.ThreadPoolExecutor],
 ) -> tuple[int, bool]:
-    """A task's items not in its checkpoint, up to `concurrency` in flight (one while
+    """A task's items not in its checkpoint, up to the window's width in flight (one while
     isolating), on the worker's event loop for an `async def process`, else on `pool()`'s
     threads; returns (calls, stopped)."""
     recorder = Recorder(
@@ -270,6 +356,7 @@ def run_in_flight(
         on_failed=on_failed,
         rules=rules,
         secrets=secrets,
+        lock=lock,
     )
     loads = loads_for(b"\n".join(lines))
     process = handler.process
@@ -283,28 +370,21 @@ def run_in_flight(
     def may_start() -> bool:
         return not (should_stop() or lost.is_set())
 
-    width = 1 if isolate else concurrency
+    start: Started
     if handler.is_async:
         assert loop is not None
-        calls = on_loop(
-            loop,
-            ctx,
-            run_async(
-                width,
-                todo(),
-                may_start,
-                lambda item, item_id: call_async(process, item, ctx, id_field, item_id),
-                recorder,
-            ),
-        )
+        ctx.loop_thread = loop.thread_id
+
+        def start(one: Todo) -> cf.Future[Result]:
+            return loop.submit(call_async(process, one[1], ctx, id_field, one[2]))
+
     else:
-        calls = run_threads(
-            pool(),
-            width,
-            todo(),
-            may_start,
-            lambda item, item_id: call_sync(process, item, ctx, id_field, item_id),
-            recorder,
-        )
+        threads = pool()
+
+        def start(one: Todo) -> cf.Future[Result]:
+            return threads.submit(call_sync, process, one[1], ctx, id_field, one[2])
+
+    lane = Lane(window, 1 if isolate else window.width)
+    calls = run_window(lane, todo(), may_start, start, recorder, on_drain)
     recorder.finish()
     return calls, recorder.stopped

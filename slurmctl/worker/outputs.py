@@ -239,14 +239,13 @@ class Outputs:
             "wall_s": round(time.time() - t0, 3),
             "cpu_s": round(time.process_time() - cpu0, 3),
             "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            "handler": self.ctx.metrics.snapshot(),
+            "handler": self.ctx.metrics.take(),  # and reset, at once: items may be in flight
         }
         event = hooks.TaskCommitted(
             self.backend, self.job_id, self.worker_id, task, commit, self.ctx, base
         )
         hooks.registry.before_task_manifest(event)  # e.g. I/O, HTTP and failure figures
         metrics = event.metrics
-        self.ctx.metrics.reset()
         manifest = {
             "job_id": self.job_id,
             "task_id": task.task_id,

@@ -7,6 +7,7 @@ hold live leases it waits, so it can take over a task whose lease expires.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -22,7 +23,7 @@ from slurmctl import hooks, lifecycle
 from slurmctl import secrets as secret_refs
 from slurmctl.backends import Backend
 from slurmctl.backends.reconcile import Turn, reconcile_turn, release_dead_holders
-from slurmctl.backends.statestore import JobRecord, task_counter
+from slurmctl.backends.statestore import JobRecord, TaskRecord, task_counter
 from slurmctl.config import JobDefinition
 from slurmctl.errors import FRAMEWORK_ERROR, BackendUnavailable, HandlerImportError, UserError
 from slurmctl.holders import Holder
@@ -36,6 +37,7 @@ from slurmctl.worker.context import Context
 from slurmctl.worker.handler import Handler, load_handler
 from slurmctl.worker.inflight import EventLoop, call_hook
 from slurmctl.worker.limiter import DistributedRateLimiter, WorkerStopping
+from slurmctl.worker.prefetch import Lanes
 from slurmctl.worker.task import Outcome, TaskRunner
 from slurmctl.worker.walltime import WalltimeRule
 
@@ -92,6 +94,10 @@ class Worker:
         self._limiter_lock = threading.Lock()
         self.loop: EventLoop | None = None
         """The worker's one event loop, for a handler with `async def` functions."""
+        self._usage_lock = threading.Lock()
+        self._lanes: Lanes | None = None
+        """The tasks in hand, each on a thread, with items in flight (worker/prefetch.py)."""
+        self._lease_s = 0.0
 
     # --- signals ----------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -187,23 +193,38 @@ class Worker:
             log.info("worker %s: %s", self.worker_id, self.stop_reason)
             self.stop_signal = signal.SIGUSR1
 
-    def _record_usage(self, ctx: Context) -> None:
-        """The exhaustion signal, job-wide: slot waits and busy time, once per task (metrics:
-        not atomic with the commit)."""
-        usage = ctx.take_usage()
-        if not self.limiters:  # the job uses no rate limit: nothing to record, no write
+    def _record_usage(self, runner: TaskRunner) -> None:
+        """The exhaustion signal, job-wide: slot waits and busy time, once per task; with items
+        in flight, their latency and how many were in flight (metrics: not atomic with the
+        commit). Under a lock: the tasks in hand end on their own threads."""
+        with self._usage_lock:
+            deltas = self._usage_deltas(runner)
+        if not deltas:  # no rate limit, one item at a time: nothing to record, no write
             return
-        deltas = {"worker.busy_ms": round(usage.busy_s * 1000)}
+        try:
+            self.backend.state.update_job(self.job_id, {}, counter_deltas=deltas)
+        except Exception as e:  # noqa: BLE001 - metrics must never fail the worker
+            log.warning("worker %s: could not record worker metrics: %s", self.worker_id, e)
+
+    def _usage_deltas(self, runner: TaskRunner) -> dict[str, int]:
+        usage = runner.ctx.take_usage()
+        deltas: dict[str, int] = {}
+        if runner.in_flight:
+            items, item_s, area_s, occupied_s = runner.window.take_figures()
+            deltas["inflight.items"] = items
+            deltas["inflight.item_ms"] = round(item_s * 1000)
+            deltas["inflight.area_ms"] = round(area_s * 1000)
+            deltas["inflight.occupied_ms"] = round(occupied_s * 1000)
+        if not self.limiters:
+            return deltas
+        deltas["worker.busy_ms"] = round(usage.busy_s * 1000)
         for name, wait in usage.wait_s.items():
             deltas[f"ratelimit.{name}.wait_ms"] = round(wait * 1000)
         deltas["ratelimit.wait_ms"] = round(usage.total_wait_s * 1000)
         for name, limiter in self.limiters.items():  # bucket writes, for the write rate
             deltas[f"ratelimit.{name}.writes"] = limiter.writes - self._writes.get(name, 0)
             self._writes[name] = limiter.writes
-        try:
-            self.backend.state.update_job(self.job_id, {}, counter_deltas=deltas)
-        except Exception as e:  # noqa: BLE001 - metrics must never fail the worker
-            log.warning("worker %s: could not record rate-limit metrics: %s", self.worker_id, e)
+        return deltas
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -329,6 +350,7 @@ class Worker:
             breaker=self.breaker,
             concurrency=definition.concurrency,
             loop=self.loop,
+            on_drain=self._prefetch,
         )
 
     def _loop_through_outages(self, runner: TaskRunner, definition: JobDefinition) -> int:
@@ -359,9 +381,76 @@ class Worker:
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
+    def _claim(self, wait_s: float) -> tuple[bool, TaskRecord | None]:
+        """Take the next task: (a queue message came, the task claimed or None when the
+        message was stale). The one place a worker claims, for the loop and `_prefetch`."""
+        msgs = self.backend.queue.receive(
+            self.job_id, max_messages=1, visibility_s=int(self._lease_s), wait_s=wait_s
+        )
+        if not msgs:
+            return False, None
+        msg = msgs[0]
+        task = self.backend.state.claim_task(
+            self.job_id,
+            msg.body,
+            self.worker_id,
+            secrets.token_hex(8),
+            self._lease_s,
+            time.time(),
+            holder=self.holder,
+        )
+        self.backend.queue.delete(self.job_id, [msg.receipt])  # claimed or stale: used up
+        return True, task
+
+    def _run_claimed(self, runner: TaskRunner, task: TaskRecord) -> None:
+        """One task; with items in flight, on a thread of its own, and the worker may claim
+        the next one as its last items finish (`_prefetch`): back when none is in hand."""
+        if not runner.in_flight:
+            self._run_task(runner, task)
+            return
+        if self._lanes is None:
+            self._lanes = Lanes(functools.partial(self._run_task, runner))
+        self._lanes.start(task)
+        self._lanes.wait()
+
+    def _run_task(self, runner: TaskRunner, task: TaskRecord) -> None:
+        began = time.monotonic()
+        try:
+            outcome = runner.run(task)
+        except WorkerStopping:
+            outcome = Outcome.STOPPED
+        with self._usage_lock:  # the tasks in hand end on their own threads
+            self._took(task.phase, outcome, time.monotonic() - began)
+        self._record_usage(runner)
+        log.info("worker %s: %s %s", self.worker_id, task.task_id, outcome.value)
+
+    def _prefetch(self) -> None:
+        """Every item of a task has started: claim the next task now, under the loop's gates
+        (not stopping, the breaker closed, the job running, not paused, no retry backoff, the
+        walltime rule), so its items take the slots the last ones free (worker/prefetch.py).
+        A failure here is logged; the loop's next claim meets it again."""
+        lanes = self._lanes
+        if lanes is None or not lanes.may_take() or self.task_should_stop():
+            return
+        try:
+            job = self._job()
+            if job.status.terminal or job.paused or job.not_before > time.time():
+                return
+            if self.walltime is not None and self.walltime.refusal(job.phase) is not None:
+                return  # the walltime rule: the loop asks it again, and leaves
+            _, task = self._claim(0.0)
+        except (TimeoutError, ConnectionError, BackendUnavailable) as e:
+            log.warning("worker %s: no early claim: the store: %s", self.worker_id, e)
+            return
+        except Exception:  # slurmctl's own: logged with its traceback; the loop claims again
+            log.exception("worker %s: the early claim of the next task failed", self.worker_id)
+            return
+        if task is not None:
+            lanes.start(task)
+
     def _loop(self, runner: TaskRunner, definition: JobDefinition) -> int:
-        state, queue = self.backend.state, self.backend.queue
-        lease_s = definition.lease.ttl_s
+        state = self.backend.state
+        lease_s = self._lease_s = definition.lease.ttl_s
         reconcile_every = min(max(lease_s / 4, 2.0), 30.0)
         last_reconcile = last_dead = 0.0
         paused_logged = waiting_logged = False
@@ -390,33 +479,11 @@ class Worker:
             if not self._may_claim(job.phase):
                 return EXIT_OK
             # Ask without waiting after a task (work is likely there); wait when last time idle.
-            msgs = queue.receive(
-                self.job_id, max_messages=1, visibility_s=int(lease_s), wait_s=idle_wait
-            )
-            if msgs:
+            received, task = self._claim(idle_wait)
+            if received:
                 idle_wait = 0.0
-                msg = msgs[0]
-                token = secrets.token_hex(8)
-                task = state.claim_task(
-                    self.job_id,
-                    msg.body,
-                    self.worker_id,
-                    token,
-                    lease_s,
-                    time.time(),
-                    holder=self.holder,
-                )
-                queue.delete(self.job_id, [msg.receipt])  # claimed or stale: the hint is used up
-                if task is None:
-                    continue
-                began = time.monotonic()
-                try:
-                    outcome = runner.run(task)
-                except WorkerStopping:
-                    outcome = Outcome.STOPPED
-                self._took(job.phase, outcome, time.monotonic() - began)
-                self._record_usage(runner.ctx)
-                log.info("worker %s: %s %s", self.worker_id, task.task_id, outcome.value)
+                if task is not None:
+                    self._run_claimed(runner, task)
                 continue
             counters = state.counters(self.job_id)
             left = counters.get(task_counter(job.phase, "PENDING"), 0) + counters.get(

@@ -37,7 +37,7 @@ from slurmctl.worker.classify import Rule, classify
 from slurmctl.worker.context import Context
 from slurmctl.worker.handler import Handler
 from slurmctl.worker.heartbeat import Heartbeat
-from slurmctl.worker.inflight import EventLoop, run_in_flight
+from slurmctl.worker.inflight import EventLoop, Window, run_in_flight
 from slurmctl.worker.limiter import WorkerStopping
 from slurmctl.worker.output import rows_of
 from slurmctl.worker.outputs import Outputs
@@ -83,6 +83,9 @@ class TaskRunner:
     """Items in flight (worker/inflight.py); 1 with a sync `process`: the per-item loop here."""
     loop: EventLoop | None = None
     """The worker's event loop, for an `async def` handler."""
+    on_drain: Callable[[], None] = lambda: None
+    """Called from a task's thread once every item of the task has started (items in flight):
+    the worker claims its next task meanwhile (worker/prefetch.py)."""
     layout: JobLayout = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,7 +105,11 @@ class TaskRunner:
             self.in_flight,
         )
         self._pool: cf.ThreadPoolExecutor | None = None
-        if self.in_flight and not self.handler.is_async:
+        self.window = Window(self.concurrency)
+        """The worker's item slots, shared by its tasks in hand."""
+        self._record_lock = threading.Lock()
+        """The breaker and the limiter's reports, fed by the threads of the tasks in hand."""
+        if self.in_flight:  # items on threads or the loop; the manifest is read on the task's
             self.ctx.metrics.make_threadsafe()
 
     def close(self) -> None:
@@ -137,7 +144,7 @@ class TaskRunner:
         except Exception as exc:  # noqa: BLE001 - logged with its traceback, the task's reason
             return self._framework_error(task, token, exc)
         finally:
-            self._heartbeat.end()
+            self._heartbeat.end(token)
 
     def _framework_error(self, task: TaskRecord, token: str, exc: Exception) -> Outcome:
         """An exception in slurmctl's own code (encoding the output, a checkpoint, ...), not the
@@ -287,7 +294,10 @@ class TaskRunner:
         on_ok, on_failed = (
             (self.breaker.ok, self.breaker.failed) if self.breaker else (_no_ok, _no_failed)
         )
-        ctx.task_id = task.task_id
+        if self.in_flight and self.window.busy():
+            ctx.name_task(task.task_id)  # the previous task's tail in flight: accounting goes on
+        else:
+            ctx.task_id = task.task_id
         pending: list[Row] = []
         calls = 0
         stopped = False
@@ -305,13 +315,15 @@ class TaskRunner:
                 handler=self.handler,
                 ctx=ctx,
                 id_field=id_field,
-                concurrency=self.concurrency,
+                window=self.window,
                 checkpoint_every=self.checkpoint_every,
                 should_stop=self.should_stop,
                 on_ok=on_ok,
                 on_failed=on_failed,
+                on_drain=self.on_drain,
                 rules=self.rules,
                 secrets=self.secrets,
+                lock=self._record_lock,
                 loop=self.loop,
                 pool=self._item_pool,
             )
@@ -364,12 +376,14 @@ class TaskRunner:
         return calls, stopped
 
     def _item_pool(self) -> cf.ThreadPoolExecutor:
-        """The worker's item threads for a sync `process` in flight: made at the first task."""
-        if self._pool is None:
-            self._pool = cf.ThreadPoolExecutor(
-                max_workers=self.concurrency, thread_name_prefix="slurmctl-item"
-            )
-        return self._pool
+        """The worker's item threads for a sync `process` in flight: made at the first task
+        (under the lock: the tasks in hand start items from their own threads)."""
+        with self._record_lock:
+            if self._pool is None:
+                self._pool = cf.ThreadPoolExecutor(
+                    max_workers=self.concurrency, thread_name_prefix="slurmctl-item"
+                )
+            return self._pool
 
     def _isolate(
         self, task: TaskRecord, lines: list[bytes], done: set[int], ckpt: Checkpoint
