@@ -427,6 +427,9 @@ class JobDefinition(_Section):
     concurrency: int = Field(default=1, ge=1, le=MAX_CONCURRENCY)
     """Items each worker keeps in flight: a pool of threads for a sync `process`, one event
     loop for an `async def process` (worker/inflight.py). 1: one item at a time."""
+    expected_latency_s: float | None = Field(default=None, gt=0, le=3600)
+    """A hint: how long the API takes per item. Only `submit --dry-run` reads it, to print the
+    throughput the definition can reach (workers x concurrency / latency, vs the rate limit)."""
     executor: Literal["local", "slurm"] = "local"
     slurm: SlurmOptions = Field(default_factory=SlurmOptions)
     backend: Literal["local", "aws"] = "local"

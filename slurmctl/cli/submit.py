@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures as cf
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -92,6 +93,7 @@ def submit_cmd(env: Env, config: Path, dry_run: bool, follow: bool, no_progress:
             )
         else:
             click.echo("  shortest run  no rate limit configured")
+        click.echo(f"  throughput    {_reachable(definition)}")
         return
     job_id = env.job_id = definition.effective_job_id()
     stream = StreamingRun(env, progress=not no_progress, follow=follow)
@@ -137,6 +139,29 @@ def _print_limits(limits: SiteLimits, workers: int, definition: JobDefinition) -
     sizing = size_under(workers, definition.slurm, limits)
     for i, note in enumerate(sizing.capped or ["nothing"]):
         click.echo(f"  {'capped' if i == 0 else '':<13} {note}")
+
+
+def _reachable(definition: JobDefinition) -> str:
+    """The items/s the definition can reach: workers x concurrency / expected latency, capped by
+    the rate limit; without `expected_latency_s`, the rule."""
+    w, n, latency = definition.workers, definition.concurrency, definition.expected_latency_s
+    limit = definition.rate_limit.tokens_per_sec if definition.rate_limit else None
+    if latency is None:
+        return (
+            f"{w} workers x concurrency {n} / the API's latency per item "
+            "(set expected_latency_s to see the figure)"
+        )
+    reach = w * n / latency
+    how = f"{w} workers x concurrency {n} / {latency:g} s expected latency = {reach:.4g} items/s"
+    if limit is None:
+        return f"{how} (no rate limit)"
+    if reach >= limit:
+        return f"{limit:g} items/s, the rate limit ({how})"
+    need = math.ceil(limit * latency / w)
+    return (
+        f"{reach:.4g} items/s, {reach / limit:.0%} of the rate limit {limit:g}/s "
+        f"({how}; concurrency {need} reaches it)"
+    )
 
 
 def _existing(env: Env, definition: JobDefinition) -> JobRecord | None:

@@ -18,6 +18,9 @@ FAMILIES: list[tuple[str, str, str]] = [
     ("slurmctl_eta_seconds", "gauge", "Estimated seconds to the end of the phase."),
     ("slurmctl_workers_running", "gauge", "Workers running (Slurm) or busy (local)."),
     ("slurmctl_items_processed_total", "counter", "Items completed, retries included."),
+    ("slurmctl_items_in_flight", "gauge", "Items a worker had in flight on average (concurrency)."),
+    ("slurmctl_item_latency_seconds_total", "counter", "Sum of item latencies (items in flight)."),
+    ("slurmctl_items_timed_total", "counter", "Items whose latency is in the sum above."),
     ("slurmctl_item_failures_total", "counter", "Item failures by error type."),
     ("slurmctl_cpu_seconds_total", "counter", "CPU seconds of committed tasks."),
     ("slurmctl_task_wall_seconds_total", "counter", "Wall seconds of committed tasks."),
@@ -78,6 +81,13 @@ def job_samples(
     out["slurmctl_workers_running"].append((job, status.get("workers_running") or 0))
     processed = sum(v for k, v in counters.items() if k.startswith("obs.ts."))
     out["slurmctl_items_processed_total"].append((job, processed))
+    flight = status.get("in_flight")
+    if flight:
+        out["slurmctl_items_in_flight"].append((job, flight["items_per_worker"]))
+    out["slurmctl_item_latency_seconds_total"].append(
+        (job, counters.get("inflight.item_ms", 0) / 1000)
+    )
+    out["slurmctl_items_timed_total"].append((job, counters.get("inflight.items", 0)))
     for etype, n in res["failures_by_type"].items():
         out["slurmctl_item_failures_total"].append(({**job, "error_type": etype}, n))
     for family, key in (

@@ -73,6 +73,25 @@ def rate_limits(
     return out
 
 
+def in_flight(counters: dict[str, int]) -> dict[str, Any] | None:
+    """Items in flight (`concurrency` > 1 or an async handler), from the counters the workers
+    move once per task: how many items a worker had in flight on average while it had any
+    (the time integral of its items in flight over that time), and the mean latency of an item
+    (its start to its end, the rate limiter's wait included). None for a job that runs one
+    item at a time."""
+    items = counters.get("inflight.items", 0)
+    occupied = counters.get("inflight.occupied_ms", 0)
+    if not items:
+        return None
+    return {
+        "items_per_worker": round(counters.get("inflight.area_ms", 0) / occupied, 2)
+        if occupied
+        else 0.0,
+        "item_latency_ms": round(counters.get("inflight.item_ms", 0) / items, 1),
+        "items_timed": items,
+    }
+
+
 def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
     job = get_job(backend, job_id)
     stopped = local_job_stopped(backend, job)
@@ -107,6 +126,7 @@ def job_status(backend: Backend, job_id: str) -> dict[str, Any]:
         "rows": counters.get("rows", 0),
         "outputs": outputs,
         "rate_limits": buckets,
+        "in_flight": in_flight(counters),
         "workers": job.workers,
         "workers_lost": counters.get(WORKERS_LOST, 0),
         "executor": job.executor,

@@ -88,6 +88,10 @@
       ["items/s now", num(rate.now, 1)], ["items/s average", num(rate.average, 1)],
       ["ETA", duration(s.eta_s)], ["workers running", num(s.workers_running)],
       ["phase", s.phase], ["open alerts", Object.keys(d.alerts.open).length]];
+    if (s.in_flight) {
+      figures.push(["items in flight / worker", num(s.in_flight.items_per_worker, 1)],
+        ["item latency (avg)", `${num(s.in_flight.item_latency_ms, 1)} ms`]);
+    }
     put("figures", el("div", { class: "figures" }, figures.map(([k, v]) =>
       el("div", { class: "figure" }, el("div", { class: "v" }, v), el("div", { class: "k" }, k)))));
     window.SlurmctlChart.draw(document.getElementById("chart"), d.series, d.now, s.created_at);
