@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -217,15 +218,16 @@ def test_sigterm_lets_items_in_flight_finish_and_none_is_called_twice(
     assert len(resumed) == 1 and resumed[0]["metrics"]["items_from_checkpoint"] >= 50
 
 
-def test_pause_holds_every_item_in_flight(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["threads", "async"])
+def test_pause_holds_every_item_in_flight(tmp_path: Path, mode: str) -> None:
     calls = tmp_path / "calls.txt"
     config = make_job(
         tmp_path / "job",
         600,
-        handler=THREADS,
+        handler=HANDLERS[mode],
         batch_size=100,
         workers=1,
-        extra=EXTRA + "rate_limit: {tokens_per_sec: 200, burst: 5}\n",
+        extra=EXTRA + "rate_limit: {tokens_per_sec: 100, burst: 5}\n",
     )
     root = tmp_path / "root"
     proc = popen(root, "submit", str(config), env={"CALLS_FILE": str(calls)})
@@ -244,6 +246,8 @@ def test_pause_holds_every_item_in_flight(tmp_path: Path) -> None:
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert_exactly_once(root, "t1", 600)
+    assert _failures(root) == _expected_failures(600)
+    assert Counter(_calls(calls)) == Counter(str(i) for i in range(600)), "none called twice"
 
 
 def test_a_blocking_acquire_inside_an_async_handler_fails_the_item(tmp_path: Path) -> None:
@@ -276,3 +280,76 @@ def test_items_in_flight_share_the_rate_limit_against_a_strict_api(tmp_path: Pat
         assert api.count(code=STRICT_429) == 0, "8 items in flight stay under the limit"
         assert api.count(code=OK) == 400
     assert_exactly_once(tmp_path / "root", "t1", 400)
+
+
+TIMED = """
+import asyncio, os, time
+
+async def process(item, ctx):
+    with open(os.environ["CALLS_FILE"], "a") as f:
+        f.write("%s start %.6f\\n" % (item["id"], time.time()))
+    await asyncio.sleep(0.25)
+    with open(os.environ["CALLS_FILE"], "a") as f:
+        f.write("%s end %.6f\\n" % (item["id"], time.time()))
+    return {"id": item["id"]}
+"""
+
+
+def test_the_next_task_starts_while_the_last_items_of_the_previous_are_in_flight(
+    tmp_path: Path,
+) -> None:
+    calls = tmp_path / "calls.txt"
+    config = make_job(
+        tmp_path / "job", 200, handler=TIMED, batch_size=40, workers=1, extra="concurrency: 8\n"
+    )
+    root = tmp_path / "root"
+    run = cli(root, "submit", str(config), env={"CALLS_FILE": str(calls)}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert_exactly_once(root, "t1", 200)
+    at: dict[tuple[str, str], float] = {}
+    for line in calls.read_text().splitlines():
+        item, what, t = line.split()
+        at[(item, what)] = float(t)
+    assert len(at) == 400, "every item started and ended once"
+    overlaps = 0
+    for k in range(1, 5):  # batch k's first item starts before batch k-1's last one ends
+        first_start = min(at[(str(i), "start")] for i in range(40 * k, 40 * k + 40))
+        last_end = max(at[(str(i), "end")] for i in range(40 * k - 40, 40 * k))
+        overlaps += first_start < last_end
+    print("OVERLAPS", overlaps)
+    assert overlaps >= 3, f"only {overlaps} of 4 task boundaries kept the window full"
+    flight = status(root, "t1")["in_flight"]
+    assert flight["items_timed"] == 200
+    assert 250 <= flight["item_latency_ms"] < 1000
+    assert 4 < flight["items_per_worker"] <= 8
+
+
+@pytest.mark.parametrize("mode", ["threads", "async"])
+def test_a_worker_killed_with_two_tasks_in_hand_is_exactly_once(tmp_path: Path, mode: str) -> None:
+    calls = tmp_path / "calls.txt"
+    config = make_job(
+        tmp_path / "job", 400, handler=HANDLERS[mode], batch_size=100, workers=1, extra=EXTRA
+    )
+    root = tmp_path / "root"
+    env = {"CALLS_FILE": str(calls)}
+    # SIGKILLed right after the early claim of its third task: two leases held, one task
+    # finishing its last items, the next one starting its first
+    killed = cli(
+        root,
+        "submit",
+        str(config),
+        env={**env, "SLURMCTL_KILL_AT": "worker.prefetched@2"},
+        timeout=120,
+    )
+    # the executor frees both leases of the dead worker, starts another (killed in turn when it
+    # gets that far), and the job completes
+    assert killed.returncode == 0, killed.stderr
+    freed = re.findall(r"freed the leases of dead workers on (.+)", killed.stderr)
+    assert freed[0] == "task-000001, task-000002", freed
+    assert status(root, "t1")["workers_lost"] == 2 * len(freed)
+    assert_exactly_once(root, "t1", 400)
+    assert _failures(root) == _expected_failures(400)
+    redone = sum(n - 1 for n in Counter(_calls(calls)).values())
+    # at most the items in flight (16, over both tasks) and those of the two tasks not yet
+    # checkpointed (checkpoint_every each)
+    assert redone <= 16 + 2 * 10, redone
