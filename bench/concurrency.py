@@ -9,13 +9,22 @@ invocation, each of `--items` (2,000) items, one request per item:
 - the baseline: a hand-written asyncio program, a semaphore of 16 and a token bucket (the best a
   user writes by hand), the same raw HTTP client as the async handler.
 
-Reported per run: requests accepted and 429s at the API, the share of the rate used over the
-API's busy window (first to last request; goal >= 0.95), the end-to-end wall time (slurmctl:
-`submit` to COMPLETED, batching and the final merge included) and its ratio to the baseline's.
+- with `--workers16`, slurmctl with 16 workers x `concurrency: 1` (the same sync handler, in
+  batches of at most items / 80, so that every worker has 5 tasks): what the same throughput
+  costs without concurrency inside a worker.
 
-    .venv/bin/python bench/concurrency.py                 # 2,000 items, ~20 s per run
+Reported per run: requests accepted and 429s at the API, the share of the rate used over the
+API's busy window (first to last request; goal >= 0.95), the API's items/s over that window,
+the end-to-end wall time (slurmctl: `submit` to COMPLETED, batching and the final merge
+included) and its ratio to the baseline's, and the peak RSS (the sum over the worker processes
+at each 0.1 s sample, psutil) and CPU seconds (user + system, summed) of the worker(s); for the
+baseline, of its one process.
+
+    .venv/bin/python bench/concurrency.py --workers16     # 2,000 items, ~20 s per run
     .venv/bin/python bench/concurrency.py --items 500     # quick
     .venv/bin/python bench/concurrency.py --latency-ms 500 --concurrency 64 [--batch-size 1000]
+    .venv/bin/python bench/concurrency.py --no-rate-limit --latency-ms 1000 --concurrency 256 \
+        --only async --items 5000                         # goal: >= 200 items/s from one worker
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +45,8 @@ from typing import Any
 import common  # bench/common.py: the script's folder is on sys.path
 
 JOB_ID = "bench-concurrency"
+NO_LIMIT = 1e9
+"""The API's bucket with `--no-rate-limit`: nothing is ever refused."""
 GOAL_SHARE = 0.95
 GOAL_RATIO = 0.9
 
@@ -70,7 +82,10 @@ class Api:
             "throttled": self.throttled,
             "busy_s": round(busy, 3),
             # n requests at the rate span (n - burst) / rate seconds once the burst is spent
-            "share": round((self.accepted - self.burst) / (busy * self.rate), 4) if busy else 0,
+            "share": round((self.accepted - self.burst) / (busy * self.rate), 4)
+            if busy and self.rate < NO_LIMIT
+            else None,
+            "items_per_s": round((self.accepted - 1) / busy, 1) if busy else 0,
         }
 
     def reset(self) -> None:
@@ -163,6 +178,8 @@ async def main(port, ids, rate, burst, width):
     state = {"tokens": float(burst), "at": time.monotonic()}
 
     async def token():  # a token bucket, as a user writes it
+        if rate <= 0:
+            return
         async with lock:
             while True:
                 now = time.monotonic()
@@ -195,8 +212,81 @@ def _get(port: int, path: str) -> dict[str, Any]:
         return result
 
 
+class Footprint:
+    """Peak RSS (summed over the watched processes at each sample) and CPU seconds (summed,
+    each process's last reading) of a process tree's workers, sampled every 0.1 s."""
+
+    def __init__(self, root_pid: int, worker_only: bool) -> None:
+        import psutil
+
+        self.psutil, self.root = psutil, psutil.Process(root_pid)
+        self.worker_only = worker_only
+        self.peak_rss = 0
+        self.cpu: dict[int, float] = {}
+
+    def _watched(self) -> list[Any]:
+        if not self.worker_only:
+            return [self.root]
+        try:
+            kids = self.root.children(recursive=True)
+        except self.psutil.Error:
+            return []
+        out = []
+        for p in kids:
+            try:
+                if "worker" in p.cmdline():
+                    out.append(p)
+            except self.psutil.Error:
+                continue
+        return out
+
+    def sample(self) -> None:
+        rss = 0
+        for p in self._watched():
+            try:
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    t = p.cpu_times()
+                    self.cpu[p.pid] = t.user + t.system
+            except self.psutil.Error:
+                continue
+        self.peak_rss = max(self.peak_rss, rss)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "peak_rss_mb": round(self.peak_rss / 2**20, 1),
+            "cpu_s": round(sum(self.cpu.values()), 2),
+            "processes": len(self.cpu),
+        }
+
+
+def _watched_run(
+    cmd: list[str], worker_only: bool
+) -> tuple[subprocess.CompletedProcess[str], float, dict[str, Any]]:
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    fp = Footprint(proc.pid, worker_only)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.communicate()), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        fp.sample()
+        time.sleep(0.1)
+    reader.join()
+    wall = time.monotonic() - t0
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out[0], out[1])
+    return done, wall, fp.figures()
+
+
 def _slurmctl_run(
-    work: Path, name: str, handler: str, port: int, args: argparse.Namespace
+    work: Path,
+    name: str,
+    handler: str,
+    port: int,
+    args: argparse.Namespace,
+    workers: int = 1,
+    concurrency: int | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     folder = work / name
     folder.mkdir(parents=True)
@@ -205,54 +295,45 @@ def _slurmctl_run(
     config = folder / "job.yaml"
     config.write_text(
         f"job_id: {JOB_ID}-{name}\njob_type: bench\nhandler: bench_handler:process\n"
-        f"input: input.jsonl\nid_field: id\nbatch_size: {args.batch_size}\nworkers: 1\n"
-        f"concurrency: {args.concurrency}\n"
+        f"input: input.jsonl\nid_field: id\nbatch_size: {batch_size or args.batch_size}\nworkers: {workers}\n"
+        f"concurrency: {args.concurrency if concurrency is None else concurrency}\n"
         f'params: {{url: "http://127.0.0.1:{port}", port: {port}}}\n'
-        f"rate_limit: {{tokens_per_sec: {args.rate}, burst: {args.burst}}}\n"
-        f"scratch: {folder / 'scratch'}\n"
+        + (
+            ""
+            if args.no_rate_limit
+            else f"rate_limit: {{tokens_per_sec: {args.rate}, burst: {args.burst}}}\n"
+        )
+        + f"scratch: {folder / 'scratch'}\n"
     )
     _get(port, "/reset")
-    t0 = time.monotonic()
-    run = subprocess.run(
-        [
-            *common.slurmctl_cmd(),
-            "--root",
-            str(folder / "root"),
-            "submit",
-            str(config),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wall = time.monotonic() - t0
+    cmd = [
+        *common.slurmctl_cmd(),
+        "--root",
+        str(folder / "root"),
+        "submit",
+        str(config),
+        "--no-progress",
+    ]
+    run, wall, footprint = _watched_run(cmd, worker_only=True)
     if run.returncode != 0:
         raise SystemExit(f"{name}: submit exited {run.returncode}: {run.stderr[-2000:]}")
-    return {"wall_s": round(wall, 3), **_get(port, "/stats")}
+    return {"wall_s": round(wall, 3), **_get(port, "/stats"), **footprint}
 
 
 def _baseline_run(work: Path, port: int, args: argparse.Namespace) -> dict[str, Any]:
     script = work / "baseline.py"
     script.write_text(BASELINE)
     _get(port, "/reset")
-    t0 = time.monotonic()
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(port),
-            str(args.items),
-            str(args.rate),
-            str(args.burst),
-            str(args.concurrency),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    wall = time.monotonic() - t0
-    return {"wall_s": round(wall, 3), **json.loads(run.stdout), **_get(port, "/stats")}
+    rate = 0 if args.no_rate_limit else args.rate
+    cmd = [
+        sys.executable,
+        str(script),
+        *map(str, (port, args.items, rate, args.burst, args.concurrency)),
+    ]
+    run, wall, footprint = _watched_run(cmd, worker_only=False)
+    if run.returncode != 0:
+        raise SystemExit(f"baseline exited {run.returncode}: {run.stderr[-2000:]}")
+    return {"wall_s": round(wall, 3), **json.loads(run.stdout), **_get(port, "/stats"), **footprint}
 
 
 def main() -> None:
@@ -263,6 +344,11 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--no-rate-limit", action="store_true", help="no bucket, anywhere")
+    parser.add_argument("--workers16", action="store_true", help="also 16 workers x 1")
+    parser.add_argument(
+        "--only", choices=["threads", "async"], default=None, help="baseline and this one"
+    )
     parser.add_argument("--work", default=None)
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -280,7 +366,7 @@ def main() -> None:
             "--serve",
             str(port_file),
             "--rate",
-            str(args.rate),
+            str(NO_LIMIT if args.no_rate_limit else args.rate),
             "--burst",
             str(args.burst),
             "--latency-ms",
@@ -296,25 +382,47 @@ def main() -> None:
         port = int(port_file.read_text())
         info = common.machine()
         common.header("concurrency inside a worker", info)
-        print(
-            f"{args.items} items, API latency {args.latency_ms:g} ms, rate {args.rate:g}/s burst "
-            f"{args.burst}, concurrency {args.concurrency}, 1 worker, batch {args.batch_size}"
+        limit = (
+            "no rate limit" if args.no_rate_limit else f"rate {args.rate:g}/s burst {args.burst}"
         )
-        results = {
-            "baseline (asyncio, semaphore + token bucket)": _baseline_run(work, port, args),
-            "slurmctl threads": _slurmctl_run(work, "threads", THREADS_HANDLER, port, args),
-            "slurmctl async": _slurmctl_run(work, "async", ASYNC_HANDLER, port, args),
-        }
+        print(
+            f"{args.items} items, API latency {args.latency_ms:g} ms, {limit}, concurrency "
+            f"{args.concurrency}, 1 worker, batch {args.batch_size}"
+        )
+        results = {"baseline (asyncio, semaphore + token bucket)": _baseline_run(work, port, args)}
+        if args.only in (None, "threads"):
+            results["slurmctl threads"] = _slurmctl_run(
+                work, "threads", THREADS_HANDLER, port, args
+            )
+        if args.only in (None, "async"):
+            results["slurmctl async"] = _slurmctl_run(work, "async", ASYNC_HANDLER, port, args)
+        if args.workers16:
+            results["slurmctl 16 workers x 1"] = _slurmctl_run(
+                work,
+                "workers16",
+                THREADS_HANDLER,
+                port,
+                args,
+                workers=16,
+                concurrency=1,
+                # at least 5 tasks per worker, so that all 16 stay busy to the end
+                batch_size=max(1, min(args.batch_size, args.items // 80)),
+            )
     finally:
         api.terminate()
         api.wait()
     base_wall = results["baseline (asyncio, semaphore + token bucket)"]["wall_s"]
-    print(f"{'run':46} {'ok':>6} {'429':>5} {'share':>6} {'wall s':>7} {'base/this':>9}")
+    print(
+        f"{'run':46} {'ok':>6} {'429':>5} {'share':>6} {'items/s':>8} {'wall s':>7} "
+        f"{'base/this':>9} {'RSS MB':>7} {'CPU s':>6}"
+    )
     for name, r in results.items():
         r["ratio_to_baseline"] = round(base_wall / r["wall_s"], 3)
+        share = "-" if r["share"] is None else f"{r['share']:.3f}"
         print(
-            f"{name:46} {r['accepted']:6d} {r['throttled']:5d} {r['share']:6.3f} "
-            f"{r['wall_s']:7.2f} {r['ratio_to_baseline']:9.3f}"
+            f"{name:46} {r['accepted']:6d} {r['throttled']:5d} {share:>6} "
+            f"{r['items_per_s']:8.1f} {r['wall_s']:7.2f} {r['ratio_to_baseline']:9.3f} "
+            f"{r['peak_rss_mb']:7.1f} {r['cpu_s']:6.2f}"
         )
     print(f"goals: share >= {GOAL_SHARE}, 429s 0, wall ratio (baseline / slurmctl) >= {GOAL_RATIO}")
     path = common.save("concurrency", {"args": vars(args), "machine": info, "results": results})
