@@ -295,7 +295,8 @@ def _slurmctl_run(
     config = folder / "job.yaml"
     config.write_text(
         f"job_id: {JOB_ID}-{name}\njob_type: bench\nhandler: bench_handler:process\n"
-        f"input: input.jsonl\nid_field: id\nbatch_size: {batch_size or args.batch_size}\nworkers: {workers}\n"
+        f"input: input.jsonl\nid_field: id\nbatch_size: {batch_size or args.batch_size}\n"
+        f"workers: {workers}\n"
         f"concurrency: {args.concurrency if concurrency is None else concurrency}\n"
         f'params: {{url: "http://127.0.0.1:{port}", port: {port}}}\n'
         + (
