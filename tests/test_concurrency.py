@@ -353,3 +353,46 @@ def test_a_worker_killed_with_two_tasks_in_hand_is_exactly_once(tmp_path: Path, 
     # at most the items in flight (16, over both tasks) and those of the two tasks not yet
     # checkpointed (checkpoint_every each)
     assert redone <= 16 + 2 * 10, redone
+
+
+@pytest.mark.parametrize(
+    ("extra", "line"),
+    [
+        (
+            "",
+            "2 workers x concurrency 1 / the API's latency per item (set expected_latency_s to "
+            "see the figure)",
+        ),
+        (
+            "concurrency: 4\nexpected_latency_s: 0.2\n",
+            "40 items/s, 40% of the rate limit 100/s (2 workers x concurrency 4 / 0.2 s expected "
+            "latency = 40 items/s; concurrency 10 reaches it)",
+        ),
+        (
+            "concurrency: 16\nexpected_latency_s: 0.2\n",
+            "100 items/s, the rate limit (2 workers x concurrency 16 / 0.2 s expected latency = "
+            "160 items/s)",
+        ),
+    ],
+)
+def test_dry_run_prints_the_throughput_the_definition_can_reach(
+    tmp_path: Path, extra: str, line: str
+) -> None:
+    config = make_job(
+        tmp_path / "job",
+        10,
+        workers=2,
+        extra=extra + "rate_limit: {tokens_per_sec: 100, burst: 10}\n",
+    )
+    run = cli(tmp_path / "root", "submit", str(config), "--dry-run")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == f"  throughput    {line}"
+
+
+def test_a_bad_latency_hint_is_one_line(tmp_path: Path) -> None:
+    config = make_job(tmp_path / "job", 3, extra="expected_latency_s: 0\n")
+    run = cli(tmp_path / "root", "submit", str(config), "--dry-run")
+    assert run.returncode == 2
+    assert run.stderr == (
+        f"error: {config}:10: expected_latency_s: expected a number > 0 and <= 3600, found 0\n"
+    )
