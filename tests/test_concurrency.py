@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,6 +36,8 @@ def process(item, ctx):
     with open(os.environ["CALLS_FILE"], "a") as f:
         f.write(item["id"] + " " + threading.current_thread().name + "\\n")
     time.sleep(random.uniform(0.005, 0.03))
+    if int(item["id"]) % 100 == 99:  # a slow last item: the next task starts meanwhile
+        time.sleep(float(os.environ.get("TAIL_S", "0")))
     ctx.metrics.incr("api_requests")
     if int(item["id"]) % 7 == 3:
         raise PermanentError("item %s is broken" % item["id"])
@@ -60,6 +62,8 @@ async def process(item, ctx):
     ctx.peak = max(ctx.peak, ctx.in_flight)
     try:
         await asyncio.sleep(random.uniform(0.005, 0.03))
+        if int(item["id"]) % 100 == 99:  # a slow last item: the next task starts meanwhile
+            await asyncio.sleep(float(os.environ.get("TAIL_S", "0")))
     finally:
         ctx.in_flight -= 1
     ctx.metrics.incr("api_requests")
@@ -324,35 +328,53 @@ def test_the_next_task_starts_while_the_last_items_of_the_previous_are_in_flight
     assert 4 < flight["items_per_worker"] <= 8
 
 
+def _running(root: Path) -> list[str]:
+    if not (root / "state.sqlite").exists():
+        return []
+    conn = sqlite3.connect(f"file:{root / 'state.sqlite'}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = conn.execute("SELECT task_id FROM tasks WHERE status = 'RUNNING' ORDER BY task_id")
+        return [r[0] for r in rows]
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("mode", ["threads", "async"])
-def test_a_worker_killed_with_two_tasks_in_hand_is_exactly_once(tmp_path: Path, mode: str) -> None:
+def test_sigkill_with_several_tasks_in_hand_then_resume_is_exactly_once(
+    tmp_path: Path, mode: str
+) -> None:
     calls = tmp_path / "calls.txt"
     config = make_job(
         tmp_path / "job", 400, handler=HANDLERS[mode], batch_size=100, workers=1, extra=EXTRA
     )
     root = tmp_path / "root"
-    env = {"CALLS_FILE": str(calls)}
-    # SIGKILLed right after the early claim of its third task: two leases held, one task
-    # finishing its last items, the next one starting its first
-    killed = cli(
-        root,
-        "submit",
-        str(config),
-        env={**env, "SLURMCTL_KILL_AT": "worker.prefetched@2"},
-        timeout=120,
+    env = {"CALLS_FILE": str(calls), "TAIL_S": "2"}
+    proc = popen(root, "submit", str(config), env=env)
+    parent = psutil.Process(proc.pid)
+    # the last item of each task takes 2 s: the worker claims the next tasks meanwhile, and
+    # starts their items
+    wait_for(
+        lambda: len(_running(root)) >= 2 and len(_calls(calls)) > 210,
+        what="several tasks in hand, items done in more than two",
     )
-    # the executor frees both leases of the dead worker, starts another (killed in turn when it
-    # gets that far), and the job completes
-    assert killed.returncode == 0, killed.stderr
-    freed = re.findall(r"freed the leases of dead workers on (.+)", killed.stderr)
-    assert freed[0] == "task-000001, task-000002", freed
-    assert status(root, "t1")["workers_lost"] == 2 * len(freed)
+    os.killpg(proc.pid, signal.SIGKILL)  # the submit and its worker
+    proc.communicate(timeout=30)
+    wait_for(lambda: not parent.is_running() or parent.status() == "zombie", what="all dead")
+    held = _running(root)
+    assert len(held) >= 2, held
+    assert len(_calls(calls)) < 400, "killed mid-job"
+    run = cli(root, "resume", "t1", env={**env, "TAIL_S": "0"}, timeout=120)
+    assert run.returncode == 0, run.stderr
     assert_exactly_once(root, "t1", 400)
     assert _failures(root) == _expected_failures(400)
     redone = sum(n - 1 for n in Counter(_calls(calls)).values())
-    # at most the items in flight (16, over both tasks) and those of the two tasks not yet
-    # checkpointed (checkpoint_every each)
-    assert redone <= 16 + 2 * 10, redone
+    # at most the items in flight (16, over all the tasks in hand) and those of each task in
+    # hand not yet checkpointed (checkpoint_every each)
+    assert redone <= 16 + 10 * len(held), (redone, held)
+    manifests = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
+    resumed = {m["task_id"]: m["metrics"]["items_from_checkpoint"] for m in manifests}
+    # the oldest task in hand had all but its slow last item done: resumed from its checkpoint
+    assert resumed[held[0]] >= 90, (resumed, held)
 
 
 @pytest.mark.parametrize(

@@ -302,9 +302,14 @@ def run_window(
                     lane.give_back()
                     recorder.stopped, nxt = True, None
                     continue
-                if recorder.isolate:
-                    recorder.ckpt.begin_item(nxt[0])
-                lane.started(nxt, start(nxt))
+                try:
+                    if recorder.isolate:
+                        recorder.ckpt.begin_item(nxt[0])
+                    fut = start(nxt)
+                except BaseException:
+                    lane.give_back()  # the slot stays the worker's for its next task
+                    raise
+                lane.started(nxt, fut)
                 started += 1
                 nxt = next(todo, None)
                 if nxt is None:

@@ -8,10 +8,13 @@ every item of a task has started, the task's thread asks the worker for its next
 paused or the breaker open), and that task runs on a thread of its own: its items take the
 window's slots as the previous task's last ones free them (worker/inflight.py).
 
-At most two tasks are in hand, one finishing and one starting. Each has its own lease, heartbeat,
-checkpoint and fenced commit, so every rule of one task holds for each: a worker killed with two
-in hand loses two leases and both tasks resume from their checkpoints; a stop reaches both
-(neither starts an item, both checkpoint and release their lease).
+A task is claimed early only when every task in hand has started all its items, so one is
+filling the window at a time and the others are finishing: two tasks in hand when the window is
+smaller than a batch, about N / `batch_size` + 1 when it is larger (`concurrency: 256` with
+batches of 100 holds three or four), and never more than MAX_IN_HAND. Each has its own lease,
+heartbeat, checkpoint and fenced commit, so every rule of one task holds for each: a worker
+killed with several in hand loses their leases and each task resumes from its checkpoint; a stop
+reaches all (none starts an item, each checkpoints and releases its lease).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from slurmctl.backends.statestore import TaskRecord
 
 log = logging.getLogger("slurmctl.worker")
 
-MAX_IN_HAND = 2
+MAX_IN_HAND = 16
+"""Tasks a worker holds at once, at most: batches under N / 15 items leave slots unused."""
 JOIN_POLL_S = 0.5
 """The waiting thread (the main one) wakes this often: signals are handled promptly."""
 
@@ -37,16 +41,24 @@ class Lanes:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
+        self._filling: set[threading.Thread] = set()
+        """The tasks in hand that have items left to start."""
 
     def in_hand(self) -> int:
         with self._lock:
             return sum(t.is_alive() for t in self._threads)
 
     def may_take(self) -> bool:
-        """A task may be claimed now (asked by a task whose items have all started): fewer
-        than two in hand, and no task's thread has failed."""
+        """Called by a task whose items have all started: a task may be claimed now when every
+        task in hand has started all its items, fewer than MAX_IN_HAND are in hand and no
+        task's thread has failed."""
         with self._lock:
-            return not self._errors and sum(t.is_alive() for t in self._threads) < MAX_IN_HAND
+            self._filling.discard(threading.current_thread())
+            return (
+                not self._errors
+                and not self._filling
+                and sum(t.is_alive() for t in self._threads) < MAX_IN_HAND
+            )
 
     def start(self, task: TaskRecord) -> None:
         thread = threading.Thread(
@@ -55,6 +67,7 @@ class Lanes:
         with self._lock:  # started under the lock: `wait` never sees it before it runs
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
+            self._filling.add(thread)
             thread.start()
 
     def _one(self, task: TaskRecord) -> None:
@@ -63,6 +76,9 @@ class Lanes:
         except BaseException as e:  # noqa: BLE001 - raised again in the waiting thread
             with self._lock:
                 self._errors.append(e)
+        finally:
+            with self._lock:
+                self._filling.discard(threading.current_thread())
 
     def wait(self) -> None:
         """Until no task is in hand (a task may start the next one meanwhile); then the first

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from slurmctl import faults, hooks, lifecycle
+from slurmctl import hooks, lifecycle
 from slurmctl import secrets as secret_refs
 from slurmctl.backends import Backend
 from slurmctl.backends.reconcile import Turn, reconcile_turn, release_dead_holders
@@ -447,7 +447,6 @@ class Worker:
             return
         if task is not None:
             lanes.start(task)
-            faults.kill_point("worker.prefetched")  # tests: killed with two tasks in hand
 
     def _loop(self, runner: TaskRunner, definition: JobDefinition) -> int:
         state = self.backend.state
