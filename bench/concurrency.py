@@ -13,6 +13,8 @@ invocation, each of `--items` (2,000) items, one request per item:
   batches of at most items / 80, so that every worker has 5 tasks): what the same throughput
   costs without concurrency inside a worker.
 
+An item the API answers 429 fails as `throttled` and is retried in a retry phase after
+`retry.backoff_s: 1` (the default 30 s would make one stray 429 the wall time's largest part).
 Reported per run: requests accepted and 429s at the API, the share of the rate used over the
 API's busy window (first to last request; goal >= 0.95), the API's items/s over that window,
 the end-to-end wall time (slurmctl: `submit` to COMPLETED, batching and the final merge
@@ -304,6 +306,8 @@ def _slurmctl_run(
             if args.no_rate_limit
             else f"rate_limit: {{tokens_per_sec: {args.rate}, burst: {args.burst}}}\n"
         )
+        # a stray 429 (arrival jitter on a loaded machine) is retried after 1 s, not 30
+        + "retry: {backoff_s: 1}\n"
         + f"scratch: {folder / 'scratch'}\n"
     )
     _get(port, "/reset")
