@@ -20,7 +20,8 @@ API's busy window (first to last request; goal >= 0.95), the API's items/s over 
 the end-to-end wall time (slurmctl: `submit` to COMPLETED, batching and the final merge
 included) and its ratio to the baseline's, and the peak RSS (the sum over the worker processes
 at each 0.1 s sample, psutil) and CPU seconds (user + system, summed) of the worker(s); for the
-baseline, of its one process.
+baseline, of its one process; "lead" is the time from the start to the first request, "tail"
+from the last request to the end (slurmctl: the batching, the worker's start, the merge).
 
     .venv/bin/python bench/concurrency.py --workers16     # 2,000 items, ~20 s per run
     .venv/bin/python bench/concurrency.py --items 500     # quick
@@ -88,6 +89,8 @@ class Api:
             if busy and self.rate < NO_LIMIT
             else None,
             "items_per_s": round((self.accepted - 1) / busy, 1) if busy else 0,
+            "first_at": self.first,
+            "last_at": self.last,
         }
 
     def reset(self) -> None:
@@ -265,6 +268,8 @@ class Footprint:
 def _watched_run(
     cmd: list[str], worker_only: bool
 ) -> tuple[subprocess.CompletedProcess[str], float, dict[str, Any]]:
+    """The command run to its end, sampled; (its result, wall seconds, footprint and the
+    monotonic start and end, for the time before the first request and after the last)."""
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     fp = Footprint(proc.pid, worker_only)
@@ -275,9 +280,9 @@ def _watched_run(
         fp.sample()
         time.sleep(0.1)
     reader.join()
-    wall = time.monotonic() - t0
+    end = time.monotonic()
     done = subprocess.CompletedProcess(cmd, proc.returncode, out[0], out[1])
-    return done, wall, fp.figures()
+    return done, end - t0, {**fp.figures(), "started_at": t0, "ended_at": end}
 
 
 def _slurmctl_run(
@@ -416,10 +421,13 @@ def main() -> None:
     finally:
         api.terminate()
         api.wait()
+    for r in results.values():  # CLOCK_MONOTONIC is the machine's: the API's stamps compare
+        r["before_first_s"] = round(r.pop("first_at") - r.pop("started_at"), 3)
+        r["after_last_s"] = round(r.pop("ended_at") - r.pop("last_at"), 3)
     base_wall = results["baseline (asyncio, semaphore + token bucket)"]["wall_s"]
     print(
         f"{'run':46} {'ok':>6} {'429':>5} {'share':>6} {'items/s':>8} {'wall s':>7} "
-        f"{'base/this':>9} {'RSS MB':>7} {'CPU s':>6}"
+        f"{'base/this':>9} {'RSS MB':>7} {'CPU s':>6} {'lead s':>6} {'tail s':>6}"
     )
     for name, r in results.items():
         r["ratio_to_baseline"] = round(base_wall / r["wall_s"], 3)
@@ -427,7 +435,8 @@ def main() -> None:
         print(
             f"{name:46} {r['accepted']:6d} {r['throttled']:5d} {share:>6} "
             f"{r['items_per_s']:8.1f} {r['wall_s']:7.2f} {r['ratio_to_baseline']:9.3f} "
-            f"{r['peak_rss_mb']:7.1f} {r['cpu_s']:6.2f}"
+            f"{r['peak_rss_mb']:7.1f} {r['cpu_s']:6.2f} {r['before_first_s']:6.2f} "
+            f"{r['after_last_s']:6.2f}"
         )
     print(f"goals: share >= {GOAL_SHARE}, 429s 0, wall ratio (baseline / slurmctl) >= {GOAL_RATIO}")
     path = common.save("concurrency", {"args": vars(args), "machine": info, "results": results})
