@@ -107,3 +107,36 @@ def _up(port: int) -> bool:
     except OSError:
         time.sleep(0.1)
         return False
+
+
+def test_the_job_page_shows_the_items_in_flight_and_their_latency(tmp_path: Path) -> None:
+    from tests.helpers import cli, status
+
+    config = make_job(
+        tmp_path / "job", 120, handler=SLOW, batch_size=40, workers=1, extra="concurrency: 4\n"
+    )
+    root = tmp_path / "root"
+    run = cli(root, "submit", "--no-progress", str(config), timeout=120)
+    assert run.returncode == 0, run.stderr
+    flight = status(root, "t1")["in_flight"]
+    port = _free_port()
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "slurmctl", "--root", str(root), "dashboard", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _up(port), timeout=30, what="the dashboard")
+        dom = _chromium("--dump-dom", f"http://127.0.0.1:{port}/job/t1")
+    finally:
+        dashboard.kill()
+        dashboard.wait()
+    figures = dict(
+        (k, v)
+        for v, k in re.findall(r'<div class="v">([^<]*)</div><div class="k">([^<]*)</div>', dom)
+    )
+    shown = float(figures["items in flight / worker"])  # one decimal at most
+    assert abs(shown - flight["items_per_worker"]) <= 0.051, (shown, flight)
+    latency = figures["item latency (avg)"]
+    assert latency.endswith(" ms") and float(latency[:-3]) == flight["item_latency_ms"], latency
+    assert 20 <= flight["item_latency_ms"] < 1000 and 1 < flight["items_per_worker"] <= 4
