@@ -323,6 +323,10 @@ def test_the_next_task_starts_while_the_last_items_of_the_previous_are_in_flight
     print("OVERLAPS", overlaps)
     assert overlaps >= 3, f"only {overlaps} of 4 task boundaries kept the window full"
     flight = status(root, "t1")["in_flight"]
+    shown = cli(root, "status", "t1")
+    row = next(line for line in shown.stdout.splitlines() if "items in flight" in line)
+    want = f"{flight['items_per_worker']:.1f} per worker, {flight['item_latency_ms']:.0f} ms each"
+    assert row.split("│")[2].strip() == want, row
     assert flight["items_timed"] == 200
     assert 250 <= flight["item_latency_ms"] < 1000
     assert 4 < flight["items_per_worker"] <= 8

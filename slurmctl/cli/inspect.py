@@ -47,6 +47,12 @@ def _status_table(s: dict[str, Any]) -> Table:
         table.add_row(
             f"rate limit {b['name']}", f"{b['tokens_per_sec']:g}/s burst {b['burst']}{paused}"
         )
+    flight = s.get("in_flight")
+    if flight:  # concurrency: N
+        table.add_row(
+            "items in flight",
+            f"{flight['items_per_worker']:.1f} per worker, {flight['item_latency_ms']:.0f} ms each",
+        )
     if "slurm" in s:
         sl = s["slurm"]
         table.add_row("slurm jobs", ", ".join(sl["job_ids"]) or "none")
