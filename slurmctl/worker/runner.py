@@ -434,6 +434,8 @@ class Worker:
             return
         try:
             job = self._job()
+            # the loop's poll (e.g. alerts): its thread waits while tasks follow each other
+            hooks.registry.on_worker_poll(self.info)
             if job.status.terminal or job.paused or job.not_before > time.time():
                 return
             if self.walltime is not None and self.walltime.refusal(job.phase) is not None:

@@ -109,6 +109,9 @@ class TaskRunner:
         """The worker's item slots, shared by its tasks in hand."""
         self._record_lock = threading.Lock()
         """The breaker and the limiter's reports, fed by the threads of the tasks in hand."""
+        self._commit_lock = threading.Lock()
+        """A worker's tasks in hand write their outputs and commit one at a time: the output
+        schema it keeps, the task manifest and its observers see one task at once, as before."""
         if self.in_flight:  # items on threads or the loop; the manifest is read on the task's
             self.ctx.metrics.make_threadsafe()
 
@@ -216,22 +219,38 @@ class TaskRunner:
                 self._leave(task, token, ckpt, lost)
                 return Outcome.STOPPED
             faults.inject_error("output")
-            commit = self._outputs.write(task, token, ckpt, lines)
+            with self._commit_lock:
+                commit = self._outputs.write(task, token, ckpt, lines)
         finally:
             ckpt.close()
         commit = TaskCommit(**{**commit.__dict__, "end_time": time.time()})
-        if not self.backend.state.commit_task(self.job_id, task.task_id, token, commit):
-            log.warning("%s: commit refused: the lease moved on; output discarded", task.task_id)
-            shutil.rmtree(scratch, ignore_errors=True)
-            return Outcome.LEASE_LOST
+        with self._commit_lock:
+            if not self.backend.state.commit_task(self.job_id, task.task_id, token, commit):
+                log.warning(
+                    "%s: commit refused: the lease moved on; output discarded", task.task_id
+                )
+                shutil.rmtree(scratch, ignore_errors=True)
+                return Outcome.LEASE_LOST
+            self._after_commit(task, token, commit, t0, cpu0, calls, len(done))
+        shutil.rmtree(self.task_dir(task.task_id), ignore_errors=True)  # and dead attempts' files
+        return Outcome.COMMITTED
+
+    def _after_commit(
+        self,
+        task: TaskRecord,
+        token: str,
+        commit: TaskCommit,
+        t0: float,
+        cpu0: float,
+        calls: int,
+        resumed: int,
+    ) -> None:
         try:
-            self._outputs.after_commit(task, token, commit, t0, cpu0, calls, len(done))
+            self._outputs.after_commit(task, token, commit, t0, cpu0, calls, resumed)
         except (TimeoutError, ConnectionError, BackendUnavailable):
             raise
         except Exception:  # the output counts already: a missing manifest must not fail the job
             log.exception("%s: committed, but its task manifest was not written", task.task_id)
-        shutil.rmtree(self.task_dir(task.task_id), ignore_errors=True)  # and dead attempts' files
-        return Outcome.COMMITTED
 
     def _checkpoint(self, path: Path, stamp: Stamp, task_id: str, token: str) -> Checkpoint:
         """This attempt's checkpoint (new: the folder is named by the attempt's token); a file
