@@ -102,7 +102,7 @@ def test_error_type_constants() -> None:
 
 VALID_TOP = (
     "job_id, job_type, handler, input, input_format, input_columns, id_field, batch_size, params, "
-    "workers, concurrency, "
+    "workers, concurrency, expected_latency_s, "
     "executor, slurm, backend, aws, scratch, rate_limit, rate_limits, retry, output, "
     "max_quarantine_share, max_failure_share, breaker, lease, checkpoint_every, error_rules"
 )
