@@ -75,4 +75,5 @@ def test_usr1_with_items_in_flight_keeps_them_and_every_item_runs_once(
     assert_exactly_once(root, jid, 300)
     assert Counter(calls(log)) == Counter(str(i) for i in range(300)), "an item ran twice"
     resumed = next(m for m in util.task_manifests(root, jid) if m["task_id"] == "task-000001")
-    assert resumed["metrics"]["items_from_checkpoint"] >= 30, resumed["metrics"]
+    # the 10 or more items started before USR1 finished, were kept and were not run again
+    assert resumed["metrics"]["items_from_checkpoint"] >= 10, resumed["metrics"]
