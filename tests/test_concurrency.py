@@ -5,7 +5,6 @@ SIGKILL and `resume`, errors classified per item, out-of-order completion with c
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -20,6 +19,7 @@ import pytest
 from tests.helpers import (
     assert_exactly_once,
     cli,
+    failure_manifest,
     make_job,
     popen,
     status,
@@ -90,11 +90,13 @@ def _calls(path: Path) -> list[str]:
 
 
 def _failures(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for f in (root / "objects/jobs/t1/failures").glob("*.json"):
-        for i in json.loads(f.read_text())["items"]:
-            out[str(i["item_id"])] = i["error_type"]
-    return out
+    jobdir = root / "objects/jobs/t1"
+    phases = {f.name.split(".")[0] for f in (jobdir / "failures").glob("*.json")}
+    return {
+        str(i["item_id"]): i["error_type"]
+        for phase in sorted(phases)
+        for i in failure_manifest(jobdir, phase)["items"]
+    }
 
 
 def _expected_failures(count: int) -> dict[str, str]:
@@ -345,6 +347,8 @@ def _running(root: Path) -> list[str]:
     try:
         rows = conn.execute("SELECT task_id FROM tasks WHERE status = 'RUNNING' ORDER BY task_id")
         return [r[0] for r in rows]
+    except sqlite3.OperationalError:  # the store is being created
+        return []
     finally:
         conn.close()
 
@@ -381,7 +385,7 @@ def test_sigkill_with_several_tasks_in_hand_then_resume_is_exactly_once(
     # at most the items in flight (16, over all the tasks in hand) and those of each task in
     # hand not yet checkpointed (checkpoint_every each)
     assert redone <= 16 + 10 * len(held), (redone, held)
-    manifests = [json.loads(p.read_text()) for p in (root / "objects/jobs/t1/tasks").glob("*.json")]
+    manifests = task_manifests(root, "t1")
     resumed = {m["task_id"]: m["metrics"]["items_from_checkpoint"] for m in manifests}
     # the oldest task in hand had all but its slow last item done: resumed from its checkpoint
     assert resumed[held[0]] >= 90, (resumed, held)
