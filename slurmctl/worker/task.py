@@ -192,7 +192,8 @@ class TaskRunner:
 
     def _attempt(self, task: TaskRecord, token: str, lost: threading.Event) -> Outcome:
         if task.attempts > 1:  # taken over: it may be what killed its last worker, and this one
-            self._outputs.flush_manifests(force=True)
+            with self._commit_lock:  # another task in hand may be writing its manifest
+                self._outputs.flush_manifests(force=True)
         t0, cpu0 = time.time(), time.process_time()
         try:
             batch = self.backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)
