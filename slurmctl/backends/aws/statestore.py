@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import heapq
 import random
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -27,7 +28,6 @@ from slurmctl.backends import protocol
 from slurmctl.backends.aws import retention
 from slurmctl.backends.aws.buckets import RateBuckets
 from slurmctl.backends.aws.dynamo import (
-    CCF,
     GSI,
     JOBS_GSI_PK,
     SHARDS,
@@ -63,6 +63,8 @@ from slurmctl.states import UNFINISHED, JobStatus, TaskStatus
 
 AMBIGUOUS_ROUNDS = 3
 """How often a write whose answer was lost is re-read and tried again before the error stands."""
+PUT_THREADS = 16
+"""Conditional puts in flight at once per chunk (boto3 clients are thread-safe)."""
 UNINDEXED = {"gsi_pk": None, "gsi_sk": None}
 """Removing the GSI key attributes takes a finished task out of the sparse index."""
 
@@ -257,40 +259,29 @@ class DynamoStateStore(RateBuckets, StateStore):
         return sum(self.put_chunk(unique[i : i + 100]) for i in range(0, len(unique), 100))
 
     def put_chunk(self, chunk: Sequence[TaskRecord]) -> int:
-        """The put-task primitive: up to 100 tasks of one job in one transaction of conditional
-        puts (BatchWriteItem cannot be conditional), spread over the job's task shards; safe to
-        call from several threads at once. When some exist, the cancellation reasons say which:
-        the rest go again in a new transaction. Returns how many were new."""
-        pending = list(chunk)
-        if not pending:
+        """The put-task primitive: up to 100 tasks of one job, each one conditional PutItem
+        (put if absent), spread over the job's task shards, PUT_THREADS at a time; safe to call
+        from several threads at once. Returns how many were new.
+
+        Not a transaction: TransactWriteItems bills every item twice (2 WCU where a single
+        conditional put costs 1), and a chunk need not land all at once: a submit that dies
+        half-way has written some tasks of some chunk either way, and the next put of the
+        same tasks (resume) adds only those missing."""
+        if not chunk:
             return 0
-        shards = self._need_shards(pending[0].job_id)
-        while pending:
-            reasons = self.t.transact(
-                [
-                    {
-                        "Put": {
-                            "TableName": self.t.name,
-                            "Item": task_item(t, shards),
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    }
-                    for t in pending
-                ]
+        shards = self._need_shards(chunk[0].job_id)
+
+        def one(t: TaskRecord) -> bool:
+            return self.t.conditional(
+                "put_item",
+                Item=task_item(t, shards),
+                ConditionExpression="attribute_not_exists(pk)",
             )
-            if reasons is None:
-                return len(pending)
-            if len(reasons) != len(pending):  # no per-item reasons: one conditional put each
-                return sum(
-                    self.t.conditional(
-                        "put_item",
-                        Item=task_item(t, shards),
-                        ConditionExpression="attribute_not_exists(pk)",
-                    )
-                    for t in pending
-                )
-            pending = [t for t, r in zip(pending, reasons, strict=True) if r != CCF]
-        return 0
+
+        if len(chunk) == 1:
+            return int(one(chunk[0]))
+        with ThreadPoolExecutor(min(PUT_THREADS, len(chunk))) as pool:
+            return sum(pool.map(one, chunk))
 
     def delete_tasks(self, job_id: str, phase: str) -> int:
         shards = self._need_shards(job_id)
