@@ -123,6 +123,14 @@ class StateStore(ABC):
             if t.status == TaskStatus.RUNNING:
                 yield t
 
+    def live_tasks(self, job_id: str, now: float) -> Iterator[TaskRecord]:
+        """RUNNING tasks of any phase whose lease is still live at now (`clean`'s refusal). A
+        store with an index by expiry reads only those (DynamoDB); this default filters the
+        unfinished ones (SQLite: a local read)."""
+        for t in self.unfinished_tasks(job_id):
+            if t.status == TaskStatus.RUNNING and (t.lease_expires or 0) > now:
+                yield t
+
     def pending_tasks(self, job_id: str, phase: str) -> Iterator[TaskRecord]:
         """PENDING tasks of the phase (the reconciler, when the queue lost some hints)."""
         for t in self.unfinished_tasks(job_id, phase):

@@ -17,7 +17,6 @@ from slurmctl.errors import JobStateError, UserError
 from slurmctl.finalize.intermediates import check_removable
 from slurmctl.jobs import get_job, live_lease_holder, load_definition
 from slurmctl.scratch import scratch_root
-from slurmctl.states import TaskStatus
 
 
 def _running(env: Env, job_id: str) -> str | None:
@@ -26,10 +25,10 @@ def _running(env: Env, job_id: str) -> str | None:
     holder = live_lease_holder(env.backend, job_id)
     if holder is not None:
         return f"{holder} is running it"
-    now = time.time()
-    for task in state.unfinished_tasks(job_id):
-        if task.status == TaskStatus.RUNNING and (task.lease_expires or 0) > now:
-            return f"{task.task_id} is held by worker {task.worker_id}"
+    # only the live leases are read (on DynamoDB one index range per shard), not every
+    # unfinished task
+    for task in state.live_tasks(job_id, time.time()):
+        return f"{task.task_id} is held by worker {task.worker_id}"
     return None
 
 

@@ -348,6 +348,27 @@ def test_expired_running_and_pending_tasks(backend: Backend) -> None:
     assert ids(state.pending_tasks("j", "initial")) == ["task-000000", "task-000003", "task-000004"]
 
 
+def test_live_tasks_are_the_unexpired_leases_of_every_phase(backend: Backend) -> None:
+    """What `clean` reads to refuse a running job: only the leases still live at now."""
+    _setup(backend, n=4)
+    backend.state.put_tasks([_task(9, phase="retry_1")])
+    state = backend.state
+    state.claim_task("j", "task-000000", "w", "a", 10, now=100.0)  # expires 110
+    state.claim_task("j", "task-000001", "w", "b", 50, now=100.0)  # expires 150
+    state.claim_task("j", "task-000002", "w", "c", 90, now=100.0)
+    state.commit_task("j", "task-000002", "c", _commit())  # finished: never live
+    state.claim_task("j", "task-000009", "w2", "d", 30, now=100.0)  # expires 130, retry_1
+
+    def ids(now: float) -> list[str]:
+        return sorted(t.task_id for t in state.live_tasks("j", now))
+
+    assert ids(105.0) == ["task-000000", "task-000001", "task-000009"]
+    assert ids(120.0) == ["task-000001", "task-000009"]
+    assert ids(140.0) == ["task-000001"]
+    assert ids(150.0) == []  # a lease expiring exactly now is no longer live
+    assert [t.worker_id for t in state.live_tasks("j", 140.0)] == ["w"]
+
+
 def test_reconciler_turns_one_holder_at_a_time(backend: Backend) -> None:
     from slurmctl.backends.reconcile import Turn, take_turn
 

@@ -355,6 +355,16 @@ class DynamoStateStore(RateBuckets, StateStore):
             job_id, keys, lambda t: t.status == TaskStatus.RUNNING and t.phase == phase
         )
 
+    def live_tasks(self, job_id: str, now: float) -> Iterator[TaskRecord]:
+        """One key range per shard: the RUNNING entries whose expiry is at or after now (as
+        many as there are live workers), never every unfinished task."""
+        keys = self._index_keys(job_id, (f"R#{expiry_text(now)}", "R$"))
+        return self._records(
+            job_id,
+            keys,
+            lambda t: t.status == TaskStatus.RUNNING and (t.lease_expires or 0) > now,
+        )
+
     def pending_tasks(self, job_id: str, phase: str) -> Iterator[TaskRecord]:
         keys = self._index_keys(job_id, ("P#", "P$"))
         return self._records(
