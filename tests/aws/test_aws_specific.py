@@ -17,6 +17,7 @@ from slurmctl.backends.aws.dynamo import (
     SHARDS,
     TASK_SHARDS_MIN,
     index_pk,
+    metrics_key,
     shard_key,
     shard_of,
     task_pk,
@@ -103,6 +104,34 @@ def test_counters_are_sharded_and_summed(aws: Aws) -> None:
     assert c[task_counter("initial", "RUNNING")] == 0
     assert c[ITEMS_SUCCEEDED] == c[OUTPUT_ROWS] == sum(range(n))
     assert c[ITEMS_PENDING] == 10 * n - sum(range(n))
+
+
+def test_counter_only_updates_leave_the_counter_shards_small(aws: Aws) -> None:
+    """Metrics (counter-only updates) land on the metrics shards; the counter shards that
+    claims and commits move in their transactions hold only the protocol's few counters, so a
+    long time series never makes a claim or a commit cost more than 2 WCU per item."""
+    _setup(aws, 4)
+    state = aws.backend.state
+    for point in range(40):  # a long job's time series: ~40 points in every metrics shard
+        for _ in range(5):
+            assert state.update_job("j", {}, counter_deltas={f"obs.ts.items.0.{point}": 1})
+    for i in range(4):
+        tid = f"task-{i:06d}"
+        assert state.claim_task("j", tid, "w", f"t{i}", 60, now=1.0) is not None
+        assert state.commit_task("j", tid, f"t{i}", _commit(rows=i))
+    names = {n for item in _shards(aws).values() for n in item if n not in ("pk", "sk")}
+    assert not any(n.startswith("obs.") for n in names), names
+    metrics = [
+        aws.ddb.get_item(TableName=aws.name, Key=metrics_key("j", k), ConsistentRead=True)
+        for k in range(SHARDS)
+    ]
+    held = [m["Item"] for m in metrics if "Item" in m]
+    assert held and all(n.startswith("obs.ts.") for m in held for n in m if n not in ("pk", "sk"))
+    c = state.counters("j")
+    assert [c[f"obs.ts.items.0.{p}"] for p in range(40)] == [5] * 40
+    assert c[task_counter("initial", "SUCCESS")] == 4 and c[OUTPUT_ROWS] == 6
+    state.delete_job("j")
+    assert state.counters("j") == {}
 
 
 def _gsi_entries(env: Aws, gsi_pk: str) -> list[tuple[str, str, str]]:

@@ -9,7 +9,8 @@ Items (docs/aws.md has the full layout and the cost of each access):
 | | | `JOB#<job_id>#U#<k>`, gsi_sk `P#<task_id>` PENDING, `R#<lease_expires>#<task_id>` RUNNING) |
 | job lease | `JOB#<job_id>` | `LEASE` |
 | bucket pointer | `JOB#<job_id>` | `BUCKET#<name>` (a job's buckets found by a consistent query) |
-| counter shard k | `JOB#<job_id>#C#<k>` | `C`, one number per counter name |
+| counter shard k | `JOB#<job_id>#C#<k>` | `C`, one number per counter name (claims, commits, job updates) |
+| metrics shard k | `JOB#<job_id>#M#<k>` | `C`, as a counter shard (counter-only updates: metrics, breaker) |
 | rate bucket | `RATE#<job_id>#<name>` | `B` |
 
 None is stored as an absent attribute (REMOVE), and `expect={f: None}` is `attribute_not_exists`.
@@ -127,6 +128,20 @@ def shard_of(task_id: str) -> int:
 
 def shard_key(job_id: str, k: int) -> Item:
     return key(f"{job_pk(job_id)}#C#{k}", "C")
+
+
+def metrics_key(job_id: str, k: int) -> Item:
+    """Metrics shard k: where counter-only updates (the per-task metrics, the time series, the
+    breaker) land, apart from the counter shards that claims and commits move in their
+    transactions. Those stay a few hundred bytes however long the job runs (1 WCU, 2 in a
+    transaction); the metrics shards grow with the time series (to ~3-4 KB after ten hours)
+    and only the metrics' own plain ADD pays for it."""
+    return key(f"{job_pk(job_id)}#M#{k}", "C")
+
+
+def counter_keys(job_id: str) -> list[Item]:
+    """Every item `counters()` sums: the counter shards and the metrics shards."""
+    return [f(job_id, k) for f in (shard_key, metrics_key) for k in range(SHARDS)]
 
 
 def bucket_key(job_id: str, name: str) -> Item:
@@ -390,7 +405,7 @@ class Table:
             req["ConditionExpression"] = condition
         return {"Update": req}
 
-    def counters_op(self, job_id: str, shard: int, deltas: Mapping[str, int]) -> dict[str, Any]:
-        """ADD the deltas to one counter shard (created by the first ADD)."""
+    def counters_op(self, k: Item, deltas: Mapping[str, int]) -> dict[str, Any]:
+        """ADD the deltas to one counter or metrics shard (created by the first ADD)."""
         e = Expr()
-        return self.update_op(shard_key(job_id, shard), e.update({}, deltas), e)
+        return self.update_op(k, e.update({}, deltas), e)

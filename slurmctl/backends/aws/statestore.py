@@ -12,7 +12,9 @@ cost of each access).
 
 No write lands on one key per task: task items and their index entries are spread over the
 job's K task shards, and a counter-only job update (the per-task metrics) is one plain UpdateItem
-on a random counter shard, with no ConditionCheck on the job record.
+on a random metrics shard, with no ConditionCheck on the job record. The metrics shards are not
+the counter shards that claims and commits move: those stay small (1 KB: 2 WCU in a
+transaction) however long the job runs and however big the time series grows.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from slurmctl.backends.aws.dynamo import (
     Table,
     bucket_key,
     condition,
+    counter_keys,
     decode,
     expiry_text,
     index_attrs,
@@ -46,6 +49,7 @@ from slurmctl.backends.aws.dynamo import (
     job_pk,
     key,
     key_of,
+    metrics_key,
     old_layout,
     shard_key,
     shard_of,
@@ -143,8 +147,8 @@ class DynamoStateStore(RateBuckets, StateStore):
             # read once, for its shard count.
             if self.task_shards(w.ref.job_id) is None:
                 return False
-            op = self.t.counters_op(w.ref.job_id, random.randrange(SHARDS), w.deltas)
-            return self._transact([op])
+            k = metrics_key(w.ref.job_id, random.randrange(SHARDS))
+            return self._transact([self.t.counters_op(k, w.deltas)])
         if w.ref.kind == "task" and self.task_shards(w.ref.job_id) is None:
             return False  # no job, no task: a conditional write on it can only fail
         k = self._key(w.ref)
@@ -170,7 +174,7 @@ class DynamoStateStore(RateBuckets, StateStore):
         ops = [op]
         if w.deltas:
             shard = shard_of(w.ref.name) if w.ref.kind == "task" else 0
-            ops.append(self.t.counters_op(w.ref.job_id, shard, w.deltas))
+            ops.append(self.t.counters_op(shard_key(w.ref.job_id, shard), w.deltas))
         status = w.sets.get("status") if w.ref.kind == "job" and not creating else None
         terminal = status is not None and JobStatus(status).terminal
         if status is not None:
@@ -242,7 +246,7 @@ class DynamoStateStore(RateBuckets, StateStore):
                 keys.append(key_of(item))
                 if item["sk"]["S"].startswith("BUCKET#"):
                     buckets.append(item["sk"]["S"].removeprefix("BUCKET#"))
-        keys += [shard_key(job_id, k) for k in range(SHARDS)]
+        keys += counter_keys(job_id)
         keys += [bucket_key(job_id, name) for name in buckets]
         self.t.batch_delete(keys)
 
@@ -402,7 +406,7 @@ class DynamoStateStore(RateBuckets, StateStore):
 
     def counters(self, job_id: str) -> dict[str, int]:
         out: dict[str, int] = {}
-        for item in self.t.batch_get([shard_key(job_id, k) for k in range(SHARDS)]).values():
+        for item in self.t.batch_get(counter_keys(job_id)).values():
             for name, value in item.items():
                 if name not in ("pk", "sk"):
                     out[name] = out.get(name, 0) + int(value["N"])
