@@ -24,9 +24,12 @@ status checks): on moto's few tasks a second they weigh on the per-task RCU of a
     .venv/bin/python bench/requests.py --items 10000      # 100 tasks at batch 100 (~1 min)
     .venv/bin/python bench/requests.py --items 100000     # 1,000 tasks (several minutes)
     .venv/bin/python bench/requests.py --reconcile        # one reconciler pass, 1,000 unfinished
+    .venv/bin/python bench/requests.py --heartbeats       # 200 running tasks, 8 heartbeats each
 
-`--reconcile` measures one pass of `slurmctl.backends.reconcile.reconcile` (what an idle worker
-and finalize run) on a job of 1,000 RUNNING tasks of which 10 have an expired lease.
+`--heartbeats` measures what a running task's heartbeats cost (a task of 4 minutes at the
+default lease: 8 of them). `--reconcile` measures one pass of
+`slurmctl.backends.reconcile.reconcile` (what an idle worker and finalize run) on a job of
+1,000 RUNNING tasks of which 10 have an expired lease.
 
 Results: bench/out/requests-<N>.json (and a dated copy).
 """
@@ -362,6 +365,60 @@ def run_reconcile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def run_heartbeats(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """--heartbeats: the DynamoDB units of a running task's heartbeats, N tasks claimed under a
+    lease of lease_s, each heartbeating every heartbeat_s (the defaults: 120 s, 30 s) for
+    --rounds rounds; the clock is the one given to the store, so no waiting."""
+    env = _env()
+    server = Server(work / "moto.log")
+    try:
+        folder = work / "job"
+        common.write_items(folder / "input.jsonl", 10)
+        config = _config(folder, server.url, args)
+        _init(work / "root", config, env)
+        sys.path.insert(0, str(common.REPO))
+        from slurmctl.backends.aws import open_aws
+        from slurmctl.backends.statestore import JobRecord, TaskRecord
+        from slurmctl.states import JobStatus
+
+        name = f"bench-req-{os.getpid()}"
+        backend = open_aws(name, name, "us-east-1", server.url)
+        state = backend.state
+        n, lease_s, every = args.unfinished, 120.0, 30.0
+        state.create_job(JobRecord(JOB_ID, JobStatus.RUNNING, task_count=n, backend="aws"))
+        tasks = [
+            TaskRecord(JOB_ID, f"task-{i:06d}", f"b{i}", "initial", "g", 100, f"k{i}", "s")
+            for i in range(n)
+        ]
+        state.put_tasks(tasks)
+        now = time.time()
+        for i, t in enumerate(tasks):  # claimed over one heartbeat period, as workers do
+            state.claim_task(JOB_ID, t.task_id, "w", f"tok{i}", lease_s, now + i * every / n)
+        snap0 = server.snapshot()
+        for r in range(1, args.rounds + 1):
+            for i, t in enumerate(tasks):
+                at = now + i * every / n + r * every
+                assert state.heartbeat(JOB_ID, t.task_id, f"tok{i}", lease_s, at)
+        snap1 = server.snapshot()
+        backend.close()
+    finally:
+        server.stop()
+    beats = n * args.rounds
+    r = report(snap0, snap1, {"submitted": None, "workers_gone": None}, beats, beats)
+    groups: Counter[str] = Counter()
+    for k, v in r["wcu_per_task_by_key"].items():
+        groups["index" if k.startswith("gsi:") else "task"] += v
+    return {
+        "tasks": n,
+        "rounds": args.rounds,
+        "lease_s": lease_s,
+        "heartbeat_s": every,
+        "wcu_per_heartbeat": r["wcu_per_task"],
+        "wcu_per_heartbeat_by_kind": {k: round(v, 3) for k, v in groups.items()},
+        "requests_per_heartbeat": r["requests_per_task_by_operation"],
+    }
+
+
 def _turns(backend: Any, server: Server, now: float) -> dict[str, Any]:
     """What an idle worker's offer to reconcile costs beyond the pass: the turn taken, and the
     turn refused (another worker holds it): units and requests, when the code has turns."""
@@ -384,6 +441,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--reconcile", action="store_true", help="measure one reconciler pass")
+    ap.add_argument("--heartbeats", action="store_true", help="measure running tasks' heartbeats")
+    ap.add_argument("--rounds", type=int, default=8, help="--heartbeats: heartbeats per task")
     ap.add_argument("--unfinished", type=int, default=1000)
     ap.add_argument("--expired", type=int, default=10)
     ap.add_argument("--tmp", help="folder for the inputs and outputs (default: $TMPDIR)")
@@ -397,7 +456,21 @@ def main() -> None:
     work = common.work_dir(args.tmp, "requests")
     result: dict[str, Any] = {"args": vars(args), "machine": info}
     try:
-        if args.reconcile:
+        if args.heartbeats:
+            n = min(args.unfinished, 200)
+            args.unfinished = n
+            common.header(
+                f"heartbeats on AWS (moto): {n} running tasks, {args.rounds} heartbeats each "
+                "(lease 120 s, heartbeat every 30 s)",
+                info,
+            )
+            result["heartbeats"] = r = run_heartbeats(args, work)
+            print(
+                f"   WCU per heartbeat: {r['wcu_per_heartbeat']} "
+                f"({r['wcu_per_heartbeat_by_kind']}); requests {r['requests_per_heartbeat']}"
+            )
+            name = "requests-heartbeats"
+        elif args.reconcile:
             common.header(
                 f"reconciler pass on AWS (moto): {args.unfinished} unfinished tasks, "
                 f"{args.expired} expired",

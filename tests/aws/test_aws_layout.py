@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from slurmctl.backends import Backend
+from slurmctl.backends.aws.dynamo import expiry_text, task_key
 from slurmctl.backends.reconcile import Turn, reconcile, reconcile_turn
 from slurmctl.backends.statestore import JobRecord, TaskRecord
 from slurmctl.states import JobStatus
@@ -75,12 +76,49 @@ def test_reconciler_reads_only_the_expired_leases(aws: Backend) -> None:
     calls = Calls(aws)
     got = reconcile(aws, "j", "initial", now=1000.0)
     assert (got.expired, got.pending, got.running) == (3, 0, n - 3)
-    # the 3 expired records, never the 57 live ones (the 16 counter shards: one batch read)
-    assert calls.keys_read() == 3 + 16
+    # the 3 expired records, never the 57 live ones (the 16 counter shards and the 16 metrics
+    # shards: one batch read)
+    assert calls.keys_read() == 3 + 32
     queries = [kw for op, kw in calls.seen if op == "query"]
     assert len(queries) == 16 and all(q["IndexName"] == "unfinished" for q in queries)
     hints = sorted(m.body for m in aws.queue.receive("j", max_messages=10, visibility_s=30))
     assert hints == [f"task-{i:06d}" for i in sorted(lapsed)]
+
+
+def _index_sk(aws: Backend, task_id: str) -> str:
+    state = aws.state
+    shards = state.task_shards("j")  # type: ignore[attr-defined]
+    got = state.t.ddb.call(  # type: ignore[attr-defined]
+        "get_item", TableName=state.t.name, Key=task_key("j", task_id, shards), ConsistentRead=True
+    )
+    return str(got["Item"]["gsi_sk"]["S"])
+
+
+def test_heartbeats_move_the_index_entry_once_per_half_lease(aws: Backend) -> None:
+    """The index entry's expiry is the lease's rounded down to a multiple of lease_s / 2: a
+    heartbeat within the step writes the task only (1 WCU), and the reconciler still finds the
+    lease the moment it expires, never before."""
+    state = aws.state
+    assert state.create_job(JobRecord("j", JobStatus.RUNNING, task_count=1))
+    state.put_tasks([_task(0)])
+    tid = "task-000000"
+    assert state.claim_task("j", tid, "w", "tok", 120.0, 1000.0) is not None  # lease to 1120
+    assert _index_sk(aws, tid) == f"R#{expiry_text(1080.0)}#{tid}"
+    calls = Calls(aws)
+    steps = []
+    for now in (1030.0, 1060.0, 1090.0, 1100.0, 1120.0):  # leases to 1150 ... 1240
+        assert state.heartbeat("j", tid, "tok", 120.0, now)
+        steps.append(_index_sk(aws, tid).split("#")[1])
+    assert steps == [expiry_text(t) for t in (1140.0, 1140.0, 1200.0, 1200.0, 1200.0)]
+    updates = [kw for op, kw in calls.seen if op == "update_item"]
+    moved = ["gsi_sk" in kw["ExpressionAttributeNames"].values() for kw in updates]
+    assert moved == [True, False, True, False, False]
+    task = state.get_task("j", tid)
+    assert task is not None and task.lease_expires == 1240.0
+    assert list(state.expired_tasks("j", "initial", 1239.0)) == []  # the entry says 1200
+    assert [t.task_id for t in state.live_tasks("j", 1239.0)] == [tid]
+    assert [t.task_id for t in state.expired_tasks("j", "initial", 1241.0)] == [tid]
+    assert not state.heartbeat("j", tid, "other", 120.0, 1130.0)  # fenced as ever
 
 
 def test_idle_workers_take_turns_to_reconcile(aws: Backend) -> None:
@@ -94,7 +132,7 @@ def test_idle_workers_take_turns_to_reconcile(aws: Backend) -> None:
     assert reconcile_turn(aws, "j", "initial", Turn("w1", 30.0), now=160.0) is None
 
 
-def test_counter_only_updates_write_one_counter_shard_and_not_the_job(aws: Backend) -> None:
+def test_counter_only_updates_write_one_metrics_shard_and_not_the_job(aws: Backend) -> None:
     state = aws.state
     assert state.create_job(JobRecord("j", JobStatus.RUNNING))
     assert state.get_task("j", "task-000000") is None  # the job's shard count, read once
@@ -102,7 +140,7 @@ def test_counter_only_updates_write_one_counter_shard_and_not_the_job(aws: Backe
     for _ in range(5):
         assert state.update_job("j", {}, counter_deltas={"obs.x": 2})
     assert [op for op, _ in calls.seen] == ["update_item"] * 5
-    assert all(kw["Key"]["pk"]["S"].startswith("JOB#j#C#") for _, kw in calls.seen)
+    assert all(kw["Key"]["pk"]["S"].startswith("JOB#j#M#") for _, kw in calls.seen)
     assert all("ConditionExpression" not in kw for _, kw in calls.seen)
     assert state.counters("j")["obs.x"] == 10
 

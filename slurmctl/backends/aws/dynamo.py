@@ -9,8 +9,8 @@ Items (docs/aws.md has the full layout and the cost of each access):
 | | | `JOB#<job_id>#U#<k>`, gsi_sk `P#<task_id>` PENDING, `R#<lease_expires>#<task_id>` RUNNING) |
 | job lease | `JOB#<job_id>` | `LEASE` |
 | bucket pointer | `JOB#<job_id>` | `BUCKET#<name>` (a job's buckets found by a consistent query) |
-| counter shard k | `JOB#<job_id>#C#<k>` | `C`, one number per counter name (claims, commits, job updates) |
-| metrics shard k | `JOB#<job_id>#M#<k>` | `C`, as a counter shard (counter-only updates: metrics, breaker) |
+| counter shard k | `JOB#<job_id>#C#<k>` | `C`, one number per counter (claims, commits, job) |
+| metrics shard k | `JOB#<job_id>#M#<k>` | `C`, the same, for counter-only updates (metrics) |
 | rate bucket | `RATE#<job_id>#<name>` | `B` |
 
 None is stored as an absent attribute (REMOVE), and `expect={f: None}` is `attribute_not_exists`.

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import base64
 import heapq
+import math
 import random
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slurmctl.backends import protocol
@@ -61,12 +62,27 @@ from slurmctl.backends.aws.dynamo import (
 )
 from slurmctl.backends.aws.session import AwsConnectionError, AwsTimeout, Service
 from slurmctl.backends.protocol import Kind, Ref, Write
-from slurmctl.backends.statestore import JobRecord, StateStore, TaskRecord, Versioned
+from slurmctl.backends.statestore import (
+    CLAIM_ROUNDS,
+    JobRecord,
+    StateStore,
+    TaskRecord,
+    Versioned,
+)
 from slurmctl.errors import JobStateError
 from slurmctl.states import UNFINISHED, JobStatus, TaskStatus
 
 AMBIGUOUS_ROUNDS = 3
 """How often a write whose answer was lost is re-read and tried again before the error stands."""
+INDEX_STEP = 0.5
+"""A RUNNING task's index entry holds its lease expiry rounded down to a multiple of
+INDEX_STEP x lease_s: never later than the lease (the reconciler's range finds every expired
+one), and a heartbeat (every lease.heartbeat_s, 30 s of a 120 s lease by default) moves it
+(2 WCU: the old entry removed, the new one added) only when the expiry enters the next step,
+every other heartbeat by default, instead of every one. With heartbeats under half the lease
+the entry never looks expired while they come on time."""
+INDEXED_MAX = 4096
+"""Index expiries remembered per (job, task, token) by the process that heartbeats them."""
 PUT_THREADS = 16
 """Conditional puts in flight at once per chunk (boto3 clients are thread-safe)."""
 UNINDEXED = {"gsi_pk": None, "gsi_sk": None}
@@ -88,6 +104,8 @@ class DynamoStateStore(RateBuckets, StateStore):
     def __init__(self, ddb: Service, table: str) -> None:
         self.t = Table(ddb, table)
         self._shards: dict[str, int] = {}
+        self._indexed: dict[tuple[str, str, str], float] = {}
+        """The index expiry this process last wrote for a lease it holds (heartbeats)."""
 
     # --- the layout ---------------------------------------------------------------------------
     def task_shards(self, job_id: str) -> int | None:
@@ -119,14 +137,14 @@ class DynamoStateStore(RateBuckets, StateStore):
         self.t.ddb.close()
 
     # --- the write primitive ------------------------------------------------------------------
-    def _write(self, w: Write) -> bool:
+    def _write(self, w: Write, index_at: float | None = None, move_index: bool = True) -> bool:
         """One conditional write. A task or lease write whose answer was lost (a timeout, a
         dropped connection: it may have been applied) is resolved by reading the record again:
         applied, refused (its condition no longer holds), or still to do (tried again)."""
         lost: Exception | None = None
         for _ in range(AMBIGUOUS_ROUNDS):
             try:
-                return self._write_once(w)
+                return self._write_once(w, index_at, move_index)
             except (AwsTimeout, AwsConnectionError) as e:
                 if w.ref.kind == "job":  # a job's counter deltas cannot be told apart: report
                     raise
@@ -139,7 +157,7 @@ class DynamoStateStore(RateBuckets, StateStore):
         assert lost is not None
         raise lost
 
-    def _write_once(self, w: Write) -> bool:
+    def _write_once(self, w: Write, index_at: float | None = None, move_index: bool = True) -> bool:
         if w.ref.kind == "job" and w.cond == protocol.PRESENT and not w.sets and not w.delete:
             # Counters only (metrics, breaker): one plain ADD on a random shard, no check of
             # the job record, so no item takes a write per task (a deleted job's stray shard
@@ -155,8 +173,8 @@ class DynamoStateStore(RateBuckets, StateStore):
         e = Expr()
         cond = condition(e, w.cond)
         sets = {f: v for f, v in w.sets.items() if f not in ("job_id", "task_id")}
-        if w.ref.kind == "task":
-            sets |= self._index(w.ref, sets)
+        if w.ref.kind == "task" and move_index:
+            sets |= self._index(w.ref, sets, index_at)
         if w.ref.kind == "doc" and isinstance(sets.get("value"), bytes):
             sets["value"] = base64.b64encode(sets["value"]).decode()
         creating = w.cond == protocol.ABSENT
@@ -184,17 +202,67 @@ class DynamoStateStore(RateBuckets, StateStore):
             retention.after_status(self.t, w.ref.job_id, terminal)
         return done
 
-    def _index(self, ref: Ref, sets: dict[str, Any]) -> dict[str, Any]:
+    def _index(
+        self, ref: Ref, sets: dict[str, Any], index_at: float | None = None
+    ) -> dict[str, Any]:
         """The index keys a task write leaves: none once finished; a RUNNING task's sort key
-        holds its lease expiry (a claim, a heartbeat: fenced on RUNNING), a PENDING one none."""
+        holds its lease expiry (a claim, a heartbeat: fenced on RUNNING; `index_at` when the
+        caller rounded it, INDEX_STEP), a PENDING one none."""
         status = sets.get("status")
         if status in protocol.FINISHED:
             return dict(UNINDEXED)
         if status is None and "lease_expires" not in sets:
             return {}
         status = TaskStatus.RUNNING if status is None else status
-        expires = sets.get("lease_expires")
+        expires = sets.get("lease_expires") if index_at is None else index_at
         return index_attrs(ref.job_id, ref.name, self._need_shards(ref.job_id), status, expires)
+
+    def _index_at(self, lease_s: float, expires: float) -> float:
+        step = lease_s * INDEX_STEP
+        return math.floor(expires / step) * step if step > 0 else expires
+
+    def _remember(self, job_id: str, task_id: str, token: str, at: float) -> None:
+        if len(self._indexed) >= INDEXED_MAX:
+            self._indexed.clear()  # leases this process no longer heartbeats, mostly
+        self._indexed[(job_id, task_id, token)] = at
+
+    # --- claims and heartbeats: the index entry by steps of the lease -----------------------
+    def claim_task(
+        self,
+        job_id: str,
+        task_id: str,
+        worker_id: str,
+        token: str,
+        lease_s: float,
+        now: float,
+        *,
+        holder: str | None = None,
+    ) -> TaskRecord | None:
+        """As `StateStore.claim_task`, the index entry's expiry rounded down (INDEX_STEP)."""
+        for _ in range(CLAIM_ROUNDS):
+            rec = self.get_task(job_id, task_id)
+            step = protocol.claim(rec, worker_id, token, lease_s, now, holder)
+            if step is None:
+                return None
+            write, claimed = step
+            at = self._index_at(lease_s, float(now + lease_s))
+            if self._write(write, at):
+                self._remember(job_id, task_id, token, at)
+                return claimed
+        return None
+
+    def heartbeat(self, job_id: str, task_id: str, token: str, lease_s: float, now: float) -> bool:
+        """Extend the lease; the index entry moves only when the rounded expiry changes (one
+        task WCU, no index WCU, for most heartbeats)."""
+        w = protocol.heartbeat(job_id, task_id, token, lease_s, now)
+        at = self._index_at(lease_s, float(now + lease_s))
+        held = (job_id, task_id, token)
+        if self._indexed.get(held) == at:  # the entry already says this: leave it
+            return self._write(w, move_index=False)
+        done = self._write(w, at)
+        if done:
+            self._remember(job_id, task_id, token, at)
+        return done
 
     def _transact(self, ops: list[dict[str, Any]]) -> bool:
         """A lone Update or Delete is a plain conditional call (half a transaction's cost)."""
@@ -360,9 +428,9 @@ class DynamoStateStore(RateBuckets, StateStore):
         )
 
     def live_tasks(self, job_id: str, now: float) -> Iterator[TaskRecord]:
-        """One key range per shard: the RUNNING entries whose expiry is at or after now (as
-        many as there are live workers), never every unfinished task."""
-        keys = self._index_keys(job_id, (f"R#{expiry_text(now)}", "R$"))
+        """One key range per shard: the RUNNING entries (as many as there are workers), never
+        every unfinished task. Every one: an entry's expiry may lag its lease's (INDEX_STEP)."""
+        keys = self._index_keys(job_id, ("R#", "R$"))
         return self._records(
             job_id,
             keys,
