@@ -61,16 +61,30 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 JOB_ID = "bench-requests"
 PARTITION_WCU_S = 1000.0
 PARTITION_RCU_S = 3000.0
-PRICES_DATE = "2024-11-14"
+PRICES_DATE = "2024-11-01"
 PRICES = {
-    "dynamodb_wru": 0.625 / 1e6,  # on-demand write request unit (after the Nov 2024 cut)
-    "dynamodb_rru": 0.125 / 1e6,  # on-demand read request unit
+    "dynamodb_wru": 0.625 / 1e6,  # on-demand write request unit (after the 50% cut of Nov 2024)
+    "dynamodb_rru": 0.125 / 1e6,  # on-demand read request unit (ditto)
     "s3_put": 0.005 / 1e3,  # PUT, COPY, POST, LIST (S3 Standard)
     "s3_get": 0.0004 / 1e3,  # GET, HEAD and the others (DELETE is free)
-    "sqs": 0.40 / 1e6,  # standard queue, per request (a batch of up to 10 is one request)
+    "sqs": 0.40 / 1e6,  # standard queue, per request of up to 64 KB (a batch of 10 is one)
 }
-"""us-east-1 list prices (aws.amazon.com/dynamodb/pricing/on-demand, /s3/pricing, /sqs/pricing)
-as of PRICES_DATE; not re-checked from this machine (no internet). Free tiers ignored."""
+"""us-east-1 list prices in force since PRICES_DATE: DynamoDB on-demand was cut by 50% from
+2024-11-01 (announced 2024-11-14: $1.25 -> $0.625 per million WRU, $0.25 -> $0.125 per million
+RRU); the S3 Standard and SQS request prices did not change then (aws.amazon.com/dynamodb/
+pricing/on-demand, /s3/pricing, /sqs/pricing). Not re-checked from this machine (no internet).
+Free tiers ignored (SQS's first million requests a month, DynamoDB's and S3's)."""
+
+
+def prices_line() -> str:
+    """The prices as the report prints them (from PRICES, so the two cannot disagree)."""
+    p = PRICES
+    return (
+        f"us-east-1 list prices in force since {PRICES_DATE}: DynamoDB on-demand "
+        f"${p['dynamodb_wru'] * 1e6:g}/M WRU, ${p['dynamodb_rru'] * 1e6:g}/M RRU; S3 Standard "
+        f"${p['s3_put'] * 1e3:g}/1k PUT/COPY/POST/LIST, ${p['s3_get'] * 1e3:g}/1k GET/HEAD; "
+        f"SQS ${p['sqs'] * 1e6:.2f}/M requests; free tiers ignored"
+    )
 
 
 class Server(scale_aws.Server):
@@ -205,7 +219,7 @@ def report(
         "cap_by": "wcu" if cap_w <= cap_r else "rcu",
         "usd_per_million_items": per_m,
         "usd_per_million_items_total": round(sum(per_m.values()), 4),
-        "prices": {"date": PRICES_DATE, "region": "us-east-1", **PRICES},
+        "prices": {"in_force_since": PRICES_DATE, "region": "us-east-1", **PRICES},
     }
 
 
@@ -233,11 +247,8 @@ def print_report(r: dict[str, Any], title: str) -> None:
         "3,000 RCU/s per partition)"
     )
     cost = ", ".join(f"{k} ${v}" for k, v in r["usd_per_million_items"].items())
-    print(
-        f"   $ per million items: {cost}, total ${r['usd_per_million_items_total']} "
-        f"(us-east-1 list prices of {PRICES_DATE}: DynamoDB on-demand $0.625/M WRU, "
-        "$0.125/M RRU; S3 $0.005/1k PUT, $0.0004/1k GET; SQS $0.40/M)"
-    )
+    print(f"   $ per million items: {cost}, total ${r['usd_per_million_items_total']}")
+    print(f"   ({prices_line()})")
 
 
 # --- the job run -------------------------------------------------------------------------------

@@ -147,7 +147,8 @@ def test_counter_only_updates_write_one_metrics_shard_and_not_the_job(aws: Backe
 
 def test_a_task_life_writes_nothing_on_the_job_key(aws: Backend) -> None:
     """Put, claim, heartbeat, commit and the per-task metrics update: every write lands on the
-    task's shard, its index shard or a counter shard, never on `JOB#<id>` (the job record)."""
+    task's shard, its index shard, a counter or a metrics shard, never on `JOB#<id>` (the job
+    record)."""
     from tests.contract.test_statestore import _commit
 
     state = aws.state
@@ -169,7 +170,7 @@ def test_a_task_life_writes_nothing_on_the_job_key(aws: Backend) -> None:
         elif op in ("update_item", "put_item", "delete_item"):
             written.add((kw.get("Key") or kw["Item"])["pk"]["S"])
     assert written and "JOB#j" not in written
-    assert all(pk.startswith(("JOB#j#T#", "JOB#j#C#")) for pk in written), written
+    assert all(pk.startswith(("JOB#j#T#", "JOB#j#C#", "JOB#j#M#")) for pk in written), written
     assert len({pk for pk in written if pk.startswith("JOB#j#T#")}) >= 2  # spread
 
 

@@ -167,9 +167,10 @@ def test_gsi_holds_exactly_the_unfinished_tasks(aws: Aws) -> None:
     )
     assert [sk for _, sk, _ in entries] == [f"TASK#{t}" for t in unfinished]
     # each entry in its task's own shard; a RUNNING one sorted by its lease expiry (1 + 60 s)
+    # rounded down to a multiple of half the 60 s lease
     assert {pk for pk, _, _ in entries} == {task_pk("j", task_shard(t, shards)) for t in unfinished}
     assert [g for _, _, g in entries] == [
-        "R#00000000061.000000#task-000002",
+        "R#00000000060.000000#task-000002",
         "P#task-000003",
         "P#task-000004",
         "P#task-000005",
