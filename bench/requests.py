@@ -406,9 +406,9 @@ def run_heartbeats(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for i, t in enumerate(tasks):  # claimed over one heartbeat period, as workers do
             state.claim_task(JOB_ID, t.task_id, "w", f"tok{i}", lease_s, now + i * every / n)
         snap0 = server.snapshot()
-        for r in range(1, args.rounds + 1):
+        for beat in range(1, args.rounds + 1):
             for i, t in enumerate(tasks):
-                at = now + i * every / n + r * every
+                at = now + i * every / n + beat * every
                 assert state.heartbeat(JOB_ID, t.task_id, f"tok{i}", lease_s, at)
         snap1 = server.snapshot()
         backend.close()

@@ -86,11 +86,9 @@ def test_reconciler_reads_only_the_expired_leases(aws: Backend) -> None:
 
 
 def _index_sk(aws: Backend, task_id: str) -> str:
-    state = aws.state
-    shards = state.task_shards("j")  # type: ignore[attr-defined]
-    got = state.t.ddb.call(  # type: ignore[attr-defined]
-        "get_item", TableName=state.t.name, Key=task_key("j", task_id, shards), ConsistentRead=True
-    )
+    store: Any = aws.state  # the DynamoDB store: its table
+    key = task_key("j", task_id, store.task_shards("j"))
+    got = store.t.ddb.call("get_item", TableName=store.t.name, Key=key, ConsistentRead=True)
     return str(got["Item"]["gsi_sk"]["S"])
 
 
