@@ -25,9 +25,11 @@ status checks): on moto's few tasks a second they weigh on the per-task RCU of a
     .venv/bin/python bench/requests.py --items 100000     # 1,000 tasks (several minutes)
     .venv/bin/python bench/requests.py --reconcile        # one reconciler pass, 1,000 unfinished
     .venv/bin/python bench/requests.py --heartbeats       # 200 running tasks, 8 heartbeats each
+    .venv/bin/python bench/requests.py --long-job         # a task's writes after 10 hours
 
-`--heartbeats` measures what a running task's heartbeats cost (a task of 4 minutes at the
-default lease: 8 of them). `--reconcile` measures one pass of
+`--long-job` measures a task's claim, commit and metrics update once the time series has grown
+to 10 hours' worth. `--heartbeats` measures what a running task's heartbeats cost (a task of 4
+minutes at the default lease: 8 of them). `--reconcile` measures one pass of
 `slurmctl.backends.reconcile.reconcile` (what an idle worker and finalize run) on a job of
 1,000 RUNNING tasks of which 10 have an expired lease.
 
@@ -40,6 +42,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -430,6 +433,61 @@ def run_heartbeats(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def run_long_job(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """--long-job: a task's claim, commit and metrics update on a job whose counter-only
+    updates have spread a 10-hour time series (224 points of `obs.ts.items.*`, ~4 KB) over
+    every shard they land on: what the per-task figures become late in a long job."""
+    env = _env()
+    server = Server(work / "moto.log")
+    try:
+        folder = work / "job"
+        common.write_items(folder / "input.jsonl", 10)
+        config = _config(folder, server.url, args)
+        _init(work / "root", config, env)
+        sys.path.insert(0, str(common.REPO))
+        from slurmctl.backends.aws import open_aws
+        from slurmctl.backends.statestore import JobRecord, TaskCommit, TaskRecord
+        from slurmctl.states import JobStatus
+
+        name = f"bench-req-{os.getpid()}"
+        backend = open_aws(name, name, "us-east-1", server.url)
+        state = backend.state
+        n = min(args.unfinished, 200)
+        state.create_job(JobRecord(JOB_ID, JobStatus.RUNNING, task_count=n, backend="aws"))
+        tasks = [
+            TaskRecord(JOB_ID, f"task-{i:06d}", f"b{i}", "initial", "g", 100, f"k{i}", "s")
+            for i in range(n)
+        ]
+        state.put_tasks(tasks)
+        series = [f"obs.ts.items.{i // 32}.{i}" for i in range(224)]
+        for _ in range(48):  # every random shard ends up with the whole series
+            for start in range(0, len(series), 16):
+                chunk = series[start : start + 16]
+                state.update_job(JOB_ID, {}, counter_deltas=dict.fromkeys(chunk, 1000))
+        now = time.time()
+        snap0 = server.snapshot()
+        commit = TaskCommit("out", "s" * 64, 100, "err", "e" * 64, 100, 0, 0, now)
+        for i, t in enumerate(tasks):
+            state.claim_task(JOB_ID, t.task_id, "w", f"tok{i}", 120.0, now)
+            state.commit_task(JOB_ID, t.task_id, f"tok{i}", commit)
+            deltas = {"obs.tasks": 1, "obs.wall_ms": 1200, series[-1]: 100}
+            state.update_job(JOB_ID, {}, counter_deltas=deltas)
+        snap1 = server.snapshot()
+        backend.close()
+    finally:
+        server.stop()
+    r = report(snap0, snap1, {"submitted": None, "workers_gone": None}, n, n)
+    groups: Counter[str] = Counter()
+    for k, v in r["wcu_per_task_by_key"].items():
+        groups[re.sub(r"#\d+$", "#<k>", k)] += v
+    return {
+        "tasks": n,
+        "wcu_per_task": r["wcu_per_task"],
+        "wcu_per_task_by_key_kind": {k: round(v, 3) for k, v in groups.most_common()},
+        "hottest_item": r["hottest_item"],
+    }
+
+
 def _turns(backend: Any, server: Server, now: float) -> dict[str, Any]:
     """What an idle worker's offer to reconcile costs beyond the pass: the turn taken, and the
     turn refused (another worker holds it): units and requests, when the code has turns."""
@@ -453,6 +511,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--reconcile", action="store_true", help="measure one reconciler pass")
     ap.add_argument("--heartbeats", action="store_true", help="measure running tasks' heartbeats")
+    ap.add_argument("--long-job", action="store_true", help="a task's writes late in a long job")
     ap.add_argument("--rounds", type=int, default=8, help="--heartbeats: heartbeats per task")
     ap.add_argument("--unfinished", type=int, default=1000)
     ap.add_argument("--expired", type=int, default=10)
@@ -467,7 +526,19 @@ def main() -> None:
     work = common.work_dir(args.tmp, "requests")
     result: dict[str, Any] = {"args": vars(args), "machine": info}
     try:
-        if args.heartbeats:
+        if args.long_job:
+            common.header(
+                "a task's claim, commit and metrics late in a 10-hour job on AWS (moto): a "
+                "224-point time series in the shards",
+                info,
+            )
+            result["long_job"] = r = run_long_job(args, work)
+            print(
+                f"   WCU per task: {r['wcu_per_task']} ({r['wcu_per_task_by_key_kind']}); "
+                f"hottest item {r['hottest_item']}"
+            )
+            name = "requests-long-job"
+        elif args.heartbeats:
             n = min(args.unfinished, 200)
             args.unfinished = n
             common.header(
