@@ -87,7 +87,7 @@ def reconcile(backend: Backend, job_id: str, phase: str, *, now: float | None = 
     state = backend.state
     backend.queue.create_queue(job_id)  # idempotent: a job revived after it ended has none
     requeue = [t.task_id for t in state.expired_tasks(job_id, phase, now)]
-    counters = state.counters(job_id)
+    counters = state.counters(job_id, metrics=False)
     pending = counters.get(task_counter(phase, TaskStatus.PENDING), 0)
     running = max(counters.get(task_counter(phase, TaskStatus.RUNNING), 0) - len(requeue), 0)
     pending_ids: list[str] = []

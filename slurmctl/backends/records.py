@@ -30,6 +30,27 @@ def task_counter(phase: str, status: TaskStatus | str) -> str:
     return f"{phase}.tasks.{status}"
 
 
+_PROTOCOL_COUNTERS = frozenset(
+    {
+        ITEMS_TOTAL,
+        ITEMS_SUCCEEDED,
+        ITEMS_FAILED_PERMANENT,
+        ITEMS_FAILED_TRANSIENT,
+        ITEMS_QUARANTINED,
+        ITEMS_PENDING,
+        OUTPUT_ROWS,
+        WORKERS_LOST,
+    }
+)
+
+
+def is_protocol_counter(name: str) -> bool:
+    """A counter the task protocol and the job's lifecycle move (task states, items, rows,
+    workers lost), as against the metrics (`obs.*`, `ratelimit.*`, the breaker's): what
+    `StateStore.counters(metrics=False)` must always return."""
+    return name in _PROTOCOL_COUNTERS or ".tasks." in name
+
+
 @dataclass
 class JobRecord:
     """Kept small (DynamoDB bills writes by item size): the definition lives in the object store."""

@@ -144,8 +144,12 @@ class StateStore(ABC):
         """All tasks of the job (paginated), in task id order."""
 
     @abstractmethod
-    def counters(self, job_id: str) -> dict[str, int]:
-        """Every counter of the job (summed over shards, where a store shards them)."""
+    def counters(self, job_id: str, *, metrics: bool = True) -> dict[str, int]:
+        """Every counter of the job (summed over shards, where a store shards them). With
+        metrics=False a store may leave out the counters that only counter-only updates move
+        (the per-task metrics, the time series, the breaker's: DynamoDB's metrics shards): the
+        protocol's counters (`<phase>.tasks.*`, `items.*`, `rows`, `workers.lost`) are always
+        there, for the callers that read nothing else (an idle worker, the reconciler)."""
 
     @abstractmethod
     def get_versioned(self, job_id: str, name: str) -> Versioned | None:

@@ -29,6 +29,7 @@ from slurmctl.backends.statestore import (
     ITEMS_PENDING,
     ITEMS_SUCCEEDED,
     OUTPUT_ROWS,
+    WORKERS_LOST,
     Bucket,
     JobRecord,
     TaskCommit,
@@ -130,6 +131,14 @@ def test_counter_only_updates_leave_the_counter_shards_small(aws: Aws) -> None:
     c = state.counters("j")
     assert [c[f"obs.ts.items.0.{p}"] for p in range(40)] == [5] * 40
     assert c[task_counter("initial", "SUCCESS")] == 4 and c[OUTPUT_ROWS] == 6
+    # a counter-only update that moves a protocol counter stays on a counter shard, so the
+    # read without the metrics shards (an idle worker's, the reconciler's) still sees it
+    assert state.update_job("j", {}, counter_deltas={WORKERS_LOST: 2, "obs.x": 1})
+    lean = state.counters("j", metrics=False)
+    assert {n for n in lean if n.startswith("obs.")} == {"obs.x"}  # with WORKERS_LOST
+    full = state.counters("j")
+    assert {k: v for k, v in full.items() if not k.startswith("obs.ts.")} == lean
+    assert lean[WORKERS_LOST] == 2 and lean[task_counter("initial", "SUCCESS")] == 4
     state.delete_job("j")
     assert state.counters("j") == {}
 

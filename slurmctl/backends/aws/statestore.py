@@ -62,6 +62,7 @@ from slurmctl.backends.aws.dynamo import (
 )
 from slurmctl.backends.aws.session import AwsConnectionError, AwsTimeout, Service
 from slurmctl.backends.protocol import Kind, Ref, Write
+from slurmctl.backends.records import is_protocol_counter
 from slurmctl.backends.statestore import (
     CLAIM_ROUNDS,
     JobRecord,
@@ -165,7 +166,10 @@ class DynamoStateStore(RateBuckets, StateStore):
             # read once, for its shard count.
             if self.task_shards(w.ref.job_id) is None:
                 return False
-            k = metrics_key(w.ref.job_id, random.randrange(SHARDS))
+            shard = random.randrange(SHARDS)
+            k = metrics_key(w.ref.job_id, shard)
+            if any(is_protocol_counter(name) for name in w.deltas):  # counters(metrics=False)
+                k = shard_key(w.ref.job_id, shard)
             return self._transact([self.t.counters_op(k, w.deltas)])
         if w.ref.kind == "task" and self.task_shards(w.ref.job_id) is None:
             return False  # no job, no task: a conditional write on it can only fail
@@ -472,9 +476,10 @@ class DynamoStateStore(RateBuckets, StateStore):
             return None
         return Versioned(int(item["version"]["N"]), base64.b64decode(item["value"]["S"]))
 
-    def counters(self, job_id: str) -> dict[str, int]:
+    def counters(self, job_id: str, *, metrics: bool = True) -> dict[str, int]:
+        keys = counter_keys(job_id) if metrics else [shard_key(job_id, k) for k in range(SHARDS)]
         out: dict[str, int] = {}
-        for item in self.t.batch_get(counter_keys(job_id)).values():
+        for item in self.t.batch_get(keys).values():
             for name, value in item.items():
                 if name not in ("pk", "sk"):
                     out[name] = out.get(name, 0) + int(value["N"])
