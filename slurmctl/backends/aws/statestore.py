@@ -84,8 +84,9 @@ every other heartbeat by default, instead of every one. With heartbeats under ha
 the entry never looks expired while they come on time."""
 INDEXED_MAX = 4096
 """Index expiries remembered per (job, task, token) by the process that heartbeats them."""
-PUT_THREADS = 16
-"""Conditional puts in flight at once per chunk (boto3 clients are thread-safe)."""
+PUT_THREADS = 4
+"""Conditional puts in flight at once per chunk (boto3 clients are thread-safe): submit's 8
+writer threads (coordinator/submit.py WRITER_THREADS) x 4 fill the client's 32 connections."""
 UNINDEXED = {"gsi_pk": None, "gsi_sk": None}
 """Removing the GSI key attributes takes a finished task out of the sparse index."""
 
