@@ -1,5 +1,5 @@
 """DynamoDB capacity as AWS bills it, measured inside moto: the accounting layer of
-bench/requests.py (its server process imports this module).
+bench/request_costs.py (its server process imports this module).
 
 `Accounting` is a WSGI middleware placed inside the tests' DynamoDB lock (tests/moto_launch.py),
 so the items it looks up in moto's backend just before and just after a request are exactly the

@@ -131,7 +131,8 @@ def test_results_and_failures_mistakes_are_one_line(done: Path, tmp_path: Path) 
         ),
         ("failures", "t1", "--errors", "bogus"): (
             "error: --errors: unknown error type(s) bogus; valid: client, crash, network, "
-            "not_found, poison, preempted, schema, server, throttled, timeout, unknown, validation"
+            "not_found, oom, poison, preempted, schema, server, throttled, timeout, unknown, "
+            "validation"
         ),
         ("results", "nope"): (
             "error: no job 'nope' in this state root; `slurmctl list` shows the jobs"

@@ -95,7 +95,7 @@ def test_api_wait_on_a_failing_aws_job_raises(tmp_path: Path, moto_endpoint: str
             lambda: job.retry(errors=["bogus"]),
             UserError,
             "--errors: unknown error type(s) bogus; valid: client, crash, network, not_found, "
-            "poison, preempted, schema, server, throttled, timeout, unknown, validation",
+            "oom, poison, preempted, schema, server, throttled, timeout, unknown, validation",
         ),
         (
             lambda: job.retry(errors=["network"]),

@@ -21,11 +21,11 @@ Some reads are made per second, not per task (each worker's poll of the job reco
 status checks): on moto's few tasks a second they weigh on the per-task RCU of a short run
 (2,000 items: the cap comes out by RCU), so the figures of record are at 10,000 items and more.
 
-    .venv/bin/python bench/requests.py --items 10000      # 100 tasks at batch 100 (~1 min)
-    .venv/bin/python bench/requests.py --items 100000     # 1,000 tasks (several minutes)
-    .venv/bin/python bench/requests.py --reconcile        # one reconciler pass, 1,000 unfinished
-    .venv/bin/python bench/requests.py --heartbeats       # 200 running tasks, 8 heartbeats each
-    .venv/bin/python bench/requests.py --long-job         # a task's writes after 10 hours
+    .venv/bin/python bench/request_costs.py --items 10000      # 100 tasks at batch 100 (~1 min)
+    .venv/bin/python bench/request_costs.py --items 100000     # 1,000 tasks (several minutes)
+    .venv/bin/python bench/request_costs.py --reconcile        # one reconciler pass, 1,000 unfinished
+    .venv/bin/python bench/request_costs.py --heartbeats       # 200 running tasks, 8 heartbeats each
+    .venv/bin/python bench/request_costs.py --long-job         # a task's writes after 10 hours
 
 `--long-job` measures a task's claim, commit and metrics update once the time series has grown
 to 10 hours' worth. `--heartbeats` measures what a running task's heartbeats cost (a task of 4
