@@ -23,8 +23,8 @@ status checks): on moto's few tasks a second they weigh on the per-task RCU of a
 
     .venv/bin/python bench/request_costs.py --items 10000      # 100 tasks at batch 100 (~1 min)
     .venv/bin/python bench/request_costs.py --items 100000     # 1,000 tasks (several minutes)
-    .venv/bin/python bench/request_costs.py --reconcile        # one reconciler pass, 1,000 unfinished
-    .venv/bin/python bench/request_costs.py --heartbeats       # 200 running tasks, 8 heartbeats each
+    .venv/bin/python bench/request_costs.py --reconcile   # one reconciler pass, 1,000 unfinished
+    .venv/bin/python bench/request_costs.py --heartbeats  # 200 running tasks, 8 heartbeats each
     .venv/bin/python bench/request_costs.py --long-job         # a task's writes after 10 hours
 
 `--long-job` measures a task's claim, commit and metrics update once the time series has grown

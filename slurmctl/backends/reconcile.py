@@ -3,9 +3,12 @@
 PENDING tasks whose message was lost, and RUNNING tasks whose lease expired. A pass reads only
 what expired (`StateStore.expired_tasks`: on DynamoDB one key range of the unfinished-task index
 per shard, sorted by lease expiry) and the job's counters; it lists the PENDING tasks only when
-the queue holds fewer messages than the counters say are PENDING (some hint was lost). So a pass
-costs O(expired), never O(unfinished). Duplicate messages are harmless: a claim is a conditional
-update and the second one fails.
+the queue holds fewer messages than the counters say are PENDING (some hint was lost), and only
+once submit is done: while a streaming submit runs, it counts each chunk before it queues it, so
+the queue always lags the counters a little, and the submit (or the `resume` that carries a
+killed one on) queues every counted task itself. So a pass costs O(expired), never
+O(unfinished), and a healthy job's tasks are received once each. Duplicate messages are
+harmless anyway: a claim is a conditional update and the second one fails.
 
 Idle workers call `reconcile_turn`: one pass per job per period, whoever takes the turn first (a
 versioned document `reconciler`, compare-and-swap on both stores); the others skip. Finalize
@@ -91,12 +94,22 @@ def reconcile(backend: Backend, job_id: str, phase: str, *, now: float | None = 
     pending = counters.get(task_counter(phase, TaskStatus.PENDING), 0)
     running = max(counters.get(task_counter(phase, TaskStatus.RUNNING), 0) - len(requeue), 0)
     pending_ids: list[str] = []
-    if pending > 0 and backend.queue.approximate_count(job_id) < pending:
+    if (
+        pending > 0
+        and backend.queue.approximate_count(job_id) < pending
+        and _submitted(state, job_id)
+    ):
         pending_ids = [t.task_id for t in state.pending_tasks(job_id, phase)]
     hints = requeue + pending_ids
     for start in range(0, len(hints), 1000):
         backend.queue.send(job_id, hints[start : start + 1000])
     return Reconciled(len(pending_ids), len(requeue), running)
+
+
+def _submitted(state: StateStore, job_id: str) -> bool:
+    """Submit has written, counted and queued its last task (the submit-done marker)."""
+    job = state.get_job(job_id)
+    return job is None or job.submitted
 
 
 def release_dead_holders(

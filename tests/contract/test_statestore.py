@@ -379,3 +379,32 @@ def test_reconciler_turns_one_holder_at_a_time(backend: Backend) -> None:
     assert take_turn(state, "j", Turn("w1", 30.0), now=129.0)  # ours: renewed to 159
     assert not take_turn(state, "j", Turn("w2", 30.0), now=158.0)
     assert take_turn(state, "j", Turn("w2", 30.0), now=160.0)
+
+
+def test_lost_hints_are_requeued_once_submit_is_done_and_only_then(backend: Backend) -> None:
+    """PENDING tasks whose queue message is gone get a new one, but not while a streaming
+    submit still runs (it counts a chunk before it queues it, so the queue lags the counters
+    and every task would otherwise be received twice)."""
+    from slurmctl.backends.reconcile import reconcile
+
+    state = backend.state
+    assert state.create_job(JobRecord(job_id="j", status=JobStatus.RUNNING))
+    assert state.put_tasks([_task(i) for i in range(4)]) == 4
+    assert state.update_job(  # counted, not yet queued, submit not done
+        "j",
+        {"task_count": 4},
+        expect={"submitted": False},
+        counter_deltas={task_counter("initial", "PENDING"): 4, ITEMS_PENDING: 40},
+    )
+    backend.queue.create_queue("j")
+    backend.queue.send("j", ["task-000001"])  # one of the four queued so far
+    got = reconcile(backend, "j", "initial", now=100.0)
+    assert (got.pending, got.expired) == (0, 0)
+    assert backend.queue.approximate_count("j") == 1
+    assert state.update_job("j", {"submitted": True}, expect={"submitted": False})
+    taken = backend.queue.receive("j", max_messages=10, visibility_s=30)
+    backend.queue.delete("j", [m.receipt for m in taken])  # and now even that one is lost
+    got = reconcile(backend, "j", "initial", now=100.0)
+    assert (got.pending, got.expired) == (4, 0)
+    hints = sorted(m.body for m in backend.queue.receive("j", max_messages=10, visibility_s=30))
+    assert hints == [f"task-{i:06d}" for i in range(4)]
