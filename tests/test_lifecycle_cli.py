@@ -58,3 +58,14 @@ def test_cancel_then_resume_completes_the_job(tmp_path: Path) -> None:
     finished = cli(root, "cancel", "t1")
     assert finished.returncode == 2
     assert finished.stderr.strip().endswith("job t1 is COMPLETED: nothing to cancel")
+
+
+def test_a_job_command_in_a_folder_without_a_state_root_creates_none(tmp_path: Path) -> None:
+    root = tmp_path / "nothing-here"
+    for command in (["status", "nope"], ["resume", "nope"], ["cancel", "nope"], ["logs", "nope"]):
+        run = cli(root, *command)
+        assert run.returncode == 2, (command, run.stderr)
+        assert run.stderr == (
+            "error: no job 'nope' in this state root; `slurmctl list` shows the jobs\n"
+        ), command
+    assert not root.exists()

@@ -19,7 +19,7 @@ from slurmctl import wiring
 from slurmctl.backends import Backend
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.spec import BackendSpec, Registry
-from slurmctl.errors import IntegrityError, SlurmctlError, UserError
+from slurmctl.errors import IntegrityError, JobNotFound, SlurmctlError, UserError
 
 # The exit codes of `submit`, `status`, `resume`, `retry` and `aggregate` (README's table).
 EXIT_OK = 0
@@ -79,6 +79,13 @@ class JobCommand(click.Command):
         env = ctx.find_object(Env)
         if env is not None:
             env.job_id = ctx.params.get("job_id")
+            spec = env.spec()
+            state_db = spec.root / "state.sqlite" if spec.root is not None else None
+            if env.job_id and spec.kind == "local" and state_db and not state_db.exists():
+                # no state root here: say so without creating one as a side effect
+                raise JobNotFound(
+                    f"no job {env.job_id!r} in this state root; `slurmctl list` shows the jobs"
+                )
         return super().invoke(ctx)
 
 
