@@ -93,31 +93,10 @@ def prices_line() -> str:
 class Server(scale_aws.Server):
     """scale_aws's server process, started as this script (its accounting stack)."""
 
-    def __init__(self, log: Path) -> None:
-        sys.path.insert(0, str(common.REPO))
-        from tests.moto_server import free_port
+    script = __file__
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.out = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(self.port)],
-            stdout=self.out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, **scale_aws.FAKE_ENV},
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                self.snapshot()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise SystemExit(f"moto did not start: {log.read_text()[-2000:]}") from None
-                time.sleep(0.1)
-        raise SystemExit("moto did not answer within 60 s")
+    def probe(self) -> None:
+        self.snapshot()
 
     def snapshot(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.url + capacity.COUNTS_PATH, timeout=30) as resp:

@@ -122,6 +122,10 @@ def serve(port: int) -> None:
 
 
 class Server:
+    """The moto server as a process of `script` (`--serve PORT`), answering once `probe` does."""
+
+    script = __file__
+
     def __init__(self, log: Path) -> None:
         sys.path.insert(0, str(common.REPO))
         from tests.moto_server import free_port  # the tests' helper
@@ -130,7 +134,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.out = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(self.port)],
+            [sys.executable, self.script, "--serve", str(self.port)],
             stdout=self.out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -140,13 +144,16 @@ class Server:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                self.counts()
+                self.probe()
                 return
             except OSError:
                 if self.proc.poll() is not None:
                     raise SystemExit(f"moto did not start: {log.read_text()[-2000:]}") from None
                 time.sleep(0.1)
         raise SystemExit("moto did not answer within 60 s")
+
+    def probe(self) -> None:
+        self.counts()
 
     def counts(self) -> list[tuple[int, str, str, int]]:
         with urllib.request.urlopen(self.url + COUNTS_PATH, timeout=30) as resp:
