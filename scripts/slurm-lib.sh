@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2034  # variables are used by the sourcing scripts
-# Shared helpers for scripts/slurm-up and scripts/slurm-down.
+# Shared helpers for scripts/slurm-up, scripts/slurm-down and scripts/slurm-acct-{up,down}.
 # Sourced, not executed. See docs/slurm-dev.md.
 
 SLURM_DEV_ETC=${SLURM_DEV_ETC:-/etc/slurm}
@@ -118,4 +118,65 @@ conf_port() {
     local got
     got=$(awk -F= -v k="$2" '$1 == k {print $2}' "$1" 2>/dev/null | tr -dc '0-9')
     printf '%s\n' "${got:-$3}"
+}
+
+# ---------------------------------------------------------------- packages
+pkg_installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
+}
+
+# install_packages PKG...: apt-get installs those of PKG not installed yet.
+install_packages() {
+    local missing=() p
+    for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    # Refresh the package lists only when apt does not know the packages yet.
+    if ! apt-cache show "${missing[@]}" >/dev/null 2>&1 ||
+        apt-cache policy "${missing[@]}" | grep -q 'Candidate: (none)'; then
+        apt-get update -q >/dev/null
+    fi
+    # No init system here: keep maintainer scripts from starting services.
+    local added_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    local rc=0
+    apt-get install -y -q --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        "${missing[@]}" >/dev/null || rc=$?
+    [ "$added_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    [ "$rc" -eq 0 ] || die "apt-get install ${missing[*]} failed (exit $rc)"
+}
+
+# ------------------------------------------------------------------- munge
+start_munge() {
+    if munge_ok; then return 0; fi
+    id munge >/dev/null 2>&1 || die "user 'munge' missing (munge package broken?)"
+    install -d -o munge -g munge -m 0700 /etc/munge /var/log/munge
+    install -d -o munge -g munge -m 0711 /var/lib/munge
+    install -d -o munge -g munge -m 0755 /run/munge
+    if [ ! -s /etc/munge/munge.key ]; then
+        log "creating /etc/munge/munge.key"
+        if command -v mungekey >/dev/null 2>&1; then
+            mungekey --create --keyfile=/etc/munge/munge.key --force
+        else
+            dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+        fi
+    fi
+    chown munge:munge /etc/munge/munge.key
+    chmod 0400 /etc/munge/munge.key
+    # A stale pid file or socket from a killed munged blocks a new one.
+    if ! pid_of_file "$MUNGE_PIDFILE" munged >/dev/null; then
+        rm -f "$MUNGE_PIDFILE" "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
+    fi
+    runuser -u munge -- /usr/sbin/munged --force </dev/null >>"$SLURM_DEV_LOG/munged.stderr" 2>&1 ||
+        die "munged failed to start; see $SLURM_DEV_LOG/munged.stderr and /var/log/munge/munged.log"
+    touch "$SLURM_DEV_MUNGED_MARK"
+    local i
+    for ((i = 0; i < 50; i++)); do munge_ok && return 0; sleep 0.2; done
+    die "munged started but 'munge -n | unmunge' still fails"
 }
