@@ -1,4 +1,6 @@
-"""The Slurm tests run against a real single-node Slurm that `scripts/slurm-up` starts.
+"""The Slurm tests run against a real single-node Slurm that `scripts/slurm-up` starts; the few
+that need accounting (slurmdbd) against a second cluster that `scripts/slurm-acct-up` starts
+beside it, lazily, for the session's first test that asks for it (`acct_cluster`).
 
 Without root (or if the cluster cannot start) they are skipped with a loud reason; under
 CI=true they fail instead, so a CI run never passes without them.
@@ -7,6 +9,7 @@ CI=true they fail instead, so a CI run never passes without them.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM_UP = REPO / "scripts" / "slurm-up"
+SLURM_ACCT_UP = REPO / "scripts" / "slurm-acct-up"
 
 
 def slurm_up(**env: str) -> subprocess.CompletedProcess[str]:
@@ -46,6 +50,24 @@ def slurm_cluster() -> Iterator[None]:
         tail = " | ".join(out.stderr.strip().splitlines()[-3:])
         _unavailable(f"scripts/slurm-up exited {out.returncode}: {tail}")
     yield
+
+
+@pytest.fixture(scope="session")
+def acct_cluster() -> Path:
+    """The SLURM_CONF of the cluster with accounting (`slurmctl-acct`: MariaDB, slurmdbd on
+    loopback, AccountingStorageEnforce=associations,limits,qos), its packages installed when
+    missing. The shared cluster is neither needed nor touched."""
+    if os.geteuid() != 0:
+        _unavailable("scripts/slurm-acct-up needs root to install and start MariaDB and slurmdbd")
+    out = subprocess.run(
+        [str(SLURM_ACCT_UP)], capture_output=True, text=True, timeout=900, check=False
+    )
+    if out.returncode != 0:
+        tail = " | ".join(out.stderr.strip().splitlines()[-3:])
+        _unavailable(f"scripts/slurm-acct-up exited {out.returncode}: {tail}")
+    conf = re.search(r"SLURM_CONF=(\S+)$", out.stdout.strip())
+    assert conf, out.stdout
+    return Path(conf.group(1))
 
 
 @pytest.fixture

@@ -1,0 +1,188 @@
+"""The QOS caps read from a real slurmdbd (executors/slurm/limits.py).
+
+The cluster of `scripts/slurm-acct-up` (`acct_cluster`: MariaDB, slurmdbd, the cluster
+`slurmctl-acct` with AccountingStorageEnforce=associations,limits,qos) beside the shared one. The
+module creates an account, the user's association in it (MaxJobs 3) and two QOSes with the real
+`sacctmgr -i`, and `submit` reads them back with the real `sacctmgr`, through the CLI. The limits
+are enforced by slurmctld: a submission one job over MaxSubmitJobsPerUser is refused by sbatch,
+so the cap slurmctl computes is exactly the room there is.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from slurmctl.executors.slurm.limits import QOS_FORMAT
+from tests.helpers import assert_exactly_once, cli, make_job, wait_for
+from tests.slurm import util
+
+CLUSTER = "slurmctl-acct"
+
+
+@dataclass(frozen=True)
+class Accounting:
+    conf: Path
+    account: str
+    capped: str
+    """The association's default QOS: MaxSubmitJobsPerUser 6, MaxJobsPerUser 2, GrpTRES cpu=16."""
+    grp: str
+    """GrpTRES cpu=4 only."""
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"SLURM_CONF": str(self.conf)}
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            list(args), capture_output=True, text=True, env={**os.environ, **self.env}, timeout=60
+        )
+
+    def sacctmgr(self, *args: str) -> str:
+        out = self.run("sacctmgr", "-i", *args)
+        assert out.returncode == 0, f"sacctmgr {' '.join(args)}: {out.stdout}{out.stderr}"
+        return out.stdout
+
+    def queued(self) -> list[str]:
+        """This account's jobs that are not finished."""
+        out = self.run("squeue", "-h", "-r", "-A", self.account, "-o", "%i")
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+
+@pytest.fixture(scope="module")
+def accounting(acct_cluster: Path) -> Iterator[Accounting]:
+    tag = uuid.uuid4().hex[:6]
+    acct = Accounting(acct_cluster, f"acct{tag}", f"capped{tag}", f"grp{tag}")
+    user = getpass.getuser()
+    acct.sacctmgr("add", "qos", acct.capped, acct.grp)
+    acct.sacctmgr(
+        "modify", "qos", "where", f"name={acct.capped}", "set",
+        "MaxSubmitJobsPerUser=6", "MaxJobsPerUser=2", "GrpTRES=cpu=16",
+    )  # fmt: skip
+    acct.sacctmgr("modify", "qos", "where", f"name={acct.grp}", "set", "GrpTRES=cpu=4")
+    acct.sacctmgr("add", "account", acct.account, f"cluster={CLUSTER}")
+    acct.sacctmgr(
+        "add", "user", user, f"account={acct.account}", f"cluster={CLUSTER}",
+        f"qos=normal,{acct.capped},{acct.grp}", f"defaultqos={acct.capped}", "MaxJobs=3",
+    )  # fmt: skip
+
+    def pushed() -> bool:  # slurmdbd sends the new association to slurmctld
+        shown = acct.run("scontrol", "show", "assoc_mgr", f"accounts={acct.account}", "flags=assoc")
+        return f"Account={acct.account} UserName={user}(" in shown.stdout
+
+    wait_for(pushed, 30, "the association known to slurmctld")
+    try:
+        yield acct
+    finally:
+        acct.run("scancel", "-A", acct.account)
+        wait_for(lambda: not acct.queued(), 60, f"the jobs of account {acct.account} gone")
+        acct.sacctmgr("delete", "account", acct.account)
+        acct.sacctmgr("delete", "qos", f"{acct.capped},{acct.grp}")
+
+
+def test_the_qos_rows_come_from_slurmdbd(accounting: Accounting) -> None:
+    rows = accounting.run("sacctmgr", "-n", "-P", "show", "qos", f"format={QOS_FORMAT}").stdout
+    assert f"{accounting.capped}|6|2|cpu=16\n" in rows
+    assert f"{accounting.grp}|||cpu=4\n" in rows
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> Path:
+    """The real sacctmgr behind a wrapper first on PATH that records each call's arguments
+    (the workers and finalize inherit PATH): who asks slurmdbd, and how often."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sacctmgr.calls"
+    wrapper = bin_dir / "sacctmgr"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec /usr/bin/sacctmgr "$@"\n')
+    wrapper.chmod(0o755)
+    return log
+
+
+def test_submit_sizes_workers_and_parallelism_under_the_real_qos(
+    accounting: Accounting, recorded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = accounting.capped
+    monkeypatch.setenv("SLURM_CONF", str(accounting.conf))  # util's squeue/scontrol calls
+    # one job of the user's already queued: it counts against MaxSubmitJobsPerUser too
+    held = accounting.run(
+        "sbatch", "--parsable", "--hold", f"--account={accounting.account}", "--wrap=true"
+    )
+    assert held.returncode == 0, held.stderr
+    jid = f"qos-{uuid.uuid4().hex[:6]}"
+    config = make_job(
+        tmp_path / "job",
+        12,
+        batch_size=1,
+        workers=6,
+        job_id=jid,
+        extra=util.SLURM_JOB + f"slurm: {{account: {accounting.account}}}\n",
+    )
+    root = tmp_path / "root"
+    env = {**accounting.env, "PATH": f"{recorded.parent / 'bin'}:{os.environ['PATH']}"}
+    dry = cli(root, "submit", str(config), "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert (
+        "  slurm limits  MaxArraySize 1001, MaxJobCount 100000\n"
+        f"                QOS {q}: MaxSubmitJobsPerUser 6 (QOS {q} MaxSubmitJobsPerUser), "
+        f"MaxJobsPerUser 2 (QOS {q} MaxJobsPerUser), GrpTRES cpu 16 (QOS {q} GrpTRES cpu), "
+        "1 jobs of yours queued or running\n"
+        f"  capped        workers 6 -> 4: QOS {q} MaxSubmitJobsPerUser is 6, you have 1 jobs "
+        "queued or running, and finalize is a job too\n"
+        f"                %P 4 -> 2: QOS {q} MaxJobsPerUser (workers running at once)\n"
+    ) in dry.stdout
+    out = cli(root, "submit", str(config), "--follow", "--no-progress", env=env, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (
+        f"job {jid}: capped by the site's limits: workers 6 -> 4: QOS {q} MaxSubmitJobsPerUser "
+        "is 6, you have 1 jobs queued or running, and finalize is a job too\n" in out.stderr
+    )
+    assert_exactly_once(root, jid, 12)
+    array = util.manifest(root, jid)["slurm_array_id"]
+    assert len(util.elements(array)) == 4
+    shown = accounting.run("scontrol", "show", "job", array).stdout
+    assert "ArrayTaskThrottle=2" in shown and f"QOS={q}" in shown
+    limits = util.manifest(root, jid)["slurm_limits"]
+    assert (limits["max_submit"], limits["max_jobs"], limits["grp_cpus"]) == (6, 2, 16)
+    assert limits["qos"] == q and limits["user_jobs"] == 1 and limits["unread"] is None
+    # read by the dry run and by submit, each an assoc and a qos call; never by finalize
+    assert [c.split()[3] for c in recorded.read_text().splitlines()] == ["assoc", "qos"] * 2
+    # the cap is the room there is: with the held job, 6 more jobs are one too many
+    over = accounting.run(
+        "sbatch", "--hold", "--array=0-5", f"--account={accounting.account}", "--wrap=true"
+    )
+    assert over.returncode == 1
+    assert "sbatch: error: QOSMaxSubmitJobPerUserLimit\n" in over.stderr
+
+
+def test_grptres_and_the_associations_maxjobs_cap_parallelism(
+    accounting: Accounting, tmp_path: Path
+) -> None:
+    g = accounting.grp
+    config = make_job(
+        tmp_path / "job",
+        12,
+        batch_size=1,
+        workers=6,
+        job_id=f"grp-{uuid.uuid4().hex[:6]}",
+        extra=util.SLURM_JOB
+        + f"slurm: {{account: {accounting.account}, qos: {g}, cpus_per_task: 2}}\n",
+    )
+    dry = cli(tmp_path / "root", "submit", str(config), "--dry-run", env=accounting.env)
+    assert dry.returncode == 0, dry.stderr
+    assert (
+        "  slurm limits  MaxArraySize 1001, MaxJobCount 100000\n"
+        "                QOS "
+        f"{g}: MaxJobsPerUser 3 (the association's MaxJobs), GrpTRES cpu 4 (QOS {g} GrpTRES cpu)\n"
+        "  capped        %P 6 -> 3: the association's MaxJobs (workers running at once)\n"
+        f"                %P 3 -> 2: QOS {g} GrpTRES cpu 4 / 2 CPUs per worker (workers "
+        "running at once)\n"
+    ) in dry.stdout
