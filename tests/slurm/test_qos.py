@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import getpass
 import os
+import pwd
+import re
+import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ import pytest
 from slurmctl.executors.slurm.limits import QOS_FORMAT
 from tests.helpers import assert_exactly_once, cli, make_job, wait_for
 from tests.slurm import util
+from tests.slurm.conftest import SLURM_ACCT_UP
 
 CLUSTER = "slurmctl-acct"
 
@@ -134,8 +138,8 @@ def test_submit_sizes_workers_and_parallelism_under_the_real_qos(
         "  slurm limits  MaxArraySize 1001, MaxJobCount 100000\n"
         f"                QOS {q}: MaxSubmitJobsPerUser 6 (QOS {q} MaxSubmitJobsPerUser), "
         f"MaxJobsPerUser 2 (QOS {q} MaxJobsPerUser), GrpTRES cpu 16 (QOS {q} GrpTRES cpu), "
-        "1 jobs of yours queued or running\n"
-        f"  capped        workers 6 -> 4: QOS {q} MaxSubmitJobsPerUser is 6, you have 1 jobs "
+        "1 job of yours queued or running\n"
+        f"  capped        workers 6 -> 4: QOS {q} MaxSubmitJobsPerUser is 6, you have 1 job "
         "queued or running, and finalize is a job too\n"
         f"                %P 4 -> 2: QOS {q} MaxJobsPerUser (workers running at once)\n"
     ) in dry.stdout
@@ -143,7 +147,7 @@ def test_submit_sizes_workers_and_parallelism_under_the_real_qos(
     assert out.returncode == 0, out.stdout + out.stderr
     assert (
         f"job {jid}: capped by the site's limits: workers 6 -> 4: QOS {q} MaxSubmitJobsPerUser "
-        "is 6, you have 1 jobs queued or running, and finalize is a job too\n" in out.stderr
+        "is 6, you have 1 job queued or running, and finalize is a job too\n" in out.stderr
     )
     assert_exactly_once(root, jid, 12)
     array = util.manifest(root, jid)["slurm_array_id"]
@@ -186,3 +190,43 @@ def test_grptres_and_the_associations_maxjobs_cap_parallelism(
         f"                %P 3 -> 2: QOS {g} GrpTRES cpu 4 / 2 CPUs per worker (workers "
         "running at once)\n"
     ) in dry.stdout
+
+
+def test_the_accounting_cluster_is_private_and_a_second_run_changes_nothing(
+    acct_cluster: Path,
+) -> None:
+    base = acct_cluster.parent.parent
+    names = {"slurmctld": "run", "slurmd": "run", "slurmdbd": "run", "mysqld": "db"}
+    pids = {n: (base / d / f"{n}.pid").read_text() for n, d in names.items()}
+    shared = Path("/etc/slurm/slurm.conf")
+    shared_before = shared.read_bytes() if shared.exists() else None
+    again = subprocess.run([str(SLURM_ACCT_UP)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert re.fullmatch(
+        r"slurm acct up: cluster slurmctl-acct, slurmdbd on 127\.0\.0\.1:\d+, MariaDB on "
+        rf"{base}/db/mysqld\.sock, \d+s; SLURM_CONF={acct_cluster}\n",
+        again.stdout,
+    ), again.stdout
+    assert pids == {n: (base / d / f"{n}.pid").read_text() for n, d in names.items()}
+    assert (shared.read_bytes() if shared.exists() else None) == shared_before
+    # MariaDB: no network at all, its data the mysql user's only; slurmdbd's config (which
+    # names the database user) the slurm user's only
+    networking = subprocess.run(
+        ["mariadb", "--no-defaults", "-S", str(base / "db" / "mysqld.sock"), "-u", "root",
+         "-N", "-e", "SELECT @@skip_networking, @@bind_address"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert networking.split()[0] == "1", networking
+    data, dbd_conf = (base / "db" / "data").stat(), (base / "etc" / "slurmdbd.conf").stat()
+    assert (stat.S_IMODE(data.st_mode), pwd.getpwuid(data.st_uid).pw_name) == (0o700, "mysql")
+    assert (stat.S_IMODE(dbd_conf.st_mode), pwd.getpwuid(dbd_conf.st_uid).pw_name) == (
+        0o600,
+        "slurm",
+    )
+    config = subprocess.run(
+        ["scontrol", "show", "config"], capture_output=True, text=True, check=True,
+        env={**os.environ, "SLURM_CONF": str(acct_cluster)},
+    ).stdout  # fmt: skip
+    assert re.search(r"^ClusterName\s+= slurmctl-acct$", config, re.M)
+    assert re.search(r"^AccountingStorageType\s+= accounting_storage/slurmdbd$", config, re.M)
+    assert re.search(r"^AccountingStorageEnforce\s+= associations,limits,qos$", config, re.M)

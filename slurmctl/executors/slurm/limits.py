@@ -172,7 +172,7 @@ def size(
         others = limits.user_jobs if i == 0 else 0
         if limit is not None and out.workers + jobs_per_run + others > limit:
             cap = max(limit - jobs_per_run - others, 1)
-            mine = f", you have {others} jobs queued or running," if others else ""
+            mine = f", you have {_jobs(others)} queued or running," if others else ""
             out.capped.append(
                 f"workers {out.workers} -> {cap}: {source} is {limit}{mine} and finalize is a "
                 "job too"
@@ -201,6 +201,10 @@ def size(
     return out
 
 
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
+
+
 def describe(limits: SiteLimits) -> list[str]:
     """What was read, for `submit --dry-run`."""
     lines = [
@@ -220,7 +224,7 @@ def describe(limits: SiteLimits) -> list[str]:
         if value is not None
     ]
     if limits.max_submit is not None:
-        shown.append(f"{limits.user_jobs} jobs of yours queued or running")
+        shown.append(f"{_jobs(limits.user_jobs)} of yours queued or running")
     lines.append(f"QOS {limits.qos or 'none'}: " + (", ".join(shown) or "no per-user limits set"))
     return lines
 
