@@ -144,12 +144,20 @@ install_packages() {
         chmod 755 /usr/sbin/policy-rc.d
         added_policy=1
     fi
-    local rc=0
+    local rc=0 err
+    err=$(mktemp)
     apt-get install -y -q --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        "${missing[@]}" >/dev/null || rc=$?
+        "${missing[@]}" >/dev/null 2>"$err" || rc=$?
     [ "$added_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
-    [ "$rc" -eq 0 ] || die "apt-get install ${missing[*]} failed (exit $rc)"
+    if [ "$rc" -ne 0 ]; then
+        # apt's own last words (E: Unable to locate package ...) are the reason
+        local why
+        why=$(grep -v '^W:' "$err" | tail -n 1)
+        rm -f "$err"
+        die "apt-get install ${missing[*]} failed (exit $rc)${why:+: $why}"
+    fi
+    rm -f "$err"
 }
 
 # ------------------------------------------------------------------- munge

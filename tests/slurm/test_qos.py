@@ -54,9 +54,9 @@ class Accounting:
         assert out.returncode == 0, f"sacctmgr {' '.join(args)}: {out.stdout}{out.stderr}"
         return out.stdout
 
-    def queued(self) -> list[str]:
-        """This account's jobs that are not finished."""
-        out = self.run("squeue", "-h", "-r", "-A", self.account, "-o", "%i")
+    def queued(self, *which: str) -> list[str]:
+        """The jobs (`-A ACCOUNT`, `-u USER`) that are not finished."""
+        out = self.run("squeue", "-h", "-r", *which, "-o", "%i")
         assert out.returncode == 0, out.stderr
         return out.stdout.split()
 
@@ -66,6 +66,9 @@ def accounting(acct_cluster: Path) -> Iterator[Accounting]:
     tag = uuid.uuid4().hex[:6]
     acct = Accounting(acct_cluster, f"acct{tag}", f"capped{tag}", f"grp{tag}")
     user = getpass.getuser()
+    # the user's jobs count against MaxSubmitJobsPerUser: none left by an earlier session
+    acct.run("scancel", "-u", user)
+    wait_for(lambda: not acct.queued("-u", user), 60, f"no job of {user} on {CLUSTER}")
     acct.sacctmgr("add", "qos", acct.capped, acct.grp)
     acct.sacctmgr(
         "modify", "qos", "where", f"name={acct.capped}", "set",
@@ -87,7 +90,7 @@ def accounting(acct_cluster: Path) -> Iterator[Accounting]:
         yield acct
     finally:
         acct.run("scancel", "-A", acct.account)
-        wait_for(lambda: not acct.queued(), 60, f"the jobs of account {acct.account} gone")
+        wait_for(lambda: not acct.queued("-A", acct.account), 60, f"no job of {acct.account}")
         acct.sacctmgr("delete", "account", acct.account)
         acct.sacctmgr("delete", "qos", f"{acct.capped},{acct.grp}")
 
