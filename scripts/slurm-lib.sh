@@ -146,7 +146,8 @@ install_packages() {
     fi
     local rc=0 err
     err=$(mktemp)
-    apt-get install -y -q --no-install-recommends \
+    # DPkg::Lock::Timeout: another install at the same time (slurm-up and slurm-acct-up) waits
+    apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=120 \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         "${missing[@]}" >/dev/null 2>"$err" || rc=$?
     [ "$added_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d

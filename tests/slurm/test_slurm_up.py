@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import wait_for
-from tests.slurm.conftest import REPO, SLURM_UP
+from tests.slurm.conftest import REPO, SLURM_UP, _unavailable
 
 LIB = REPO / "scripts" / "slurm-lib.sh"
 
@@ -243,3 +243,20 @@ def _a_sites_config_is_used_not_overwritten(second: dict[str, str]) -> None:
         "start a separate test cluster\n"
     )
     assert conf.read_text() == text and sorted(p.name for p in site.iterdir()) == ["slurm.conf"]
+
+
+def test_a_failed_package_install_says_apts_reason() -> None:
+    """What a CI machine that cannot install slurmdbd or mariadb-server sees (the session
+    fixture then fails with these last lines): apt's own reason, not only its exit code. The
+    package lists are taken as known, so apt-get update (the network) is not asked."""
+    if os.geteuid() != 0:
+        _unavailable("apt-get install needs root")
+    got = lib(
+        "pkg_installed() { return 1; }; apt-cache() { return 0; }; "
+        "install_packages slurmctl-no-such-package"
+    )
+    assert got.returncode == 1
+    assert got.stderr.splitlines()[-1] == (
+        "slurm-dev: error: apt-get install slurmctl-no-such-package failed (exit 100): "
+        "E: Unable to locate package slurmctl-no-such-package"
+    )
