@@ -58,6 +58,12 @@ def test_association_and_qos_rows_are_parsed_and_the_smaller_limit_wins() -> Non
     assert default_qos == "short"
     assert assoc == QosLimits(max_submit=8, max_jobs=6, grp_cpus=64)  # smallest over partitions
     assert parse_assoc(ASSOC, "chem") == (QosLimits(), "short")
+    # no DefaultQOS: the QOS slurmctld gives a job that names none, its only one, else normal
+    # (rows captured from slurmdbd; the jobs ran under normal, ta, and were refused asking normal)
+    undefaulted = "root||normal||||\none||ta||||\ntwo||ta,tb||||\n"
+    assert parse_assoc(undefaulted, "root") == (QosLimits(), "normal")
+    assert parse_assoc(undefaulted, "one") == (QosLimits(), "ta")
+    assert parse_assoc(undefaulted, "two") == (QosLimits(), "normal")
     assert parse_qos(QOS, "long") == QosLimits(100, None, None)
     assert parse_qos(QOS, "normal") == QosLimits()
     assert parse_qos(QOS, "missing") is None

@@ -39,6 +39,8 @@ class Accounting:
     """The association's default QOS: MaxSubmitJobsPerUser 6, MaxJobsPerUser 2, GrpTRES cpu=16."""
     grp: str
     """GrpTRES cpu=4 only."""
+    plain: str
+    """An account whose association lists only QOS `grp`, no DefaultQOS, no limit of its own."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -64,7 +66,7 @@ class Accounting:
 @pytest.fixture(scope="module")
 def accounting(acct_cluster: Path) -> Iterator[Accounting]:
     tag = uuid.uuid4().hex[:6]
-    acct = Accounting(acct_cluster, f"acct{tag}", f"capped{tag}", f"grp{tag}")
+    acct = Accounting(acct_cluster, f"acct{tag}", f"capped{tag}", f"grp{tag}", f"plain{tag}")
     user = getpass.getuser()
     # the user's jobs count against MaxSubmitJobsPerUser: none left by an earlier session
     acct.run("scancel", "-u", user)
@@ -75,23 +77,30 @@ def accounting(acct_cluster: Path) -> Iterator[Accounting]:
         "MaxSubmitJobsPerUser=6", "MaxJobsPerUser=2", "GrpTRES=cpu=16",
     )  # fmt: skip
     acct.sacctmgr("modify", "qos", "where", f"name={acct.grp}", "set", "GrpTRES=cpu=4")
-    acct.sacctmgr("add", "account", acct.account, f"cluster={CLUSTER}")
+    acct.sacctmgr("add", "account", acct.account, acct.plain, f"cluster={CLUSTER}")
     acct.sacctmgr(
         "add", "user", user, f"account={acct.account}", f"cluster={CLUSTER}",
         f"qos=normal,{acct.capped},{acct.grp}", f"defaultqos={acct.capped}", "MaxJobs=3",
     )  # fmt: skip
+    acct.sacctmgr(
+        "add", "user", user, f"account={acct.plain}", f"cluster={CLUSTER}", f"qos={acct.grp}"
+    )
 
     def pushed() -> bool:  # slurmdbd sends the new association to slurmctld
-        shown = acct.run("scontrol", "show", "assoc_mgr", f"accounts={acct.account}", "flags=assoc")
-        return f"Account={acct.account} UserName={user}(" in shown.stdout
+        shown = acct.run(
+            "scontrol", "show", "assoc_mgr", f"accounts={acct.account},{acct.plain}", "flags=assoc"
+        )
+        return all(
+            f"Account={a} UserName={user}(" in shown.stdout for a in (acct.account, acct.plain)
+        )
 
     wait_for(pushed, 30, "the association known to slurmctld")
     try:
         yield acct
     finally:
-        acct.run("scancel", "-A", acct.account)
-        wait_for(lambda: not acct.queued("-A", acct.account), 60, f"no job of {acct.account}")
-        acct.sacctmgr("delete", "account", acct.account)
+        acct.run("scancel", "-u", user)
+        wait_for(lambda: not acct.queued("-u", user), 60, f"no job of {user} on {CLUSTER}")
+        acct.sacctmgr("delete", "account", f"{acct.account},{acct.plain}")
         acct.sacctmgr("delete", "qos", f"{acct.capped},{acct.grp}")
 
 
@@ -193,6 +202,20 @@ def test_grptres_and_the_associations_maxjobs_cap_parallelism(
         f"                %P 3 -> 2: QOS {g} GrpTRES cpu 4 / 2 CPUs per worker (workers "
         "running at once)\n"
     ) in dry.stdout
+    # no slurm.qos and no DefaultQOS: the association's only QOS, as slurmctld would choose
+    config.write_text(
+        config.read_text().replace(
+            f"slurm: {{account: {accounting.account}, qos: {g}, ",
+            f"slurm: {{account: {accounting.plain}, ",
+        )
+    )
+    implied = cli(tmp_path / "root", "submit", str(config), "--dry-run", env=accounting.env)
+    assert implied.returncode == 0, implied.stderr
+    assert (
+        f"                QOS {g}: GrpTRES cpu 4 (QOS {g} GrpTRES cpu)\n"
+        f"  capped        %P 6 -> 2: QOS {g} GrpTRES cpu 4 / 2 CPUs per worker (workers "
+        "running at once)\n"
+    ) in implied.stdout
 
 
 def test_the_accounting_cluster_is_private_and_a_second_run_changes_nothing(

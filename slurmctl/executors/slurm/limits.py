@@ -108,10 +108,18 @@ def parse_assoc(text: str, account: str | None) -> tuple[QosLimits, str | None]:
         rows = [r for r in rows if r[0] == account] or rows
     if not rows:
         return QosLimits(), None
-    default_qos = next((r[3] for r in rows if r[3]), None)
+    default_qos = next((r[3] for r in rows if r[3]), None) or _implied_qos(rows[0][2])
     return _smallest(
         [QosLimits(_number(r[4]), _number(r[5]), _cpus(r[6])) for r in rows]
     ), default_qos
+
+
+def _implied_qos(listed: str) -> str:
+    """The QOS slurmctld gives a job that names none, of an association without DefaultQOS
+    (most sites set their limits on `normal` and no DefaultQOS): its only QOS, else `normal`
+    (measured on 22.05: `one||ta||||` runs a job under ta, `two||ta,tb||||` asks for normal)."""
+    names = [q for q in listed.split(",") if q]
+    return names[0] if len(names) == 1 else "normal"
 
 
 def parse_qos(text: str, name: str) -> QosLimits | None:
