@@ -25,11 +25,13 @@ from slurmctl.executors.slurm.limits import (
 from slurmctl.executors.slurm.sbatch import SlurmClient
 
 DATA = Path(__file__).parent / "data"
-ASSOC = (DATA / "sacctmgr-show-assoc.txt").read_text()
-"""sacctmgr -n -P show assoc user=root format=Account,Partition,QOS,DefaultQOS,MaxSubmit,MaxJobs,
-GrpTRES: account physics on partitions debug and gpu, chem, and root's own."""
+ASSOC = (DATA / "sacctmgr-show-user-withassoc.txt").read_text()
+"""sacctmgr -n -P show user root withassoc format=DefaultAccount,Account,Partition,QOS,DefaultQOS,
+MaxSubmit,MaxJobs,GrpTRES: account physics on partitions debug and gpu, chem, one and two
+(without DefaultQOS), and root, the default account."""
 QOS = (DATA / "sacctmgr-show-qos.txt").read_text()
-"""sacctmgr -n -P show qos format=Name,MaxSubmitPU,MaxJobsPU,GrpTRES: normal, short, long."""
+"""sacctmgr -n -P show qos format=Name,MaxSubmitPU,MaxJobsPU,GrpTRES: normal, short, long, ta,
+tb."""
 
 
 def test_the_configuration_of_this_machines_slurm_is_read() -> None:
@@ -59,11 +61,13 @@ def test_association_and_qos_rows_are_parsed_and_the_smaller_limit_wins() -> Non
     assert assoc == QosLimits(max_submit=8, max_jobs=6, grp_cpus=64)  # smallest over partitions
     assert parse_assoc(ASSOC, "chem") == (QosLimits(), "short")
     # no DefaultQOS: the QOS slurmctld gives a job that names none, its only one, else normal
-    # (rows captured from slurmdbd; the jobs ran under normal, ta, and were refused asking normal)
-    undefaulted = "root||normal||||\none||ta||||\ntwo||ta,tb||||\n"
-    assert parse_assoc(undefaulted, "root") == (QosLimits(), "normal")
-    assert parse_assoc(undefaulted, "one") == (QosLimits(), "ta")
-    assert parse_assoc(undefaulted, "two") == (QosLimits(), "normal")
+    # (on this slurmdbd such jobs ran under normal and ta, and were refused asking for normal)
+    assert parse_assoc(ASSOC, "one") == (QosLimits(), "ta")
+    assert parse_assoc(ASSOC, "two") == (QosLimits(), "normal")
+    # no slurm.account: the default account's rows (root's), not the smallest of all accounts
+    assert parse_assoc(ASSOC, None) == (QosLimits(), "normal")
+    assert parse_assoc(ASSOC, "elsewhere") == (QosLimits(8, 6, 64), "short")  # no such row
+    assert parse_assoc("", "physics") == (QosLimits(), None)
     assert parse_qos(QOS, "long") == QosLimits(100, None, None)
     assert parse_qos(QOS, "normal") == QosLimits()
     assert parse_qos(QOS, "missing") is None

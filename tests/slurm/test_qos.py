@@ -169,8 +169,8 @@ def test_submit_sizes_workers_and_parallelism_under_the_real_qos(
     limits = util.manifest(root, jid)["slurm_limits"]
     assert (limits["max_submit"], limits["max_jobs"], limits["grp_cpus"]) == (6, 2, 16)
     assert limits["qos"] == q and limits["user_jobs"] == 1 and limits["unread"] is None
-    # read by the dry run and by submit, each an assoc and a qos call; never by finalize
-    assert [c.split()[3] for c in recorded.read_text().splitlines()] == ["assoc", "qos"] * 2
+    # read by the dry run and by submit, each the associations and the QOS; never by finalize
+    assert [c.split()[3] for c in recorded.read_text().splitlines()] == ["user", "qos"] * 2
     # the cap is the room there is: with the held job, 6 more jobs are one too many
     over = accounting.run(
         "sbatch", "--hold", "--array=0-5", f"--account={accounting.account}", "--wrap=true"
@@ -216,6 +216,14 @@ def test_grptres_and_the_associations_maxjobs_cap_parallelism(
         f"  capped        %P 6 -> 2: QOS {g} GrpTRES cpu 4 / 2 CPUs per worker (workers "
         "running at once)\n"
     ) in implied.stdout
+    # no slurm.account: the user's default account (root, QOS normal: no limits), not the
+    # smallest limits of all the user's accounts
+    config.write_text(config.read_text().replace(f"account: {accounting.plain}, ", ""))
+    default = cli(tmp_path / "root", "submit", str(config), "--dry-run", env=accounting.env)
+    assert default.returncode == 0, default.stderr
+    assert (
+        "                QOS normal: no per-user limits set\n  capped        nothing\n"
+    ) in default.stdout
 
 
 def test_the_accounting_cluster_is_private_and_a_second_run_changes_nothing(

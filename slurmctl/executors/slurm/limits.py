@@ -3,8 +3,9 @@ sized under them, and what was capped is said (submit, `--dry-run`, the job's hi
 
 - `scontrol show config`: MaxArraySize (larger worker counts are split into several arrays)
   and MaxJobCount (slurmctld's whole job table: the workers and their finalize must fit).
-- `sacctmgr show assoc` (the user's associations) and `sacctmgr show qos` (the QOS the job runs
-  under: `slurm.qos`, else the association's default QOS): MaxSubmitJobsPerUser caps the
+- `sacctmgr show user <me> withassoc` (the user's default account and associations) and
+  `sacctmgr show qos` (the QOS the job runs under: `slurm.qos`, else the association's default
+  QOS, as slurmctld chooses it): MaxSubmitJobsPerUser caps the
   workers (each array element is a job, and the finalize job counts too), MaxJobsPerUser and
   GrpTRES `cpu=` cap `%P` (running workers). Where an association and its QOS both set a
   limit, the smaller is used.
@@ -95,29 +96,32 @@ def _cpus(tres: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-ASSOC_FORMAT = "Account,Partition,QOS,DefaultQOS,MaxSubmit,MaxJobs,GrpTRES"
+ASSOC_FORMAT = "DefaultAccount,Account,Partition,QOS,DefaultQOS,MaxSubmit,MaxJobs,GrpTRES"
 QOS_FORMAT = "Name,MaxSubmitPU,MaxJobsPU,GrpTRES"
 
 
 def parse_assoc(text: str, account: str | None) -> tuple[QosLimits, str | None]:
-    """The user's association (`sacctmgr -n -P show assoc user=<me> format=ASSOC_FORMAT`):
-    its limits and default QOS. The row of `account` when given, else the first; limits set on
-    several rows (one per partition) count at their smallest."""
-    rows = [ln.split("|") for ln in text.splitlines() if ln.count("|") >= 6]
-    if account:
-        rows = [r for r in rows if r[0] == account] or rows
+    """The user's association (`sacctmgr -n -P show user <me> withassoc format=ASSOC_FORMAT`,
+    one row per association, each beginning with the user's DefaultAccount): its limits and
+    default QOS. The rows of `account` when given, else of the default account (where
+    slurmctld puts a job that names none); limits set on several rows (one per partition)
+    count at their smallest. An account the user has no association in keeps every row."""
+    rows = [ln.split("|") for ln in text.splitlines() if ln.count("|") >= 7]
     if not rows:
         return QosLimits(), None
-    default_qos = next((r[3] for r in rows if r[3]), None) or _implied_qos(rows[0][2])
+    mine = account or rows[0][0]
+    rows = [r for r in rows if r[1] == mine] or rows
+    default_qos = next((r[4] for r in rows if r[4]), None) or _implied_qos(rows[0][3])
     return _smallest(
-        [QosLimits(_number(r[4]), _number(r[5]), _cpus(r[6])) for r in rows]
+        [QosLimits(_number(r[5]), _number(r[6]), _cpus(r[7])) for r in rows]
     ), default_qos
 
 
 def _implied_qos(listed: str) -> str:
     """The QOS slurmctld gives a job that names none, of an association without DefaultQOS
     (most sites set their limits on `normal` and no DefaultQOS): its only QOS, else `normal`
-    (measured on 22.05: `one||ta||||` runs a job under ta, `two||ta,tb||||` asks for normal)."""
+    (measured on 22.05: an association of QOS `ta` runs a job under ta, of `ta,tb` asks for
+    normal)."""
     names = [q for q in listed.split(",") if q]
     return names[0] if len(names) == 1 else "normal"
 

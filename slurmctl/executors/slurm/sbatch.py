@@ -225,7 +225,7 @@ class SlurmClient:
         # slurmdbd, not slurmctld; advisory: asked once, briefly (a slurmdbd down must not
         # hold up a submission), and a refusal only means the QOS limits are not applied
         out = self._once(
-            ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", f"format={ASSOC_FORMAT}"],
+            ["sacctmgr", "-n", "-P", "show", "user", user, "withassoc", f"format={ASSOC_FORMAT}"],
             SACCTMGR_TIMEOUT_S,
         )
         if out.returncode != 0:
