@@ -18,6 +18,10 @@ SLURM_DEV_CTLD_PID="$SLURM_DEV_RUN/slurmctld.pid"
 SLURM_DEV_SLURMD_PID="$SLURM_DEV_RUN/slurmd.pid"
 SLURM_DEV_MUNGED_MARK="$SLURM_DEV_RUN/munged.started-by-slurm-up"
 SLURM_DEV_MARKER="# Managed by slurmctl scripts/slurm-up"
+# The cluster with accounting of scripts/slurm-acct-up keeps everything under one folder; its
+# munged marker, for scripts/slurm-down, which stops that cluster too.
+SLURM_ACCT_BASE=${SLURM_ACCT_BASE:-/var/lib/slurmctl-acct}
+SLURM_ACCT_MUNGED_MARK="$SLURM_ACCT_BASE/run/munged.started-by-slurm-up"
 MUNGE_SOCKET=/run/munge/munge.socket.2
 MUNGE_PIDFILE=/run/munge/munged.pid
 
