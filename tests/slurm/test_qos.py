@@ -2,10 +2,12 @@
 
 The cluster of `scripts/slurm-acct-up` (`acct_cluster`: MariaDB, slurmdbd, the cluster
 `slurmctl-acct` with AccountingStorageEnforce=associations,limits,qos) beside the shared one. The
-module creates an account, the user's association in it (MaxJobs 3) and two QOSes with the real
-`sacctmgr -i`, and `submit` reads them back with the real `sacctmgr`, through the CLI. The limits
-are enforced by slurmctld: a submission one job over MaxSubmitJobsPerUser is refused by sbatch,
-so the cap slurmctl computes is exactly the room there is.
+module creates two accounts, the user's associations in them (one with MaxJobs 3 and a
+DefaultQOS, one that lists a single QOS and no DefaultQOS) and two QOSes with the real
+`sacctmgr -i`, and `submit` reads them back with the real `sacctmgr`, through the CLI, for
+`slurm.account` given, `slurm.qos` given or not, and neither (the user's default account). The
+limits are enforced by slurmctld: a submission one job over MaxSubmitJobsPerUser is refused by
+sbatch, so the cap slurmctl computes is exactly the room there is.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import getpass
 import os
 import pwd
 import re
+import shutil
 import stat
 import subprocess
 import uuid
@@ -118,7 +121,7 @@ def recorded(tmp_path: Path) -> Path:
     bin_dir.mkdir()
     log = tmp_path / "sacctmgr.calls"
     wrapper = bin_dir / "sacctmgr"
-    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec /usr/bin/sacctmgr "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {shutil.which("sacctmgr")} "$@"\n')
     wrapper.chmod(0o755)
     return log
 
@@ -171,12 +174,22 @@ def test_submit_sizes_workers_and_parallelism_under_the_real_qos(
     assert limits["qos"] == q and limits["user_jobs"] == 1 and limits["unread"] is None
     # read by the dry run and by submit, each the associations and the QOS; never by finalize
     assert [c.split()[3] for c in recorded.read_text().splitlines()] == ["user", "qos"] * 2
-    # the cap is the room there is: with the held job, 6 more jobs are one too many
+    # the cap is the room there is: beside the held job, 5 jobs (4 workers and finalize) fit
+    # under MaxSubmitJobsPerUser 6, and 6 are refused
+    wait_for(
+        lambda: accounting.queued("-u", getpass.getuser()) == [held.stdout.strip()],
+        60,
+        "only the held job left",
+    )
     over = accounting.run(
         "sbatch", "--hold", "--array=0-5", f"--account={accounting.account}", "--wrap=true"
     )
     assert over.returncode == 1
     assert "sbatch: error: QOSMaxSubmitJobPerUserLimit\n" in over.stderr
+    fits = accounting.run(
+        "sbatch", "--hold", "--array=0-4", f"--account={accounting.account}", "--wrap=true"
+    )
+    assert fits.returncode == 0, fits.stderr
 
 
 def test_grptres_and_the_associations_maxjobs_cap_parallelism(
