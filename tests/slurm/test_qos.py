@@ -12,6 +12,7 @@ sbatch, so the cap slurmctl computes is exactly the room there is.
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import os
 import pwd
@@ -67,11 +68,32 @@ class Accounting:
 
 
 @pytest.fixture(scope="module")
-def accounting(acct_cluster: Path) -> Iterator[Accounting]:
+def exclusive(acct_cluster: Path) -> Iterator[None]:
+    """One test session at a time on the accounting cluster (another helper's run of this
+    module waits): every job of the user there counts against MaxSubmitJobsPerUser."""
+    lock = (acct_cluster.parent.parent / "run" / "tests.lock").open("a")
+    try:
+
+        def taken() -> bool:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        wait_for(taken, 300, f"the lock {lock.name} (another session runs test_qos.py)")
+        yield
+    finally:
+        lock.close()
+
+
+@pytest.fixture(scope="module")
+def accounting(acct_cluster: Path, exclusive: None) -> Iterator[Accounting]:
     tag = uuid.uuid4().hex[:6]
     acct = Accounting(acct_cluster, f"acct{tag}", f"capped{tag}", f"grp{tag}", f"plain{tag}")
     user = getpass.getuser()
     # the user's jobs count against MaxSubmitJobsPerUser: none left by an earlier session
+    # (a killed one: the lock says no other runs now)
     acct.run("scancel", "-u", user)
     wait_for(lambda: not acct.queued("-u", user), 60, f"no job of {user} on {CLUSTER}")
     acct.sacctmgr("add", "qos", acct.capped, acct.grp)
