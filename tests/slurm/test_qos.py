@@ -273,7 +273,8 @@ def test_the_accounting_cluster_is_private_and_a_second_run_changes_nothing(
     assert again.returncode == 0, again.stderr
     assert re.fullmatch(
         r"slurm acct up: cluster slurmctl-acct, slurmdbd on 127\.0\.0\.1:\d+, MariaDB on "
-        rf"{base}/db/mysqld\.sock, \d+s; SLURM_CONF={acct_cluster}\n",
+        rf"{re.escape(str(base))}/db/mysqld\.sock, \d+s; "
+        rf"SLURM_CONF={re.escape(str(acct_cluster))}\n",
         again.stdout,
     ), again.stdout
     assert pids == {n: (base / d / f"{n}.pid").read_text() for n, d in names.items()}
