@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from slurmctl.errors import SlurmctlError
+from slurmctl.errors import IntegrityError, SlurmctlError
 
 CHUNK = 1 << 20
 
@@ -38,6 +38,20 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_range(url: str, start: int, length: int, data: bytes, sha256: str | None) -> bytes:
+    """A region as read (get_range): whole, and its bytes those recorded."""
+    if len(data) != length:
+        raise IntegrityError(
+            f"{url} bytes {start}-{start + length - 1}: the object is shorter than that"
+        )
+    if sha256 is not None and (actual := hashlib.sha256(data).hexdigest()) != sha256:
+        raise IntegrityError(
+            f"{url} bytes {start}-{start + length - 1}: sha256 {actual} does not match "
+            f"recorded {sha256}"
+        )
+    return data
 
 
 def lines_of(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -78,6 +92,16 @@ class ObjectStore(ABC):
         """The object's bytes, verified against sha256 (or the stored one when not given).
 
         Raises ObjectNotFound, or IntegrityError when the bytes do not match.
+        """
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, length: int, *, sha256: str | None = None) -> bytes:
+        """The `length` bytes from byte `start` of the object (S3's `Range: bytes=start-end`),
+        verified against sha256 when given: the region's own, which the caller recorded (the
+        stored sha256 covers the whole object, so it cannot check a region).
+
+        Raises ObjectNotFound, or IntegrityError when the bytes do not match or the object
+        ends before the region does.
         """
 
     @abstractmethod

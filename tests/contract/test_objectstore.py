@@ -78,3 +78,32 @@ def test_delete_many_removes_listed_keys_only(backend: Backend) -> None:
     assert left == ["jobs/j1/final/manifest.json", *keys[1001:]]
     backend.objects.delete_many([])
     assert backend.objects.head("jobs/j1/final/manifest.json") is not None
+
+
+def test_get_range_reads_only_the_region_and_verifies_it(backend: Backend) -> None:
+    """The ranged read a packed batch is read by: exactly the region, checked against the
+    region's own sha256 (the stored one covers the whole object)."""
+    data = b"".join(f"line {i:04d}\n".encode() for i in range(1000))  # 10,000 bytes
+    backend.objects.put_bytes("jobs/j/batches/pack.jsonl", data)
+    start, length = 4990, 30
+    region = data[start : start + length]
+    sha = hashlib.sha256(region).hexdigest()
+    got = backend.objects.get_range("jobs/j/batches/pack.jsonl", start, length, sha256=sha)
+    assert got == region == b"line 0499\nline 0500\nline 0501\n"
+    assert backend.objects.get_range("jobs/j/batches/pack.jsonl", 0, 10) == b"line 0000\n"
+    assert backend.objects.get_range("jobs/j/batches/pack.jsonl", 9990, 10) == b"line 0999\n"
+    url = backend.objects.url("jobs/j/batches/pack.jsonl")
+    with pytest.raises(IntegrityError) as wrong:
+        backend.objects.get_range("jobs/j/batches/pack.jsonl", start + 1, length, sha256=sha)
+    actual = hashlib.sha256(data[start + 1 : start + 1 + length]).hexdigest()
+    assert str(wrong.value) == (
+        f"{url} bytes 4991-5020: sha256 {actual} does not match recorded {sha}"
+    )
+    for begin in (9995, 10_000, 20_000):  # ends too early, or starts past the end
+        with pytest.raises(IntegrityError) as short:
+            backend.objects.get_range("jobs/j/batches/pack.jsonl", begin, 10)
+        assert str(short.value) == (
+            f"{url} bytes {begin}-{begin + 9}: the object is shorter than that"
+        )
+    with pytest.raises(ObjectNotFound):
+        backend.objects.get_range("jobs/j/batches/gone.jsonl", 0, 10)

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from slurmctl.backends.aws.session import Service, error_code, jitter_sleep
-from slurmctl.backends.objectstore import CHUNK, ObjectInfo, ObjectNotFound, ObjectStore
+from slurmctl.backends.objectstore import (
+    CHUNK,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    check_range,
+)
 from slurmctl.errors import IntegrityError, SlurmctlError, UserError
 
 META_SHA = "sha256"
@@ -163,6 +169,30 @@ class S3ObjectStore(ObjectStore):
             data: bytes = resp["Body"].read()
         self._verify(key, hashlib.sha256(data).hexdigest(), sha256, resp.get("Metadata", {}))
         return data
+
+    def get_range(self, key: str, start: int, length: int, *, sha256: str | None = None) -> bytes:
+        """One ranged GET; a region starting beyond the object's end (S3 answers 416) is an
+        object that ends too early, as a short answer is."""
+        if length <= 0:
+            return check_range(self.url(key), start, length, b"", sha256)
+        try:
+            resp = self.s3.call(
+                "get_object",
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Range=f"bytes={start}-{start + length - 1}",
+            )
+        except self.s3.ClientError as e:
+            code = error_code(e)
+            if code in MISSING:
+                raise ObjectNotFound(key) from None
+            if code == "InvalidRange":
+                return check_range(self.url(key), start, length, b"", sha256)
+            self._bucket_error(e)
+            raise
+        with self.s3.guard("GetObject"):
+            data: bytes = resp["Body"].read()
+        return check_range(self.url(key), start, length, data, sha256)
 
     def get_file(self, key: str, dest: Path, *, sha256: str | None = None) -> ObjectInfo:
         resp = self._get(key)

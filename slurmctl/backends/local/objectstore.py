@@ -20,7 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from slurmctl.backends.objectstore import CHUNK, ObjectInfo, ObjectNotFound, ObjectStore
+from slurmctl.backends.objectstore import (
+    CHUNK,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    check_range,
+)
 from slurmctl.errors import IntegrityError, SlurmctlError
 from slurmctl.scratch import PRIVATE_FILE, open_private, private_folder
 
@@ -169,6 +175,15 @@ class FolderObjectStore(ObjectStore):
                 f"{self.url(key)}: sha256 {actual} does not match recorded {expected}"
             )
         return data
+
+    def get_range(self, key: str, start: int, length: int, *, sha256: str | None = None) -> bytes:
+        try:
+            with open(self.path(key), "rb") as f:
+                f.seek(start)
+                data = f.read(length)
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+        return check_range(self.url(key), start, length, data, sha256)
 
     def verify(self, key: str, sha256: str | None = None) -> Path:
         """The object's own file, its bytes checked: for readers on this host (no copy)."""
