@@ -46,7 +46,13 @@ class JobLayout:
         return self.root + "final/data/"
 
     def batch(self, batch_id: str) -> str:
+        """One batch alone (jobs written before packing; `retry --tasks`' rewritten batch)."""
         return self.root + f"batches/{batch_id}.jsonl"
+
+    def batch_pack(self, first: str, last: str) -> str:
+        """Batches `first` to `last`, one after another in one object (backends/batches.py):
+        `batches/batch-000000--batch-000015.jsonl`; `last` may carry a planning's token."""
+        return self.root + f"batches/{first}--{last}.jsonl"
 
     @property
     def task_manifests_prefix(self) -> str:

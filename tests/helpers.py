@@ -166,3 +166,19 @@ def task_records(root: Path, job_id: str) -> dict[str, Any]:
     from slurmctl.backends import open_local
 
     return {t.task_id: t for t in open_local(root).state.iter_tasks(job_id)}
+
+
+def stored_batches(folder: Path) -> list[str]:
+    """The batch ids stored under a job's `batches/` folder, sorted: every batch of each pack
+    (`<first>--<last>[.<token>].jsonl`, backends/batches.py), and the batch of each object of
+    one batch (the layout before packing)."""
+    ids: list[str] = []
+    for path in folder.glob("*.jsonl") if folder.exists() else ():
+        first, sep, last = path.name.removesuffix(".jsonl").partition("--")
+        if not sep:
+            ids.append(first.split(".")[0])
+            continue
+        prefix, digits = first.rsplit("-", 1)
+        end = int(last.split(".")[0].rsplit("-", 1)[1])
+        ids += [f"{prefix}-{i:0{len(digits)}d}" for i in range(int(digits), end + 1)]
+    return sorted(ids)

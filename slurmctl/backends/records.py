@@ -114,6 +114,10 @@ class TaskRecord:
     """Who claimed the task last: host, pid and Slurm ids (slurmctl/holders.py), so an executor
     that knows that process dead frees the lease at once (`release_dead`). Last, so a state
     root written before it gains it as its last column."""
+    batch_range: str | None = None
+    """The bytes of `batch_key` that are this task's batch (`<first>-<last>`, both included):
+    several batches share one object (slurmctl/backends/batches.py). None: the whole object
+    (a job submitted before batches were packed). After `holder`, for the same reason."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

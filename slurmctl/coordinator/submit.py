@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slurmctl.backends import Backend
+from slurmctl.backends import Backend, batches
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import (
     ITEMS_QUARANTINED,
@@ -54,10 +54,10 @@ TASKS_PER_WRITE = 500
 WRITER_THREADS = 8
 """Chunks of task records stored and queued at once on AWS."""
 UPLOAD_THREADS = 16
-"""Batches uploaded at once on AWS (the S3 client keeps 32 connections)."""
+"""Packs of batches uploaded at once on AWS (the S3 client keeps 32 connections)."""
 UPLOAD_WINDOW = 2 * UPLOAD_THREADS
 UPLOAD_WINDOW_BYTES = 64 << 20
-"""At most this many batches, and about this many bytes, cut but not yet uploaded."""
+"""At most this many packs, and about this many bytes, cut but not yet uploaded."""
 
 
 @dataclass
@@ -338,47 +338,55 @@ def _write_batches(
 ) -> int:
     layout = JobLayout(job_id)
 
-    def put(index: int, lines: list[bytes]) -> TaskRecord:
-        bid, tid = batch_id(PHASE, index, width), task_id(PHASE, index, width)
-        data = b"\n".join(lines) + b"\n"
-        key = layout.batch(bid)
+    def put(group: list[tuple[int, bytes]]) -> list[TaskRecord]:
+        bids = [batch_id(PHASE, index, width) for index, _ in group]
+        data, regions = batches.pack(b for _, b in group)
+        key = layout.batch_pack(bids[0], bids[-1])
         info = backend.objects.put_bytes(key, data, if_absent=True)
-        sha = info.sha256 if info else hashlib.sha256(data).hexdigest()
-        if info is None:  # written by an earlier run: it must be the very same batch
+        if info is None:  # written by an earlier run: it must be the very same pack
             head = backend.objects.head(key)
-            if head is None or head.sha256 != sha:
+            if head is None or head.sha256 != hashlib.sha256(data).hexdigest():
+                which = bids[0] if len(bids) == 1 else f"{bids[0]} to {bids[-1]}"
                 raise InputError(
                     f"{scanner.name}: the input changed since job {job_id} was first submitted "
-                    f"({bid} differs); give the new input a new job_id"
+                    f"({which} differs); give the new input a new job_id"
                 )
-        return TaskRecord(
-            job_id=job_id,
-            task_id=tid,
-            batch_id=bid,
-            phase=PHASE,
-            group=group_for_phase(PHASE),
-            items=len(lines),
-            batch_key=key,
-            batch_sha256=sha,
-        )
+        return [
+            TaskRecord(
+                job_id=job_id,
+                task_id=task_id(PHASE, index, width),
+                batch_id=bid,
+                phase=PHASE,
+                group=group_for_phase(PHASE),
+                items=batch.count(b"\n"),
+                batch_key=key,
+                batch_sha256=region.sha256,
+                batch_range=region.range,
+            )
+            for (index, batch), bid, region in zip(group, bids, regions, strict=True)
+        ]
 
-    batches = enumerate(_batches(scanner.items(), definition.batch_size))
+    cut = (
+        (index, batches.batch_bytes(lines))
+        for index, lines in enumerate(_batches(scanner.items(), definition.batch_size))
+    )
     threads = 1 if backend.kind == "local" else UPLOAD_THREADS
     writer = TaskWriter(backend, job_id, 1 if backend.kind == "local" else WRITER_THREADS)
     tasks: list[TaskRecord] = []
     count = 0
     flush_at = 1  # the first task alone, so the workers start at once; then doubling
     try:
-        for record in _in_order(put, batches, threads):
-            tasks.append(record)
-            count += 1
-            kill_point("submit.after_batch")
-            if len(tasks) >= flush_at:
-                writer.add(tasks)
-                tasks = []
-                flush_at = min(flush_at * 2, TASKS_PER_WRITE)
-                if writer.started(on_durable):
-                    kill_point("submit.streaming")
+        for records in _in_order(put, batches.packs(cut), threads):
+            for record in records:
+                tasks.append(record)
+                count += 1
+                kill_point("submit.after_batch")
+                if len(tasks) >= flush_at:
+                    writer.add(tasks)
+                    tasks = []
+                    flush_at = min(flush_at * 2, TASKS_PER_WRITE)
+                    if writer.started(on_durable):
+                        kill_point("submit.streaming")
         writer.add(tasks)
         writer.close()
     finally:
@@ -388,23 +396,23 @@ def _write_batches(
 
 
 def _in_order(
-    put: Callable[[int, list[bytes]], TaskRecord],
-    batches: Iterable[tuple[int, list[bytes]]],
+    put: Callable[[list[tuple[int, bytes]]], list[TaskRecord]],
+    groups: Iterable[list[tuple[int, bytes]]],
     threads: int,
-) -> Iterator[TaskRecord]:
-    """put(index, lines) for every batch, results in input order; with threads > 1, uploads run
-    in a pool, at most UPLOAD_WINDOW batches (and ~UPLOAD_WINDOW_BYTES) cut and not yet done."""
+) -> Iterator[list[TaskRecord]]:
+    """put(pack) for every pack of batches, results in input order; with threads > 1, uploads
+    run in a pool, at most UPLOAD_WINDOW packs (and ~UPLOAD_WINDOW_BYTES) cut and not yet done."""
     if threads <= 1:
-        for index, lines in batches:
-            yield put(index, lines)
+        for group in groups:
+            yield put(group)
         return
-    window: deque[tuple[Future[TaskRecord], int]] = deque()
+    window: deque[tuple[Future[list[TaskRecord]], int]] = deque()
     in_flight = 0
     with ThreadPoolExecutor(threads, thread_name_prefix="slurmctl-upload") as pool:
         try:
-            for index, lines in batches:
-                size = sum(map(len, lines))
-                window.append((pool.submit(put, index, lines), size))
+            for group in groups:
+                size = sum(len(data) for _, data in group)
+                window.append((pool.submit(put, group), size))
                 in_flight += size
                 while window and (len(window) >= UPLOAD_WINDOW or in_flight > UPLOAD_WINDOW_BYTES):
                     done, size = window.popleft()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from slurmctl import lifecycle
 from slurmctl.backends import Backend
+from slurmctl.backends.batches import batch_where, read_batch
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import (
     ITEMS_FAILED_PERMANENT,
@@ -72,14 +73,14 @@ def _fresh(task: TaskRecord, **changes: object) -> TaskRecord:
 
 def _batch(backend: Backend, job_id: str, task: TaskRecord) -> bytes:
     try:
-        return backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)
+        return read_batch(backend.objects, task)
     except ObjectNotFound:
         refuse_if_removed(backend, job_id, f"task {task.task_id} cannot run again")
         what = "is missing"
     except IntegrityError:
         what = "is damaged (its sha256 is not the one recorded)"
     raise JobStateError(
-        f"job {job_id}: task {task.task_id} cannot run again: its batch {task.batch_key} {what}"
+        f"job {job_id}: task {task.task_id} cannot run again: its batch {batch_where(task)} {what}"
     )
 
 
@@ -119,6 +120,7 @@ def _plan(backend: Backend, job: JobRecord, task: TaskRecord) -> tuple[TaskRecor
         items=len(lines),
         batch_key=key,
         batch_sha256=hashlib.sha256(data).hexdigest(),
+        batch_range=None,  # a whole object of its own
     )
     return new, deltas
 

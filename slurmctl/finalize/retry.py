@@ -9,7 +9,6 @@ uses the same machinery on the failure manifests, for the error types an operato
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import random
@@ -21,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from slurmctl import lifecycle
-from slurmctl.backends import Backend
+from slurmctl.backends import Backend, batches
+from slurmctl.backends.batches import batch_where, read_batch
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import (
     ITEMS_FAILED_PERMANENT,
@@ -113,8 +113,7 @@ def split_phase(
                 else:
                     listed.add(entry, _reason(entry, exhausted))
             if chosen:
-                lines = backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)
-                batch = batch_lines(lines)
+                batch = batch_lines(read_batch(backend.objects, task))
                 for entry in chosen:
                     retry_out.write(batch[entry["index"]] + b"\n")
                     permanent += entry["error_type"] in PERMANENT
@@ -131,8 +130,9 @@ def _lines(path: Path) -> Iterator[bytes]:
 
 def clear_unstarted(backend: Backend, job_id: str, phase: str) -> int:
     """Remove what a planner killed before its flip left under a phase that never started: its
-    tasks, their batches, its operator plan. The caller holds the job lease and has checked that
-    the job is still in the phase before this one."""
+    tasks, their batches (packs, or one object each before packing: both start with the phase's
+    first batch id's prefix), its operator plan. The caller holds the job lease and has checked
+    that the job is still in the phase before this one."""
     gone = backend.state.delete_tasks(job_id, phase)
     prefix = JobLayout(job_id).root + f"batches/{phase_prefix(phase)}batch-"
     for key in list(backend.objects.list(prefix)):  # a killed planning's, with tasks or not
@@ -151,9 +151,10 @@ def write_phase(
 ) -> int:
     """Cut the retried items into the new phase's batches and tasks.
 
-    The batches go under keys unique to this planning (`r1-batch-000000.<token>.jsonl`), after
-    whatever an earlier, killed planning left under the phase was removed: a second `retry`
-    with other error types never reuses the first one's batches or tasks.
+    The batches are packed as submit packs them (backends/batches.py), under keys unique to
+    this planning (`r1-batch-000000--r1-batch-000015.<token>.jsonl`), after whatever an earlier,
+    killed planning left under the phase was removed: a second `retry` with other error types
+    never reuses the first one's batches or tasks. A pack is stored before its tasks.
     """
     clear_unstarted(backend, job_id, new_phase)
     layout = JobLayout(job_id)
@@ -161,41 +162,44 @@ def write_phase(
     width = id_width(-(-count // batch_size))
     tasks: list[TaskRecord] = []
     n = 0
-    batch: list[bytes] = []
-
-    def flush_batch() -> None:
-        nonlocal n, batch
-        bid, tid = batch_id(new_phase, n, width), task_id(new_phase, n, width)
-        data = b"\n".join(batch) + b"\n"
-        key = layout.batch(f"{bid}.{token}")
+    for group in batches.packs(enumerate(_cut(_lines(source), batch_size))):
+        bids = [batch_id(new_phase, index, width) for index, _ in group]
+        data, regions = batches.pack(b for _, b in group)
+        key = layout.batch_pack(bids[0], f"{bids[-1]}.{token}")
         backend.objects.put_bytes(key, data)
-        tasks.append(
-            TaskRecord(
-                job_id=job_id,
-                task_id=tid,
-                batch_id=bid,
-                phase=new_phase,
-                group=group_for_phase(new_phase),
-                items=len(batch),
-                batch_key=key,
-                batch_sha256=hashlib.sha256(data).hexdigest(),
+        for (index, batch), bid, region in zip(group, bids, regions, strict=True):
+            tasks.append(
+                TaskRecord(
+                    job_id=job_id,
+                    task_id=task_id(new_phase, index, width),
+                    batch_id=bid,
+                    phase=new_phase,
+                    group=group_for_phase(new_phase),
+                    items=batch.count(b"\n"),
+                    batch_key=key,
+                    batch_sha256=region.sha256,
+                    batch_range=region.range,
+                )
             )
-        )
-        n += 1
-        batch = []
+        n += len(group)
         if len(tasks) >= TASKS_PER_WRITE:
             backend.state.put_tasks(tasks)
             tasks.clear()
-
-    for line in _lines(source):
-        batch.append(line)
-        if len(batch) == batch_size:
-            flush_batch()
-    if batch:
-        flush_batch()
     if tasks:
         backend.state.put_tasks(tasks)
     return n
+
+
+def _cut(lines: Iterator[bytes], batch_size: int) -> Iterator[bytes]:
+    """The retried items' lines as stored batches of batch_size."""
+    batch: list[bytes] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) == batch_size:
+            yield batches.batch_bytes(batch)
+            batch = []
+    if batch:
+        yield batches.batch_bytes(batch)
 
 
 def start_phase(
@@ -312,10 +316,12 @@ def _task_batch(backend: Backend, job_id: str, tid: str) -> list[bytes]:
     if task is None:
         raise IntegrityError(f"job {job_id}: its failure manifest names task {tid}, which is gone")
     try:
-        return batch_lines(backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256))
+        return batch_lines(read_batch(backend.objects, task))
     except ObjectNotFound:
         refuse_if_removed(backend, job_id, "its failures cannot be retried")
-        raise JobStateError(f"job {job_id}: task {tid}'s batch {task.batch_key} is gone") from None
+        raise JobStateError(
+            f"job {job_id}: task {tid}'s batch {batch_where(task)} is gone"
+        ) from None
 
 
 def _listed(gone: set[tuple[str, int]]) -> Callable[[dict[str, Any]], bool]:

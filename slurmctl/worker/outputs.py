@@ -254,6 +254,7 @@ class Outputs:
             "phase": task.phase,
             "group": task.group,
             "input_s3": _as_url(objects.url(task.batch_key)),
+            "input_range": task.batch_range,
             "output_file": _as_url(objects.url(commit.output_key)),
             "errors_file": _as_url(objects.url(commit.errors_key)) if commit.errors_key else None,
             "output_sha256": commit.output_sha256,

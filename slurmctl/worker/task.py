@@ -22,6 +22,7 @@ from typing import Any
 
 from slurmctl import faults, lifecycle
 from slurmctl.backends import Backend
+from slurmctl.backends.batches import read_batch
 from slurmctl.backends.objectstore import ObjectNotFound
 from slurmctl.backends.statestore import TaskCommit, TaskRecord
 from slurmctl.errors import FRAMEWORK_ERROR, BackendUnavailable, IntegrityError
@@ -196,7 +197,7 @@ class TaskRunner:
                 self._outputs.flush_manifests(force=True)
         t0, cpu0 = time.time(), time.process_time()
         try:
-            batch = self.backend.objects.get_bytes(task.batch_key, sha256=task.batch_sha256)
+            batch = read_batch(self.backend.objects, task)
         except (ObjectNotFound, IntegrityError) as e:
             self.backend.state.fail_task(self.job_id, task.task_id, token, str(e), time.time())
             log.error("%s: batch unusable: %s", task.task_id, e)

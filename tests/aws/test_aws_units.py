@@ -171,14 +171,15 @@ def test_uploads_run_in_parallel_keep_order_and_stay_bounded() -> None:
     lock = threading.Lock()
     state = {"running": 0, "most": 0, "cut": 0, "done": 0, "ahead": 0}
 
-    def batches() -> Iterator[tuple[int, list[bytes]]]:
+    def batches() -> Iterator[list[tuple[int, bytes]]]:
         for i in range(200):
             with lock:
                 state["cut"] += 1
                 state["ahead"] = max(state["ahead"], state["cut"] - state["done"])
-            yield i, [b"x" * 10]
+            yield [(i, b"x" * 10)]
 
-    def put(index: int, lines: list[bytes]) -> Any:
+    def put(group: list[tuple[int, bytes]]) -> Any:
+        [(index, _)] = group
         with lock:
             state["running"] += 1
             state["most"] = max(state["most"], state["running"])
@@ -195,13 +196,14 @@ def test_uploads_run_in_parallel_keep_order_and_stay_bounded() -> None:
 
 
 def test_a_failed_upload_stops_the_submission() -> None:
-    def put(index: int, lines: list[bytes]) -> Any:
+    def put(group: list[tuple[int, bytes]]) -> Any:
+        [(index, _)] = group
         if index == 5:
             raise InputError("batch 5 differs")
         return index
 
     with pytest.raises(InputError, match="batch 5"):
-        list(_in_order(put, ((i, [b"x"]) for i in range(100)), 4))
+        list(_in_order(put, ([(i, b"x")] for i in range(100)), 4))
 
 
 # --- throttling -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.test_retry_holes import HANDLER
-from tests.helpers import assert_exactly_once, cli, make_job, status
+from tests.helpers import assert_exactly_once, cli, make_job, status, task_records
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
 BEFORE_AGGREGATE = {"SLURMCTL_KILL_AT": "finalize.before_aggregate"}
@@ -171,14 +171,18 @@ def test_lost_item_errors_and_a_damaged_batch_are_named(tmp_path: Path) -> None:
         f"error: task task-000001: its committed item errors {key} is missing; "
         "`slurmctl retry --job-id t1 --tasks task-000001` runs it again from its batch"
     )
-    batch = root / "objects/jobs/t1/batches/batch-000001.jsonl"
+    record = task_records(root, "t1")["task-000001"]  # in the pack of batches 1 and 2
+    assert record.batch_key == "jobs/t1/batches/batch-000001--batch-000002.jsonl"
+    assert record.batch_range is not None and record.batch_range.startswith("0-")
+    batch = root / "objects" / record.batch_key
     original = batch.read_bytes()
     batch.write_bytes(original.replace(b'"n": 21', b'"n": 12'))
     refused = cli(root, "retry", "--job-id", "t1", "--tasks", "task-000001", env=env)
     assert (refused.returncode, refused.stderr) == (
         2,
         "error: job t1: task task-000001 cannot run again: its batch "
-        "jobs/t1/batches/batch-000001.jsonl is damaged (its sha256 is not the one recorded)\n",
+        f"jobs/t1/batches/batch-000001--batch-000002.jsonl bytes {record.batch_range} is damaged "
+        "(its sha256 is not the one recorded)\n",
     )
     batch.write_bytes(original)
     rerun = cli(root, "retry", "--job-id", "t1", "--tasks", "task-000001", "--no-progress", env=env)

@@ -9,7 +9,7 @@ import os
 import signal
 from pathlib import Path
 
-from tests.helpers import assert_exactly_once, cli, make_job, status
+from tests.helpers import assert_exactly_once, cli, make_job, status, stored_batches
 
 
 def _tasks(root: Path) -> int:
@@ -89,7 +89,14 @@ def test_resume_of_a_killed_submit_refuses_a_changed_input(tmp_path: Path) -> No
     assert killed.returncode == -signal.SIGKILL
     batches = root / "objects/jobs/t1/batches"
     written = sorted(p.name for p in batches.iterdir())
-    assert len(written) == 300 and written[0] == "batch-0000000.jsonl"
+    # packs of 1, 2, 4, 8, then 16 batches: the one holding the 300th (287 to 302) is stored
+    # before its tasks
+    assert written[:2] == [
+        "batch-0000000--batch-0000000.jsonl",
+        "batch-0000001--batch-0000002.jsonl",
+    ]
+    cut = stored_batches(batches)
+    assert len(cut) == 303 and cut[0] == "batch-0000000" and cut[-1] == "batch-0000302"
     path.write_bytes(original[: 1600 * len(original) // 2000])
     line = (
         f"error: job t1 exists with input {path} of {len(original)} bytes, it now has "
@@ -106,6 +113,6 @@ def test_resume_of_a_killed_submit_refuses_a_changed_input(tmp_path: Path) -> No
     s = status(root, "t1")
     assert s["tasks"]["SUCCESS"] == 2000 and s["items"]["total"] == 2000
     assert s["items"]["pending"] == 0
-    ids = sorted(p.name for p in batches.iterdir())
-    assert ids[0] == "batch-0000000.jsonl" and len(ids) == 2000
+    ids = stored_batches(batches)
+    assert ids[0] == "batch-0000000" and len(ids) == len(set(ids)) == 2000
     assert_exactly_once(root, "t1", 2000)

@@ -7,13 +7,20 @@ import os
 import signal
 from pathlib import Path
 
-from tests.helpers import assert_exactly_once, cli, make_job, popen, status, wait_for
+from tests.helpers import (
+    assert_exactly_once,
+    cli,
+    make_job,
+    popen,
+    status,
+    stored_batches,
+    wait_for,
+)
 from tests.test_faults_local import SLOW_HANDLER, _calls
 
 
 def _batches(root: Path) -> int:
-    folder = root / "objects" / "jobs" / "t1" / "batches"
-    return len(list(folder.glob("batch-*.jsonl"))) if folder.exists() else 0
+    return len(stored_batches(root / "objects" / "jobs" / "t1" / "batches"))
 
 
 def test_submit_killed_half_way_carries_on(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ def test_transient_failures_are_retried_in_phases(tmp_path: Path) -> None:
     last = failure_manifest(jobdir, "retry_2")
     assert last["count"] == 20 and {e["reason"] for e in last["items"]} == {"retries exhausted"}
     assert {e["error_type"] for e in last["items"]} == {"timeout"}
-    assert len(list((jobdir / "batches").glob("r1-batch-000000.*.jsonl"))) == 1
+    assert len(list((jobdir / "batches").glob("r1-batch-000000--*.jsonl"))) == 1
     actions = [json.loads(x)["action"] for x in (jobdir / "history.jsonl").open()]
     assert actions.count("retry_phase") == 2
     rows = {int(r["id"]): r["attempt"] for r in _output_rows(s)}

@@ -15,7 +15,15 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.helpers import assert_exactly_once, cli, make_job, popen, status, wait_for
+from tests.helpers import (
+    assert_exactly_once,
+    cli,
+    make_job,
+    popen,
+    status,
+    stored_batches,
+    wait_for,
+)
 
 WAITING = "no task left; waiting for submit to write the rest"
 
@@ -117,8 +125,8 @@ def test_submit_killed_mid_stream_while_workers_run_then_resume(tmp_path: Path) 
     assert s["items"]["pending"] == 0
     # the id width chosen at the first submit is kept by the resumed one (issue 13, hole 6)
     batches = root / "objects" / "jobs" / "t1" / "batches"
-    names = {p.name for p in batches.glob("batch-*.jsonl")}
-    assert len(names) == 300
+    names = stored_batches(batches)
+    assert len(names) == len(set(names)) == 300
     assert {len(re.sub(r"\D", "", n)) for n in names} == {6}
 
 
