@@ -66,6 +66,8 @@ def test_clean_intermediates_keeps_the_final_output(tmp_path: Path) -> None:
     assert {"batches", "results", "aggregate"} <= _folders(jobdir)
     assert (jobdir / "aggregate" / "L2").is_dir()
     before = json.loads((jobdir / "final" / "manifest.json").read_text())
+    packs = sorted(p.name for p in (jobdir / "batches").iterdir())
+    assert len(packs) == 5, packs  # 20 batches in packs of 1, 2, 4, 8 and the last 5
 
     out = cli(root, "clean", "t1", "--intermediates", "--yes")
     assert out.returncode == 0, out.stderr
@@ -73,7 +75,7 @@ def test_clean_intermediates_keeps_the_final_output(tmp_path: Path) -> None:
         "objects); its final output, manifest and failure manifests stay\n"
     ), out.stdout
     removed = int(out.stdout.rsplit("(", 1)[1].split()[0])
-    assert removed >= 20 + 20  # a batch and a result per task, at least
+    assert removed >= 5 + 20  # the packs of batches and a result per task, at least
     _assert_cleaned(root)
     assert json.loads((jobdir / "final" / "manifest.json").read_text()) == before
     history = [json.loads(x) for x in (jobdir / "history.jsonl").read_text().splitlines()]

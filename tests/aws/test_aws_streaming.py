@@ -73,3 +73,10 @@ def test_aws_submit_killed_mid_stream_then_resume_every_item_once(
     s = status(root, "st2")
     assert s["tasks"]["SUCCESS"] == 80 and s["items"]["total"] == 800
     assert s["items"]["pending"] == 0
+    # 80 batches in 9 packs (1, 2, 4, 8, then 16 at most), each stored once, put-if-absent
+    listed = place.s3.list_objects_v2(
+        Bucket=place.bucket, Prefix=f"{place.prefix}jobs/st2/batches/"
+    )
+    packs = sorted(o["Key"].rsplit("/", 1)[1] for o in listed["Contents"])
+    assert len(packs) == 9 and packs[0] == "batch-000000--batch-000000.jsonl", packs
+    assert packs[-1] == "batch-000079--batch-000079.jsonl"
