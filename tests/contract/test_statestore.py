@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 from slurmctl.backends import Backend
 from slurmctl.backends.statestore import (
     ITEMS_PENDING,
@@ -408,3 +410,22 @@ def test_lost_hints_are_requeued_once_submit_is_done_and_only_then(backend: Back
     assert (got.pending, got.expired) == (4, 0)
     hints = sorted(m.body for m in backend.queue.receive("j", max_messages=10, visibility_s=30))
     assert hints == [f"task-{i:06d}" for i in range(4)]
+
+
+def test_a_task_keeps_where_its_batch_lies_in_a_pack(backend: Backend) -> None:
+    """`batch_range` (backends/batches.py) round-trips, through a claim and a commit; a task of
+    the layout before packing has none (its batch is a whole object)."""
+    assert backend.state.create_job(JobRecord(job_id="j", status=JobStatus.PENDING))
+    packed = dataclasses.replace(
+        _task(1), batch_key="jobs/j/batches/batch-000001--batch-000002.jsonl", batch_range="0-99"
+    )
+    assert backend.state.put_tasks([_task(0), packed]) == 2
+    got = backend.state.get_task("j", "task-000001")
+    assert got is not None and (got.batch_key, got.batch_range) == (packed.batch_key, "0-99")
+    old = backend.state.get_task("j", "task-000000")
+    assert old is not None and old.batch_range is None
+    claimed = backend.state.claim_task("j", "task-000001", "w1", "t1", lease_s=30, now=1.0)
+    assert claimed is not None and claimed.batch_range == "0-99"
+    assert backend.state.commit_task("j", "task-000001", "t1", _commit())
+    done = backend.state.get_task("j", "task-000001")
+    assert done is not None and done.status is TaskStatus.SUCCESS and done.batch_range == "0-99"
