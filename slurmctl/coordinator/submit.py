@@ -1,8 +1,10 @@
 """`slurmctl submit`: validate, cut batches, write the job's state, queue its tasks.
 
-Idempotent: the batches are a pure function of the input, stored put-if-absent, and tasks are
-inserted only when missing, so a submit that died half way carries on when run again. A refused
-submission removes everything it wrote (docs/architecture.md, invariant 7).
+Idempotent: the batches, and the packs they are stored in (up to 16 to an object,
+backends/batches.py), are a pure function of the input, stored put-if-absent, each pack before
+its tasks, and tasks are inserted only when missing, so a submit that died half way carries on
+when run again. A refused submission removes everything it wrote (docs/architecture.md,
+invariant 7).
 
 Streaming: the tasks are stored, counted and queued chunk by chunk in input order (`TaskWriter`),
 and the caller is told as soon as the first ones are durable (`on_durable`), so the workers start
@@ -10,7 +12,7 @@ while the rest of the input is still being cut; the "submit done" marker (`submi
 last, and nothing finishes the phase before it (docs/architecture.md, "Streaming submit").
 
 The input is a local file or, with the AWS backend, an S3 object read as a stream. On AWS the
-batches are uploaded by a small thread pool (a bounded window of batches in flight, task records
+packs are uploaded by a small thread pool (a bounded window of packs in flight, task records
 kept in input order) and the task records and queue messages by another; the embedded backend
 writes them one after another, as fast as before.
 """
