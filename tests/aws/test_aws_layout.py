@@ -300,6 +300,8 @@ def test_intermediates_are_tagged_and_the_final_output_is_not(aws: Backend) -> N
     bucket = aws.objects.bucket  # type: ignore[attr-defined]
     keys = {
         "jobs/j/batches/batch-000001.jsonl": "intermediate",
+        "jobs/j/batches/batch-000001--batch-000002.jsonl": "intermediate",  # a pack
+        "jobs/j/batches/r1-batch-000000--r1-batch-000015.ab12cd34.jsonl": "intermediate",
         "jobs/j/results/task-000001/ab.parquet": "intermediate",
         "jobs/j/aggregate/L1/part-000000.parquet": "intermediate",
         "jobs/j/final/j-00000.parquet": None,
