@@ -270,3 +270,44 @@ def test_put_versioned_is_a_compare_and_swap_on_the_version() -> None:
     assert later.sets == {"version": 3, "value": b"v3"}
     assert holds(later.cond, {"version": 2, "value": b"v2"})
     assert not holds(later.cond, {"version": 3, "value": b"x"}) and not holds(later.cond, None)
+
+
+# --- one stored count of a phase's unfinished tasks (DynamoDB: a claim moves no counter) -------
+def test_fold_running_makes_a_claim_and_a_release_move_nothing() -> None:
+    from slurmctl.backends.records import WORKERS_LOST, fold_running
+
+    p, r, s = (task_counter("initial", st) for st in (PENDING, RUNNING, TaskStatus.SUCCESS))
+    assert fold_running({p: -1, r: 1}) == {}  # a claim
+    assert fold_running({r: -1, p: 1}) == {}  # a release
+    assert fold_running({r: -1, p: 1, WORKERS_LOST: 1}) == {WORKERS_LOST: 1}  # release_dead
+    assert fold_running({r: -1, s: 1, "items.pending": -10}) == {p: -1, s: 1, "items.pending": -10}
+    assert fold_running({task_counter("retry_2", RUNNING): -1}) == {
+        task_counter("retry_2", PENDING): -1
+    }
+
+
+def test_split_running_keeps_the_sum_and_gives_running_to_the_newest_unfinished_phase() -> None:
+    from slurmctl.backends.records import split_running
+
+    def c(phase: str, status: TaskStatus) -> str:
+        return task_counter(phase, status)
+
+    stored = {
+        c("initial", PENDING): 0,
+        c("initial", TaskStatus.SUCCESS): 5,
+        c("retry_1", PENDING): 3,
+        "items.pending": 30,
+    }
+    out = split_running(stored, 2)
+    assert (out[c("retry_1", RUNNING)], out[c("retry_1", PENDING)]) == (2, 1)
+    assert (out[c("initial", RUNNING)], out[c("initial", PENDING)]) == (0, 0)
+    assert out[c("initial", TaskStatus.SUCCESS)] == 5 and out["items.pending"] == 30
+    # a job whose earlier claims stored RUNNING: the sum is what counts, the split is the index's
+    old = {c("initial", PENDING): 1, c("initial", RUNNING): 3}
+    assert split_running(old, 1) == {c("initial", PENDING): 3, c("initial", RUNNING): 1}
+    # never more RUNNING than unfinished (the index may lag), never negative; newest phase first
+    two = {c("initial", PENDING): 1, c("retry_10", PENDING): 2, c("retry_9", PENDING): 4}
+    out = split_running(two, 9)
+    assert [out[c(ph, RUNNING)] for ph in ("retry_10", "retry_9", "initial")] == [2, 4, 1]
+    assert all(out[c(ph, PENDING)] == 0 for ph in ("retry_10", "retry_9", "initial"))
+    assert split_running({c("initial", PENDING): 2}, -1)[c("initial", RUNNING)] == 0

@@ -7,6 +7,7 @@ every name, so callers keep importing them from there.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +43,50 @@ _PROTOCOL_COUNTERS = frozenset(
         WORKERS_LOST,
     }
 )
+
+
+def fold_running(deltas: Mapping[str, int]) -> dict[str, int]:
+    """The deltas with every `<phase>.tasks.RUNNING` move added onto `<phase>.tasks.PENDING`,
+    zeros dropped: for a store that keeps one count of a phase's unfinished tasks (DynamoDB), so
+    that a claim (PENDING -1, RUNNING +1) and a release move no counter at all and are a single
+    conditional write, and a commit or fail moves PENDING -1 with SUCCESS or FAILED +1. The
+    counts that decide a phase's end (PENDING + RUNNING, SUCCESS, FAILED) stay exact;
+    `split_running` tells RUNNING apart again when a reader asks."""
+    out: dict[str, int] = {}
+    for name, d in deltas.items():
+        phase, sep, status = name.partition(".tasks.")
+        if sep and status == TaskStatus.RUNNING:
+            name = task_counter(phase, TaskStatus.PENDING)
+        out[name] = out.get(name, 0) + d
+    return {k: d for k, d in out.items() if d}
+
+
+def split_running(stored: dict[str, int], running: int) -> dict[str, int]:
+    """Counters folded by `fold_running` (a phase's PENDING + RUNNING stored together; a job
+    written before the fold may hold both) with RUNNING told apart again: `running` tasks of
+    the job are RUNNING now (the store's own view, e.g. its index of running leases), given to
+    the phases that have unfinished tasks, the newest phase first (only the current phase has
+    any, but for a moment), never more than a phase's unfinished count. PENDING + RUNNING is
+    exact; how it splits is as fresh as the store's view."""
+    out = dict(stored)
+    phases = {
+        name.partition(".tasks.")[0]
+        for name in stored
+        if name.endswith((".tasks." + TaskStatus.PENDING, ".tasks." + TaskStatus.RUNNING))
+    }
+    left = max(running, 0)
+    for phase in sorted(phases, key=_phase_order, reverse=True):
+        p, r = task_counter(phase, TaskStatus.PENDING), task_counter(phase, TaskStatus.RUNNING)
+        unfinished = stored.get(p, 0) + stored.get(r, 0)
+        out[r] = min(left, max(unfinished, 0))
+        out[p] = unfinished - out[r]
+        left -= out[r]
+    return out
+
+
+def _phase_order(phase: str) -> int:
+    number = phase.removeprefix("retry_")
+    return int(number) if number.isdigit() else 0
 
 
 def is_protocol_counter(name: str) -> bool:

@@ -144,12 +144,20 @@ class StateStore(ABC):
         """All tasks of the job (paginated), in task id order."""
 
     @abstractmethod
-    def counters(self, job_id: str, *, metrics: bool = True) -> dict[str, int]:
+    def counters(
+        self, job_id: str, *, metrics: bool = True, running: bool = True
+    ) -> dict[str, int]:
         """Every counter of the job (summed over shards, where a store shards them). With
         metrics=False a store may leave out the counters that only counter-only updates move
         (the per-task metrics, the time series, the breaker's: DynamoDB's metrics shards): the
         protocol's counters (`<phase>.tasks.*`, `items.*`, `rows`, `workers.lost`) are always
-        there, for the callers that read nothing else (an idle worker, the reconciler)."""
+        there, for the callers that read nothing else (an idle worker, the reconciler).
+
+        A phase's PENDING + RUNNING, SUCCESS and FAILED are exact. With running=False a store
+        may count a phase's RUNNING tasks among its PENDING ones (DynamoDB keeps one count of
+        both, so that a claim moves no counter, and tells them apart from its index only when
+        asked): for the callers that need only the sum (an idle worker's poll, a progress
+        bar). With running=True the split may lag the tasks by the index's consistency."""
 
     @abstractmethod
     def get_versioned(self, job_id: str, name: str) -> Versioned | None:

@@ -17,10 +17,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 stderr = Console(stderr=True)
 
 
+def bar_shown(enabled: bool) -> bool:
+    """Whether `items_bar(enabled, ...)` draws a bar (else nobody need read the counters)."""
+    return enabled and sys.stderr.isatty()
+
+
 @contextmanager
 def items_bar(enabled: bool, label: str) -> Iterator[Any]:
     """Yields an update(counters) callback; a rich bar when stderr is a terminal."""
-    if not enabled or not sys.stderr.isatty():
+    if not bar_shown(enabled):
         yield None
         return
     columns = (

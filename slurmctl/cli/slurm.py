@@ -66,7 +66,7 @@ def follow_job(env: Env, job_id: str, client: SlurmClient, progress: bool) -> Jo
     with items_bar(progress, job_id) as update:
         while True:
             job = get_job(env.backend, job_id)
-            counters = env.backend.state.counters(job_id)
+            counters = env.backend.state.counters(job_id, metrics=False, running=False)
             if update is not None:
                 update(counters)
             if job.status.terminal:

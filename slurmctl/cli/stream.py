@@ -17,7 +17,7 @@ from collections.abc import Callable
 import click
 
 from slurmctl.cli import Env
-from slurmctl.cli.progress import items_bar
+from slurmctl.cli.progress import bar_shown, items_bar
 from slurmctl.cli.run import run_job
 from slurmctl.cli.slurm import run_slurm
 from slurmctl.executors.local import LocalExecutor
@@ -60,7 +60,9 @@ class StreamingRun:
         if get_job(self.env.backend, job_id).executor == "slurm":
             run_slurm(self.env, job_id, progress=False, follow=False)
             return
-        self.local = LocalExecutor(self.env.backend, self.env.root, progress=self._report)
+        # No bar, no counter reads for it (4 a second: on DynamoDB 16 RCU each)
+        report = self._report if bar_shown(self.progress) else None
+        self.local = LocalExecutor(self.env.backend, self.env.root, progress=report)
         threading.Thread(
             target=self._drive, args=(job_id,), name="slurmctl-executor", daemon=True
         ).start()

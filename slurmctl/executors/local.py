@@ -213,7 +213,7 @@ class LocalExecutor(Executor[Liveness, list[str]]):
 
     def _report(self, job_id: str) -> None:
         if self.progress is not None:
-            self.progress(self.backend.state.counters(job_id))
+            self.progress(self.backend.state.counters(job_id, metrics=False, running=False))
 
     def stop_workers(self) -> None:
         """Ask every worker to stop at a checkpoint, and wait for them."""

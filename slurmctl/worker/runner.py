@@ -487,7 +487,7 @@ class Worker:
                 if task is not None:
                     self._run_claimed(runner, task)
                 continue
-            counters = state.counters(self.job_id, metrics=False)  # the task counters only
+            counters = state.counters(self.job_id, metrics=False, running=False)  # the sum
             left = counters.get(task_counter(job.phase, "PENDING"), 0) + counters.get(
                 task_counter(job.phase, "RUNNING"), 0
             )

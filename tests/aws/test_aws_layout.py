@@ -69,6 +69,7 @@ def test_reconciler_reads_only_the_expired_leases(aws: Backend) -> None:
     state = aws.state
     assert state.create_job(JobRecord("j", JobStatus.RUNNING, task_count=n))
     assert state.put_tasks([_task(i) for i in range(n)]) == n
+    assert state.update_job("j", {}, counter_deltas={"initial.tasks.PENDING": n})
     for i in range(n):
         at, lease = (800.0, 100.0) if i in lapsed else (1000.0, 3600.0)
         assert state.claim_task("j", f"task-{i:06d}", "w", f"t{i}", lease, at) is not None
@@ -77,10 +78,11 @@ def test_reconciler_reads_only_the_expired_leases(aws: Backend) -> None:
     got = reconcile(aws, "j", "initial", now=1000.0)
     assert (got.expired, got.pending, got.running) == (3, 0, n - 3)
     # the 3 expired records, never the 57 live ones (the 16 counter shards: one batch read; not
-    # the metrics shards)
+    # the metrics shards); per index shard one range of expired leases and one of the RUNNING
+    # entries' keys (the RUNNING count: a claim moves no counter)
     assert calls.keys_read() == 3 + 16
     queries = [kw for op, kw in calls.seen if op == "query"]
-    assert len(queries) == 16 and all(q["IndexName"] == "unfinished" for q in queries)
+    assert len(queries) == 2 * 16 and all(q["IndexName"] == "unfinished" for q in queries)
     hints = sorted(m.body for m in aws.queue.receive("j", max_messages=10, visibility_s=30))
     assert hints == [f"task-{i:06d}" for i in sorted(lapsed)]
 
@@ -348,3 +350,46 @@ def test_a_job_submitted_again_with_more_workers_is_read_with_its_new_shards(
     assert state.task_shards("j") == 64  # type: ignore[attr-defined]
     assert [t.task_id for t in state.iter_tasks("j")] == [f"task-{i:06d}" for i in range(40)]
     other.close()
+
+
+def test_a_claim_and_a_release_are_one_update_that_moves_no_counter(aws: Backend) -> None:
+    """A phase's PENDING and RUNNING tasks are one stored count: a claim and a release are a
+    single conditional UpdateItem of the task (no transaction, no counter shard), a commit
+    moves PENDING -1 and SUCCESS +1, and `counters()` tells RUNNING apart from the index. A job
+    whose earlier claims stored RUNNING (before this) is summed and split the same way."""
+    from tests.contract.test_statestore import _commit
+
+    state = aws.state
+    p, r, s = "initial.tasks.PENDING", "initial.tasks.RUNNING", "initial.tasks.SUCCESS"
+    assert state.create_job(JobRecord("j", JobStatus.RUNNING))
+    state.put_tasks([_task(i) for i in range(3)])
+    assert state.update_job("j", {}, counter_deltas={p: 3})
+    calls = Calls(aws)
+    assert state.claim_task("j", "task-000000", "w", "t0", 60.0, 100.0) is not None
+    assert state.claim_task("j", "task-000001", "w", "t1", 60.0, 100.0) is not None
+    assert state.release_task("j", "task-000001", "t1")
+    assert [op for op, _ in calls.seen] == ["get_item", "update_item"] * 3
+    assert all(kw["Key"]["pk"]["S"].startswith("JOB#j#T#") for _, kw in calls.seen[1::2])
+    stored = state.counters("j", metrics=False, running=False)
+    assert (stored.get(p), stored.get(r)) == (3, None)
+    assert (state.counters("j")[p], state.counters("j")[r]) == (2, 1)
+    calls.seen.clear()
+    assert state.commit_task("j", "task-000000", "t0", _commit())
+    assert [op for op, _ in calls.seen] == ["get_item", "transact_write_items"]
+    stored = state.counters("j", running=False)
+    assert (stored[p], stored.get(r), stored[s]) == (2, None, 1)
+    # the earlier claims' way: PENDING -1, RUNNING +1 on a counter shard (written directly)
+    assert state.claim_task("j", "task-000002", "w", "t2", 60.0, 100.0) is not None
+    state.t.call(  # type: ignore[attr-defined]
+        "update_item",
+        TableName=state.t.name,  # type: ignore[attr-defined]
+        Key={"pk": {"S": "JOB#j#C#5"}, "sk": {"S": "C"}},
+        UpdateExpression="ADD #p :m, #r :one",
+        ExpressionAttributeNames={"#p": p, "#r": r},
+        ExpressionAttributeValues={":m": {"N": "-1"}, ":one": {"N": "1"}},
+    )
+    c = state.counters("j")
+    assert (c[p], c[r], c[s]) == (1, 1, 1)
+    assert state.commit_task("j", "task-000002", "t2", _commit())
+    c = state.counters("j")
+    assert (c[p], c[r], c[s]) == (1, 0, 2)  # stored PENDING 0, RUNNING 1: one unfinished

@@ -294,3 +294,34 @@ def test_ambiguous_job_update_is_reported_not_guessed(aws_backend: Backend) -> N
     with pytest.raises(AwsTimeout, match="read timeout"):
         aws_backend.state.update_job("j", {"paused": True}, counter_deltas={"y": 1})
     assert aws_backend.state.counters("j")["y"] == 1
+
+
+def test_unfinished_sum_is_exact_with_or_without_the_running_split(backend: Backend) -> None:
+    """A claim, a release, a takeover, a commit and a fail: PENDING + RUNNING (what decides a
+    phase's end), SUCCESS and FAILED are exact with running=False (a store may then count
+    RUNNING among PENDING: DynamoDB's claim moves no counter), and the split is exact too."""
+    _setup(backend, 4)
+    state = backend.state
+
+    def check(unfinished: int, success: int, failed: int) -> None:
+        fast = state.counters("j", metrics=False, running=False)
+        left = fast.get(task_counter(PHASE, PENDING), 0) + fast.get(task_counter(PHASE, RUNNING), 0)
+        assert (left, fast.get(task_counter(PHASE, TaskStatus.SUCCESS), 0)) == (unfinished, success)
+        assert fast.get(task_counter(PHASE, TaskStatus.FAILED), 0) == failed
+        _consistent(backend, 4)
+
+    for i in range(3):
+        assert state.claim_task("j", f"task-{i:06d}", "w", f"t{i}", 10, now=100.0) is not None
+    check(4, 0, 0)
+    assert state.release_task("j", "task-000000", "t0")
+    assert state.claim_task("j", "task-000001", "w2", "x", 10, now=200.0) is not None  # takeover
+    check(4, 0, 0)
+    assert state.commit_task("j", "task-000001", "x", _commit())
+    assert state.claim_task("j", "task-000002", "w3", "y", 10, now=300.0) is not None
+    assert not state.fail_task("j", "task-000002", "t2", "late", now=301.0)  # fenced off
+    assert state.fail_task("j", "task-000002", "y", "broken", now=301.0)
+    check(2, 1, 1)
+    assert not state.release_dead("j", "task-000002", "y")  # finished: nothing moves
+    assert state.claim_task("j", "task-000003", "w4", "z", 10, now=400.0) is not None
+    assert state.release_dead("j", "task-000003", "z")
+    check(2, 1, 1)

@@ -62,7 +62,7 @@ from slurmctl.backends.aws.dynamo import (
 )
 from slurmctl.backends.aws.session import AwsConnectionError, AwsTimeout, Service
 from slurmctl.backends.protocol import Kind, Ref, Write
-from slurmctl.backends.records import is_protocol_counter
+from slurmctl.backends.records import fold_running, is_protocol_counter, split_running
 from slurmctl.backends.statestore import (
     CLAIM_ROUNDS,
     JobRecord,
@@ -160,6 +160,10 @@ class DynamoStateStore(RateBuckets, StateStore):
         raise lost
 
     def _write_once(self, w: Write, index_at: float | None = None, move_index: bool = True) -> bool:
+        # A phase's PENDING and RUNNING tasks are one stored count: a claim or a release moves
+        # no counter (one conditional UpdateItem, not a transaction with a counter shard);
+        # `counters()` tells RUNNING apart from the index.
+        deltas = fold_running(w.deltas)
         if w.ref.kind == "job" and w.cond == protocol.PRESENT and not w.sets and not w.delete:
             # Counters only (metrics, breaker): one plain ADD on a random shard, no check of
             # the job record, so no item takes a write per task (a deleted job's stray shard
@@ -167,11 +171,13 @@ class DynamoStateStore(RateBuckets, StateStore):
             # read once, for its shard count.
             if self.task_shards(w.ref.job_id) is None:
                 return False
+            if not deltas:
+                return True
             shard = random.randrange(SHARDS)
             k = metrics_key(w.ref.job_id, shard)
-            if any(is_protocol_counter(name) for name in w.deltas):  # counters(metrics=False)
+            if any(is_protocol_counter(name) for name in deltas):  # counters(metrics=False)
                 k = shard_key(w.ref.job_id, shard)
-            return self._transact([self.t.counters_op(k, w.deltas)])
+            return self._transact([self.t.counters_op(k, deltas)])
         if w.ref.kind == "task" and self.task_shards(w.ref.job_id) is None:
             return False  # no job, no task: a conditional write on it can only fail
         k = self._key(w.ref)
@@ -195,9 +201,9 @@ class DynamoStateStore(RateBuckets, StateStore):
         else:
             op = {"ConditionCheck": e.args(TableName=self.t.name, Key=k, ConditionExpression=cond)}
         ops = [op]
-        if w.deltas:
+        if deltas:
             shard = shard_of(w.ref.name) if w.ref.kind == "task" else 0
-            ops.append(self.t.counters_op(shard_key(w.ref.job_id, shard), w.deltas))
+            ops.append(self.t.counters_op(shard_key(w.ref.job_id, shard), deltas))
         status = w.sets.get("status") if w.ref.kind == "job" and not creating else None
         terminal = status is not None and JobStatus(status).terminal
         if status is not None:
@@ -477,11 +483,22 @@ class DynamoStateStore(RateBuckets, StateStore):
             return None
         return Versioned(int(item["version"]["N"]), base64.b64decode(item["value"]["S"]))
 
-    def counters(self, job_id: str, *, metrics: bool = True) -> dict[str, int]:
+    def counters(
+        self, job_id: str, *, metrics: bool = True, running: bool = True
+    ) -> dict[str, int]:
+        """The shards summed; with `running`, RUNNING told apart from PENDING by the index's
+        RUNNING entries (one keys-only range per task shard: O(running), eventually
+        consistent), since claims and releases move no counter (`fold_running`)."""
         keys = counter_keys(job_id) if metrics else [shard_key(job_id, k) for k in range(SHARDS)]
         out: dict[str, int] = {}
         for item in self.t.batch_get(keys).values():
             for name, value in item.items():
                 if name not in ("pk", "sk"):
                     out[name] = out.get(name, 0) + int(value["N"])
-        return out
+        if not running:
+            return out
+        try:
+            live = len(self._index_keys(job_id, ("R#", "R$")))
+        except JobStateError:  # the previous layout: its claims moved RUNNING themselves
+            return out
+        return split_running(out, live)

@@ -254,8 +254,11 @@ class SQLiteStateStore(StateStore):
         )
         return Versioned(int(row["version"]), bytes(row["value"])) if row else None
 
-    def counters(self, job_id: str, *, metrics: bool = True) -> dict[str, int]:
-        # one table read however many counters: `metrics` changes nothing here
+    def counters(
+        self, job_id: str, *, metrics: bool = True, running: bool = True
+    ) -> dict[str, int]:
+        # one table read however many counters, RUNNING counted apart (a claim's counter
+        # moves cost nothing inside its transaction): `metrics` and `running` change nothing
         rows = self.db.conn().execute(
             "SELECT name, value FROM counters WHERE job_id = ?", (job_id,)
         )
