@@ -324,7 +324,8 @@ def run_reconcile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         backend = open_aws(name, name, "us-east-1", server.url)
         state = backend.state
         n, expired = args.unfinished, args.expired
-        state.create_job(JobRecord(JOB_ID, JobStatus.RUNNING, task_count=n, backend="aws"))
+        job = JobRecord(JOB_ID, JobStatus.RUNNING, task_count=n, backend="aws", workers=2)
+        state.create_job(job, expected_tasks=n)  # K from the job's size: what submit does
         tasks = [
             TaskRecord(JOB_ID, f"task-{i:06d}", f"b{i}", "initial", "g", 100, f"k{i}", "s")
             for i in range(n)
@@ -336,17 +337,20 @@ def run_reconcile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             lapsed = i % every == 0 and i // every < expired  # claimed 200 s ago, 100 s lease
             at, lease_s = (now - 200, 100.0) if lapsed else (now, 3600.0)
             state.claim_task(JOB_ID, t.task_id, "w", f"tok{i}", lease_s, at)
+        state.update_job(JOB_ID, {}, counter_deltas={"initial.tasks.PENDING": n})  # counted
         backend.queue.create_queue(JOB_ID)
         snap0 = server.snapshot()
         got = reconcile(backend, JOB_ID, "initial", now=now)
         snap1 = server.snapshot()
         turns = _turns(backend, server, now)
+        shards = state.task_shards(JOB_ID)
         backend.close()
     finally:
         server.stop()
     r = report(snap0, snap1, {"submitted": None, "workers_gone": None}, 1, 1)
     return {
         "turns": turns,
+        "task_shards": shards,
         "unfinished": n,
         "expired": expired,
         "requeued": got.requeued,
@@ -538,7 +542,7 @@ def main() -> None:
                 info,
             )
             result["reconcile"] = r = run_reconcile(args, work)
-            print(f"   requeued {r['requeued']}; requests: {r['requests']}")
+            print(f"   K = {r['task_shards']}; requeued {r['requeued']}; requests: {r['requests']}")
             print(f"   WCU {r['wcu']}, RCU {r['rcu']} per pass; RCU by key {r['rcu_by_key']}")
             if r["turns"]:
                 print(f"   an idle worker's turn, beyond the pass: {r['turns']}")

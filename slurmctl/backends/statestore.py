@@ -185,8 +185,10 @@ class StateStore(ABC):
         return self._write(w)
 
     # --- jobs -------------------------------------------------------------------------------
-    def create_job(self, job: JobRecord) -> bool:
-        """Insert the job record if absent; False if a job with this id exists."""
+    def create_job(self, job: JobRecord, *, expected_tasks: int | None = None) -> bool:
+        """Insert the job record if absent; False if a job with this id exists.
+        expected_tasks: an estimate of the job's tasks (a streaming submit knows only its
+        input's size), by which a store may lay the job out (DynamoDB: its K task keys)."""
         return self._apply(protocol.create_job(job))
 
     def update_job(

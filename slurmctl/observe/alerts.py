@@ -307,7 +307,7 @@ def evaluate(
     now = time.time() if now is None else now
     job = get_job(backend, job_id)
     status = status if status is not None else job_status(backend, job_id)
-    counters = backend.state.counters(job_id)
+    counters = backend.state.counters(job_id, running=False)  # the split is in status
     definition = load_definition(backend, job_id)
     settings = AlertSettings.from_params(definition.params)
     state = read_state(backend, job_id)

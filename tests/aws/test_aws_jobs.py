@@ -112,6 +112,13 @@ def test_2000_items_three_workers_every_item_once_no_secret_queue_gone(
     # retention: the finished job's task items carry the TTL attribute, ~7 days ahead
     task_items = [i for i in items if i["sk"]["S"].startswith("TASK#")]
     assert len(task_items) == 20
+    # K from the job's size: an input of a few dozen KB (at most 1 task per 3,200 bytes at
+    # batch 100) needs one task key, not the 16 of its 3 workers
+    size = (tmp_path / "job" / "input.jsonl").stat().st_size
+    assert size < 250 * 3200, size
+    [job_item] = [i for i in items if i["pk"]["S"] == "JOB#aws-e2e" and i["sk"]["S"] == "JOB"]
+    assert job_item["task_shards"] == {"N": "1"}
+    assert {i["pk"]["S"] for i in task_items} == {"JOB#aws-e2e#T#0"}
     week = 7 * 86400
     for item in task_items:
         assert started + week - 5 <= int(item["expires_at"]["N"]) <= time.time() + week + 5

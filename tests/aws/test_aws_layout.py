@@ -393,3 +393,48 @@ def test_a_claim_and_a_release_are_one_update_that_moves_no_counter(aws: Backend
     assert state.commit_task("j", "task-000002", "t2", _commit())
     c = state.counters("j")
     assert (c[p], c[r], c[s]) == (1, 0, 2)  # stored PENDING 0, RUNNING 1: one unfinished
+
+
+def test_k_comes_from_the_expected_tasks_and_the_workers(aws: Backend) -> None:
+    """K is the smaller of what the workers can write (16 up to 128 workers, doubling, 64 at
+    most) and what the expected tasks need (one key per 250, a power of two, at least 1), so a
+    job of 50 tasks has one key (and a reconciler pass one index range per kind); without an
+    estimate, the workers' K."""
+    from slurmctl.backends.aws.dynamo import task_shards_for
+    from slurmctl.coordinator.submit import expected_tasks
+
+    assert [task_shards_for(2, t) for t in (1, 50, 250, 251, 1000, 4000, 10**6)] == [
+        1,
+        1,
+        1,
+        2,
+        4,
+        16,
+        16,
+    ]
+    assert [task_shards_for(w, 10**6) for w in (128, 129, 512, 513, 10**4)] == [16, 32, 64, 64, 64]
+    assert (task_shards_for(1000, 50), task_shards_for(1000, None), task_shards_for(2)) == (
+        1,
+        64,
+        16,
+    )
+    # submit's estimate from the input's bytes: at most one item per 32 bytes
+    assert [expected_tasks(b, 100) for b in (0, 1, 3200, 3201, 32 * 10**8)] == [1, 1, 1, 2, 10**6]
+    state = aws.state
+    assert state.create_job(JobRecord("small", JobStatus.RUNNING, workers=8), expected_tasks=50)
+    assert state.create_job(JobRecord("big", JobStatus.RUNNING, workers=1000), expected_tasks=10**6)
+    assert not state.create_job(JobRecord("small", JobStatus.RUNNING), expected_tasks=10**6)
+    assert state.task_shards("small") == 1  # type: ignore[attr-defined]
+    assert state.task_shards("big") == 64  # type: ignore[attr-defined]
+    state.put_tasks(
+        [TaskRecord("small", f"task-{i:06d}", "b", "initial", "g", 1, "k", "s") for i in range(50)]
+    )
+    assert state.update_job("small", {}, counter_deltas={"initial.tasks.PENDING": 50})
+    for i in range(0, 50, 7):
+        assert state.claim_task("small", f"task-{i:06d}", "w", f"t{i}", 60.0, 100.0) is not None
+    calls = Calls(aws)
+    got = reconcile(aws, "small", "initial", now=1000.0)
+    assert (got.expired, got.running) == (8, 0)
+    assert len([kw for op, kw in calls.seen if op == "query"]) == 2  # one key: 2 index ranges
+    c = state.counters("small")  # the 8 lapsed leases are requeued, still RUNNING till claimed
+    assert (c["initial.tasks.PENDING"], c["initial.tasks.RUNNING"]) == (42, 8)

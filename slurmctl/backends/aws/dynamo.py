@@ -14,10 +14,11 @@ Items (docs/aws.md has the full layout and the cost of each access):
 | rate bucket | `RATE#<job_id>#<name>` | `B` |
 
 None is stored as an absent attribute (REMOVE), and `expect={f: None}` is `attribute_not_exists`.
-Task items are spread over K partition keys (K from the job's size at creation, recorded on the
-job record, 16 to 64), and so is their index, so no key takes more than a fraction of a task's
-writes (docs/scaling.md). A RUNNING task's index sort key carries its lease expiry: the
-reconciler reads the expired leases with one key range per shard, never every unfinished task.
+Task items are spread over K partition keys (K from the job's expected tasks and its workers at
+creation, recorded on the job record, 1 to 64), and so is their index, so no key takes more
+than a fraction of a task's writes (docs/scaling.md). A RUNNING task's index sort key carries
+its lease expiry: the reconciler reads the expired leases with one key range per shard, never
+every unfinished task.
 A job record without `task_shards` was written by the previous layout (every task under
 `JOB#<job_id>`): it is refused with one line (`old_layout`).
 
@@ -43,8 +44,14 @@ SHARDS = 16
 """Counter shards per job."""
 TASK_SHARDS_MIN = 16
 TASK_SHARDS_MAX = 64
-"""Task partition keys per job: 16 keep every key under ~0.5 WCU per task (a task writes its
-item 3 times, 6 WCU); up to 64 for a job of many workers (heartbeats, index churn)."""
+"""Task partition keys for a job's workers: 16 keep every key under ~0.3 WCU per task (a task
+writes its item 3 times, 4 WCU, and its index entry 4); up to 64 for a job of many workers
+(heartbeats, index churn)."""
+TASKS_PER_SHARD = 250
+"""A job's tasks need no more keys than one per this many: a task's life writes ~4 WCU on its
+task key and ~4 on its index key, so 250 tasks are one second of one partition's 1,000 WCU/s
+over the whole job: such a key is never throttled for long, whatever the rate (a job of 50
+tasks has 1 key, where each reconciler pass and each RUNNING count read K index ranges)."""
 SHARDS_FIELD = "task_shards"
 JOBS_GSI_PK = "JOBS"
 TXN_RETRIES = 8
@@ -68,13 +75,20 @@ def job_key(job_id: str) -> Item:
     return key(job_pk(job_id), "JOB")
 
 
-def task_shards_for(workers: int) -> int:
-    """K for a new job: a job's task rate is bounded by its workers, so a power of two from
-    one key per 8 workers, between TASK_SHARDS_MIN and TASK_SHARDS_MAX."""
+def task_shards_for(workers: int, tasks: int | None = None) -> int:
+    """K for a new job: a power of two, the smaller of what its workers can write (its task
+    rate is bounded by them: one key per 8 workers, between TASK_SHARDS_MIN and
+    TASK_SHARDS_MAX) and what its expected tasks need (one key per TASKS_PER_SHARD, at least
+    1; None: unknown, the workers' K)."""
     k = TASK_SHARDS_MIN
     while k < TASK_SHARDS_MAX and k * 8 < workers:
         k *= 2
-    return k
+    if tasks is None:
+        return k
+    need = 1
+    while need < k and need * TASKS_PER_SHARD < tasks:
+        need *= 2
+    return need
 
 
 def old_layout(job_id: str) -> JobStateError:

@@ -139,14 +139,25 @@ class DynamoStateStore(RateBuckets, StateStore):
         self.t.ddb.close()
 
     # --- the write primitive ------------------------------------------------------------------
-    def _write(self, w: Write, index_at: float | None = None, move_index: bool = True) -> bool:
+    def create_job(self, job: JobRecord, *, expected_tasks: int | None = None) -> bool:
+        """As `StateStore.create_job`; the job's K from its workers and expected tasks."""
+        shards = task_shards_for(job.workers, expected_tasks)
+        return self._write(protocol.create_job(job), shards=shards)
+
+    def _write(
+        self,
+        w: Write,
+        index_at: float | None = None,
+        move_index: bool = True,
+        shards: int | None = None,
+    ) -> bool:
         """One conditional write. A task or lease write whose answer was lost (a timeout, a
         dropped connection: it may have been applied) is resolved by reading the record again:
         applied, refused (its condition no longer holds), or still to do (tried again)."""
         lost: Exception | None = None
         for _ in range(AMBIGUOUS_ROUNDS):
             try:
-                return self._write_once(w, index_at, move_index)
+                return self._write_once(w, index_at, move_index, shards)
             except (AwsTimeout, AwsConnectionError) as e:
                 if w.ref.kind == "job":  # a job's counter deltas cannot be told apart: report
                     raise
@@ -159,7 +170,13 @@ class DynamoStateStore(RateBuckets, StateStore):
         assert lost is not None
         raise lost
 
-    def _write_once(self, w: Write, index_at: float | None = None, move_index: bool = True) -> bool:
+    def _write_once(
+        self,
+        w: Write,
+        index_at: float | None = None,
+        move_index: bool = True,
+        shards: int | None = None,
+    ) -> bool:
         # A phase's PENDING and RUNNING tasks are one stored count: a claim or a release moves
         # no counter (one conditional UpdateItem, not a transaction with a counter shard);
         # `counters()` tells RUNNING apart from the index.
@@ -192,7 +209,7 @@ class DynamoStateStore(RateBuckets, StateStore):
         if creating:  # a new record: nothing to REMOVE; a job is listed through the GSI
             sets = {f: v for f, v in sets.items() if v is not None}
             if w.ref.kind == "job":
-                shards = task_shards_for(int(sets.get("workers") or 1))
+                shards = shards or task_shards_for(int(sets.get("workers") or 1))
                 sets |= {"gsi_pk": JOBS_GSI_PK, "gsi_sk": w.ref.job_id, SHARDS_FIELD: shards}
         if w.delete:
             op = {"Delete": e.args(TableName=self.t.name, Key=k, ConditionExpression=cond)}
