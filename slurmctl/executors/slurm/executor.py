@@ -229,7 +229,7 @@ class SlurmExecutor(Executor[SlurmLiveness, Submitted]):
         if not kinds:
             return []
         held: dict[str, str] = {}
-        for task in self.backend.state.unfinished_tasks(job_id, phase):
+        for task in self.backend.state.running_tasks(job_id, phase):  # not every unfinished
             holder = Holder.decode(task.holder) if task.status == TaskStatus.RUNNING else None
             if holder is not None and holder.slurm_element in kinds:
                 held[holder.slurm_element] = task.task_id
