@@ -61,15 +61,22 @@ UPLOAD_WINDOW = 2 * UPLOAD_THREADS
 UPLOAD_WINDOW_BYTES = 64 << 20
 """At most this many packs, and about this many bytes, cut but not yet uploaded."""
 ITEM_BYTES_GUESS = 32
-"""Input bytes per item assumed for the job's expected tasks, which the job record is created
-with before the scan has read a line (streaming submit): small on purpose, as a compressed or
-Parquet input holds more items than its bytes say, and too many task keys cost a few reads
-where too few make a hot key (DynamoDB's K: docs/aws.md)."""
+"""Bytes the scan parses per item, assumed for the job's expected tasks, which the job record is
+created with before the scan has read a line (streaming submit): small on purpose, as too many
+task keys cost a few reads where too few make a hot key (DynamoDB's K: docs/aws.md)."""
 
 
 def expected_tasks(input_bytes: int, batch_size: int) -> int:
     """The tasks a job of this input size is expected to have, at most (ITEM_BYTES_GUESS)."""
     return max(1, -(-input_bytes // (ITEM_BYTES_GUESS * max(batch_size, 1))))
+
+
+def _scan_size(source: InputSource) -> int:
+    """The bytes the scan parses, as the scan estimates them (a compressed or Parquet file
+    counts 8 times its size: inputs.Input.scan_size), else the input's size."""
+    of = getattr(source, "scan_size", source.size)
+    found: int = of()
+    return found
 
 
 @dataclass
@@ -215,7 +222,7 @@ def submit(
                 executor=definition.executor,
                 backend=definition.backend,
             ),
-            expected_tasks=expected_tasks(size, definition.batch_size),
+            expected_tasks=expected_tasks(_scan_size(source), definition.batch_size),
         )
     if fresh:
         fingerprint.store(backend, job_id, fp)  # before any batch: a resume keeps its width

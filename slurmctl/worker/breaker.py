@@ -185,7 +185,7 @@ class Breaker:
         state = self.backend.state
         state.update_job(self.job_id, {}, counter_deltas=deltas)
         self._pending_n, self._pending_f = 0, Counter()
-        counters = state.counters(self.job_id)
+        counters = state.counters(self.job_id, running=False)  # its own counters only
         trips = counters.get(COUNTER_TRIPS, 0)
         if self._trips_seen is None:
             self._trips_seen = trips

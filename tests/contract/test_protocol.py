@@ -238,10 +238,13 @@ def test_ambiguous_writes_resolve_by_rereading(aws_backend: Backend) -> None:
     _setup(aws_backend, 3)
     state = aws_backend.state
     lost = LostAnswers(aws_backend)
-    # a claim (a transaction) applied, answer lost: the re-read shows it is ours
-    lost.lose = ["transact_write_items"]
+    # a claim (one conditional update: it moves no counter) applied, answer lost: the re-read
+    # shows it is ours, and it is not sent again
+    lost.lose = ["update_item"]
     a = state.claim_task("j", "task-000000", "w", "a", 10, now=100.0)
     assert a is not None and a.lease_token == "a" and a.attempts == 1
+    assert lost.seen == ["get_item", "update_item", "get_item"] and not lost.lose
+    _consistent(aws_backend, 3)
     # a heartbeat (a plain update) applied, answer lost
     lost.lose = ["update_item"]
     assert state.heartbeat("j", "task-000000", "a", 10, now=105.0)
