@@ -4,7 +4,9 @@ The transitions themselves (claim, heartbeat, release, commit, fail, the job lea
 `protocol.py`, written once for every store; this module applies the conditional writes they
 produce (`_write`), with what only DynamoDB needs: the condition compiled to a
 ConditionExpression, the counter shard a write moves (a task's own, `crc32(task_id) % 16`; a
-job's, shard 0) in the same TransactWriteItems, the unfinished-task GSI keys kept in step with
+job's, shard 0) in the same TransactWriteItems (a phase's RUNNING deltas folded onto its
+PENDING, so a claim and a release move none and are one UpdateItem; `counters` tells RUNNING
+apart from the index), the unfinished-task GSI keys kept in step with
 the task (removed when it finishes, its lease expiry in the sort key while it runs), the task
 retention stamps when a job's status changes, and a lost answer (a timeout after sending)
 resolved by reading the record again. The layout is in `dynamo.py` (and docs/aws.md, with the
@@ -139,11 +141,6 @@ class DynamoStateStore(RateBuckets, StateStore):
         self.t.ddb.close()
 
     # --- the write primitive ------------------------------------------------------------------
-    def create_job(self, job: JobRecord, *, expected_tasks: int | None = None) -> bool:
-        """As `StateStore.create_job`; the job's K from its workers and expected tasks."""
-        shards = task_shards_for(job.workers, expected_tasks)
-        return self._write(protocol.create_job(job), shards=shards)
-
     def _write(
         self,
         w: Write,
@@ -301,6 +298,11 @@ class DynamoStateStore(RateBuckets, StateStore):
         return self.t.transact(ops) is None
 
     # --- jobs -------------------------------------------------------------------------------
+    def create_job(self, job: JobRecord, *, expected_tasks: int | None = None) -> bool:
+        """As `StateStore.create_job`; the job's K from its workers and expected tasks."""
+        shards = task_shards_for(job.workers, expected_tasks)
+        return self._write(protocol.create_job(job), shards=shards)
+
     def get_job(self, job_id: str) -> JobRecord | None:
         item = self.t.get(job_key(job_id))
         # Each read of the record refreshes the cached shard count (a job deleted and submitted
