@@ -146,8 +146,8 @@ def shard_key(job_id: str, k: int) -> Item:
 
 def metrics_key(job_id: str, k: int) -> Item:
     """Metrics shard k: where counter-only updates (the per-task metrics, the time series, the
-    breaker) land, apart from the counter shards that claims and commits move in their
-    transactions. Those stay a few hundred bytes however long the job runs (1 WCU, 2 in a
+    breaker) land, apart from the counter shards that commits (and fails, job updates) move in
+    their transactions. Those stay a few hundred bytes however long the job runs (1 WCU, 2 in a
     transaction); the metrics shards grow with the time series (to ~3-4 KB after ten hours)
     and only the metrics' own plain ADD pays for it."""
     return key(f"{job_pk(job_id)}#M#{k}", "C")

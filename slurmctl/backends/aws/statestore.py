@@ -15,7 +15,7 @@ cost of each access).
 No write lands on one key per task: task items and their index entries are spread over the
 job's K task shards, and a counter-only job update (the per-task metrics) is one plain UpdateItem
 on a random metrics shard, with no ConditionCheck on the job record. The metrics shards are not
-the counter shards that claims and commits move: those stay small (1 KB: 2 WCU in a
+the counter shards that commits move: those stay small (1 KB: 2 WCU in a
 transaction) however long the job runs and however big the time series grows.
 """
 
