@@ -65,8 +65,8 @@ def split_running(stored: dict[str, int], running: int) -> dict[str, int]:
     """Counters folded by `fold_running` (a phase's PENDING + RUNNING stored together; a job
     written before the fold may hold both) with RUNNING told apart again: `running` tasks of
     the job are RUNNING now (the store's own view, e.g. its index of running leases), given to
-    the phases that have unfinished tasks, the newest phase first (only the current phase has
-    any, but for a moment), never more than a phase's unfinished count. PENDING + RUNNING is
+    the phases that have unfinished tasks, the newest phase first (normally only the current
+    phase has any), never more than a phase's unfinished count. PENDING + RUNNING is
     exact; how it splits is as fresh as the store's view."""
     out = dict(stored)
     phases = {
