@@ -69,18 +69,23 @@ def split_running(stored: dict[str, int], running: int) -> dict[str, int]:
     phase has any), never more than a phase's unfinished count. PENDING + RUNNING is
     exact; how it splits is as fresh as the store's view."""
     out = dict(stored)
-    phases = {
-        name.partition(".tasks.")[0]
-        for name in stored
-        if name.endswith((".tasks." + TaskStatus.PENDING, ".tasks." + TaskStatus.RUNNING))
-    }
     left = max(running, 0)
-    for phase in sorted(phases, key=_phase_order, reverse=True):
+    unfinished = unfinished_by_phase(stored)
+    for phase in sorted(unfinished, key=_phase_order, reverse=True):
         p, r = task_counter(phase, TaskStatus.PENDING), task_counter(phase, TaskStatus.RUNNING)
-        unfinished = stored.get(p, 0) + stored.get(r, 0)
-        out[r] = min(left, max(unfinished, 0))
-        out[p] = unfinished - out[r]
+        out[r] = min(left, max(unfinished[phase], 0))
+        out[p] = unfinished[phase] - out[r]
         left -= out[r]
+    return out
+
+
+def unfinished_by_phase(counters: Mapping[str, int]) -> dict[str, int]:
+    """PENDING + RUNNING per phase (every phase that has either counter)."""
+    out: dict[str, int] = {}
+    for name, value in counters.items():
+        phase, sep, status = name.partition(".tasks.")
+        if sep and status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+            out[phase] = out.get(phase, 0) + value
     return out
 
 

@@ -393,6 +393,15 @@ def test_a_claim_and_a_release_are_one_update_that_moves_no_counter(aws: Backend
     assert state.commit_task("j", "task-000002", "t2", _commit())
     c = state.counters("j")
     assert (c[p], c[r], c[s]) == (1, 0, 2)  # stored PENDING 0, RUNNING 1: one unfinished
+    # the last task done, then nothing is unfinished: the counters read no index range
+    assert state.claim_task("j", "task-000001", "w", "t3", 60.0, 100.0) is not None
+    assert state.commit_task("j", "task-000001", "t3", _commit())
+    stored = state.counters("j", running=False)
+    assert (stored[p], stored[r]) == (-1, 1)  # the earlier claim's RUNNING, this commit's -1
+    calls.seen.clear()
+    c = state.counters("j")
+    assert (c[p], c[r], c[s]) == (0, 0, 3)
+    assert [op for op, _ in calls.seen] == ["batch_get_item"]
 
 
 def test_k_comes_from_the_expected_tasks_and_the_workers(aws: Backend) -> None:

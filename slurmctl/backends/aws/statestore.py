@@ -64,7 +64,12 @@ from slurmctl.backends.aws.dynamo import (
 )
 from slurmctl.backends.aws.session import AwsConnectionError, AwsTimeout, Service
 from slurmctl.backends.protocol import Kind, Ref, Write
-from slurmctl.backends.records import fold_running, is_protocol_counter, split_running
+from slurmctl.backends.records import (
+    fold_running,
+    is_protocol_counter,
+    split_running,
+    unfinished_by_phase,
+)
 from slurmctl.backends.statestore import (
     CLAIM_ROUNDS,
     JobRecord,
@@ -516,6 +521,8 @@ class DynamoStateStore(RateBuckets, StateStore):
                     out[name] = out.get(name, 0) + int(value["N"])
         if not running:
             return out
+        if not any(unfinished_by_phase(out).values()):
+            return split_running(out, 0)  # nothing unfinished (a job done): no index to read
         try:
             live = len(self._index_keys(job_id, ("R#", "R$")))
         except JobStateError:  # the previous layout: its claims moved RUNNING themselves
