@@ -98,7 +98,7 @@ class Dashboard:
     def job_list(self) -> list[dict[str, Any]]:
         rows = []
         for backend, job in self.sources.jobs():
-            counters = backend.state.counters(job.job_id)
+            counters = backend.state.counters(job.job_id, running=False)  # items only
             total = counters.get("items.total", 0)
             rows.append(
                 {
@@ -121,8 +121,8 @@ class Dashboard:
 
     def job(self, job_id: str) -> dict[str, Any]:
         backend = self.sources.backend_of(job_id)
-        status = job_status(backend, job_id)
-        counters = backend.state.counters(job_id)
+        status = job_status(backend, job_id)  # the tasks, RUNNING told apart
+        counters = backend.state.counters(job_id, running=False)  # the series, the resources
         created = float(status["created_at"])
         now = time.time()
         if status["status"] in ("COMPLETED", "FAILED", "CANCELLED") and status["updated_at"]:
@@ -154,8 +154,8 @@ class Dashboard:
         per_job = []
         for backend, job in self.sources.jobs():
             try:
-                status = job_status(backend, job.job_id)
-                counters = backend.state.counters(job.job_id)
+                status = job_status(backend, job.job_id)  # the tasks, RUNNING told apart
+                counters = backend.state.counters(job.job_id, running=False)
                 alerts = read_state(backend, job.job_id)
             except SlurmctlError as e:
                 log.warning("dashboard: /metrics skips %s: %s", job.job_id, e)
