@@ -328,3 +328,55 @@ def test_unfinished_sum_is_exact_with_or_without_the_running_split(backend: Back
     assert state.claim_task("j", "task-000003", "w4", "z", 10, now=400.0) is not None
     assert state.release_dead("j", "task-000003", "z")
     check(2, 1, 1)
+
+
+def test_running_is_told_apart_per_phase_after_a_retry_phase_starts(backend: Backend) -> None:
+    """The initial phase done (one SUCCESS, one FAILED), a retry phase's two tasks counted: a
+    claim of one shows RUNNING 1 in retry_1 and none in initial, on every store (DynamoDB
+    tells RUNNING apart from its index; the sum per phase is the stored count)."""
+    _setup(backend, 2)
+    state = backend.state
+    assert state.claim_task("j", "task-000000", "w", "a", 10, now=100.0) is not None
+    assert state.commit_task("j", "task-000000", "a", _commit())
+    assert state.claim_task("j", "task-000001", "w", "b", 10, now=100.0) is not None
+    assert state.fail_task("j", "task-000001", "b", "broken", now=101.0)
+    retry = [
+        TaskRecord(
+            "j",
+            f"r1-task-{i:06d}",
+            f"r1-batch-{i:06d}",
+            "retry_1",
+            "retry_batch_1",
+            5,
+            "k",
+            "a" * 64,
+        )
+        for i in range(2)
+    ]
+    assert state.put_tasks(retry) == 2
+    assert state.update_job(
+        "j", {"phase": "retry_1"}, counter_deltas={task_counter("retry_1", PENDING): 2}
+    )
+    assert state.claim_task("j", "r1-task-000000", "w", "c", 10, now=200.0) is not None
+    c = state.counters("j")
+    got = {
+        (ph, st): c.get(task_counter(ph, st), 0)
+        for ph in ("initial", "retry_1")
+        for st in (PENDING, RUNNING, TaskStatus.SUCCESS, TaskStatus.FAILED)
+    }
+    assert got == {
+        ("initial", PENDING): 0,
+        ("initial", RUNNING): 0,
+        ("initial", TaskStatus.SUCCESS): 1,
+        ("initial", TaskStatus.FAILED): 1,
+        ("retry_1", PENDING): 1,
+        ("retry_1", RUNNING): 1,
+        ("retry_1", TaskStatus.SUCCESS): 0,
+        ("retry_1", TaskStatus.FAILED): 0,
+    }
+    assert state.release_task("j", "r1-task-000000", "c")
+    c = state.counters("j")
+    assert (c[task_counter("retry_1", PENDING)], c.get(task_counter("retry_1", RUNNING), 0)) == (
+        2,
+        0,
+    )
