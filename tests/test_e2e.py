@@ -17,8 +17,44 @@ from tests.helpers import (
 )
 
 
+FOUR_WORKERS_HANDLER = """
+import os
+import time
+from pathlib import Path
+
+from slurmctl import PermanentError
+
+STARTED = Path(__file__).parent / "started"
+
+
+def setup(ctx):
+    ctx.waited = False
+
+
+def process(item, ctx):
+    # a barrier, polled: each worker's first item waits until all four workers hold a task, so
+    # each of the four commits at least one (a worker's start-up takes ~0.4 s on 2 busy cores,
+    # a task a few ms: without it one worker may drain every task before the others start)
+    if not ctx.waited:
+        STARTED.mkdir(exist_ok=True)
+        (STARTED / ctx.worker_id).touch()
+        deadline = time.monotonic() + 120
+        while len(os.listdir(STARTED)) < 4:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the four workers never all held a task")
+            time.sleep(0.02)
+        ctx.waited = True
+    ctx.acquire()
+    if int(item["id"]) % 500 == 3:
+        raise PermanentError("item %s is broken" % item["id"])
+    return {"id": item["id"], "double": item["n"] * 2}
+"""
+
+
 def test_10k_items_four_workers_every_item_once(tmp_path: Path) -> None:
-    config = make_job(tmp_path / "job", 10_000, batch_size=100, workers=4)
+    config = make_job(
+        tmp_path / "job", 10_000, batch_size=100, workers=4, handler=FOUR_WORKERS_HANDLER
+    )
     root = tmp_path / "root"
     run = cli(root, "submit", str(config))
     assert run.returncode == 0, run.stderr
@@ -45,11 +81,11 @@ def test_10k_items_four_workers_every_item_once(tmp_path: Path) -> None:
         zip(table.column("id").to_pylist(), table.column("double").to_pylist(), strict=True)
     )
     assert doubles["42"] == 84 and "3" not in doubles
-    # four workers drained 100 tasks, several of them (one may start after the others are done:
-    # a task takes a few ms, a worker's start-up ~0.4 s on 2 busy cores)
+    # four workers drained 100 tasks, every one of them (the handler's barrier)
     jobdir = root / "objects" / "jobs" / "t1"
     workers = {m["worker_id"] for m in task_manifests(root, "t1")}
-    assert workers <= {f"local-1-{i}" for i in range(4)} and len(workers) >= 2, workers
+    assert workers == {f"local-1-{i}" for i in range(4)}, workers
+    assert sorted(p.name for p in (tmp_path / "job" / "started").iterdir()) == sorted(workers)
     history = [json.loads(x) for x in (jobdir / "history.jsonl").read_text().splitlines()]
     [spawned] = [h for h in history if h["action"] == "workers"]
     assert spawned["count"] == 4
