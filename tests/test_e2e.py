@@ -16,7 +16,6 @@ from tests.helpers import (
     task_manifests,
 )
 
-
 FOUR_WORKERS_HANDLER = """
 import os
 import time

@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import sqlite3
 import sys
@@ -89,7 +90,55 @@ class JobCommand(click.Command):
         return super().invoke(ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+COMMANDS = {
+    "init": "aws",
+    "iam-policy": "aws",
+    "clean": "clean",
+    "pause": "control",
+    "resume": "control",
+    "aggregate": "control",
+    "worker": "worker",
+    "status": "inspect",
+    "list": "inspect",
+    "history": "inspect",
+    "logs": "observe",
+    "analyze-errors": "observe",
+    "watch": "observe",
+    "dashboard": "observe",
+    "set-rate": "ratelimit",
+    "results": "results",
+    "failures": "results",
+    "retry": "retry",
+    "cancel": "slurm",
+    "finalize": "slurm",
+    "submit": "submit",
+    "try": "submit",
+}
+"""Each command and the module of `slurmctl.cli` that defines it: a command imports only its
+own module, so a worker or a `status` does not pay for the imports of `submit` or the Slurm
+executor (docs/benchmarks.md, "CLI start-up")."""
+
+
+class LazyGroup(click.Group):
+    """The `slurmctl` group: a command's module is imported when the command is looked up;
+    listing the commands (`--help`) imports them all."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"slurmctl.cli.{module}")
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in sorted(set(COMMANDS.values())):
+            importlib.import_module(f"slurmctl.cli.{module}")
+        return super().list_commands(ctx)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--root",
     envvar="SLURMCTL_HOME",
@@ -166,19 +215,6 @@ cli.command_class = JobCommand
 
 
 def main() -> None:
-    from slurmctl.cli import (  # noqa: F401
-        aws,
-        clean,
-        control,
-        inspect,
-        observe,
-        ratelimit,
-        results,
-        retry,
-        slurm,
-        submit,
-    )
-
     try:
         cli.main(standalone_mode=False, prog_name="slurmctl")
     except UserError as e:

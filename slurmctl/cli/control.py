@@ -1,9 +1,11 @@
-"""`pause`, `resume`, `aggregate` and the internal `worker`: commands that act on a job."""
+"""`pause`, `resume` and `aggregate`: commands that act on a job.
+
+Submit and finalize are imported by the commands that run them, so that `pause` (which a
+script or a test may call often) starts without them (docs/benchmarks.md, "CLI start-up")."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -12,9 +14,7 @@ from slurmctl.api import Job
 from slurmctl.backends.statestore import task_counter
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import finished, print_outcome, run_job
-from slurmctl.coordinator.submit import submit
 from slurmctl.errors import JobBusy, JobStateError
-from slurmctl.finalize.finalize import finalize
 from slurmctl.jobs import (
     JobLease,
     append_history,
@@ -50,6 +50,8 @@ def resume_cmd(env: Env, job_id: str, no_progress: bool, follow: bool) -> None:
         click.echo(f"job {job_id} is COMPLETED: nothing to resume")
         sys.exit(print_outcome(env, job_id))
     if not job.submitted:  # submit died half way: its definition was stored first
+        from slurmctl.coordinator.submit import submit
+
         click.echo(f"job {job_id} was not fully submitted: carrying on with the submission")
         submit(env.backend, load_definition(env.backend, job_id), job_id=job_id)
     handle = Job(job_id, env.backend, env.root)
@@ -81,6 +83,8 @@ def resume_cmd(env: Env, job_id: str, no_progress: bool, follow: bool) -> None:
 @pass_env
 def aggregate_cmd(env: Env, job_id: str) -> None:
     """Run finalize now: reconcile, and merge the outputs if every task is finished."""
+    from slurmctl.finalize.finalize import finalize
+
     with JobLease(env.backend, job_id):  # not beside a run's own finalize (or a `retry`)
         job = get_job(env.backend, job_id)
         counters = env.backend.state.counters(job_id)
@@ -98,20 +102,3 @@ def aggregate_cmd(env: Env, job_id: str) -> None:
             "runs them"
         )
     sys.exit(print_outcome(env, job_id))
-
-
-@cli.command("worker")
-@click.option("--job-id", required=True)
-@click.option("--worker-id", default=None, help="Defaults to <host>-<pid>.")
-@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--poll", "poll_s", default=1.0, show_default=True, help="Seconds per idle receive.")
-@pass_env
-def worker_cmd(
-    env: Env, job_id: str, worker_id: str | None, scratch: Path | None, poll_s: float
-) -> None:
-    """(internal) Claim and run tasks of JOB until none is left."""
-    from slurmctl.worker.runner import Worker
-
-    worker = Worker(env.backend, job_id, worker_id, scratch, poll_s)
-    worker.install_signals()
-    sys.exit(worker.run())

@@ -15,7 +15,6 @@ from rich.table import Table
 from slurmctl.api import Job, job_records
 from slurmctl.cli import Env, cli, pass_env
 from slurmctl.cli.run import describe_outputs, exit_code
-from slurmctl.executors.slurm.deaths import describe_nodes
 from slurmctl.jobs import local_job_stopped, read_history
 from slurmctl.observe.status import ITEM_KEYS, shown_status
 from slurmctl.observe.timeseries import format_duration, progress_bar
@@ -54,6 +53,9 @@ def _status_table(s: dict[str, Any]) -> Table:
             f"{flight['items_per_worker']:.1f} per worker, {flight['item_latency_ms']:.0f} ms each",
         )
     if "slurm" in s:
+        # imported here: the package pulls the Slurm executor, which a local job never needs
+        from slurmctl.executors.slurm.deaths import describe_nodes
+
         sl = s["slurm"]
         table.add_row("slurm jobs", ", ".join(sl["job_ids"]) or "none")
         table.add_row(

@@ -1,4 +1,8 @@
-"""Making a job progress from the CLI: the executor named by the job, with a progress bar."""
+"""Making a job progress from the CLI: the executor named by the job, with a progress bar.
+
+The executor is imported once chosen: `status` and the other commands that only read a job
+use this module's outcome helpers without paying for either executor (docs/benchmarks.md, "CLI
+start-up")."""
 
 from __future__ import annotations
 
@@ -9,9 +13,7 @@ import click
 
 from slurmctl.cli import EXIT_FAILED, EXIT_OK, EXIT_PAUSED, Env
 from slurmctl.cli.progress import items_bar
-from slurmctl.cli.slurm import run_slurm
 from slurmctl.errors import UserError
-from slurmctl.executors.local import LocalExecutor
 from slurmctl.jobs import append_history, get_job
 from slurmctl.observe.status import job_status
 from slurmctl.states import JobStatus
@@ -22,9 +24,13 @@ def run_job(env: Env, job_id: str, *, progress: bool = True, follow: bool = True
     finalize, then return (a non-terminal status) unless follow."""
     job = get_job(env.backend, job_id)
     if job.executor == "slurm":
+        from slurmctl.cli.slurm import run_slurm
+
         return run_slurm(env, job_id, progress=progress, follow=follow)
     if job.executor != "local":
         raise UserError(f"job {job_id}: executor {job.executor!r} is not available in this version")
+    from slurmctl.executors.local import LocalExecutor
+
     with items_bar(progress, job_id) as update:
         executor = LocalExecutor(env.backend, env.root, progress=update)
         try:
