@@ -25,10 +25,15 @@ REASON = re.compile(
 )
 
 
+ITEMS = 1200
+"""Well over the 200 to 400 requests the breaker lets through before it pauses the job (the
+3,000 of docs/benchmarks.md's figure are the benchmark's, bench/breaker.py)."""
+
+
 def _job(folder: Path, url: str, extra: str = "") -> Path:
     return make_job(
         folder,
-        3000,
+        ITEMS,
         handler=API_HANDLER,
         batch_size=50,
         workers=4,
@@ -68,10 +73,10 @@ def test_breaker_pauses_a_job_against_a_dead_api_and_resume_completes_it(tmp_pat
         assert resumed.returncode == 0, resumed.stderr
         assert "Traceback" not in resumed.stderr
         assert f"job t1: breaker closed ({m[0]})" in resumed.stdout
-        assert "job t1: COMPLETED: 3000 succeeded, 0 failed permanently" in resumed.stdout
-        got = assert_exactly_once(root, "t1", 3000)
-        assert len(got["output"]) == 3000 and not got["failures"]
-        assert api.count()["200"] >= 3000  # a lease lost on a loaded machine may redo a few
+        assert f"job t1: COMPLETED: {ITEMS} succeeded, 0 failed permanently" in resumed.stdout
+        got = assert_exactly_once(root, "t1", ITEMS)
+        assert len(got["output"]) == ITEMS and not got["failures"]
+        assert api.count()["200"] >= ITEMS  # a lease lost on a loaded machine may redo a few
     lifted = [h.get("lifted") for h in _history(root) if h["action"] == "resume"]
     assert "breaker" in lifted
 

@@ -125,7 +125,7 @@ def test_pause_stops_progress_and_resume_restarts_it(tmp_path: Path) -> None:
     calls = tmp_path / "calls.txt"
     config = make_job(
         tmp_path / "job",
-        1500,
+        900,  # 6 s at the rate: the pause lands after ~200, in mid-job even on a loaded machine
         handler=SLOW_HANDLER,
         batch_size=50,
         workers=2,
@@ -143,14 +143,14 @@ def test_pause_stops_progress_and_resume_restarts_it(tmp_path: Path) -> None:
     settled = len(_calls(calls))
     time.sleep(1.5)
     assert len(_calls(calls)) == settled, "calls went on while paused"
-    assert settled < 1500 and time.monotonic() - t_pause < 5
+    assert settled < 900 and time.monotonic() - t_pause < 5
     resumed = cli(root, "resume", "t1")
     assert resumed.returncode == 0, resumed.stderr
     assert "pause lifted" in resumed.stdout
     wait_for(lambda: len(_calls(calls)) > settled, what="progress after resume", timeout=10)
     _out, err = submit_proc.communicate(timeout=120)
     assert submit_proc.returncode == 0, err
-    assert_exactly_once(root, "t1", 1500)
+    assert_exactly_once(root, "t1", 900)
     actions = [json.loads(x)["action"] for x in (root / "objects/jobs/t1/history.jsonl").open()]
     assert "pause" in actions and "resume" in actions
 
