@@ -210,10 +210,14 @@ def recorded_schema(backend: Backend, job_id: str) -> JobSchema | None:
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    # by index, looked up once: `table.column_names` builds a list and `table.column(name)`
+    # searches it, per call, which made a part of 5,000 columns take 40 s instead of 0.5
+    index = {name: i for i, name in enumerate(table.column_names)}
     columns = []
     for field in schema:
-        if field.name in table.column_names:
-            columns.append(table.column(field.name).cast(field.type, safe=False))
+        i = index.get(field.name)
+        if i is not None:
+            columns.append(table.column(i).cast(field.type, safe=False))
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(columns, schema=schema)
