@@ -15,6 +15,9 @@ from examples.backfill.mock_api import start_server
 from tests.helpers import cli, status
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "backfill"
+COUNT = 1000
+"""Five seconds at the example's 200 requests/s: several windows of a second at the limit
+(`make demo` runs the 10,000 of the README)."""
 
 
 def test_backfill_example_under_a_strict_rate_limit(tmp_path: Path) -> None:
@@ -25,7 +28,7 @@ def test_backfill_example_under_a_strict_rate_limit(tmp_path: Path) -> None:
             sys.executable,
             str(work / "gen_input.py"),
             "--count",
-            "2000",
+            str(COUNT),
             "--out",
             str(work / "users.jsonl"),
         ],
@@ -48,8 +51,8 @@ def test_backfill_example_under_a_strict_rate_limit(tmp_path: Path) -> None:
     [job] = json.loads(cli(tmp_path / "root", "list", "--json").stdout)
     s = status(tmp_path / "root", job["job_id"])
     assert s["status"] == "COMPLETED"
-    assert s["items"]["failed_permanent"] == 2000 // 97 == stats["status_404"]
-    assert s["items"]["succeeded"] == 2000 - 2000 // 97
+    assert s["items"]["failed_permanent"] == COUNT // 97 == stats["status_404"]
+    assert s["items"]["succeeded"] == COUNT - COUNT // 97
     [out] = s["outputs"]
     table = pq.read_table(out["path"])
     ids = table.column("user_id").to_pylist()
