@@ -198,7 +198,13 @@ def _worker(parent: psutil.Process) -> psutil.Process:
     found: list[psutil.Process] = []
 
     def one() -> bool:
-        found[:] = [c for c in parent.children(recursive=True) if "worker" in c.cmdline()]
+        found.clear()
+        for c in parent.children(recursive=True):
+            try:  # a short-lived child of submit may have exited meanwhile: not the worker
+                if c.status() != psutil.STATUS_ZOMBIE and "worker" in c.cmdline():
+                    found.append(c)
+            except psutil.NoSuchProcess:  # ZombieProcess too
+                continue
         return len(found) == 1
 
     wait_for(one, what="the worker")
