@@ -8,8 +8,10 @@ installed: once per process, before the command (docs/architecture.md, "Observab
 
 from __future__ import annotations
 
+from typing import Any
+
 from slurmctl import hooks
-from slurmctl.executors.slurm import slurm_summary
+from slurmctl.backends import Backend
 from slurmctl.observe import status
 from slurmctl.observe.alerts import AlertsObserver
 from slurmctl.observe.logs import WorkerLogObserver
@@ -20,4 +22,12 @@ def install() -> None:
     """Idempotent. The order matters: metrics take their baseline before the log opens, and a
     commit's counters are recorded before the log that mentions them is shipped."""
     hooks.registry.install(MetricsObserver(), WorkerLogObserver(), AlertsObserver())
-    status.register_summary("slurm", slurm_summary)
+    status.register_summary("slurm", _slurm_summary)
+
+
+def _slurm_summary(backend: Backend, job_id: str) -> dict[str, Any]:
+    """Imported when `status` first shows a Slurm job: a worker, which never does, does not
+    load the executors (nor finalize, below them) at its start."""
+    from slurmctl.executors.slurm import slurm_summary
+
+    return slurm_summary(backend, job_id)

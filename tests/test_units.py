@@ -6,6 +6,8 @@ import io
 import json
 import pickle
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,37 @@ def test_scanner_keeps_integer_ids_beyond_64_bits_distinct(tmp_path: Path) -> No
         (6, f"duplicate id: '{big[2]}' first seen on line 3"),
         (8, "bad id: 'id' is a float (1e+20); ids are strings or integers"),
     ]
+
+
+def test_the_command_of_a_command_line_skips_the_group_options() -> None:
+    from slurmctl.cli import command_name
+
+    assert command_name(["--root", "r", "--log-level", "DEBUG", "worker", "--job-id", "j"]) == (
+        "worker"
+    )
+    assert command_name(["--root=r", "--backend", "local:///x", "status", "j"]) == "status"
+    assert command_name(["--root", "worker"]) is None  # a root named worker, no command
+    assert command_name(["--version"]) is None
+
+
+def test_a_worker_starts_without_the_other_commands_modules() -> None:
+    code = (
+        "import sys\n"
+        "sys.argv = ['slurmctl', '--root', 'unused', 'worker', '--help']\n"
+        "from slurmctl.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "import slurmctl.worker.runner\n"  # what the command imports when it runs
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('slurmctl.'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    modules = set(done.stdout.strip().splitlines()[-1].split())
+    assert "slurmctl.cli.worker" in modules
+    for heavy in (
+        "slurmctl.api",
+        "slurmctl.coordinator",
+        "slurmctl.executors",
+        "slurmctl.finalize",
+    ):
+        assert not any(m == heavy or m.startswith(heavy + ".") for m in modules), heavy

@@ -165,19 +165,39 @@ def _store_error(e: OSError | sqlite3.DatabaseError) -> str | None:
 cli.command_class = JobCommand
 
 
+_VALUED = frozenset({"--root", "--log-level", "--backend"})
+"""The group's options that take a value (as the next argument unless written `--opt=value`)."""
+
+
+def command_name(args: list[str]) -> str | None:
+    """The command of a command line (the first argument that is no group option or its
+    value), None when there is none."""
+    rest = iter(args)
+    for arg in rest:
+        if arg in _VALUED:
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main() -> None:
-    from slurmctl.cli import (  # noqa: F401
-        aws,
-        clean,
-        control,
-        inspect,
-        observe,
-        ratelimit,
-        results,
-        retry,
-        slurm,
-        submit,
-    )
+    if command_name(sys.argv[1:]) == "worker":  # every worker's start: its command only
+        from slurmctl.cli import worker
+    else:
+        from slurmctl.cli import (  # noqa: F401
+            aws,
+            clean,
+            control,
+            inspect,
+            observe,
+            ratelimit,
+            results,
+            retry,
+            slurm,
+            submit,
+            worker,
+        )
 
     try:
         cli.main(standalone_mode=False, prog_name="slurmctl")

@@ -1,9 +1,9 @@
-"""`pause`, `resume`, `aggregate` and the internal `worker`: commands that act on a job."""
+"""`pause`, `resume` and `aggregate`: commands that act on a job (the internal `worker` is in
+cli/worker.py)."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -98,20 +98,3 @@ def aggregate_cmd(env: Env, job_id: str) -> None:
             "runs them"
         )
     sys.exit(print_outcome(env, job_id))
-
-
-@cli.command("worker")
-@click.option("--job-id", required=True)
-@click.option("--worker-id", default=None, help="Defaults to <host>-<pid>.")
-@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--poll", "poll_s", default=1.0, show_default=True, help="Seconds per idle receive.")
-@pass_env
-def worker_cmd(
-    env: Env, job_id: str, worker_id: str | None, scratch: Path | None, poll_s: float
-) -> None:
-    """(internal) Claim and run tasks of JOB until none is left."""
-    from slurmctl.worker.runner import Worker
-
-    worker = Worker(env.backend, job_id, worker_id, scratch, poll_s)
-    worker.install_signals()
-    sys.exit(worker.run())
