@@ -165,16 +165,19 @@ def _store_error(e: OSError | sqlite3.DatabaseError) -> str | None:
 cli.command_class = JobCommand
 
 
-_VALUED = frozenset({"--root", "--log-level", "--backend"})
-"""The group's options that take a value (as the next argument unless written `--opt=value`)."""
-
-
 def command_name(args: list[str]) -> str | None:
     """The command of a command line (the first argument that is no group option or its
-    value), None when there is none."""
+    value: a valued option's value is the next argument unless written `--opt=value`), None
+    when there is none."""
+    valued = {
+        name
+        for p in cli.params
+        if isinstance(p, click.Option) and not p.is_flag and not p.count
+        for name in p.opts
+    }
     rest = iter(args)
     for arg in rest:
-        if arg in _VALUED:
+        if arg in valued:
             next(rest, None)
         elif not arg.startswith("-"):
             return arg
