@@ -70,34 +70,35 @@ def test_resubmit_with_a_changed_input_is_refused(tmp_path: Path) -> None:
     assert_exactly_once(root, "t1", 200)
 
 
-def _padded_input(path: Path, count: int) -> bytes:
-    pad = "x" * 560
-    data = "".join(json.dumps({"id": str(i), "n": i, "pad": pad}) + "\n" for i in range(count))
+def _padded_input(path: Path, count: int, pad: int = 560) -> bytes:
+    pad_text = "x" * pad
+    data = "".join(json.dumps({"id": str(i), "n": i, "pad": pad_text}) + "\n" for i in range(count))
     path.write_text(data)
     return data.encode()
 
 
 def test_resume_of_a_killed_submit_refuses_a_changed_input(tmp_path: Path) -> None:
-    """Hole 6: 2,000 one-item batches of ~600 bytes (1.2 MB: 7-digit ids); cutting the tail to
-    1,600 items (under 1 MB: 6 digits) used to make resume write every task again."""
+    """Hole 6: 200 one-item batches of ~6 KB (1.2 MB: 7-digit ids); cutting the tail to 160
+    items (under 1 MB: 6 digits) used to make resume write every task again."""
     config = make_job(tmp_path / "job", 0, batch_size=1, workers=4)
     path = tmp_path / "job/input.jsonl"
-    original = _padded_input(path, 2000)
+    original = _padded_input(path, 200, pad=5960)
     root = tmp_path / "root"
-    kill = {"SLURMCTL_KILL_AT": "submit.after_batch@300"}
+    kill = {"SLURMCTL_KILL_AT": "submit.after_batch@30"}
     killed = cli(root, "submit", str(config), "--no-progress", env=kill)
     assert killed.returncode == -signal.SIGKILL
     batches = root / "objects/jobs/t1/batches"
     written = sorted(p.name for p in batches.iterdir())
-    # packs of 1, 2, 4, 8, then 16 batches: the one holding the 300th (287 to 302) is stored
+    # packs of 1, 2, 4, 8, then 16 batches: the one holding the 30th (15 to 30) is stored
     # before its tasks
     assert written[:2] == [
         "batch-0000000--batch-0000000.jsonl",
         "batch-0000001--batch-0000002.jsonl",
     ]
     cut = stored_batches(batches)
-    assert len(cut) == 303 and cut[0] == "batch-0000000" and cut[-1] == "batch-0000302"
-    path.write_bytes(original[: 1600 * len(original) // 2000])
+    assert len(cut) == 31 and cut[0] == "batch-0000000" and cut[-1] == "batch-0000030"
+    path.write_bytes(original[: 160 * len(original) // 200])
+    assert path.stat().st_size < 1_000_000 < len(original)
     line = (
         f"error: job t1 exists with input {path} of {len(original)} bytes, it now has "
         f"{path.stat().st_size} bytes; use another job_id\n"
@@ -111,8 +112,8 @@ def test_resume_of_a_killed_submit_refuses_a_changed_input(tmp_path: Path) -> No
     resumed = cli(root, "resume", "t1", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     s = status(root, "t1")
-    assert s["tasks"]["SUCCESS"] == 2000 and s["items"]["total"] == 2000
+    assert s["tasks"]["SUCCESS"] == 200 and s["items"]["total"] == 200
     assert s["items"]["pending"] == 0
     ids = stored_batches(batches)
-    assert ids[0] == "batch-0000000" and len(ids) == len(set(ids)) == 2000
-    assert_exactly_once(root, "t1", 2000)
+    assert ids[0] == "batch-0000000" and len(ids) == len(set(ids)) == 200
+    assert_exactly_once(root, "t1", 200)
