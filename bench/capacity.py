@@ -72,6 +72,7 @@ class Accounting:
         self.requests: Counter[tuple[int, str, str]] = Counter()
         self.units: defaultdict[tuple[int, str, str], float] = defaultdict(float)
         self.items: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self.s3_keys: Counter[tuple[int, str, str]] = Counter()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if environ.get("PATH_INFO") == COUNTS_PATH:
@@ -80,6 +81,8 @@ class Accounting:
         second = int(time.time())
         with self.lock:
             self.requests[(second, service, op)] += 1
+            if service == "s3" and " object" in op:
+                self.s3_keys[(second, op, str(environ.get("PATH_INFO", "")))] += 1
         if service != "dynamodb":
             return self.app(environ, start_response)
         size = int(environ.get("CONTENT_LENGTH") or 0)
@@ -109,6 +112,7 @@ class Accounting:
                 "requests": [[s, v, o, n] for (s, v, o), n in self.requests.items()],
                 "units": [[s, k, u, n] for (s, k, u), n in self.units.items()],
                 "items": [[i, u, n] for (i, u), n in self.items.items()],
+                "s3_keys": [[s, o, k, n] for (s, o, k), n in self.s3_keys.items()],
             }
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(out).encode()]

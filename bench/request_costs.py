@@ -118,6 +118,23 @@ def _norm(key: str) -> str:
     return key.replace(JOB_ID, "<job>")
 
 
+def _s3_kind(path: str) -> str:
+    """An S3 object key as a kind: the bucket and the job id dropped, every run of digits (task
+    ids, tokens, batch ids, levels, times) and every long hex string as `N`."""
+    key = path.lstrip("/").split("/", 1)[-1].replace(JOB_ID, "<job>")
+    key = re.sub(r"[0-9a-f]{16,}", "N", key)
+    return re.sub(r"\d+", "N", key)
+
+
+def _s3_puts(rows: list[list[Any]], tasks: int) -> dict[str, float]:
+    """PUT-class object requests per task by kind of key, most first."""
+    by: Counter[str] = Counter()
+    for _s, op, path, n in rows:
+        if _s3_put_class(f"s3 {op}"):
+            by[_s3_kind(str(path))] += n
+    return {k: round(n / tasks, 4) for k, n in by.most_common()}
+
+
 def _step(second: int, marks: dict[str, float | None]) -> str:
     submitted = marks.get("submitted") or 0.0
     gone = marks.get("workers_gone") or float("inf")
@@ -155,6 +172,7 @@ def report(
     reqs = _diff(snap1["requests"], snap0["requests"])
     unit_rows = _diff(snap1["units"], snap0["units"])
     item_rows = _diff(snap1["items"], snap0["items"])
+    key_rows = _diff(snap1.get("s3_keys", []), snap0.get("s3_keys", []))
     by_op: Counter[str] = Counter()
     by_service: Counter[str] = Counter()
     by_step: dict[str, Counter[str]] = defaultdict(Counter)
@@ -186,6 +204,7 @@ def report(
             st: {k: round(n / tasks, 3) for k, n in sorted(c.items())} for st, c in by_step.items()
         },
         "requests_per_task_by_operation": {k: round(n / tasks, 3) for k, n in by_op.most_common()},
+        "s3_puts_per_task_by_key": _s3_puts(key_rows, tasks),
         "wcu_per_task": round(wcu_total / tasks, 3),
         "rcu_per_task": round(rcu_total / tasks, 3),
         "wcu_per_task_by_key": {k: round(n / tasks, 3) for k, n in per_key["wcu"].most_common()},
@@ -234,6 +253,8 @@ def print_report(r: dict[str, Any], title: str) -> None:
         print(f"     {step:8}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     ops = list(r["requests_per_task_by_operation"].items())[:14]
     print("   by operation: " + ", ".join(f"{k} {v}" for k, v in ops))
+    puts = list(r["s3_puts_per_task_by_key"].items())
+    print("   S3 PUTs per task by key: " + ", ".join(f"{k} {v}" for k, v in puts[:12]))
     print(f"   DynamoDB per task: {r['wcu_per_task']} WCU, {r['rcu_per_task']} RCU")
     for kind in ("wcu", "rcu"):
         keys = list(r[f"{kind}_per_task_by_key"].items())[:10]
