@@ -34,6 +34,7 @@ from slurmctl.secrets import redact, redact_uncaught
 from slurmctl.worker.breaker import Breaker
 from slurmctl.worker.classify import classify
 from slurmctl.worker.context import Context
+from slurmctl.worker.gather import Gatherer
 from slurmctl.worker.handler import Handler, load_handler
 from slurmctl.worker.inflight import EventLoop, call_hook
 from slurmctl.worker.limiter import DistributedRateLimiter, WorkerStopping
@@ -58,6 +59,11 @@ LOCAL_POLL_S = 0.1
 JOB_CACHE_S = 1.0
 """The job record is read at most this often by the loop, not once per task: a pause, a cancel
 or a new phase is seen within it, and no item of the store takes a read per task."""
+DELETES_PER_REQUEST = 10
+"""SQS's most per DeleteMessageBatch."""
+DELETE_EVERY_S = 5.0
+"""A used-up hint's receipt waits at most this long (a quarter of the lease if shorter) to be
+deleted with others, well inside its visibility timeout (the lease)."""
 DEAD_EVERY_S = 1.0
 """An idle worker on the embedded backend looks for leases of dead processes this often (a
 local read): a sibling killed on the same host holds up nobody for a lease TTL."""
@@ -98,6 +104,8 @@ class Worker:
         self._lanes: Lanes | None = None
         """The tasks in hand, each on a thread, with items in flight (worker/prefetch.py)."""
         self._lease_s = 0.0
+        self._receipts: Gatherer[str] | None = None
+        """Receipts of the hints used up (claimed or stale), deleted up to 10 a request."""
 
     # --- signals ----------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -279,6 +287,8 @@ class Worker:
             )
             return EXIT_JOB_FAILED
         finally:
+            if self._receipts is not None:
+                self._receipts.close()
             runner.close()
             self._release_slots()
             if handler.teardown is not None:
@@ -399,8 +409,12 @@ class Worker:
             time.time(),
             holder=self.holder,
         )
-        self.backend.queue.delete(self.job_id, [msg.receipt])  # claimed or stale: used up
+        assert self._receipts is not None
+        self._receipts.add(msg.receipt)  # claimed or stale: used up
         return True, task
+
+    def _delete_receipts(self, receipts: list[str]) -> None:
+        self.backend.queue.delete(self.job_id, receipts)
 
     def _run_claimed(self, runner: TaskRunner, task: TaskRecord) -> None:
         """One task; with items in flight, on a thread of its own, and the worker may claim
@@ -453,6 +467,11 @@ class Worker:
     def _loop(self, runner: TaskRunner, definition: JobDefinition) -> int:
         state = self.backend.state
         lease_s = self._lease_s = definition.lease.ttl_s
+        if self._receipts is None:
+            every = min(DELETE_EVERY_S, lease_s / 4)
+            self._receipts = Gatherer(
+                "queue deletes", self._delete_receipts, DELETES_PER_REQUEST, every
+            )
         reconcile_every = min(max(lease_s / 4, 2.0), 30.0)
         last_reconcile = last_dead = 0.0
         paused_logged = waiting_logged = False
@@ -487,6 +506,7 @@ class Worker:
                 if task is not None:
                     self._run_claimed(runner, task)
                 continue
+            self._receipts.flush()  # idle: nothing more to gather for now
             counters = state.counters(self.job_id, metrics=False, running=False)  # the sum
             left = counters.get(task_counter(job.phase, "PENDING"), 0) + counters.get(
                 task_counter(job.phase, "RUNNING"), 0

@@ -429,3 +429,27 @@ def test_a_task_keeps_where_its_batch_lies_in_a_pack(backend: Backend) -> None:
     assert backend.state.commit_task("j", "task-000001", "t1", _commit())
     done = backend.state.get_task("j", "task-000001")
     assert done is not None and done.status is TaskStatus.SUCCESS and done.batch_range == "0-99"
+
+
+def test_a_hint_whose_receipt_was_not_deleted_comes_back_and_is_discarded(
+    backend: Backend,
+) -> None:
+    """Workers delete used-up hints 10 at a time, a few seconds late (worker/gather.py); a
+    receipt not deleted in time (or lost with a SIGKILLed worker) brings the hint back after
+    its visibility timeout. Its receiver's claim finds the task finished and writes nothing."""
+    _setup(backend, n=1)
+    backend.queue.create_queue("j")
+    backend.queue.send("j", ["task-000000"])
+    (msg,) = backend.queue.receive("j", visibility_s=1)
+    assert backend.state.claim_task("j", msg.body, "w1", "tok-a", 60, now=100.0) is not None
+    assert backend.state.commit_task("j", msg.body, "tok-a", _commit(rows=7))
+    before = (backend.state.get_task("j", msg.body), backend.state.counters("j"))
+    (again,) = backend.queue.receive("j", visibility_s=30, wait_s=5)  # not deleted: back
+    assert again.body == "task-000000"
+    assert backend.state.claim_task("j", again.body, "w2", "tok-b", 60, now=101.0) is None
+    backend.queue.delete("j", [again.receipt])
+    assert (backend.state.get_task("j", again.body), backend.state.counters("j")) == before
+    t = before[0]
+    assert t is not None and t.status == TaskStatus.SUCCESS and t.lease_token == "tok-a"
+    assert before[1][task_counter("initial", "SUCCESS")] == 1 and before[1][OUTPUT_ROWS] == 7
+    assert backend.queue.approximate_count("j") == 0
