@@ -3,8 +3,12 @@
 The worker runs one task at a time, so what the process did between two commits is what the task
 cost: CPU time, peak RSS, /proc/self/io bytes. A commit then moves a handful of job counters
 (`obs.*`: sums of those figures, failures by error type, the time series in
-`slurmctl.observe.timeseries`) in one extra state-store update, so the dashboard and `/metrics`
-read per-job resource use from the counters, never from the task manifests.
+`slurmctl.observe.timeseries`), so the dashboard and `/metrics` read per-job resource use from
+the counters, never from the task manifests. Those counters are pure metrics (the protocol's
+counters move in the commit itself; the breaker keeps its own, exact and at once): a worker
+folds its commits' deltas and writes them in one counter-only update every `FLUSH_TASKS` tasks
+or `FLUSH_S` seconds, and when it leaves (worker/gather.py), not one per task. A SIGKILLed
+worker loses at most its last `FLUSH_S` seconds of them.
 
 `MetricsObserver` plugs this into the worker through the hooks (`slurmctl.hooks`): the worker
 never imports this module, and it does not know about the worker's log (`observe.logs`).
@@ -25,6 +29,7 @@ from slurmctl.backends.statestore import TaskCommit, TaskRecord
 from slurmctl.errors import SlurmctlError
 from slurmctl.hooks import Hooks, TaskCommitted, WorkerInfo
 from slurmctl.observe import timeseries
+from slurmctl.worker.gather import Gatherer
 from slurmctl.worker.http import summarise
 
 log = logging.getLogger("slurmctl.observe")
@@ -48,6 +53,9 @@ JOB_SUMS = {
     "obs.rate_wait_ms": "rate_wait_s",
 }
 """Counter name -> the key `job_resources` reports it under (`_ms` counters as seconds)."""
+FLUSH_TASKS = 50
+FLUSH_S = 5.0
+"""A worker's per-task metrics are written together this often (tasks, seconds) at most."""
 
 
 def read_proc_io() -> dict[str, int] | None:
@@ -73,6 +81,28 @@ class TaskObserver:
     worker_id: str
     io_base: dict[str, int] | None = field(default_factory=read_proc_io)
     _created_at: float | None = None
+    _pending: Gatherer[dict[str, int]] | None = None
+
+    def pending(self) -> Gatherer[dict[str, int]]:
+        if self._pending is None:
+            self._pending = Gatherer("metrics", self._write, FLUSH_TASKS, FLUSH_S)
+        return self._pending
+
+    def _write(self, deltas: list[dict[str, int]]) -> None:
+        """One counter-only update for the folded deltas of several commits."""
+        folded: dict[str, int] = {}
+        for d in deltas:
+            for k, v in d.items():
+                folded[k] = folded.get(k, 0) + v
+        try:
+            self.backend.state.update_job(self.job_id, {}, counter_deltas=folded)
+        except Exception as e:  # noqa: BLE001 - observability must not fail a worker
+            log.warning("metrics of %d task(s) not recorded: %s", len(deltas), e)
+
+    def flush(self) -> None:
+        """Write what is folded and stop the timer (the worker leaves)."""
+        if self._pending is not None:
+            self._pending.close()
 
     def created_at(self) -> float:
         if self._created_at is None:
@@ -181,8 +211,7 @@ class TaskObserver:
             metrics.get("cpu_s", 0),
         )
         try:
-            deltas = self.job_deltas(metrics, time.time())
-            self.backend.state.update_job(self.job_id, {}, counter_deltas=deltas)
+            self.pending().add(self.job_deltas(metrics, time.time()))
         except Exception as e:  # noqa: BLE001 - observability must not fail a committed task
             log.warning("%s: metrics not recorded: %s", task.task_id, e)
 
@@ -196,6 +225,8 @@ def task_observer(backend: Backend, job_id: str, worker_id: str) -> TaskObserver
     with _lock:
         obs = _observers.get((job_id, worker_id))
         if obs is None or obs.backend is not backend:
+            if obs is not None:
+                obs.flush()  # what the earlier backend's worker folded
             obs = _observers[(job_id, worker_id)] = TaskObserver(backend, job_id, worker_id)
         return obs
 
@@ -205,6 +236,9 @@ class MetricsObserver(Hooks):
 
     def after_worker_start(self, worker: WorkerInfo) -> None:
         task_observer(worker.backend, worker.job_id, worker.worker_id)  # I/O baseline
+
+    def before_worker_stop(self, worker: WorkerInfo) -> None:
+        task_observer(worker.backend, worker.job_id, worker.worker_id).flush()
 
     def before_task_manifest(self, task: TaskCommitted) -> None:
         observer = task_observer(task.backend, task.job_id, task.worker_id)
