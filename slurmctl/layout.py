@@ -100,9 +100,3 @@ class JobLayout:
 
     def logs(self, worker_id: str) -> str:
         return self.root + f"logs/{worker_id}.jsonl"
-
-
-def done_marker(key: str) -> str:
-    """An aggregation part's marker (finalize/aggregate.py). A task's result has none: the
-    state store's commit records its key, sha256 and row count."""
-    return key + ".done"

@@ -52,12 +52,16 @@ def test_corrupt_or_unmarked_part_is_rebuilt(drained, tmp_path: Path) -> None:  
     level1 = tmp_path / "root/objects/jobs/t1/aggregate/L1"
     victim = level1 / "part-000001.parquet"
     victim.write_bytes(victim.read_bytes()[:100])  # truncated behind the store's back
-    (level1 / "part-000002.parquet.done").unlink()  # its writer died before the marker
+    other = level1 / "part-000002.parquet"
+    pq.write_table(pq.read_table(other).replace_schema_metadata(None), other)  # footer unnamed
+    kept = {p: p.stat().st_mtime_ns for p in level1.glob("*.parquet") if p not in (victim, other)}
     again = agg.aggregate(drained, "t1", fan_in=4)
     assert again.rows == first.rows == 229
     assert pq.read_table(victim).num_rows > 0
-    done = json.loads((level1 / "part-000002.parquet.done").read_text())
-    assert done["rows"] == 40 and len(done["inputs"]) == 4
+    named = json.loads(pq.read_schema(other).metadata[agg.PART_META])
+    assert pq.read_metadata(other).num_rows == 40 and len(named["inputs"]) == 4
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the others were not redone
+    assert not list(level1.glob("*.done"))  # one object per merge
 
 
 def test_corrupt_task_output_is_an_integrity_error(drained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pyarrow.parquet as pq
 
 from slurmctl.backends import open_local
 from slurmctl.backends.statestore import WORKERS_LOST
@@ -187,9 +188,9 @@ def test_expired_lease_cannot_commit_and_its_output_is_never_read(tmp_path: Path
     assert stale.exists(), "the fenced-off worker did write its bytes"
     assert Worker(backend, "t1", "w-rest", tmp_path / "scratch", poll_s=0.1).run() == 0
     assert finalize(backend, "t1").status == JobStatus.COMPLETED
-    # 4 outputs, fan-in 10: one merge, straight into the final output; its .done lists its inputs
-    done = tmp_path / "root/objects/jobs/t1/final/t1-00000.parquet.done"
-    inputs = json.loads(done.read_text())["inputs"]
+    # 4 outputs, fan-in 10: one merge, straight into the final output; its footer names them
+    final = tmp_path / "root/objects/jobs/t1/final/t1-00000.parquet"
+    inputs = json.loads(pq.read_schema(final).metadata[b"slurmctl.part"])["inputs"]
     assert "jobs/t1/results/task-000000/new.parquet" in inputs
     assert not any("old" in k for k in inputs)
     assert_exactly_once(tmp_path / "root", "t1", 200)

@@ -2,9 +2,11 @@
 
 Inputs come from the state store's committed keys (never a folder listing) and each is verified
 against the sha256 recorded at commit. Level 1 merges groups of `fan_in` task outputs, level 2
-groups of level-1 parts, and so on until one part is left. Each part is written atomically with a
-`.done` naming its sha256, rows and inputs; a rerun skips the parts whose `.done` matches, and
-rebuilds a part whose bytes no longer match its `.done`.
+groups of level-1 parts, and so on until one part is left. Each part is written atomically and
+names its inputs in its own Parquet footer (`slurmctl.part`: their keys and a digest of their
+keys and sha256s); a rerun skips the parts whose bytes match their recorded sha256 and whose
+footer names these inputs, and rebuilds the others. No `.done` object beside a part: one PUT per
+merge, not two (an earlier version's `.done` markers are ignored, their parts rebuilt once).
 
 Types never crash a merge: every part is cast to the job's recorded output schema
 (output_schema.py), which every committed output fits by construction. Outputs that still do not
@@ -35,7 +37,7 @@ from slurmctl.config import OutputOptions
 from slurmctl.errors import IntegrityError, SlurmctlError
 from slurmctl.finalize import dataset
 from slurmctl.finalize.dataset import OutputFile
-from slurmctl.layout import JobLayout, done_marker
+from slurmctl.layout import JobLayout
 from slurmctl.output_schema import Conflict, JobSchema, type_name, widen
 from slurmctl.states import TaskStatus
 
@@ -45,6 +47,8 @@ ROW_GROUP_ROWS = 128 * 1024
 PART_OPTIONS: dict[str, Any] = {"use_dictionary": False}
 """Intermediate parts are read once, by the next level: no dictionary pages, whose building is
 wasted on high-cardinality columns such as ids (the final output keeps pyarrow's defaults)."""
+PART_META = b"slurmctl.part"
+"""The footer's key naming a part's inputs: {"inputs_sha256": digest, "inputs": [keys]}."""
 
 
 class OutputConflict(SlurmctlError):
@@ -74,28 +78,37 @@ def _inputs_digest(parts: list[Part]) -> str:
 
 
 def _existing(backend: Backend, key: str, digest: str, work: Path) -> Part | None:
-    """A part from an earlier run, if its `.done` names these inputs and its bytes match it.
-
-    The bytes are read and hashed: a part damaged after it was written is rebuilt, not trusted.
-    """
-    try:
-        done: Any = backend.objects.get_json(done_marker(key))
-    except (ObjectNotFound, ValueError, IntegrityError):
-        return None
-    if not isinstance(done, dict) or done.get("inputs_sha256") != digest:
-        return None
+    """A part from an earlier run, if its bytes match their recorded sha256 and its footer
+    names these inputs. The bytes are read and hashed: a part damaged after it was written is
+    rebuilt, not trusted."""
     check = work / "verify.parquet"
     try:
-        if backend.objects.verify(key, str(done.get("sha256"))) is None:
-            backend.objects.get_file(key, check, sha256=str(done.get("sha256")))
+        path = backend.objects.verify(key)  # read in place when on this host
+        if path is None:
+            sha256: str | None = backend.objects.get_file(key, check).sha256
+            path = check
+        else:
+            info = backend.objects.head(key)
+            sha256 = info.sha256 if info is not None else None
+        footer = pq.ParquetFile(path)
+        named: Any = json.loads((footer.schema_arrow.metadata or {}).get(PART_META, b"{}"))
+        rows = footer.metadata.num_rows
     except ObjectNotFound:
         return None
-    except IntegrityError as e:
+    except (IntegrityError, pa.ArrowInvalid, ValueError) as e:
         log.warning("%s: %s: rebuilding it", key, e)
         return None
     finally:
         check.unlink(missing_ok=True)
-    return Part(key, str(done["sha256"]), int(done["rows"]))
+    if not sha256 or not isinstance(named, dict) or named.get("inputs_sha256") != digest:
+        return None
+    return Part(key, sha256, rows)
+
+
+def _named(schema: pa.Schema, parts: list[Part], digest: str) -> pa.Schema:
+    """The part's schema with its inputs in the footer (what `_existing` compares)."""
+    named = {"inputs_sha256": digest, "inputs": [p.key for p in parts]}
+    return schema.with_metadata({**(schema.metadata or {}), PART_META: json.dumps(named)})
 
 
 def _merge(
@@ -118,13 +131,14 @@ def _merge(
         local.append(path)
     schemas = [pq.read_schema(path) for path in local]
     schema = _target(target, schemas, [p.key for p in parts])
+    named = _named(schema, parts, _inputs_digest(parts))
     out = work / "out.parquet"
     rows = 0
     # Small row groups (one per task) are gathered into large ones: the writer keeps metadata
     # per row group until it closes, which would grow with the number of tasks.
     pending: list[pa.Table] = []
     pending_rows = 0
-    with pq.ParquetWriter(out, schema, **options) as writer:
+    with pq.ParquetWriter(out, named, **options) as writer:
         for path in local:
             f = pq.ParquetFile(path)
             for i in range(f.num_row_groups):
@@ -312,7 +326,7 @@ def _part(
     options: dict[str, Any],
     target: JobSchema | None,
 ) -> Part:
-    """One merge of the hierarchy, skipped when an earlier run finished it (its `.done`)."""
+    """One merge of the hierarchy, skipped when an earlier run finished it (its footer)."""
     work.mkdir(parents=True, exist_ok=True)
     digest = _inputs_digest(group)
     part = _existing(backend, key, digest, work)
@@ -320,20 +334,14 @@ def _part(
         if group:
             part = _merge(backend, group, key, work, options, target)
         else:
-            part = _empty(backend, key, work)
-        done = {
-            "sha256": part.sha256,
-            "rows": part.rows,
-            "inputs_sha256": digest,
-            "inputs": [p.key for p in group],
-        }
-        backend.objects.put_bytes(done_marker(key), json.dumps(done).encode())
+            part = _empty(backend, key, work, digest)
     return part
 
 
-def _empty(backend: Backend, key: str, work: Path) -> Part:
+def _empty(backend: Backend, key: str, work: Path, digest: str) -> Part:
     out = work / "empty.parquet"
-    pq.write_table(pa.table({}), out)
+    empty = pa.table({})
+    pq.write_table(empty.replace_schema_metadata(_named(empty.schema, [], digest).metadata), out)
     info = backend.objects.put_file(key, out)
     assert info is not None
     return Part(key, info.sha256, 0)

@@ -80,14 +80,16 @@ def test_finalize_killed_mid_aggregation_with_a_corrupt_part(tmp_path: Path) -> 
     level1 = root / "objects/jobs/t1/aggregate/L1"
     proc = popen(root, "submit", str(config), "--no-progress")
     # part-*: the kill may leave a store's temp file (`.tmp-<pid>-…`) behind, never read
-    wait_for(lambda: len(list(level1.glob("part-*.done"))) >= 10, timeout=300, what="aggregation")
+    wait_for(
+        lambda: len(list(level1.glob("part-*.parquet"))) >= 10, timeout=300, what="aggregation"
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert status(root, "t1")["status"] == "STOPPED", "killed while aggregating: nobody runs it"
-    done = sorted(level1.glob("part-*.parquet.done"))
+    done = sorted(level1.glob("part-*.parquet"))  # each put whole, its inputs in its footer
     assert 10 <= len(done) < 600
     kept = {p: p.stat().st_mtime_ns for p in done[1:10]}
-    victim = Path(str(done[0]).removesuffix(".done"))
+    victim = done[0]
     victim.write_bytes(b"PAR1 garbage")  # corrupted on disk behind the store's back
     resumed = cli(root, "resume", "t1", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
