@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_job, popen, wait_for
+from tests.helpers import make_job, popen, status, wait_for
 from tests.observe.test_alerts_job import _succeeded
 from tests.observe.test_observe_job import _free_port, _get
 
@@ -58,6 +58,13 @@ def _chromium(*args: str) -> str:
     return run.stdout
 
 
+def _rate(root: Path) -> float:
+    """The job's average items/s from its series (what the chart draws); 0 before any."""
+    if not _succeeded(root):
+        return 0.0
+    return float(status(root, "t1")["items_per_s"]["average"])
+
+
 def _progress(dom: str) -> str:
     m = re.search(r'<div class="v">([^<]*)</div><div class="k">progress</div>', dom)
     assert m, dom[:3000]
@@ -65,7 +72,7 @@ def _progress(dom: str) -> str:
 
 
 def test_the_job_page_renders_and_follows_a_running_job(tmp_path: Path) -> None:
-    config = make_job(tmp_path / "job", 600, handler=SLOW, batch_size=20, workers=2)
+    config = make_job(tmp_path / "job", 900, handler=SLOW, batch_size=20, workers=2)
     root = tmp_path / "root"
     submit = popen(root, "submit", "--no-progress", str(config))
     port = _free_port()
@@ -76,17 +83,18 @@ def test_the_job_page_renders_and_follows_a_running_job(tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}/job/t1"
     try:
-        wait_for(lambda: _succeeded(root) > 0, timeout=60, what="the first commits")
+        # the chart's series are metrics, which each worker writes every 5 s (or 50 tasks)
+        wait_for(lambda: _rate(root) > 0, timeout=60, what="the first commits' series")
         wait_for(lambda: _up(port), timeout=30, what="the dashboard")
         first = _chromium("--dump-dom", url)
         early = _progress(first)
-        assert "/600" in early and early != "600/600 (100%)"
+        assert "/900" in early and early != "900/900 (100%)"
         assert "<svg" in first and 'class="rate"' in first  # the chart drew bars
         assert "<th>phase</th>" in first and "initial" in first
         submit.communicate(timeout=120)
         assert submit.returncode == 0
         later = _chromium("--dump-dom", url)
-        assert _progress(later) == "600/600 (100%)" != early
+        assert _progress(later) == "900/900 (100%)" != early
         assert 'class="badge COMPLETED"' in later
         artifacts = Path(os.environ.get("SLURMCTL_TEST_ARTIFACTS", tmp_path))
         artifacts.mkdir(parents=True, exist_ok=True)
