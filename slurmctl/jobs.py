@@ -63,13 +63,12 @@ def load_definition(backend: Backend, job_id: str) -> JobDefinition:
 def append_history(backend: Backend, job_id: str, action: str, **details: Any) -> None:
     """Runs and operator actions, one JSON line each: who, when, what.
 
-    Read-modify-write of one object: the job lease (or the single CLI acting) serialises writers.
+    Read-modify-write of one object: the job lease (or the single CLI acting) serialises the
+    processes that write it, and `_HISTORY_LOCK` the threads of one process (a streaming submit
+    records `submit` from its cutting thread while the executor records `workers`: without the
+    lock one of the two lines was lost now and then).
     """
     key = JobLayout(job_id).history
-    try:
-        old = backend.objects.get_bytes(key)
-    except ObjectNotFound:
-        old = b""
     entry = {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "who": f"{_user()}@{socket.gethostname()}",
@@ -77,7 +76,15 @@ def append_history(backend: Backend, job_id: str, action: str, **details: Any) -
         "action": action,
         **details,
     }
-    backend.objects.put_bytes(key, old + json.dumps(entry, sort_keys=True).encode() + b"\n")
+    with _HISTORY_LOCK:
+        try:
+            old = backend.objects.get_bytes(key)
+        except ObjectNotFound:
+            old = b""
+        backend.objects.put_bytes(key, old + json.dumps(entry, sort_keys=True).encode() + b"\n")
+
+
+_HISTORY_LOCK = threading.Lock()
 
 
 SUPERVISOR_ENV = "SLURMCTL_SUPERVISOR_PID"

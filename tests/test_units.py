@@ -212,3 +212,33 @@ def test_scanner_keeps_integer_ids_beyond_64_bits_distinct(tmp_path: Path) -> No
         (6, f"duplicate id: '{big[2]}' first seen on line 3"),
         (8, "bad id: 'id' is a float (1e+20); ids are strings or integers"),
     ]
+
+
+def test_history_lines_appended_by_threads_of_one_process_are_all_kept(tmp_path: Path) -> None:
+    """A streaming submit records `submit` from one thread while its executor records `workers`
+    from another: each append is a read-modify-write of one object, and none may be lost."""
+    import threading
+
+    from slurmctl.backends import open_local
+    from slurmctl.jobs import append_history
+    from slurmctl.layout import JobLayout
+
+    backend = open_local(tmp_path / "root")
+    try:
+        start = threading.Barrier(4)
+
+        def writer(n: int) -> None:
+            start.wait()
+            for i in range(10):
+                append_history(backend, "t1", "workers", writer=n, i=i)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        lines = backend.objects.get_bytes(JobLayout("t1").history).decode().splitlines()
+    finally:
+        backend.close()
+    seen = sorted((e["writer"], e["i"]) for e in map(json.loads, lines))
+    assert seen == [(n, i) for n in range(4) for i in range(10)]
