@@ -28,7 +28,7 @@ format: venv
 	$(BIN)/ruff format .
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=30
 
 bench: venv
 	$(BIN)/python bench/throughput.py

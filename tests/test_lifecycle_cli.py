@@ -29,7 +29,7 @@ def _succeeded(root: Path) -> int:
 
 
 def test_cancel_then_resume_completes_the_job(tmp_path: Path) -> None:
-    config = make_job(tmp_path / "job", 600, handler=SLOW_HANDLER, batch_size=20, workers=2)
+    config = make_job(tmp_path / "job", 300, handler=SLOW_HANDLER, batch_size=20, workers=2)
     root = tmp_path / "root"
     submit = popen(root, "submit", str(config), "--no-progress")
     wait_for(lambda: (root / "state.sqlite").exists() and _succeeded(root) >= 40, what="progress")
@@ -40,7 +40,7 @@ def test_cancel_then_resume_completes_the_job(tmp_path: Path) -> None:
     assert submit.returncode == 3, err  # README: 3 = stopped
     s = status(root, "t1")
     assert s["status"] == "CANCELLED"
-    assert s["items"]["succeeded"] < 600
+    assert s["items"]["succeeded"] < 300
 
     again = cli(root, "cancel", "t1")
     assert again.returncode == 2
@@ -50,7 +50,7 @@ def test_cancel_then_resume_completes_the_job(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     s = status(root, "t1")
     assert (s["status"], s["error"]) == ("COMPLETED", None)
-    assert_exactly_once(root, "t1", 600)
+    assert_exactly_once(root, "t1", 300)
     actions = _actions(root)
     assert actions.count("cancel") == 1 and actions.count("completed") == 1
     assert actions.index("cancel") < actions.index("resume") < actions.index("completed")
