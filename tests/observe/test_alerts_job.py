@@ -66,7 +66,12 @@ def test_stalled_alert_once_per_episode_then_resolved(tmp_path: Path, webhook: R
                 proc.wait()
     assert webhook.bodies == [{"text": FIRING}, {"text": RESOLVED}]
     assert f"ALERT {FIRING} (webhook: sent)" in out
-    assert f"RESOLVED {RESOLVED} (webhook: sent)" in out
+    # the resolution is delivered once, by the first evaluator to see items complete again:
+    # this watch, or the submit's finalize when the job completes before the watch's next look
+    # (each claims the event before sending it; the loser sends and prints nothing)
+    assert out.count("RESOLVED ") <= 1
+    if "RESOLVED " in out:
+        assert f"RESOLVED {RESOLVED} (webhook: sent)" in out
     assert "t1 COMPLETED 10/10 items" in out.splitlines()[-1]
     state = json.loads((root / "objects/jobs/t1/alerts.json").read_text())
     assert state["rules"]["stalled"]["open"] is False
