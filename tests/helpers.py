@@ -171,9 +171,12 @@ def task_records(root: Path, job_id: str) -> dict[str, Any]:
 def stored_batches(folder: Path) -> list[str]:
     """The batch ids stored under a job's `batches/` folder, sorted: every batch of each pack
     (`<first>--<last>[.<token>].jsonl`, backends/batches.py), and the batch of each object of
-    one batch (the layout before packing)."""
+    one batch (the layout before packing). A writer's temporary file (`.tmp-*`, left behind
+    by a SIGKILLed submit before its rename) is not a stored object."""
     ids: list[str] = []
     for path in folder.glob("*.jsonl") if folder.exists() else ():
+        if path.name.startswith("."):
+            continue
         first, sep, last = path.name.removesuffix(".jsonl").partition("--")
         if not sep:
             ids.append(first.split(".")[0])
