@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from slurmctl.backends.objectstore import ObjectStore
 from slurmctl.backends.records import TaskRecord
 from slurmctl.errors import SlurmctlError
+from slurmctl.ids import batch_id, group_for_phase, task_id
 
 PACK_BATCHES = 16
 """Batches in one pack at most (the first packs hold 1, 2, 4 and 8)."""
@@ -58,6 +59,32 @@ def parse_range(text: str) -> tuple[int, int]:
 def batch_bytes(lines: list[bytes]) -> bytes:
     """A batch as stored: its lines, each ending in a newline."""
     return b"\n".join(lines) + b"\n"
+
+
+def pack_tasks(
+    job_id: str,
+    phase: str,
+    width: int,
+    group: list[tuple[int, bytes]],
+    key: str,
+    regions: list[Region],
+) -> list[TaskRecord]:
+    """The task records of one stored pack: batch `index` of `group` lies at its region of
+    `key` (submit's initial phase and the retry planner's phases alike)."""
+    return [
+        TaskRecord(
+            job_id=job_id,
+            task_id=task_id(phase, index, width),
+            batch_id=batch_id(phase, index, width),
+            phase=phase,
+            group=group_for_phase(phase),
+            items=batch.count(b"\n"),
+            batch_key=key,
+            batch_sha256=region.sha256,
+            batch_range=region.range,
+        )
+        for (index, batch), region in zip(group, regions, strict=True)
+    ]
 
 
 def pack(batches: Iterable[bytes]) -> tuple[bytes, list[Region]]:

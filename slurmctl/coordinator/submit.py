@@ -45,7 +45,7 @@ from slurmctl.coordinator.scan import InputScanner, InputSource, ScanStats
 from slurmctl.coordinator.writer import PHASE, TaskWriter
 from slurmctl.errors import InputError, JobStateError, UserError
 from slurmctl.faults import kill_point
-from slurmctl.ids import batch_id, group_for_phase, id_width, task_id
+from slurmctl.ids import batch_id, id_width
 from slurmctl.jobs import SubmitHeartbeat, append_history, store_definition, stored_definition
 from slurmctl.layout import JobLayout
 from slurmctl.states import JobStatus
@@ -371,20 +371,7 @@ def _write_batches(
                     f"{scanner.name}: the input changed since job {job_id} was first submitted "
                     f"({which} differs); give the new input a new job_id"
                 )
-        return [
-            TaskRecord(
-                job_id=job_id,
-                task_id=task_id(PHASE, index, width),
-                batch_id=bid,
-                phase=PHASE,
-                group=group_for_phase(PHASE),
-                items=batch.count(b"\n"),
-                batch_key=key,
-                batch_sha256=region.sha256,
-                batch_range=region.range,
-            )
-            for (index, batch), bid, region in zip(group, bids, regions, strict=True)
-        ]
+        return batches.pack_tasks(job_id, PHASE, width, group, key, regions)
 
     cut = (
         (index, batches.batch_bytes(lines))

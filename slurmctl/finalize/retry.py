@@ -38,12 +38,10 @@ from slurmctl.finalize.failures import FailureWriter
 from slurmctl.finalize.intermediates import refuse_if_removed
 from slurmctl.ids import (
     batch_id,
-    group_for_phase,
     id_width,
     phase_name,
     phase_number,
     phase_prefix,
-    task_id,
 )
 from slurmctl.layout import JobLayout
 from slurmctl.states import TaskStatus
@@ -167,20 +165,7 @@ def write_phase(
         data, regions = batches.pack(b for _, b in group)
         key = layout.batch_pack(bids[0], f"{bids[-1]}.{token}")
         backend.objects.put_bytes(key, data)
-        for (index, batch), bid, region in zip(group, bids, regions, strict=True):
-            tasks.append(
-                TaskRecord(
-                    job_id=job_id,
-                    task_id=task_id(new_phase, index, width),
-                    batch_id=bid,
-                    phase=new_phase,
-                    group=group_for_phase(new_phase),
-                    items=batch.count(b"\n"),
-                    batch_key=key,
-                    batch_sha256=region.sha256,
-                    batch_range=region.range,
-                )
-            )
+        tasks += batches.pack_tasks(job_id, new_phase, width, group, key, regions)
         n += len(group)
         if len(tasks) >= TASKS_PER_WRITE:
             backend.state.put_tasks(tasks)
